@@ -1,0 +1,79 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/spf13/cobra"
+)
+
+// rootOptions holds the flags every command shares.
+type rootOptions struct {
+	socket string
+	stdin  io.Reader
+	stdout io.Writer
+	stderr io.Writer
+}
+
+// exitError carries a specific exit status out of a command.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string {
+	if e.err == nil {
+		return fmt.Sprintf("exit status %d", e.code)
+	}
+	return e.err.Error()
+}
+
+func (e *exitError) Unwrap() error { return e.err }
+
+func newRootCmd(o *rootOptions) *cobra.Command {
+	root := &cobra.Command{
+		Use:           "sluice",
+		Short:         "Egress enforcement and credential injection for sandboxed processes",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetIn(o.stdin)
+	root.SetOut(o.stdout)
+	root.SetErr(o.stderr)
+	def := os.Getenv("SLUICE_SOCKET")
+	if def == "" {
+		def = "/run/sluice/sluice.sock"
+	}
+	root.PersistentFlags().StringVar(&o.socket, "socket", def, "daemon control socket (env SLUICE_SOCKET)")
+	for _, f := range subcommands {
+		root.AddCommand(f(o))
+	}
+	return root
+}
+
+// subcommands is filled by each command's file in an init function, so that
+// each command lives in its own file.
+var subcommands []func(*rootOptions) *cobra.Command
+
+func register(f func(*rootOptions) *cobra.Command) { subcommands = append(subcommands, f) }
+
+func execute(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	o := &rootOptions{stdin: stdin, stdout: stdout, stderr: stderr}
+	root := newRootCmd(o)
+	root.SetArgs(args)
+	err := root.Execute()
+	if err == nil {
+		return 0
+	}
+	var ee *exitError
+	if errors.As(err, &ee) {
+		if ee.err != nil {
+			fmt.Fprintln(stderr, "sluice:", ee.err)
+		}
+		return ee.code
+	}
+	fmt.Fprintln(stderr, "sluice:", err)
+	return 1
+}
