@@ -1,0 +1,35 @@
+// Package secrets holds the credentials sluice injects on behalf of a
+// sandbox, outside the sandbox: an encrypted store, read-only providers (the
+// daemon's environment, a directory of files, a static map for `sluice run`),
+// a resolver chain, write-only opaque header values, signed credential
+// callbacks and OAuth2 token minting.
+//
+// Invariants:
+//
+//   - No value ever appears in an error, a log record, a String or a List
+//     result produced by this package. Errors name the secret (its NAME) and
+//     the scope, never its value; callback errors never contain response body
+//     content; OAuth2 errors never contain token endpoint responses.
+//   - Missing values fail closed: Lookup returns an error wrapping
+//     ErrNotFound; callers must refuse the request, never send it without the
+//     credential.
+//   - The store file and key file are written 0600 with temp file + rename,
+//     so a reader sees the old or the new file, never a partial one. A Store
+//     notices a file replaced by another process (e.g. `sluice secret set`)
+//     on the next Get: rotation needs no reload.
+//   - Store, Chain, Callbacks and OAuth2 are safe for concurrent use.
+//
+// # Callback signature
+//
+// Every credential callback request carries
+//
+//	Sluice-Signature: t=<unix seconds>,ed25519=<base64 std, padded>
+//
+// where the signature is Ed25519 over the bytes "<t>.<body>" (the decimal
+// timestamp exactly as sent in t=, one ASCII dot, then the raw request body).
+// The public key is printed by `sluice callback-key` (PEM, or JWK with
+// --jwk). Verify implements the check for callback servers: it rejects a
+// timestamp further than maxSkew from now and accepts the header when any of
+// its ed25519= entries verifies. Unknown key=value entries are ignored, so
+// the format can grow.
+package secrets
