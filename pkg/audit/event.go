@@ -14,6 +14,12 @@ const (
 	KindKernel  = "kernel"
 	KindSecret  = "secret" // e.g. an injected secret echoed back and redacted
 	KindSandbox = "sandbox"
+	// KindCallback records one call to a credential callback service
+	// (Host, Rule, LatencyMS; Decision allow or error).
+	KindCallback = "callback"
+	// KindAudit is the audit pipeline reporting on itself: events dropped
+	// under pressure and sink write errors. Its Decision is empty.
+	KindAudit = "audit"
 )
 
 // Decisions.
@@ -67,6 +73,11 @@ type Event struct {
 	Ecosystem string `json:"ecosystem,omitempty"`
 	Package   string `json:"package,omitempty"`
 	Version   string `json:"version,omitempty"`
+
+	// Audit pipeline self-reports (Kind == KindAudit).
+	Dropped    uint64 `json:"dropped,omitempty"`     // events dropped since the previous report
+	SinkErrors uint64 `json:"sink_errors,omitempty"` // sink write errors since the previous report
+	Sink       string `json:"sink,omitempty"`        // the sink concerned, if any
 }
 
 // Emitter receives audit events. Implementations must not block the caller

@@ -1,0 +1,359 @@
+package audit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Sink receives events from a Logger. WriteEvent is called from one
+// goroutine per sink, never concurrently for the same sink, and ev must not
+// be retained after it returns. A sink may block (a full disk, a slow
+// reader): only its own queue fills up and drops; traffic never waits.
+// A sink that also implements io.Closer is closed by Logger.Close.
+type Sink interface {
+	WriteEvent(ev *Event) error
+}
+
+// SinkFunc adapts a function to a Sink.
+type SinkFunc func(ev *Event) error
+
+// WriteEvent calls f(ev).
+func (f SinkFunc) WriteEvent(ev *Event) error { return f(ev) }
+
+// LoggerOptions tune a Logger. Zero values select the defaults.
+type LoggerOptions struct {
+	// Queue is the capacity of the queue Emit writes to (default 8192).
+	Queue int
+	// SinkQueue is the capacity of each sink's own queue (default 4096).
+	SinkQueue int
+	// ReportInterval is how often drops and sink errors are reported, as a
+	// warning on the slog.Logger and as a KindAudit event (default 10s).
+	ReportInterval time.Duration
+	// CloseTimeout bounds how long Close waits for sinks to drain
+	// (default 5s). A sink still blocked after it is abandoned.
+	CloseTimeout time.Duration
+}
+
+// Logger is an asynchronous Emitter that fans events out to sinks. Emit
+// never blocks: when the queue is full the event is dropped and counted.
+// Each sink has its own bounded queue and goroutine, so one blocked sink
+// neither blocks Emit nor starves the other sinks. Safe for concurrent use;
+// Close must be called to flush and release the goroutines.
+type Logger struct {
+	log  *slog.Logger
+	opts LoggerOptions
+
+	queue    chan Event
+	stop     chan struct{}
+	done     chan struct{}
+	closed   atomic.Bool
+	closeMu  sync.Mutex
+	closeErr error
+	isClosed bool
+
+	accepted   atomic.Uint64 // events taken by Emit
+	dispatched atomic.Uint64 // events handed to every sink's queue (or dropped there)
+	dropped    atomic.Uint64 // events dropped by Emit (queue full or closed)
+
+	sinks []*sinkWorker
+}
+
+type sinkWorker struct {
+	name     string
+	sink     Sink
+	queue    chan Event
+	enqueued atomic.Uint64
+	written  atomic.Uint64 // processed, successfully or not
+	dropped  atomic.Uint64
+	errors   atomic.Uint64
+	lastErr  atomic.Pointer[string]
+	done     chan struct{}
+}
+
+// SinkStats are the counters of one sink.
+type SinkStats struct {
+	Name    string
+	Written uint64 // events processed (including failed writes)
+	Dropped uint64 // events dropped because the sink's queue was full
+	Errors  uint64 // failed writes
+}
+
+var _ Emitter = (*Logger)(nil)
+
+// NewLogger starts a Logger that fans out to sinks. log receives warnings
+// about drops and sink errors (never event contents); it must not be nil.
+func NewLogger(log *slog.Logger, opts LoggerOptions, sinks ...Sink) *Logger {
+	if opts.Queue <= 0 {
+		opts.Queue = 8192
+	}
+	if opts.SinkQueue <= 0 {
+		opts.SinkQueue = 4096
+	}
+	if opts.ReportInterval <= 0 {
+		opts.ReportInterval = 10 * time.Second
+	}
+	if opts.CloseTimeout <= 0 {
+		opts.CloseTimeout = 5 * time.Second
+	}
+	l := &Logger{
+		log:   log,
+		opts:  opts,
+		queue: make(chan Event, opts.Queue),
+		stop:  make(chan struct{}),
+		done:  make(chan struct{}),
+	}
+	for i, s := range sinks {
+		w := &sinkWorker{
+			name:  sinkName(i, s),
+			sink:  s,
+			queue: make(chan Event, opts.SinkQueue),
+			done:  make(chan struct{}),
+		}
+		l.sinks = append(l.sinks, w)
+		go w.run()
+	}
+	go l.dispatch()
+	return l
+}
+
+func sinkName(i int, s Sink) string {
+	if n, ok := s.(fmt.Stringer); ok {
+		return n.String()
+	}
+	return fmt.Sprintf("sink%d(%T)", i, s)
+}
+
+// Emit queues ev for the sinks without blocking. A zero V or Time is
+// filled in. When the queue is full, or after Close, ev is dropped and
+// counted in Dropped.
+func (l *Logger) Emit(ev Event) {
+	if l.closed.Load() {
+		l.dropped.Add(1)
+		return
+	}
+	if ev.V == 0 {
+		ev.V = SchemaVersion
+	}
+	if ev.Time.IsZero() {
+		ev.Time = time.Now()
+	}
+	select {
+	case l.queue <- ev:
+		l.accepted.Add(1)
+	default:
+		l.dropped.Add(1)
+	}
+}
+
+// Dropped returns the number of events lost so far: dropped by Emit
+// because the queue was full, plus those dropped at a full sink queue
+// (counted once per sink).
+func (l *Logger) Dropped() uint64 {
+	n := l.dropped.Load()
+	for _, w := range l.sinks {
+		n += w.dropped.Load()
+	}
+	return n
+}
+
+// SinkErrors returns the number of failed sink writes so far.
+func (l *Logger) SinkErrors() uint64 {
+	var n uint64
+	for _, w := range l.sinks {
+		n += w.errors.Load()
+	}
+	return n
+}
+
+// Stats returns the counters of every sink, in the order given to NewLogger.
+func (l *Logger) Stats() []SinkStats {
+	out := make([]SinkStats, 0, len(l.sinks))
+	for _, w := range l.sinks {
+		out = append(out, SinkStats{Name: w.name, Written: w.written.Load(), Dropped: w.dropped.Load(), Errors: w.errors.Load()})
+	}
+	return out
+}
+
+// Flush waits until every event emitted before the call has been processed
+// (written, failed or dropped) by every sink, or ctx is done.
+func (l *Logger) Flush(ctx context.Context) error {
+	target := l.accepted.Load()
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	wait := func(ok func() bool) error {
+		for !ok() {
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("flushing audit log: %w", ctx.Err())
+			case <-l.done:
+				if !ok() {
+					return errors.New("flushing audit log: logger closed")
+				}
+			case <-tick.C:
+			}
+		}
+		return nil
+	}
+	if err := wait(func() bool { return l.dispatched.Load() >= target }); err != nil {
+		return err
+	}
+	for _, w := range l.sinks {
+		want := w.enqueued.Load()
+		if err := wait(func() bool { return w.written.Load() >= want }); err != nil {
+			return fmt.Errorf("%w (sink %s)", err, w.name)
+		}
+	}
+	return nil
+}
+
+// Close stops accepting events, delivers those queued, reports the final
+// drop and error counts, closes the sinks that are io.Closers and returns.
+// It waits at most CloseTimeout for sinks; a sink still blocked then is
+// abandoned and named in the error. Close is idempotent.
+func (l *Logger) Close() error {
+	l.closeMu.Lock()
+	defer l.closeMu.Unlock()
+	if l.isClosed {
+		return l.closeErr
+	}
+	l.isClosed = true
+	l.closed.Store(true)
+	close(l.stop)
+	<-l.done
+	ctx, cancel := context.WithTimeout(context.Background(), l.opts.CloseTimeout)
+	defer cancel()
+	var errs []error
+	for _, w := range l.sinks {
+		select {
+		case <-w.done:
+		case <-ctx.Done():
+			select {
+			case <-w.done:
+			default:
+				errs = append(errs, fmt.Errorf("closing audit sink %s: still blocked after %s, abandoned", w.name, l.opts.CloseTimeout))
+				continue
+			}
+		}
+		if c, ok := w.sink.(io.Closer); ok {
+			if err := c.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("closing audit sink %s: %w", w.name, err))
+			}
+		}
+	}
+	l.closeErr = errors.Join(errs...)
+	return l.closeErr
+}
+
+func (l *Logger) dispatch() {
+	defer close(l.done)
+	tick := time.NewTicker(l.opts.ReportInterval)
+	defer tick.Stop()
+	var rep reporter
+	for {
+		select {
+		case ev := <-l.queue:
+			l.fanout(&ev)
+		case <-tick.C:
+			l.report(&rep)
+		case <-l.stop:
+			// Emit no longer queues (closed is set before stop): drain.
+			for {
+				select {
+				case ev := <-l.queue:
+					l.fanout(&ev)
+					continue
+				default:
+				}
+				break
+			}
+			l.report(&rep)
+			for _, w := range l.sinks {
+				close(w.queue)
+			}
+			return
+		}
+	}
+}
+
+func (l *Logger) fanout(ev *Event) {
+	for _, w := range l.sinks {
+		w.offer(ev)
+	}
+	l.dispatched.Add(1)
+}
+
+func (w *sinkWorker) offer(ev *Event) {
+	select {
+	case w.queue <- *ev:
+		w.enqueued.Add(1)
+	default:
+		w.dropped.Add(1)
+	}
+}
+
+func (w *sinkWorker) run() {
+	defer close(w.done)
+	for ev := range w.queue {
+		if err := w.sink.WriteEvent(&ev); err != nil {
+			w.errors.Add(1)
+			msg := err.Error()
+			w.lastErr.Store(&msg)
+		}
+		w.written.Add(1)
+	}
+}
+
+// reporter remembers the counts at the previous report.
+type reporter struct {
+	dropped    uint64
+	sinkDrops  map[string]uint64
+	sinkErrors map[string]uint64
+}
+
+// report logs and emits the drops and sink errors since the last report.
+// It runs on the dispatch goroutine, so its events bypass Emit's queue and
+// are never lost to the very pressure they report (only a full sink queue
+// can still drop them).
+func (l *Logger) report(r *reporter) {
+	if r.sinkDrops == nil {
+		r.sinkDrops = map[string]uint64{}
+		r.sinkErrors = map[string]uint64{}
+	}
+	now := time.Now()
+	if d := l.dropped.Load(); d != r.dropped {
+		delta := d - r.dropped
+		r.dropped = d
+		l.log.Warn("audit events dropped: queue full", "dropped", delta, "total", d)
+		l.fanoutReport(&Event{V: SchemaVersion, Time: now, Kind: KindAudit, Reason: "queue_full", Dropped: delta})
+	}
+	for _, w := range l.sinks {
+		d, e := w.dropped.Load(), w.errors.Load()
+		dd, de := d-r.sinkDrops[w.name], e-r.sinkErrors[w.name]
+		if dd == 0 && de == 0 {
+			continue
+		}
+		r.sinkDrops[w.name], r.sinkErrors[w.name] = d, e
+		attrs := []any{"sink", w.name, "dropped", dd, "errors", de}
+		reason := "sink_queue_full"
+		if de > 0 {
+			reason = "sink_error"
+			if m := w.lastErr.Load(); m != nil {
+				attrs = append(attrs, "last_error", *m)
+			}
+		}
+		l.log.Warn("audit sink falling behind", attrs...)
+		l.fanoutReport(&Event{V: SchemaVersion, Time: now, Kind: KindAudit, Reason: reason, Sink: w.name, Dropped: dd, SinkErrors: de})
+	}
+}
+
+func (l *Logger) fanoutReport(ev *Event) {
+	for _, w := range l.sinks {
+		w.offer(ev)
+	}
+}
