@@ -1,0 +1,561 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * sluice: egress enforcement for a sandbox cgroup (and every cgroup below it).
+ *
+ * Decision per socket operation, keyed by the *sandbox id*: the id of the
+ * outermost registered cgroup among the caller's ancestors
+ * (bpf_get_current_ancestor_cgroup_id walked from the root down). A child
+ * cgroup created inside a sandbox therefore maps to the same sandbox, and a
+ * caller whose cgroup has no registered ancestor is refused: these programs are
+ * only attached to sandbox cgroups, so that case means the sandbox is being
+ * torn down or its registration was lost, and failing closed is right.
+ *
+ *   connect4/6   TCP to an allowlisted address: rewritten to the sandbox's proxy
+ *                listener (127.0.0.1:P, or [::1]:P for IPv6); port 53 (TCP and
+ *                UDP) rewritten to the sandbox's resolver; direct rules pass
+ *                unchanged; everything else EPERM, counted and reported.
+ *   sendmsg4/6   unconnected UDP: port 53 to the resolver, direct rules pass,
+ *                anything else EPERM.
+ *   recvmsg4/6,  rewrite the resolver's (and proxy's) address back to the one
+ *   getpeername  the program asked, so glibc and musl accept DNS replies.
+ *   sock_create  refuses raw, SCTP, MPTCP and ICMP sockets.
+ *   bind4/6      refuses binding one of sluice's own ports.
+ *   sockops      original-destination recovery, see below.
+ *
+ * IPv4-mapped IPv6 (::ffff:a.b.c.d) on a v6 socket never reaches connect4:
+ * tcp_v6_connect hands it to tcp_v4_connect directly. connect6 therefore treats
+ * it as the IPv4 address it maps (every address is stored v4-mapped in the
+ * maps) and redirects it to ::ffff:127.0.0.1.
+ *
+ * Original destination. connect4/6 keep {original address, port, pid, comm,
+ * sandbox} in socket-local storage (BPF_MAP_TYPE_SK_STORAGE). The source port is
+ * not chosen yet at that point, so a sockops program at
+ * BPF_SOCK_OPS_TCP_CONNECT_CB (run by tcp_connect() after the source port is
+ * bound and before the SYN is built) copies it into an LRU hash keyed by
+ * {sandbox, client address, client port, proto}. The proxy accepts the
+ * connection, knows the sandbox from the listener it accepted on, and does
+ * LookupAndDelete with the peer address. Keying by sandbox as well as by the
+ * 4-tuple half keeps the key unique when sandboxes in different network
+ * namespaces use identical loopback addresses and ports; and because the entry
+ * is written before the SYN exists, the proxy can never accept a connection
+ * whose entry is not there yet.
+ */
+#include <linux/bpf.h>
+#include <linux/in.h>
+#include <linux/in6.h>
+#include <linux/socket.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "sluice.h"
+
+#ifndef AF_INET
+#define AF_INET 2
+#endif
+#ifndef AF_INET6
+#define AF_INET6 10
+#endif
+#ifndef AF_PACKET
+#define AF_PACKET 17
+#endif
+#ifndef SOCK_STREAM
+#define SOCK_STREAM 1
+#endif
+#ifndef SOCK_DGRAM
+#define SOCK_DGRAM 2
+#endif
+
+char LICENSE[] SEC("license") = "GPL";
+
+/* Referenced so that the BTF carries these types for bpf2go -type. */
+const struct event *unused_event __attribute__((unused));
+const struct counter_key *unused_ck __attribute__((unused));
+const struct counter_val *unused_cv __attribute__((unused));
+const struct orig_key *unused_ok __attribute__((unused));
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_SANDBOXES);
+	__type(key, __u64);
+	__type(value, struct sandbox_cfg);
+} sandboxes SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, MAX_ALLOW);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct allow_key);
+	__type(value, struct allow_val);
+} allow SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct orig);
+} orig_sk SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_ORIG);
+	__type(key, struct orig_key);
+	__type(value, struct orig);
+} orig_by_tuple SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_COUNTERS);
+	__type(key, struct counter_key);
+	__type(value, struct counter_val);
+} counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 18);
+} events SEC(".maps");
+
+/* find_sandbox returns the configuration of the outermost registered cgroup
+ * among the caller's ancestors, and its id in *id. */
+static __always_inline struct sandbox_cfg *find_sandbox(__u64 *id)
+{
+	for (int level = 0; level < MAX_CGROUP_DEPTH; level++) {
+		__u64 cg = bpf_get_current_ancestor_cgroup_id(level);
+		if (cg == 0)
+			break;
+		struct sandbox_cfg *cfg = bpf_map_lookup_elem(&sandboxes, &cg);
+		if (cfg) {
+			*id = cg;
+			return cfg;
+		}
+	}
+	return 0;
+}
+
+static __always_inline void v4_to_addr(__u32 ip4, __u8 addr[16])
+{
+	__builtin_memset(addr, 0, 10);
+	addr[10] = 0xff;
+	addr[11] = 0xff;
+	__builtin_memcpy(addr + 12, &ip4, 4);
+}
+
+static __always_inline void v6_to_addr(const __u32 ip6[4], __u8 addr[16])
+{
+	__builtin_memcpy(addr, ip6, 16);
+}
+
+static __always_inline int is_v4mapped(const __u8 addr[16])
+{
+	for (int i = 0; i < 10; i++)
+		if (addr[i])
+			return 0;
+	return addr[10] == 0xff && addr[11] == 0xff;
+}
+
+/* Cloud metadata: 169.254.0.0/16 and fd00:ec2::254. */
+static __always_inline int is_metadata(const __u8 a[16])
+{
+	if (is_v4mapped(a))
+		return a[12] == 169 && a[13] == 254;
+	static const __u8 ec2[16] = {0xfd, 0, 0, 0xec, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x02, 0x54};
+	for (int i = 0; i < 16; i++)
+		if (a[i] != ec2[i])
+			return 0;
+	return 1;
+}
+
+static __always_inline void refuse(__u64 sandbox, const __u8 addr[16], __u16 port,
+				   __u16 proto, __u32 reason, __u32 audit)
+{
+	struct counter_key ck = {};
+	ck.sandbox = sandbox;
+	__builtin_memcpy(ck.addr, addr, 16);
+	ck.port = port;
+	ck.proto = proto;
+	ck.reason = reason;
+	__u64 now = bpf_ktime_get_ns();
+	struct counter_val *cv = bpf_map_lookup_elem(&counters, &ck);
+	if (cv) {
+		__sync_fetch_and_add(&cv->count, 1);
+		cv->last_ns = now;
+	} else {
+		struct counter_val nv = {.count = 1, .last_ns = now};
+		bpf_map_update_elem(&counters, &ck, &nv, BPF_NOEXIST);
+	}
+
+	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e)
+		return;
+	e->sandbox = sandbox;
+	e->cgroup = bpf_get_current_cgroup_id();
+	e->ts_ns = now;
+	e->pid = bpf_get_current_pid_tgid() >> 32;
+	e->reason = reason;
+	__builtin_memcpy(e->addr, addr, 16);
+	e->port = port;
+	e->proto = proto;
+	e->audit = audit;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	bpf_ringbuf_submit(e, 0);
+}
+
+/* check looks the destination up in the sandbox's allowlist. It returns 0 when
+ * allowed (and sets *flags) or a refusal reason. */
+static __always_inline __u32 check(__u64 sandbox, const __u8 addr[16], __u16 port,
+				   __u16 proto, __u32 *flags)
+{
+	struct allow_key k = {};
+	k.prefixlen = 64 + 128;
+	__builtin_memcpy(k.sandbox, &sandbox, 8);
+	__builtin_memcpy(k.addr, addr, 16);
+	struct allow_val *v = bpf_map_lookup_elem(&allow, &k);
+	if (!v)
+		return REASON_NOT_ALLOWED;
+	if (v->flags & AL_DENY)
+		return REASON_DENY_RULE;
+	if (is_metadata(addr) && !(v->flags & AL_STATIC))
+		return REASON_METADATA;
+	if (v->expires_ns && v->expires_ns < bpf_ktime_get_ns())
+		return REASON_EXPIRED;
+	if (v->nports) {
+		int ok = 0;
+		for (int i = 0; i < MAX_PORTS; i++) {
+			if (i < v->nports && v->ports[i] == port)
+				ok = 1;
+		}
+		if (!ok)
+			return REASON_PORT;
+	}
+	if (proto == PROTO_UDP && !((v->flags & AL_DIRECT) && (v->flags & AL_UDP)))
+		return REASON_UDP;
+	*flags = v->flags;
+	return 0;
+}
+
+static __always_inline void remember(struct bpf_sock *sk, __u64 sandbox,
+				     const __u8 addr[16], __u16 port, __u8 v4)
+{
+	if (!sk)
+		return;
+	struct orig *o = bpf_sk_storage_get(&orig_sk, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!o)
+		return;
+	o->sandbox = sandbox;
+	__builtin_memcpy(o->addr, addr, 16);
+	o->port = port;
+	o->redirected = 1;
+	o->pid = bpf_get_current_pid_tgid() >> 32;
+	o->cgroup = bpf_get_current_cgroup_id();
+	o->v4 = v4;
+	bpf_get_current_comm(o->comm, sizeof(o->comm));
+}
+
+static __always_inline __u16 sock_proto(struct bpf_sock_addr *ctx)
+{
+	return ctx->type == SOCK_STREAM ? PROTO_TCP : PROTO_UDP;
+}
+
+/* Rewrite helpers. The redirect target of an IPv4 destination is
+ * 127.0.0.1, of an IPv6 one [::1], of a v4-mapped one ::ffff:127.0.0.1. */
+static __always_inline void set4(struct bpf_sock_addr *ctx, __u16 port)
+{
+	ctx->user_ip4 = bpf_htonl(0x7f000001);
+	ctx->user_port = bpf_htons(port);
+}
+
+static __always_inline void set6(struct bpf_sock_addr *ctx, __u16 port, int mapped)
+{
+	if (mapped) {
+		ctx->user_ip6[0] = 0;
+		ctx->user_ip6[1] = 0;
+		ctx->user_ip6[2] = bpf_htonl(0x0000ffff);
+		ctx->user_ip6[3] = bpf_htonl(0x7f000001);
+	} else {
+		ctx->user_ip6[0] = 0;
+		ctx->user_ip6[1] = 0;
+		ctx->user_ip6[2] = 0;
+		ctx->user_ip6[3] = bpf_htonl(1);
+	}
+	ctx->user_port = bpf_htons(port);
+}
+
+/* is_resolver reports whether addr:port already is the sandbox's resolver
+ * (a socket connected before, or a v6 socket whose v4-mapped send reaches
+ * sendmsg4 after connect6 rewrote it). */
+static __always_inline int is_resolver(const __u8 a[16], __u16 port, struct sandbox_cfg *cfg)
+{
+	if (port != cfg->dns_port)
+		return 0;
+	if (is_v4mapped(a))
+		return a[12] == 127 && a[13] == 0 && a[14] == 0 && a[15] == 1;
+	for (int i = 0; i < 15; i++)
+		if (a[i])
+			return 0;
+	return a[15] == 1;
+}
+
+/* decide handles connect and sendmsg for both families. It returns 1 to let
+ * the call proceed (possibly rewritten) and 0 for EPERM. */
+static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 addr[16], int family,
+				  int is_sendmsg)
+{
+	__u64 sb = 0;
+	struct sandbox_cfg *cfg = find_sandbox(&sb);
+	__u16 port = bpf_ntohs(ctx->user_port);
+	__u16 proto = sock_proto(ctx);
+	int mapped = is_v4mapped(addr);
+	if (!cfg) {
+		refuse(0, addr, port, proto, REASON_UNKNOWN_SANDBOX, 0);
+		return 0;
+	}
+	__u32 audit = cfg->flags & SB_AUDIT;
+
+	if (port == 53) {
+		if (cfg->dns_port == 0) {
+			refuse(sb, addr, port, proto, REASON_NOT_ALLOWED, 0);
+			return 0;
+		}
+		remember(ctx->sk, sb, addr, port, family == AF_INET || mapped);
+		if (family == AF_INET)
+			set4(ctx, cfg->dns_port);
+		else
+			set6(ctx, cfg->dns_port, mapped);
+		return 1;
+	}
+	if (proto == PROTO_UDP && is_resolver(addr, port, cfg))
+		return 1;
+
+	__u32 flags = 0;
+	__u32 reason = check(sb, addr, port, proto, &flags);
+	if (reason) {
+		/* Audit mode refuses nothing but cloud metadata. */
+		int pass = audit && reason != REASON_METADATA;
+		refuse(sb, addr, port, proto, reason, pass);
+		if (!pass)
+			return 0;
+		if (proto == PROTO_UDP)
+			return 1;
+		flags = 0; /* audit: TCP still goes through the proxy, which logs it */
+	}
+	if (flags & AL_DIRECT)
+		return 1;
+	if (proto != PROTO_TCP || is_sendmsg)
+		return 0;
+	if (cfg->proxy_port == 0) {
+		refuse(sb, addr, port, proto, REASON_NOT_ALLOWED, 0);
+		return 0;
+	}
+	remember(ctx->sk, sb, addr, port, family == AF_INET || mapped);
+	if (family == AF_INET)
+		set4(ctx, cfg->proxy_port);
+	else
+		set6(ctx, cfg->proxy_port, mapped);
+	return 1;
+}
+
+SEC("cgroup/connect4")
+int sluice_connect4(struct bpf_sock_addr *ctx)
+{
+	__u8 addr[16];
+	v4_to_addr(ctx->user_ip4, addr);
+	return decide(ctx, addr, AF_INET, 0);
+}
+
+SEC("cgroup/connect6")
+int sluice_connect6(struct bpf_sock_addr *ctx)
+{
+	__u8 addr[16];
+	__u32 ip6[4] = {ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3]};
+	v6_to_addr(ip6, addr);
+	return decide(ctx, addr, AF_INET6, 0);
+}
+
+SEC("cgroup/sendmsg4")
+int sluice_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	__u8 addr[16];
+	v4_to_addr(ctx->user_ip4, addr);
+	return decide(ctx, addr, AF_INET, 1);
+}
+
+SEC("cgroup/sendmsg6")
+int sluice_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	__u8 addr[16];
+	__u32 ip6[4] = {ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3]};
+	v6_to_addr(ip6, addr);
+	return decide(ctx, addr, AF_INET6, 1);
+}
+
+/* restore rewrites the peer address the program sees back to the original
+ * destination it asked for. */
+static __always_inline int restore(struct bpf_sock_addr *ctx, int family)
+{
+	if (!ctx->sk)
+		return 1;
+	struct orig *o = bpf_sk_storage_get(&orig_sk, ctx->sk, 0, 0);
+	if (!o || !o->redirected)
+		return 1;
+	if (family == AF_INET) {
+		if (!is_v4mapped(o->addr))
+			return 1;
+		__u32 ip4;
+		__builtin_memcpy(&ip4, o->addr + 12, 4);
+		ctx->user_ip4 = ip4;
+	} else {
+		__u32 w[4];
+		__builtin_memcpy(w, o->addr, 16);
+		ctx->user_ip6[0] = w[0];
+		ctx->user_ip6[1] = w[1];
+		ctx->user_ip6[2] = w[2];
+		ctx->user_ip6[3] = w[3];
+	}
+	ctx->user_port = bpf_htons(o->port);
+	return 1;
+}
+
+/* Only replies from the resolver are rewritten by recvmsg: a direct UDP peer
+ * must keep its own address. */
+static __always_inline int from_resolver4(struct bpf_sock_addr *ctx)
+{
+	__u64 sb = 0;
+	struct sandbox_cfg *cfg = find_sandbox(&sb);
+	if (!cfg)
+		return 0;
+	return ctx->user_ip4 == bpf_htonl(0x7f000001) && bpf_ntohs(ctx->user_port) == cfg->dns_port;
+}
+
+static __always_inline int from_resolver6(struct bpf_sock_addr *ctx)
+{
+	__u64 sb = 0;
+	struct sandbox_cfg *cfg = find_sandbox(&sb);
+	if (!cfg)
+		return 0;
+	__u8 addr[16];
+	__u32 ip6[4] = {ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3]};
+	v6_to_addr(ip6, addr);
+	return is_resolver(addr, bpf_ntohs(ctx->user_port), cfg);
+}
+
+SEC("cgroup/recvmsg4")
+int sluice_recvmsg4(struct bpf_sock_addr *ctx)
+{
+	if (from_resolver4(ctx))
+		restore(ctx, AF_INET);
+	return 1;
+}
+
+SEC("cgroup/recvmsg6")
+int sluice_recvmsg6(struct bpf_sock_addr *ctx)
+{
+	if (from_resolver6(ctx))
+		restore(ctx, AF_INET6);
+	return 1;
+}
+
+SEC("cgroup/getpeername4")
+int sluice_getpeername4(struct bpf_sock_addr *ctx)
+{
+	return restore(ctx, AF_INET);
+}
+
+SEC("cgroup/getpeername6")
+int sluice_getpeername6(struct bpf_sock_addr *ctx)
+{
+	return restore(ctx, AF_INET6);
+}
+
+SEC("cgroup/sock_create")
+int sluice_sock_create(struct bpf_sock *ctx)
+{
+	__u64 sb = 0;
+	struct sandbox_cfg *cfg = find_sandbox(&sb);
+	__u8 none[16] = {};
+	if (!cfg) {
+		refuse(0, none, 0, ctx->protocol, REASON_UNKNOWN_SANDBOX, 0);
+		return 0;
+	}
+	int ok = 1;
+	if (ctx->family == AF_PACKET)
+		ok = 0;
+	if (ctx->family == AF_INET || ctx->family == AF_INET6) {
+		if (ctx->type == SOCK_STREAM)
+			ok = ctx->protocol == 0 || ctx->protocol == IPPROTO_TCP;
+		else if (ctx->type == SOCK_DGRAM)
+			ok = ctx->protocol == 0 || ctx->protocol == IPPROTO_UDP;
+		else
+			ok = 0;
+	}
+	if (!ok) {
+		__u32 audit = cfg->flags & SB_AUDIT;
+		refuse(sb, none, 0, ctx->protocol, REASON_SOCKET, audit);
+		return audit ? 1 : 0;
+	}
+	return 1;
+}
+
+static __always_inline int bind_check(struct bpf_sock_addr *ctx, __u8 addr[16])
+{
+	__u64 sb = 0;
+	struct sandbox_cfg *cfg = find_sandbox(&sb);
+	if (!cfg)
+		return 0;
+	__u16 port = bpf_ntohs(ctx->user_port);
+	if (port != 0 && (port == cfg->proxy_port || port == cfg->dns_port)) {
+		refuse(sb, addr, port, sock_proto(ctx), REASON_BIND, 0);
+		return 0;
+	}
+	return 1;
+}
+
+SEC("cgroup/bind4")
+int sluice_bind4(struct bpf_sock_addr *ctx)
+{
+	__u8 addr[16];
+	v4_to_addr(ctx->user_ip4, addr);
+	return bind_check(ctx, addr);
+}
+
+SEC("cgroup/bind6")
+int sluice_bind6(struct bpf_sock_addr *ctx)
+{
+	__u8 addr[16];
+	__u32 ip6[4] = {ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3]};
+	v6_to_addr(ip6, addr);
+	return bind_check(ctx, addr);
+}
+
+SEC("sockops")
+int sluice_sockops(struct bpf_sock_ops *skops)
+{
+	if (skops->op != BPF_SOCK_OPS_TCP_CONNECT_CB)
+		return 1;
+	struct bpf_sock *sk = skops->sk;
+	if (!sk)
+		return 1;
+	struct orig *o = bpf_sk_storage_get(&orig_sk, sk, 0, 0);
+	if (!o || !o->redirected)
+		return 1;
+
+	struct orig_key k = {};
+	k.sandbox = o->sandbox;
+	k.proto = PROTO_TCP;
+	k.port = (__u16)skops->local_port;
+	if (o->v4) {
+		v4_to_addr(skops->local_ip4, k.addr);
+	} else {
+		/* local_ip6 allows 4-byte loads only: the barriers keep clang
+		 * from merging them into wider ones. */
+		__u32 w0 = skops->local_ip6[0];
+		asm volatile("" ::: "memory");
+		__u32 w1 = skops->local_ip6[1];
+		asm volatile("" ::: "memory");
+		__u32 w2 = skops->local_ip6[2];
+		asm volatile("" ::: "memory");
+		__u32 w3 = skops->local_ip6[3];
+		__u32 w[4] = {w0, w1, w2, w3};
+		__builtin_memcpy(k.addr, w, 16);
+	}
+	bpf_map_update_elem(&orig_by_tuple, &k, o, BPF_ANY);
+	return 1;
+}

@@ -1,0 +1,540 @@
+package enforcer
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/rlimit"
+	"golang.org/x/sys/unix"
+)
+
+// DefaultPinDir is where maps and links are pinned. The version component
+// changes whenever a map's key or value layout changes: a pinned map of equal
+// size but a different layout would otherwise be silently reused.
+const DefaultPinDir = "/sys/fs/bpf/sluice/v1"
+
+// Protocols, as in the counters and events.
+const (
+	ProtoTCP = 6
+	ProtoUDP = 17
+)
+
+// Reasons for a kernel refusal.
+const (
+	ReasonNotAllowed     = 1
+	ReasonExpired        = 2
+	ReasonPort           = 3
+	ReasonUDP            = 4
+	ReasonMetadata       = 5
+	ReasonSocket         = 6
+	ReasonUnknownSandbox = 7
+	ReasonDenyRule       = 8
+	ReasonBind           = 9
+)
+
+// ReasonString names a refusal reason.
+func ReasonString(r uint32) string {
+	switch r {
+	case ReasonNotAllowed:
+		return "not_allowed"
+	case ReasonExpired:
+		return "expired"
+	case ReasonPort:
+		return "port"
+	case ReasonUDP:
+		return "udp"
+	case ReasonMetadata:
+		return "metadata"
+	case ReasonSocket:
+		return "socket_type"
+	case ReasonUnknownSandbox:
+		return "unknown_sandbox"
+	case ReasonDenyRule:
+		return "deny_rule"
+	case ReasonBind:
+		return "bind"
+	}
+	return "reason_" + strconv.Itoa(int(r))
+}
+
+// allow entry flags, as in bpf/sluice.h.
+const (
+	alDirect = 1
+	alDeny   = 2
+	alStatic = 4
+	alUDP    = 8
+)
+
+const sbAudit = 1
+
+// Config configures an Enforcer.
+type Config struct {
+	// PinDir is the bpffs directory for pinned maps and links. Empty means
+	// DefaultPinDir. bpffs is mounted at its root if it is not.
+	PinDir string
+}
+
+// Enforcer owns the loaded eBPF programs and the pinned maps shared by every
+// sandbox on the host. It is safe for concurrent use. Close releases the
+// process's handles; pinned links and maps stay, so enforcement outlives the
+// process (fail closed).
+type Enforcer struct {
+	log    *slog.Logger
+	pinDir string
+	objs   sluiceObjects
+
+	mu sync.Mutex // serialises read-modify-write of allow entries
+}
+
+// Open loads the programs, creating or reusing the pinned maps under the pin
+// directory. The caller must Close the Enforcer.
+func Open(cfg Config, log *slog.Logger) (*Enforcer, error) {
+	pinDir := cfg.PinDir
+	if pinDir == "" {
+		pinDir = DefaultPinDir
+	}
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("raising the memlock limit: %w", err)
+	}
+	if err := EnsureBPFFS(pinDir); err != nil {
+		return nil, err
+	}
+	mapDir := filepath.Join(pinDir, "maps")
+	if err := os.MkdirAll(mapDir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating pin directory: %w", err)
+	}
+	spec, err := loadSluice()
+	if err != nil {
+		return nil, fmt.Errorf("reading the embedded eBPF object: %w", err)
+	}
+	for name, m := range spec.Maps {
+		// The ring buffer stays private to this process: each process that
+		// loads programs reads its own programs' events.
+		if name == "events" || name == ".bss" || name == ".data" || name == ".rodata" {
+			continue
+		}
+		m.Pinning = ebpf.PinByName
+	}
+	e := &Enforcer{log: log, pinDir: pinDir}
+	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: mapDir}}
+	if err := spec.LoadAndAssign(&e.objs, opts); err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return nil, fmt.Errorf("loading eBPF programs (verifier log follows):\n%+v", ve)
+		}
+		return nil, fmt.Errorf("loading eBPF programs: %w", err)
+	}
+	return e, nil
+}
+
+// Close releases this process's handles on programs and maps. Pinned objects
+// remain.
+func (e *Enforcer) Close() error { return e.objs.Close() }
+
+// PinDir returns the bpffs directory in use.
+func (e *Enforcer) PinDir() string { return e.pinDir }
+
+// EnsureBPFFS mounts bpffs at /sys/fs/bpf when dir is below it and no bpffs
+// is mounted there.
+func EnsureBPFFS(dir string) error {
+	root := "/sys/fs/bpf"
+	var fs unix.Statfs_t
+	if err := unix.Statfs(root, &fs); err == nil && fs.Type == unix.BPF_FS_MAGIC {
+		return nil
+	}
+	if err := os.MkdirAll(root, 0o755); err != nil {
+		return fmt.Errorf("creating %s: %w", root, err)
+	}
+	if err := unix.Mount("bpffs", root, "bpf", 0, "mode=0700"); err != nil {
+		return fmt.Errorf("mounting bpffs at %s (needs CAP_SYS_ADMIN; or mount it yourself: mount -t bpf bpffs %s): %w", root, root, err)
+	}
+	return nil
+}
+
+// SandboxConfig is a sandbox's kernel-side configuration.
+type SandboxConfig struct {
+	ProxyPort uint16 // the sandbox's proxy listener port (127.0.0.1 and ::1)
+	DNSPort   uint16 // the sandbox's resolver port (127.0.0.1 and ::1)
+	Audit     bool   // record would-be refusals, refuse nothing but metadata
+}
+
+type attachSpec struct {
+	name string
+	typ  ebpf.AttachType
+	prog func(*sluiceObjects) *ebpf.Program
+}
+
+var attachments = []attachSpec{
+	{"connect4", ebpf.AttachCGroupInet4Connect, func(o *sluiceObjects) *ebpf.Program { return o.SluiceConnect4 }},
+	{"connect6", ebpf.AttachCGroupInet6Connect, func(o *sluiceObjects) *ebpf.Program { return o.SluiceConnect6 }},
+	{"sendmsg4", ebpf.AttachCGroupUDP4Sendmsg, func(o *sluiceObjects) *ebpf.Program { return o.SluiceSendmsg4 }},
+	{"sendmsg6", ebpf.AttachCGroupUDP6Sendmsg, func(o *sluiceObjects) *ebpf.Program { return o.SluiceSendmsg6 }},
+	{"recvmsg4", ebpf.AttachCGroupUDP4Recvmsg, func(o *sluiceObjects) *ebpf.Program { return o.SluiceRecvmsg4 }},
+	{"recvmsg6", ebpf.AttachCGroupUDP6Recvmsg, func(o *sluiceObjects) *ebpf.Program { return o.SluiceRecvmsg6 }},
+	{"getpeername4", ebpf.AttachCgroupInet4GetPeername, func(o *sluiceObjects) *ebpf.Program { return o.SluiceGetpeername4 }},
+	{"getpeername6", ebpf.AttachCgroupInet6GetPeername, func(o *sluiceObjects) *ebpf.Program { return o.SluiceGetpeername6 }},
+	{"sock_create", ebpf.AttachCGroupInetSockCreate, func(o *sluiceObjects) *ebpf.Program { return o.SluiceSockCreate }},
+	{"bind4", ebpf.AttachCGroupInet4Bind, func(o *sluiceObjects) *ebpf.Program { return o.SluiceBind4 }},
+	{"bind6", ebpf.AttachCGroupInet6Bind, func(o *sluiceObjects) *ebpf.Program { return o.SluiceBind6 }},
+	{"sockops", ebpf.AttachCGroupSockOps, func(o *sluiceObjects) *ebpf.Program { return o.SluiceSockops }},
+}
+
+func (e *Enforcer) linkDir(id uint64) string {
+	return filepath.Join(e.pinDir, "links", strconv.FormatUint(id, 10))
+}
+
+// ErrSandboxTableFull is returned by Attach when the kernel's sandbox table
+// has no room left.
+var ErrSandboxTableFull = errors.New("the kernel sandbox table is full: detach unused sandboxes first")
+
+// Attach registers the cgroup at path (whose id is id) as a sandbox and
+// attaches the programs to it with pinned links. Links already pinned for
+// this id (a restarted daemon re-adopting a sandbox) are updated in place to
+// this process's programs, with no gap in enforcement. Attach on an attached
+// sandbox replaces its configuration.
+func (e *Enforcer) Attach(path string, id uint64, cfg SandboxConfig) (*Sandbox, error) {
+	v := sluiceSandboxCfg{ProxyPort: cfg.ProxyPort, DnsPort: cfg.DNSPort}
+	if cfg.Audit {
+		v.Flags |= sbAudit
+	}
+	// Register before attaching: the programs refuse every socket of a
+	// cgroup they cannot find in the table.
+	if err := e.objs.Sandboxes.Update(id, v, ebpf.UpdateAny); err != nil {
+		if errors.Is(err, unix.E2BIG) || errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.ENOMEM) {
+			return nil, fmt.Errorf("registering sandbox %d: %w", id, ErrSandboxTableFull)
+		}
+		return nil, fmt.Errorf("registering sandbox %d: %w", id, err)
+	}
+	dir := e.linkDir(id)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating link pin directory: %w", err)
+	}
+	s := &Sandbox{e: e, id: id, path: path}
+	for _, a := range attachments {
+		pin := filepath.Join(dir, a.name)
+		prog := a.prog(&e.objs)
+		if l, err := link.LoadPinnedLink(pin, nil); err == nil {
+			err = l.Update(prog)
+			l.Close()
+			if err == nil {
+				continue
+			}
+			// A stale pin (its cgroup is gone): replace it.
+			os.Remove(pin)
+		}
+		l, err := link.AttachCgroup(link.CgroupOptions{Path: path, Attach: a.typ, Program: prog})
+		if err != nil {
+			s.Detach()
+			return nil, fmt.Errorf("attaching %s to %s: %w", a.name, path, err)
+		}
+		err = l.Pin(pin)
+		l.Close()
+		if err != nil {
+			s.Detach()
+			return nil, fmt.Errorf("pinning the %s link: %w", a.name, err)
+		}
+	}
+	return s, nil
+}
+
+// Sandbox returns a handle on a sandbox already registered under id (for
+// example by an earlier daemon), without attaching anything.
+func (e *Enforcer) Sandbox(path string, id uint64) *Sandbox {
+	return &Sandbox{e: e, id: id, path: path}
+}
+
+// Registered reports whether id is in the kernel's sandbox table.
+func (e *Enforcer) Registered(id uint64) bool {
+	var v sluiceSandboxCfg
+	return e.objs.Sandboxes.Lookup(id, &v) == nil
+}
+
+// SandboxCount returns the number of registered sandboxes.
+func (e *Enforcer) SandboxCount() int {
+	n := 0
+	var k uint64
+	var v sluiceSandboxCfg
+	it := e.objs.Sandboxes.Iterate()
+	for it.Next(&k, &v) {
+		n++
+	}
+	return n
+}
+
+// Sandbox is one registered cgroup. Its methods are safe for concurrent use.
+type Sandbox struct {
+	e    *Enforcer
+	id   uint64
+	path string
+}
+
+// ID returns the sandbox's cgroup id.
+func (s *Sandbox) ID() uint64 { return s.id }
+
+// Detach removes the links, the registration, the allowlist entries and
+// the refusal counters of the sandbox.
+func (s *Sandbox) Detach() error {
+	var errs []error
+	dir := s.e.linkDir(s.id)
+	for _, a := range attachments {
+		pin := filepath.Join(dir, a.name)
+		l, err := link.LoadPinnedLink(pin, nil)
+		if err != nil {
+			if !errors.Is(err, os.ErrNotExist) {
+				os.Remove(pin)
+			}
+			continue
+		}
+		if err := l.Unpin(); err != nil {
+			errs = append(errs, fmt.Errorf("unpinning %s: %w", a.name, err))
+		}
+		l.Close()
+	}
+	if err := os.Remove(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, err)
+	}
+	if err := s.e.objs.Sandboxes.Delete(s.id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		errs = append(errs, fmt.Errorf("unregistering: %w", err))
+	}
+	s.e.deleteAllow(func(k *sluiceAllowKey) bool { return binary.NativeEndian.Uint64(k.Sandbox[:]) == s.id })
+	s.e.deleteCounters(s.id)
+	return errors.Join(errs...)
+}
+
+func addrKey(a netip.Addr) [16]byte {
+	if a.Is4() {
+		a = netip.AddrFrom16(a.As16())
+	}
+	return a.As16()
+}
+
+// monoNow returns CLOCK_MONOTONIC, the clock of bpf_ktime_get_ns.
+func monoNow() time.Duration {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return time.Duration(ts.Nano())
+}
+
+// monoAt converts a wall-clock time to the kernel's monotonic nanoseconds.
+func monoAt(t time.Time) uint64 {
+	d := time.Until(t)
+	n := monoNow() + d
+	if n <= 0 {
+		return 1
+	}
+	return uint64(n)
+}
+
+// wallAt converts kernel monotonic nanoseconds to wall-clock time.
+func wallAt(ns uint64) time.Time {
+	return time.Now().Add(time.Duration(ns) - monoNow())
+}
+
+// Allow lets the sandbox connect to addr until the given time (through the
+// proxy, or directly when direct is set). An existing entry is extended,
+// never shortened, and static entries are left alone.
+func (s *Sandbox) Allow(addr netip.Addr, until time.Time, direct bool) error {
+	k := sluiceAllowKey{Prefixlen: 64 + 128, Addr: addrKey(addr)}
+	binary.NativeEndian.PutUint64(k.Sandbox[:], s.id)
+	exp := monoAt(until)
+	s.e.mu.Lock()
+	defer s.e.mu.Unlock()
+	var cur sluiceAllowVal
+	if err := s.e.objs.Allow.Lookup(&k, &cur); err == nil {
+		if cur.Flags&alStatic != 0 || cur.ExpiresNs == 0 {
+			return nil
+		}
+		if cur.ExpiresNs > exp {
+			exp = cur.ExpiresNs
+		}
+	}
+	v := sluiceAllowVal{ExpiresNs: exp}
+	if direct {
+		v.Flags |= alDirect
+	}
+	if err := s.e.objs.Allow.Update(&k, &v, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("allowlist update for %s: %w", addr, err)
+	}
+	return nil
+}
+
+// Static is a policy CIDR entry for the kernel allowlist.
+type Static struct {
+	Prefix netip.Prefix
+	Ports  []uint16 // empty: any port; at most 8
+	Direct bool
+	Deny   bool
+	UDP    bool // direct entries only
+}
+
+// SetStatic replaces the sandbox's static (policy CIDR) entries.
+func (s *Sandbox) SetStatic(entries []Static) error {
+	s.e.mu.Lock()
+	defer s.e.mu.Unlock()
+	want := map[sluiceAllowKey]sluiceAllowVal{}
+	for _, en := range entries {
+		if len(en.Ports) > 8 {
+			return fmt.Errorf("cidr %s: at most 8 ports per range in the kernel allowlist", en.Prefix)
+		}
+		p := en.Prefix.Masked()
+		bits := p.Bits()
+		if p.Addr().Is4() {
+			bits += 96
+		}
+		k := sluiceAllowKey{Prefixlen: uint32(64 + bits), Addr: addrKey(p.Addr())}
+		binary.NativeEndian.PutUint64(k.Sandbox[:], s.id)
+		v := sluiceAllowVal{Flags: alStatic, Nports: uint16(len(en.Ports))}
+		copy(v.Ports[:], en.Ports)
+		if en.Direct {
+			v.Flags |= alDirect
+		}
+		if en.Deny {
+			v.Flags |= alDeny
+		}
+		if en.UDP {
+			v.Flags |= alUDP
+		}
+		want[k] = v
+	}
+	// Write the new entries first, then remove stale ones: no moment where
+	// a still-allowed range is missing.
+	for k, v := range want {
+		if err := s.e.objs.Allow.Update(&k, &v, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("allowlist update for %s: %w", netip.AddrFrom16(k.Addr), err)
+		}
+	}
+	s.e.deleteAllowLocked(func(k *sluiceAllowKey, v *sluiceAllowVal) bool {
+		if binary.NativeEndian.Uint64(k.Sandbox[:]) != s.id || v.Flags&alStatic == 0 {
+			return false
+		}
+		_, keep := want[*k]
+		return !keep
+	})
+	return nil
+}
+
+// SetConfig updates the sandbox's kernel configuration in place.
+func (s *Sandbox) SetConfig(cfg SandboxConfig) error {
+	v := sluiceSandboxCfg{ProxyPort: cfg.ProxyPort, DnsPort: cfg.DNSPort}
+	if cfg.Audit {
+		v.Flags |= sbAudit
+	}
+	if err := s.e.objs.Sandboxes.Update(s.id, v, ebpf.UpdateExist); err != nil {
+		return fmt.Errorf("updating sandbox %d: %w", s.id, err)
+	}
+	return nil
+}
+
+func (e *Enforcer) deleteAllow(match func(*sluiceAllowKey) bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.deleteAllowLocked(func(k *sluiceAllowKey, _ *sluiceAllowVal) bool { return match(k) })
+}
+
+func (e *Enforcer) deleteAllowLocked(match func(*sluiceAllowKey, *sluiceAllowVal) bool) {
+	var k sluiceAllowKey
+	var v sluiceAllowVal
+	var del []sluiceAllowKey
+	it := e.objs.Allow.Iterate()
+	for it.Next(&k, &v) {
+		if match(&k, &v) {
+			del = append(del, k)
+		}
+	}
+	for i := range del {
+		_ = e.objs.Allow.Delete(&del[i])
+	}
+}
+
+// GC removes allowlist entries that expired before now-grace. The kernel
+// already refuses expired entries; GC keeps the map small.
+func (e *Enforcer) GC(grace time.Duration) int {
+	limit := uint64(monoNow() - grace)
+	n := 0
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.deleteAllowLocked(func(k *sluiceAllowKey, v *sluiceAllowVal) bool {
+		if v.ExpiresNs != 0 && v.ExpiresNs < limit {
+			n++
+			return true
+		}
+		return false
+	})
+	return n
+}
+
+// AllowCount returns the number of allowlist entries (map occupancy).
+func (e *Enforcer) AllowCount() int {
+	n := 0
+	var k sluiceAllowKey
+	var v sluiceAllowVal
+	it := e.objs.Allow.Iterate()
+	for it.Next(&k, &v) {
+		n++
+	}
+	return n
+}
+
+func (e *Enforcer) deleteCounters(id uint64) {
+	var k sluiceCounterKey
+	var v sluiceCounterVal
+	var del []sluiceCounterKey
+	it := e.objs.Counters.Iterate()
+	for it.Next(&k, &v) {
+		if k.Sandbox == id {
+			del = append(del, k)
+		}
+	}
+	for i := range del {
+		_ = e.objs.Counters.Delete(&del[i])
+	}
+}
+
+// Origin is what the kernel recorded about a redirected connection.
+type Origin struct {
+	Dst      netip.AddrPort
+	PID      uint32
+	Comm     string
+	CgroupID uint64
+}
+
+// ErrNoOrigin means no original destination is recorded for a connection.
+var ErrNoOrigin = errors.New("no original destination recorded for this connection")
+
+// OriginalDst returns and forgets the original destination of the TCP
+// connection whose client end is client.
+func (s *Sandbox) OriginalDst(client netip.AddrPort) (Origin, error) {
+	k := sluiceOrigKey{Sandbox: s.id, Addr: addrKey(client.Addr().Unmap()), Port: client.Port(), Proto: ProtoTCP}
+	var o sluiceOrig
+	if err := s.e.objs.OrigByTuple.LookupAndDelete(&k, &o); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return Origin{}, ErrNoOrigin
+		}
+		return Origin{}, fmt.Errorf("original destination lookup: %w", err)
+	}
+	return Origin{
+		Dst:      netip.AddrPortFrom(netip.AddrFrom16(o.Addr).Unmap(), o.Port),
+		PID:      o.Pid,
+		Comm:     cString(o.Comm[:]),
+		CgroupID: o.Cgroup,
+	}, nil
+}
+
+func cString(b []byte) string {
+	for i, c := range b {
+		if c == 0 {
+			return string(b[:i])
+		}
+	}
+	return string(b)
+}

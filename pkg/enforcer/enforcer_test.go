@@ -1,0 +1,261 @@
+package enforcer
+
+import (
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/sluice-dev/sluice/pkg/cgroup"
+	"github.com/sluice-dev/sluice/pkg/testutil"
+)
+
+func TestMain(m *testing.M) {
+	testutil.MaybeRunProbe()
+	os.Exit(m.Run())
+}
+
+// fixture is a sandbox cgroup with the programs attached and a fake proxy
+// listener on 127.0.0.1 and ::1 that records original destinations.
+type fixture struct {
+	e      *Enforcer
+	sb     *Sandbox
+	cg     string
+	origin chan Origin
+}
+
+func setup(t *testing.T, audit bool) *fixture {
+	t.Helper()
+	testutil.RequirePrivileged(t)
+	e, err := Open(Config{PinDir: testutil.PinDir(t)}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close() })
+	cg, id := testutil.Cgroup(t)
+
+	ln4, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln4.Close() })
+	port := uint16(ln4.Addr().(*net.TCPAddr).Port)
+	ln6, err := net.Listen("tcp6", net.JoinHostPort("::1", itoa(port)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln6.Close() })
+
+	sb, err := e.Attach(cg, id, SandboxConfig{ProxyPort: port, DNSPort: 1, Audit: audit})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sb.Detach() })
+	f := &fixture{e: e, sb: sb, cg: cg, origin: make(chan Origin, 16)}
+	for _, ln := range []net.Listener{ln4, ln6} {
+		go func(ln net.Listener) {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				o, err := sb.OriginalDst(netip.MustParseAddrPort(c.RemoteAddr().String()))
+				if err == nil {
+					f.origin <- o
+					c.Write([]byte("proxied\n"))
+				}
+				c.Close()
+			}
+		}(ln)
+	}
+	return f
+}
+
+func itoa(p uint16) string { return strconv.Itoa(int(p)) }
+
+func port(addr string) string {
+	_, p, _ := net.SplitHostPort(addr)
+	return p
+}
+
+func TestForbiddenDestinationsRefused(t *testing.T) {
+	f := setup(t, false)
+	tcp4 := testutil.TCPCanary(t, "tcp4")
+	tcp6 := testutil.TCPCanary(t, "tcp6")
+	udp4 := testutil.UDPCanary(t, "udp4")
+	udp6 := testutil.UDPCanary(t, "udp6")
+	cases := []struct {
+		name, mode, target string
+		canary             *testutil.Canary
+	}{
+		{"tcp ipv4", "tcp", tcp4.Addr, tcp4},
+		{"tcp ipv4-mapped ipv6", "tcp", "[::ffff:127.0.0.1]:" + port(tcp4.Addr), tcp4},
+		{"tcp ipv6", "tcp", tcp6.Addr, tcp6},
+		{"tcp fast open ipv4", "tfo", tcp4.Addr, tcp4},
+		{"tcp fast open ipv6", "tfo", tcp6.Addr, tcp6},
+		{"udp unconnected ipv4", "udp", udp4.Addr, udp4},
+		{"udp connected ipv4", "udpconn", udp4.Addr, udp4},
+		{"udp ipv4-mapped", "udp", "[::ffff:127.0.0.1]:" + port(udp4.Addr), udp4},
+		{"udp ipv6", "udp", udp6.Addr, udp6},
+		{"udp connected ipv6", "udpconn", udp6.Addr, udp6},
+		{"metadata", "tcp", "169.254.169.254:80", nil},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			got := testutil.RunProbe(t, f.cg, c.mode, c.target)
+			if got != "error EPERM" {
+				t.Fatalf("probe %s %s: got %q, want error EPERM", c.mode, c.target, got)
+			}
+			if c.canary != nil && c.canary.Hits() != 0 {
+				t.Fatalf("forbidden listener received %d connections", c.canary.Hits())
+			}
+		})
+	}
+	for _, mode := range []string{"raw", "mptcp"} {
+		if got := testutil.RunProbe(t, f.cg, mode, "-"); got != "error EPERM" {
+			t.Errorf("%s socket: got %q, want error EPERM", mode, got)
+		}
+	}
+	// The refusals are counted.
+	rows, err := ReadBlocked(f.e.PinDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n uint64
+	for _, r := range rows {
+		if r.Sandbox == f.sb.ID() {
+			n += r.Count
+		}
+	}
+	if n < uint64(len(cases)) {
+		t.Fatalf("counted %d refusals, want at least %d: %+v", n, len(cases), rows)
+	}
+}
+
+func TestAllowedRedirectedWithOriginalDestination(t *testing.T) {
+	f := setup(t, false)
+	upstream := testutil.TCPCanary(t, "tcp4")
+	dst := netip.MustParseAddrPort("127.0.0.2:" + port(upstream.Addr))
+	if err := f.sb.Allow(dst.Addr(), time.Now().Add(time.Minute), false); err != nil {
+		t.Fatal(err)
+	}
+	for _, target := range []string{dst.String(), "[::ffff:127.0.0.2]:" + port(upstream.Addr)} {
+		got := testutil.RunProbe(t, f.cg, "tcp", target)
+		if got != "ok proxied" {
+			t.Fatalf("connect %s: got %q, want the proxy's answer", target, got)
+		}
+		select {
+		case o := <-f.origin:
+			if o.Dst != dst {
+				t.Fatalf("original destination %v, want %v", o.Dst, dst)
+			}
+			if o.PID == 0 || o.Comm == "" {
+				t.Fatalf("origin lacks pid/comm: %+v", o)
+			}
+		case <-time.After(3 * time.Second):
+			t.Fatal("proxy never recovered the original destination")
+		}
+	}
+	if upstream.Hits() != 0 {
+		t.Fatal("the connection bypassed the proxy")
+	}
+	// Expired entries are refused.
+	if err := f.sb.Allow(netip.MustParseAddr("127.0.0.3"), time.Now().Add(-time.Second), false); err != nil {
+		t.Fatal(err)
+	}
+	if got := testutil.RunProbe(t, f.cg, "tcp", "127.0.0.3:"+port(upstream.Addr)); got != "error EPERM" {
+		t.Fatalf("expired entry: got %q", got)
+	}
+}
+
+func TestNestedCgroupEnforced(t *testing.T) {
+	f := setup(t, false)
+	canary := testutil.TCPCanary(t, "tcp4")
+	child, err := cgroup.Create(f.cg, "inner")
+	if err != nil {
+		t.Fatal(err)
+	}
+	grandchild, err := cgroup.Create(child, "deeper")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cg := range []string{child, grandchild} {
+		if got := testutil.RunProbe(t, cg, "tcp", canary.Addr); got != "error EPERM" {
+			t.Fatalf("%s: got %q, want error EPERM", filepath.Base(cg), got)
+		}
+	}
+	if canary.Hits() != 0 {
+		t.Fatal("forbidden listener was reached from a nested cgroup")
+	}
+}
+
+func TestStaticDirectRule(t *testing.T) {
+	f := setup(t, false)
+	up := testutil.TCPCanary(t, "tcp4")
+	p := uint16(mustAtoi(t, port(up.Addr)))
+	if err := f.sb.SetStatic([]Static{{Prefix: netip.MustParsePrefix("127.0.0.0/8"), Ports: []uint16{p}, Direct: true}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := testutil.RunProbe(t, f.cg, "tcp", up.Addr); got != "ok pong" {
+		t.Fatalf("direct rule: got %q, want ok pong", got)
+	}
+	other := testutil.TCPCanary(t, "tcp4")
+	if got := testutil.RunProbe(t, f.cg, "tcp", other.Addr); got != "error EPERM" {
+		t.Fatalf("port outside the rule: got %q", got)
+	}
+	// A deny /32 inside the allowed /8 wins.
+	if err := f.sb.SetStatic([]Static{
+		{Prefix: netip.MustParsePrefix("127.0.0.0/8"), Ports: []uint16{p}, Direct: true},
+		{Prefix: netip.MustParsePrefix("127.0.0.1/32"), Deny: true},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if got := testutil.RunProbe(t, f.cg, "tcp", up.Addr); got != "error EPERM" {
+		t.Fatalf("deny inside allow: got %q", got)
+	}
+	if up.Hits() != 1 || other.Hits() != 0 {
+		t.Fatalf("hits: allowed %d (want 1), other %d (want 0)", up.Hits(), other.Hits())
+	}
+}
+
+func TestDetachLeavesNothing(t *testing.T) {
+	f := setup(t, false)
+	_ = f.sb.Allow(netip.MustParseAddr("127.0.0.9"), time.Now().Add(time.Minute), false)
+	testutil.RunProbe(t, f.cg, "tcp", "127.0.0.1:9") // one refusal counted
+	if err := f.sb.Detach(); err != nil {
+		t.Fatal(err)
+	}
+	if f.e.Registered(f.sb.ID()) {
+		t.Fatal("still registered")
+	}
+	if _, err := os.Stat(f.e.linkDir(f.sb.ID())); !os.IsNotExist(err) {
+		t.Fatalf("link pins left behind: %v", err)
+	}
+	if n := f.e.AllowCount(); n != 0 {
+		t.Fatalf("%d allowlist entries left", n)
+	}
+	rows, _ := ReadBlocked(f.e.PinDir())
+	for _, r := range rows {
+		if r.Sandbox == f.sb.ID() {
+			t.Fatalf("counter left: %+v", r)
+		}
+	}
+	// With the links gone the cgroup is unrestricted again.
+	up := testutil.TCPCanary(t, "tcp4")
+	if got := testutil.RunProbe(t, f.cg, "tcp", up.Addr); got != "ok pong" {
+		t.Fatalf("after detach: %q", got)
+	}
+}
+
+func mustAtoi(t *testing.T, s string) int {
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}

@@ -1,0 +1,135 @@
+package enforcer
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/ringbuf"
+)
+
+// Refusal is one kernel refusal event from the ring buffer.
+type Refusal struct {
+	Time     time.Time
+	Sandbox  uint64
+	CgroupID uint64
+	PID      uint32
+	Comm     string
+	Dst      netip.AddrPort
+	Proto    uint16
+	Reason   uint32
+	Audit    bool // would have been refused; audit mode let it through
+}
+
+// Events delivers the kernel refusal events of this process's programs to fn
+// until ctx is done. Run it in one goroutine per Enforcer.
+func (e *Enforcer) Events(ctx context.Context, fn func(Refusal)) error {
+	rd, err := ringbuf.NewReader(e.objs.Events)
+	if err != nil {
+		return fmt.Errorf("opening the event ring buffer: %w", err)
+	}
+	go func() {
+		<-ctx.Done()
+		rd.Close()
+	}()
+	for {
+		rec, err := rd.Read()
+		if err != nil {
+			if errors.Is(err, ringbuf.ErrClosed) {
+				return nil
+			}
+			return fmt.Errorf("reading events: %w", err)
+		}
+		var ev sluiceEvent
+		if err := binary.Read(bytes.NewReader(rec.RawSample), binary.NativeEndian, &ev); err != nil {
+			continue
+		}
+		fn(Refusal{
+			Time:     wallAt(ev.TsNs),
+			Sandbox:  ev.Sandbox,
+			CgroupID: ev.Cgroup,
+			PID:      ev.Pid,
+			Comm:     cString(ev.Comm[:]),
+			Dst:      netip.AddrPortFrom(netip.AddrFrom16(ev.Addr).Unmap(), ev.Port),
+			Proto:    ev.Proto,
+			Reason:   ev.Reason,
+			Audit:    ev.Audit != 0,
+		})
+	}
+}
+
+// Blocked is one row of the refusal counters.
+type Blocked struct {
+	Sandbox  uint64
+	Dst      netip.AddrPort
+	Proto    uint16
+	Reason   uint32
+	Count    uint64
+	LastSeen time.Time
+}
+
+// ReadBlocked reads the pinned refusal counters under pinDir (DefaultPinDir
+// when empty) read-only. It needs no daemon and no loaded programs.
+func ReadBlocked(pinDir string) ([]Blocked, error) {
+	if pinDir == "" {
+		pinDir = DefaultPinDir
+	}
+	path := filepath.Join(pinDir, "maps", "counters")
+	m, err := ebpf.LoadPinnedMap(path, &ebpf.LoadPinOptions{ReadOnly: true})
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("opening %s (needs root or CAP_BPF): %w", path, err)
+	}
+	defer m.Close()
+	var out []Blocked
+	var k sluiceCounterKey
+	var v sluiceCounterVal
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		out = append(out, Blocked{
+			Sandbox:  k.Sandbox,
+			Dst:      netip.AddrPortFrom(netip.AddrFrom16(k.Addr).Unmap(), k.Port),
+			Proto:    k.Proto,
+			Reason:   k.Reason,
+			Count:    v.Count,
+			LastSeen: wallAt(v.LastNs),
+		})
+	}
+	if err := it.Err(); err != nil {
+		return out, fmt.Errorf("reading %s: %w", path, err)
+	}
+	return out, nil
+}
+
+// RegisteredSandboxes lists the sandbox ids in the pinned sandbox table.
+func RegisteredSandboxes(pinDir string) ([]uint64, error) {
+	if pinDir == "" {
+		pinDir = DefaultPinDir
+	}
+	path := filepath.Join(pinDir, "maps", "sandboxes")
+	m, err := ebpf.LoadPinnedMap(path, &ebpf.LoadPinOptions{ReadOnly: true})
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("opening %s (needs root or CAP_BPF): %w", path, err)
+	}
+	defer m.Close()
+	var ids []uint64
+	var k uint64
+	var v sluiceSandboxCfg
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		ids = append(ids, k)
+	}
+	return ids, it.Err()
+}
