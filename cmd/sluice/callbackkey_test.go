@@ -1,0 +1,60 @@
+package main
+
+import (
+	"crypto/ed25519"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sluice-dev/sluice/pkg/secrets"
+)
+
+func TestCallbackKey(t *testing.T) {
+	state := filepath.Join(t.TempDir(), "state")
+	pemOut := runCLI(t, "", "callback-key", "--state-dir", state)
+	if pemOut.code != 0 || !strings.HasPrefix(pemOut.stdout, "-----BEGIN PUBLIC KEY-----") {
+		t.Fatalf("PEM: %+v", pemOut)
+	}
+	fi, err := os.Stat(filepath.Join(state, secrets.SigningKeyFile))
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("signing key file: %v %v", fi, err)
+	}
+	jwkOut := runCLI(t, "", "callback-key", "--jwk", "--state-dir", state)
+	if jwkOut.code != 0 || !strings.Contains(jwkOut.stdout, `"kty":"OKP"`) || !strings.Contains(jwkOut.stdout, `"crv":"Ed25519"`) {
+		t.Fatalf("JWK: %+v", jwkOut)
+	}
+	fromPEM, err := secrets.ParsePublicKeyPEM([]byte(pemOut.stdout))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fromJWK, err := secrets.ParseJWK([]byte(jwkOut.stdout))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !fromPEM.Equal(fromJWK) {
+		t.Fatal("PEM and JWK print different keys")
+	}
+	// The printed key verifies what the daemon's key signs, and a second
+	// run prints the same key.
+	priv, err := secrets.LoadOrCreateSigningKey(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := []byte(`{"sandbox":"a","host":"h","port":443}`)
+	if err := secrets.Verify(fromPEM, secrets.Sign(priv, body, time.Now()), body, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if again := runCLI(t, "", "callback-key", "--state-dir", state); again.stdout != pemOut.stdout {
+		t.Fatal("key changed between runs")
+	}
+	if priv.Public().(ed25519.PublicKey).Equal(fromPEM) == false {
+		t.Fatal("mismatch")
+	}
+	// A private key readable by others is refused.
+	os.Chmod(filepath.Join(state, secrets.SigningKeyFile), 0o644)
+	if r := runCLI(t, "", "callback-key", "--state-dir", state); r.code == 0 || !strings.Contains(r.stderr, "chmod 600") {
+		t.Fatalf("loose key accepted: %+v", r)
+	}
+}
