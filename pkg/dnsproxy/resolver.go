@@ -1,0 +1,215 @@
+package dnsproxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/miekg/dns"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/sluice-dev/sluice/pkg/audit"
+	"github.com/sluice-dev/sluice/pkg/policy"
+)
+
+// Allowlister is one sandbox's kernel allowlist: after Allow returns nil,
+// the sandbox may connect to addr until the given time. direct means the
+// connection bypasses the proxy.
+type Allowlister interface {
+	Allow(addr netip.Addr, until time.Time, direct bool) error
+}
+
+// Revoker is optionally implemented by an Allowlister. When a sandbox's
+// Bindings evict an address that no name is bound to any more, the resolver
+// calls Revoke so the allowlist stays bounded by the per-name cap. Without
+// it, evicted addresses stay allowed until their expiry.
+type Revoker interface {
+	Revoke(addr netip.Addr) error
+}
+
+// NameMatcher is the part of a policy the resolver consults;
+// *policy.Policy implements it.
+type NameMatcher interface {
+	MatchName(name string) policy.NameMatch
+}
+
+// Sandbox is the resolver's view of one sandbox.
+type Sandbox struct {
+	// Name and ID (the cgroup id) label audit events.
+	Name string
+	ID   uint64
+	// Policy returns the sandbox's current policy; it is called for every
+	// query, so replacing the policy takes effect at the next query. A nil
+	// policy refuses every name. Required.
+	Policy func() *policy.Policy
+	// Allow is the sandbox's kernel allowlist. Required.
+	Allow Allowlister
+	// Bindings records address to name pairings for the proxy. If nil,
+	// Handler creates one from the Resolver's Config and stores it here.
+	Bindings *Bindings
+	// Audit receives one event per query. Nil discards.
+	Audit audit.Emitter
+
+	// view replaces Policy in tests: matcher, audit mode, ipv6.
+	view func() (NameMatcher, bool, bool)
+}
+
+// current returns the sandbox's matcher, whether it is in audit mode and
+// whether AAAA answers are wanted; a nil matcher refuses everything.
+func (sb *Sandbox) current() (NameMatcher, bool, bool) {
+	if sb.view != nil {
+		return sb.view()
+	}
+	p := sb.Policy()
+	if p == nil {
+		return nil, false, false
+	}
+	return p, p.Mode == policy.ModeAudit, p.IPv6
+}
+
+// Resolver resolves, filters and caches on behalf of sandboxes. Create it
+// with New; it holds no goroutines or sockets of its own.
+type Resolver struct {
+	cfg   Config
+	log   *slog.Logger
+	fwd   *forwarder
+	cache *cache
+	sf    singleflight.Group
+	now   func() time.Time
+}
+
+// New returns a Resolver for cfg. cfg.Upstreams must be non-empty host:port
+// addresses; log must not be nil.
+func New(cfg Config, log *slog.Logger) (*Resolver, error) {
+	if log == nil {
+		return nil, errors.New("dnsproxy: nil logger")
+	}
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, fmt.Errorf("dnsproxy config: %w", err)
+	}
+	return &Resolver{
+		cfg:   cfg,
+		log:   log,
+		fwd:   newForwarder(cfg),
+		cache: newCache(cfg.CacheSize),
+		now:   time.Now,
+	}, nil
+}
+
+// Handler returns the dns.Handler that answers queries for sb. sb.Policy
+// and sb.Allow must be set; a nil sb.Bindings is created and stored.
+func (r *Resolver) Handler(sb *Sandbox) (dns.Handler, error) {
+	if sb == nil || (sb.Policy == nil && sb.view == nil) || sb.Allow == nil {
+		return nil, errors.New("dnsproxy: sandbox needs Policy and Allow")
+	}
+	if sb.Bindings == nil {
+		sb.Bindings = NewBindings(r.cfg.BindingsSize, r.cfg.PerNameCap)
+	}
+	if sb.Audit == nil {
+		sb.Audit = audit.Discard{}
+	}
+	return &handler{r: r, sb: sb}, nil
+}
+
+// Serve answers sb's queries arriving on pc (UDP) and ln (TCP), either of
+// which may be nil, until ctx is done or a listener fails. It closes pc and
+// ln before returning. It returns nil when ctx ended it.
+func (r *Resolver) Serve(ctx context.Context, sb *Sandbox, pc net.PacketConn, ln net.Listener) error {
+	h, err := r.Handler(sb)
+	if err != nil {
+		return err
+	}
+	if pc == nil && ln == nil {
+		return errors.New("dnsproxy: nothing to serve")
+	}
+	type run struct {
+		srv     *dns.Server
+		started chan struct{}
+		done    chan struct{}
+		err     error
+	}
+	var runs []*run
+	if pc != nil {
+		runs = append(runs, &run{srv: &dns.Server{PacketConn: pc, Handler: h, UDPSize: dns.MaxMsgSize}})
+	}
+	if ln != nil {
+		runs = append(runs, &run{srv: &dns.Server{Listener: ln, Handler: h}})
+	}
+	ended := make(chan struct{}, len(runs))
+	for _, rn := range runs {
+		rn.started, rn.done = make(chan struct{}), make(chan struct{})
+		var once sync.Once
+		rn.srv.NotifyStartedFunc = func() { once.Do(func() { close(rn.started) }) }
+		go func() {
+			defer close(rn.done)
+			rn.err = rn.srv.ActivateAndServe()
+			ended <- struct{}{}
+		}()
+	}
+	select {
+	case <-ctx.Done():
+	case <-ended:
+	}
+	var errs []error
+	for _, rn := range runs {
+		select {
+		case <-rn.started:
+		case <-rn.done:
+		}
+		select {
+		case <-rn.done:
+		default:
+			// Shutdown closes the listener and waits for handlers.
+			sctx, cancel := context.WithTimeout(context.Background(), r.cfg.Timeout+time.Second)
+			if err := rn.srv.ShutdownContext(sctx); err != nil {
+				r.log.Debug("dns server shutdown", "sandbox", sb.Name, "err", err)
+			}
+			cancel()
+		}
+		<-rn.done
+		if rn.err != nil && !errors.Is(rn.err, net.ErrClosed) && ctx.Err() == nil {
+			errs = append(errs, rn.err)
+		}
+	}
+	if pc != nil {
+		pc.Close()
+	}
+	if ln != nil {
+		ln.Close()
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("serving dns for sandbox %s: %w", sb.Name, err)
+	}
+	return nil
+}
+
+// lookup returns the upstream answer for (name, qtype), from the cache or
+// from the upstreams, coalescing concurrent misses.
+func (r *Resolver) lookup(ctx context.Context, name string, qtype uint16, now time.Time) (*entry, error) {
+	k := cacheKey{name: name, qtype: qtype}
+	if e, ok := r.cache.get(k, now); ok {
+		return e, nil
+	}
+	v, err, _ := r.sf.Do(dns.TypeToString[qtype]+" "+name, func() (any, error) {
+		if e, ok := r.cache.get(k, r.now()); ok {
+			return e, nil
+		}
+		m, err := r.fwd.exchange(ctx, name, qtype)
+		if err != nil {
+			return nil, err
+		}
+		e := newEntry(m, r.now())
+		r.cache.put(k, e)
+		return e, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.(*entry), nil
+}
