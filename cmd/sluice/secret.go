@@ -5,10 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -51,11 +49,7 @@ func (o *secretOptions) keySource() secrets.KeySource {
 // storeExists reports whether the state directory has a store file, so that
 // read-only commands never create a key.
 func (o *secretOptions) storeExists() (bool, error) {
-	_, err := os.Stat(filepath.Join(o.stateDir, secrets.StoreFile))
-	if errors.Is(err, fs.ErrNotExist) {
-		return false, nil
-	}
-	return err == nil, err
+	return secrets.StoreExists(o.stateDir)
 }
 
 func (o *secretOptions) open() (*secrets.Store, error) {

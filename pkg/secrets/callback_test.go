@@ -363,3 +363,87 @@ func TestCallbackZeroTTLNotCached(t *testing.T) {
 		t.Fatalf("calls = %d, want 2", n)
 	}
 }
+
+// TestCallbackInjectionContract plays the proxy's part with a minimal
+// injector: headers from the callback reach the upstream; on any callback
+// failure the client gets 502 "credential callback failed" and the upstream
+// sees no request.
+func TestCallbackInjectionContract(t *testing.T) {
+	var upstreamCalls atomic.Int64
+	var gotAuth atomic.Value
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		upstreamCalls.Add(1)
+		gotAuth.Store(r.Header.Get("Authorization"))
+		io.WriteString(w, "upstream ok")
+	}))
+	t.Cleanup(upstream.Close)
+
+	c, priv, _ := newTestCallbacks(t, nil)
+	srv := newCallbackServer(t, priv)
+	cb := &policy.Callback{URL: srv.URL, TTL: time.Minute, Timeout: 200 * time.Millisecond}
+	injector := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h, err := c.CallbackHeaders(r.Context(), "box", "api.corp.internal", 443, cb)
+		if err != nil {
+			http.Error(w, "sluice: "+err.Error(), http.StatusBadGateway)
+			return
+		}
+		req, _ := http.NewRequestWithContext(r.Context(), r.Method, upstream.URL+r.URL.Path, nil)
+		for k, v := range h {
+			req.Header.Set(k, v)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			http.Error(w, "upstream", http.StatusBadGateway)
+			return
+		}
+		defer resp.Body.Close()
+		io.Copy(w, resp.Body)
+	}))
+	t.Cleanup(injector.Close)
+	get := func() (int, string) {
+		resp, err := http.Get(injector.URL + "/v1/x")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+
+	if code, body := get(); code != 200 || body != "upstream ok" {
+		t.Fatalf("success: %d %q", code, body)
+	}
+	if a, _ := gotAuth.Load().(string); a != "Bearer "+canary+"-box-api.corp.internal" {
+		t.Fatalf("upstream saw Authorization %q", a)
+	}
+	failures := map[string]func(http.ResponseWriter, *http.Request, callbackRequest){
+		"timeout": func(w http.ResponseWriter, r *http.Request, _ callbackRequest) { <-r.Context().Done() },
+		"500":     func(w http.ResponseWriter, _ *http.Request, _ callbackRequest) { w.WriteHeader(500) },
+		"malformed": func(w http.ResponseWriter, _ *http.Request, _ callbackRequest) {
+			io.WriteString(w, "{"+canary)
+		},
+		"bad header": func(w http.ResponseWriter, _ *http.Request, _ callbackRequest) {
+			io.WriteString(w, `{"headers":{"X":"a\nb`+canary+`"}}`)
+		},
+	}
+	for name, answer := range failures {
+		c.Forget("box")
+		srv.answer = answer
+		before := upstreamCalls.Load()
+		code, body := get()
+		if code != http.StatusBadGateway || !strings.Contains(body, "credential callback failed") {
+			t.Errorf("%s: %d %q", name, code, body)
+		}
+		noLeak(t, name+" 502 body", body, canary)
+		if upstreamCalls.Load() != before {
+			t.Errorf("%s: the upstream got a request", name)
+		}
+	}
+	// Connection error: the callback service is gone.
+	c.Forget("box")
+	srv.Close()
+	before := upstreamCalls.Load()
+	if code, body := get(); code != http.StatusBadGateway || !strings.Contains(body, "connection error") || upstreamCalls.Load() != before {
+		t.Errorf("connection error: %d %q", code, body)
+	}
+}

@@ -236,6 +236,7 @@ func TestOAuth2Failures(t *testing.T) {
 		wantErr string
 	}{
 		{"timeout", func(w http.ResponseWriter, r *http.Request) bool {
+			io.ReadAll(r.Body) // lets the server notice the client going away
 			select {
 			case <-r.Context().Done():
 			case <-time.After(3 * time.Second):

@@ -170,6 +170,19 @@ func OpenStore(dir string, ks KeySource, log *slog.Logger) (*Store, error) {
 	return s, nil
 }
 
+// StoreExists reports whether dir holds a store file, so that read-only
+// users (`sluice secret list`, `sluice run`) can avoid creating a key.
+func StoreExists(dir string) (bool, error) {
+	_, err := os.Stat(filepath.Join(dir, StoreFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("secret store: %w", err)
+	}
+	return true, nil
+}
+
 // NewMemoryStore returns a store that lives only in memory, with a random
 // key (for `sluice run` without a state directory). log must not be nil.
 func NewMemoryStore(log *slog.Logger) (*Store, error) {

@@ -170,6 +170,12 @@ func TestStoreOnDiskHasNoPlaintextAnd0600(t *testing.T) {
 			t.Errorf("temp file %s left behind", e.Name())
 		}
 	}
+	if ok, err := StoreExists(dir); !ok || err != nil {
+		t.Fatalf("StoreExists = %v, %v", ok, err)
+	}
+	if ok, _ := StoreExists(t.TempDir()); ok {
+		t.Fatal("StoreExists true for an empty dir")
+	}
 	if !seen[StoreFile] || !seen[KeyFile] {
 		t.Fatalf("state dir has %v, want %s and %s", seen, StoreFile, KeyFile)
 	}
