@@ -38,6 +38,7 @@ const (
 	ReasonForbiddenHeader = "forbidden header in response"
 	ReasonCanceled        = "canceled"
 	ReasonConfig          = "invalid callback configuration"
+	ReasonNoKey           = "no signing key configured"
 )
 
 // CallbackError describes a failed credential callback. Its text is
@@ -109,7 +110,8 @@ type callbackEntry struct {
 }
 
 // NewCallbacks returns a callback client. signer must be an Ed25519 private
-// key (LoadOrCreateSigningKey); client may be nil (a client that ignores
+// key (LoadOrCreateSigningKey); with a nil or malformed key every call fails
+// closed with ReasonNoKey (nothing is ever sent unsigned). client may be nil (a client that ignores
 // proxy environment variables). Redirects are never followed: a 3xx answer
 // is a failure. log must not be nil.
 func NewCallbacks(signer ed25519.PrivateKey, client *http.Client, log *slog.Logger) *Callbacks {
@@ -120,11 +122,20 @@ func NewCallbacks(signer ed25519.PrivateKey, client *http.Client, log *slog.Logg
 		cl.Transport = &http.Transport{Proxy: nil, DialContext: (&net.Dialer{Timeout: 10 * time.Second}).DialContext, MaxIdleConnsPerHost: 4, IdleConnTimeout: 90 * time.Second}
 	}
 	cl.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	if len(signer) != ed25519.PrivateKeySize {
+		signer = nil
+	}
 	return &Callbacks{signer: signer, client: &cl, log: log, now: time.Now, cache: map[callbackKey]callbackEntry{}}
 }
 
-// PublicKey returns the key callback servers verify signatures with.
-func (c *Callbacks) PublicKey() ed25519.PublicKey { return c.signer.Public().(ed25519.PublicKey) }
+// PublicKey returns the key callback servers verify signatures with (nil
+// without a signing key).
+func (c *Callbacks) PublicKey() ed25519.PublicKey {
+	if c.signer == nil {
+		return nil
+	}
+	return c.signer.Public().(ed25519.PublicKey)
+}
 
 // callbackRequest is the JSON body POSTed to the callback URL.
 type callbackRequest struct {
@@ -151,6 +162,9 @@ func (c *Callbacks) CallbackHeaders(ctx context.Context, sandbox, host string, p
 		return nil, &CallbackError{Reason: ReasonConfig}
 	}
 	target := u.Scheme + "://" + u.Host
+	if c.signer == nil {
+		return nil, &CallbackError{Reason: ReasonNoKey, Target: target}
+	}
 	key := callbackKey{url: cb.URL, sandbox: sandbox, host: host, port: port}
 	if h, ok := c.cached(key); ok {
 		return h, nil
@@ -309,5 +323,8 @@ func (c *Callbacks) fetch(ctx context.Context, key callbackKey, target string, c
 
 // String describes the callback client without secrets.
 func (c *Callbacks) String() string {
+	if c.signer == nil {
+		return "credential callbacks (no signing key)"
+	}
 	return fmt.Sprintf("credential callbacks (key %s)", KeyID(c.PublicKey()))
 }

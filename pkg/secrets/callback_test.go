@@ -348,6 +348,20 @@ func TestCallbackFailures(t *testing.T) {
 	if !errors.Is(err, ErrCallbackFailed) {
 		t.Fatal("nil callback")
 	}
+	// Without a signing key nothing is sent: fail closed.
+	_, priv, _ := ed25519.GenerateKey(rand.Reader)
+	srv := newCallbackServer(t, priv)
+	for _, key := range []ed25519.PrivateKey{nil, priv[:10]} {
+		c := NewCallbacks(key, nil, testLogger(t, nil))
+		_, err = c.CallbackHeaders(context.Background(), "b", "h", 1, &policy.Callback{URL: srv.URL, TTL: time.Minute})
+		if !errors.Is(err, ErrCallbackFailed) || !strings.Contains(err.Error(), "no signing key configured") || c.PublicKey() != nil {
+			t.Fatalf("no key: %v", err)
+		}
+		_ = c.String()
+	}
+	if srv.calls.Load() != 0 {
+		t.Fatal("unsigned request sent")
+	}
 }
 
 func TestCallbackZeroTTLNotCached(t *testing.T) {
