@@ -1,0 +1,47 @@
+// Package proxy is sluice's transparent egress proxy: one Serve call per
+// sandbox listener receives the TCP connections the kernel redirected from
+// that sandbox, recovers each one's original destination (OriginalDst), reads
+// the TLS ClientHello's server name or the plain HTTP Host (a bounded peek),
+// and decides with the sandbox's policy:
+//
+//   - deny: a TLS or HTTP client with a known host gets an HTTP 403 whose
+//     body names host, method, path and "sluice policy" (TLS is terminated
+//     with the sandbox CA for that); anything else is closed;
+//   - splice: bytes are copied to the original destination untouched (two
+//     *net.TCPConn: the kernel's splice(2)), each direction half-closed on
+//     EOF;
+//   - intercept: TLS is terminated with a leaf of the sandbox CA (ALPN h2 and
+//     http/1.1), every request is checked with MatchRequest, credentials are
+//     injected (replacing same-named client headers), and the request is
+//     forwarded over a pooled transport (HTTP/2 where the upstream offers it)
+//     that verifies the upstream certificate for the real host name.
+//
+// Decision with names. A name from SNI or Host is trusted only when the
+// sandbox's resolver bound it to the original address (NameLookup), or bound
+// another name of the same rule (shared CDN addresses) or the rule's remap
+// target. Otherwise the address must be admitted by a CIDR rule, and then that
+// CIDR rule decides (never the name's rule, so a name cannot pull credentials
+// to an address that was not resolved for it). Without SNI/Host the first
+// allowed bound name decides, then the CIDR rules. Per request, a Host that
+// differs from the connection's name (domain fronting) is refused unless one
+// rule allows both; CONNECT, dot-segment paths and http:// absolute URIs on TLS
+// are refused.
+//
+// Invariants:
+//   - No upstream request is sent before the upstream certificate verified
+//     for the host name the request is forwarded to (Config.RootCAs).
+//   - The upstream transport never resolves names itself: it dials the
+//     original destination, or a remap target through Config.Resolve.
+//   - A secret that cannot be resolved or a failing callback fails the
+//     request with 502; nothing is forwarded without its credentials.
+//   - Secret values never appear in logs, errors or events; injected values
+//     echoed by an upstream in response headers or (uncompressed) bodies are
+//     replaced with Redacted and a "secret" event is emitted.
+//   - Audit mode (policy.ModeAudit): what enforce would refuse is forwarded
+//     (without credentials) and recorded with decision "would_deny".
+//   - One "conn" event per connection and one "http" event per intercepted
+//     request; no event carries a secret, a query value or a body.
+//
+// A Proxy is safe for concurrent use; Serve returns after every connection
+// it accepted is closed.
+package proxy

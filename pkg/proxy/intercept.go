@@ -1,0 +1,529 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sluice-dev/sluice/pkg/audit"
+	"github.com/sluice-dev/sluice/pkg/policy"
+)
+
+// clientConn is the sandbox side of an intercepted connection: it replays
+// the peeked bytes, counts bytes and emits the connection event on Close.
+type clientConn struct {
+	net.Conn
+	prefix []byte
+	ci     *connInfo
+	once   sync.Once
+}
+
+func (c *clientConn) Read(b []byte) (int, error) {
+	if len(c.prefix) > 0 {
+		n := copy(b, c.prefix)
+		c.prefix = c.prefix[n:]
+		return n, nil
+	}
+	n, err := c.Conn.Read(b)
+	c.ci.up.Add(int64(n))
+	return n, err
+}
+
+func (c *clientConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	c.ci.down.Add(int64(n))
+	return n, err
+}
+
+func (c *clientConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(func() {
+		s := c.ci.s
+		s.untrack(c.Conn)
+		s.connEvent(c.ci)
+	})
+	return err
+}
+
+// chanListener hands intercepted connections to the sandbox's http.Server.
+type chanListener struct {
+	ch     chan net.Conn
+	done   chan struct{}
+	once   sync.Once
+	closed bool
+}
+
+func (l *chanListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *chanListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *chanListener) Addr() net.Addr { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)} }
+
+type connKey struct{}
+type reqKey struct{}
+
+func (s *server) startHTTP() {
+	s.httpLn = &chanListener{ch: make(chan net.Conn), done: make(chan struct{})}
+	var protos http.Protocols
+	protos.SetHTTP1(true)
+	protos.SetHTTP2(true)
+	s.httpSrv = &http.Server{
+		Handler:           s,
+		ReadHeaderTimeout: s.p.cfg.ReadHeaderTimeout,
+		IdleTimeout:       s.p.cfg.IdleTimeout,
+		MaxHeaderBytes:    1 << 20,
+		Protocols:         &protos,
+		HTTP2: &http.HTTP2Config{
+			MaxConcurrentStreams: s.p.cfg.MaxConcurrentStreams,
+		},
+		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			if tc, ok := c.(*tls.Conn); ok {
+				c = tc.NetConn()
+			}
+			if cc, ok := c.(*clientConn); ok {
+				return context.WithValue(ctx, connKey{}, cc.ci)
+			}
+			return ctx
+		},
+	}
+	s.httpWG.Add(1)
+	go func() {
+		defer s.httpWG.Done()
+		s.httpSrv.Serve(s.httpLn)
+	}()
+}
+
+// intercept terminates TLS (when the client speaks it) and hands the
+// connection to the sandbox's HTTP server. It reports whether the connection
+// was handed off (then its Close emits the connection event).
+func (s *server) intercept(ctx context.Context, c net.Conn, peeked []byte, ci *connInfo) bool {
+	cc := &clientConn{Conn: c, prefix: peeked, ci: ci}
+	var hc net.Conn = cc
+	if ci.proto == protoTLS {
+		leaf, err := s.sb.CA.Leaf(ci.host)
+		if err != nil {
+			ci.reason = err.Error()
+			return false
+		}
+		tc := tls.Server(cc, &tls.Config{
+			MinVersion:   tls.VersionTLS12,
+			NextProtos:   []string{"h2", "http/1.1"},
+			Certificates: []tls.Certificate{*leaf},
+		})
+		hctx, cancel := context.WithTimeout(ctx, s.p.cfg.HandshakeTimeout)
+		err = tc.HandshakeContext(hctx)
+		cancel()
+		if err != nil {
+			ci.reason = "TLS handshake with client: " + err.Error()
+			return false
+		}
+		hc = tc
+	}
+	select {
+	case s.httpLn.ch <- hc:
+		return true
+	case <-s.httpLn.done:
+		return false
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// reqState is one intercepted request on its way upstream.
+type reqState struct {
+	ci         *connInfo
+	scheme     string
+	upHostPort string // URL authority of the upstream (pool key)
+	outHost    string // Host header sent upstream
+	plan       dialPlan
+	inject     []injected
+	secrets    *redactor
+	status     int
+	headerAt   time.Time
+	host, path string
+	rule       *policy.Rule
+	errMsg     string
+}
+
+type injected struct{ name, value string }
+
+// dialPlan says where an upstream connection goes: the original
+// destination, or a remap target resolved by Config.Resolve.
+type dialPlan struct {
+	addr    netip.AddrPort
+	resolve string
+	port    uint16
+}
+
+// ServeHTTP handles one intercepted request.
+func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	ci, _ := r.Context().Value(connKey{}).(*connInfo)
+	if ci == nil {
+		http.Error(w, "sluice: no connection state", http.StatusInternalServerError)
+		return
+	}
+	start := time.Now()
+	rs := &reqState{ci: ci, path: auditPath(r.URL.Path, r.URL.RawQuery)}
+	ev := audit.Event{
+		Kind:     audit.KindHTTP,
+		CgroupID: ci.orig.CgroupID,
+		PID:      ci.orig.PID,
+		Comm:     ci.orig.Comm,
+		Method:   r.Method,
+		Path:     rs.path,
+	}
+	decision := audit.DecisionAllow
+	defer func() {
+		ev.Decision = decision
+		ev.Host = rs.host
+		ev.Rule = ruleName(rs.rule)
+		ev.Status = rs.status
+		if !rs.headerAt.IsZero() {
+			ev.LatencyMS = float64(rs.headerAt.Sub(start).Microseconds()) / 1000
+		}
+		for _, h := range rs.inject {
+			ev.Injected = append(ev.Injected, h.name)
+		}
+		s.emit(ev)
+	}()
+
+	reqHost := ci.host
+	if r.Host != "" {
+		h, ok := hostOnly(r.Host)
+		if !ok {
+			rs.host = r.Host
+			decision = audit.DecisionDeny
+			ev.Reason = "invalid Host"
+			s.refuse(w, r, rs, ci.host, "the Host header is not a valid host name")
+			return
+		}
+		reqHost = h
+	}
+	rs.host = reqHost
+	pol := s.sb.Policy()
+	if ci.denied != "" || pol == nil {
+		decision = audit.DecisionDeny
+		ev.Reason = ci.denied
+		if pol == nil {
+			ev.Reason = "no policy"
+		}
+		s.refuse(w, r, rs, reqHost, ev.Reason)
+		return
+	}
+	port := ci.port()
+	audited := pol.Mode == policy.ModeAudit
+	violation := ""
+	var rule *policy.Rule
+	switch {
+	case r.Method == http.MethodConnect:
+		violation = "CONNECT is not allowed through sluice (the connection is already transparent)"
+	case ci.proto == protoTLS && r.URL.Scheme == "http":
+		violation = "an http:// absolute URI on a TLS connection is not allowed"
+	case hasDotSegment(r.URL.Path):
+		violation = "paths with . or .. segments are not allowed"
+	case ci.viaCIDR:
+		// Admitted by address: the connection's rule applies, whatever the Host says.
+		rule = ci.rule
+		if rm := pol.MatchRequest(ci.orig.Dst.Addr().String(), port, r.Method, r.URL.Path); rm.Rule == ci.rule && !rm.Allowed {
+			violation = rm.Reason
+		}
+	default:
+		if reqHost != ci.host {
+			a, b := pol.MatchConn(ci.host, port), pol.MatchConn(reqHost, port)
+			if a.Verdict == policy.VerdictDeny || b.Verdict == policy.VerdictDeny || a.Rule != b.Rule {
+				violation = fmt.Sprintf("Host %s differs from the TLS server name %s and no single rule allows both", reqHost, ci.host)
+				if ci.proto != protoTLS {
+					violation = fmt.Sprintf("Host %s differs from the connection's host %s and no single rule allows both", reqHost, ci.host)
+				}
+				break
+			}
+		}
+		rm := pol.MatchRequest(reqHost, port, r.Method, r.URL.Path)
+		rule = rm.Rule
+		if !rm.Allowed {
+			violation = rm.Reason
+			if violation == "" {
+				violation = "no rule allows this request"
+			}
+		}
+	}
+	if ci.wouldDeny && violation == "" {
+		violation = ci.reason
+	}
+	if violation != "" {
+		ev.Reason = violation
+		if !audited {
+			decision = audit.DecisionDeny
+			rs.rule = rule
+			s.refuse(w, r, rs, reqHost, violation)
+			return
+		}
+		decision = audit.DecisionWouldDeny
+		rule = nil // never inject credentials into a request enforce mode refuses
+	}
+	rs.rule = rule
+
+	// Upstream target.
+	rs.scheme = "http"
+	if ci.proto == protoTLS {
+		rs.scheme = "https"
+	}
+	upHost, upPort := reqHost, port
+	rs.plan = dialPlan{addr: ci.orig.Dst}
+	if rule != nil && rule.Remap != nil {
+		upHost = rule.Remap.Host
+		if rule.Remap.Port != 0 {
+			upPort = rule.Remap.Port
+		}
+		rs.plan = dialPlan{addr: netip.AddrPortFrom(ci.orig.Dst.Addr(), upPort)}
+		if s.p.cfg.Resolve != nil {
+			rs.plan = dialPlan{resolve: upHost, port: upPort}
+		}
+		rs.outHost = upHost
+		if !(rs.scheme == "https" && upPort == 443 || rs.scheme == "http" && upPort == 80) {
+			rs.outHost = joinHostPort(upHost, upPort)
+		}
+	} else if ci.viaCIDR {
+		// Verify (TLS) and pool by the connection's name; keep the Host as sent.
+		upHost = ci.host
+		if upHost == "" {
+			upHost = ci.orig.Dst.Addr().String()
+		}
+		rs.outHost = r.Host
+	} else {
+		rs.outHost = r.Host
+	}
+	if rs.outHost == "" {
+		rs.outHost = upHost
+	}
+	rs.upHostPort = joinHostPort(upHost, upPort)
+
+	// Credentials.
+	if rule != nil {
+		if msg := s.credentials(r.Context(), rs, rule, reqHost, port); msg != "" {
+			decision = audit.DecisionError
+			ev.Reason = msg
+			rs.status = http.StatusBadGateway
+			writeText(w, http.StatusBadGateway, "sluice: "+msg+"\n")
+			return
+		}
+	}
+	s.p.rp.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), reqKey{}, rs)))
+	if rs.errMsg != "" {
+		decision = audit.DecisionError
+		ev.Reason = rs.errMsg
+	}
+}
+
+// credentials renders the rule's headers and callback headers into
+// rs.inject. It returns a message (naming secrets, never values) on failure.
+func (s *server) credentials(ctx context.Context, rs *reqState, rule *policy.Rule, host string, port uint16) string {
+	var values []string
+	for _, h := range rule.Headers {
+		failed := ""
+		v, err := h.Render(func(name string) (string, error) {
+			if s.sb.Secrets == nil {
+				failed = name
+				return "", errors.New("no secret store")
+			}
+			val, err := s.sb.Secrets.Lookup(ctx, s.sb.Name, name)
+			if err != nil {
+				failed = name
+				return "", err
+			}
+			values = append(values, val)
+			return val, nil
+		})
+		if err != nil {
+			if failed == "" && len(h.Secrets) > 0 {
+				failed = h.Secrets[0]
+			}
+			if failed == "" {
+				return fmt.Sprintf("header %s of rule %s could not be rendered", h.Name, rule.Name)
+			}
+			return fmt.Sprintf("secret %s for header %s of rule %s could not be resolved", failed, h.Name, rule.Name)
+		}
+		if h.Type != policy.HeaderPlaintext {
+			values = append(values, v)
+		}
+		rs.inject = append(rs.inject, injected{name: h.Name, value: v})
+	}
+	if rule.Callback != nil {
+		if s.sb.Callbacks == nil {
+			return "credential callback failed"
+		}
+		hdrs, err := s.sb.Callbacks.CallbackHeaders(ctx, s.sb.Name, host, port, rule.Callback)
+		if err != nil {
+			s.log.Debug("credential callback failed", "rule", rule.Name, "host", host, "err", err)
+			return "credential callback failed"
+		}
+		for k, v := range hdrs {
+			rs.inject = append(rs.inject, injected{name: k, value: v})
+			values = append(values, v)
+		}
+	}
+	rs.secrets = newRedactor(values)
+	return ""
+}
+
+// refuse answers 403 with a body an agent can read.
+func (s *server) refuse(w http.ResponseWriter, r *http.Request, rs *reqState, host, reason string) {
+	rs.status = http.StatusForbidden
+	path := r.URL.Path
+	if path == "" {
+		path = "/"
+	}
+	body := fmt.Sprintf("sluice policy: %s %s%s refused: %s\nhost: %s\nmethod: %s\npath: %s\n",
+		r.Method, host, path, reason, host, r.Method, path)
+	writeText(w, http.StatusForbidden, body)
+}
+
+func writeText(w http.ResponseWriter, code int, body string) {
+	h := w.Header()
+	for k := range h {
+		delete(h, k)
+	}
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("X-Sluice", "refused")
+	w.WriteHeader(code)
+	io.WriteString(w, body)
+}
+
+var forwardedHeaders = []string{"X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "Forwarded"}
+
+// rewrite prepares the upstream request: target, Host, injected headers.
+// ReverseProxy has already removed hop-by-hop headers (RFC 9110 7.6.1,
+// including those named in Connection) from pr.Out.
+func rewrite(pr *httputil.ProxyRequest) {
+	rs := pr.In.Context().Value(reqKey{}).(*reqState)
+	pr.Out.URL.Scheme = rs.scheme
+	pr.Out.URL.Host = rs.upHostPort
+	pr.Out.Host = rs.outHost
+	// Transparent: keep the client's X-Forwarded-* as they were.
+	for _, h := range forwardedHeaders {
+		if v, ok := pr.In.Header[h]; ok {
+			pr.Out.Header[h] = v
+		}
+	}
+	for _, h := range rs.inject {
+		pr.Out.Header.Del(h.name)
+		pr.Out.Header.Set(h.name, h.value)
+	}
+}
+
+func (p *Proxy) modifyResponse(resp *http.Response) error {
+	rs := resp.Request.Context().Value(reqKey{}).(*reqState)
+	rs.status = resp.StatusCode
+	rs.headerAt = time.Now()
+	if rs.secrets == nil {
+		return nil
+	}
+	if where := rs.secrets.header(resp.Header); where != "" {
+		rs.ci.s.secretEvent(rs, "injected secret echoed in response header "+where)
+	}
+	if resp.StatusCode == http.StatusSwitchingProtocols || resp.Body == nil || resp.Body == http.NoBody ||
+		resp.Request.Method == http.MethodHead || resp.StatusCode == http.StatusNoContent || resp.StatusCode == http.StatusNotModified {
+		return nil
+	}
+	if ce := resp.Header.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
+		return nil // compressed: the secret cannot appear verbatim
+	}
+	resp.Body = rs.secrets.reader(resp.Body, func() {
+		rs.ci.s.secretEvent(rs, "injected secret echoed in response body")
+	})
+	resp.ContentLength = -1
+	resp.Header.Del("Content-Length")
+	return nil
+}
+
+func (s *server) secretEvent(rs *reqState, reason string) {
+	s.emit(audit.Event{
+		Kind:     audit.KindSecret,
+		CgroupID: rs.ci.orig.CgroupID,
+		PID:      rs.ci.orig.PID,
+		Comm:     rs.ci.orig.Comm,
+		Decision: audit.DecisionDeny,
+		Rule:     ruleName(rs.rule),
+		Reason:   reason + "; redacted",
+		Host:     rs.host,
+		Path:     rs.path,
+	})
+}
+
+func (p *Proxy) upstreamError(w http.ResponseWriter, r *http.Request, err error) {
+	rs := r.Context().Value(reqKey{}).(*reqState)
+	if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
+		rs.status = 499 // the client went away
+		rs.errMsg = "client closed the request"
+		return
+	}
+	rs.status = http.StatusBadGateway
+	var msg string
+	var ve *tls.CertificateVerificationError
+	var he x509.HostnameError
+	var ua x509.UnknownAuthorityError
+	switch {
+	case errors.As(err, &ve), errors.As(err, &he), errors.As(err, &ua):
+		msg = fmt.Sprintf("upstream %s failed TLS verification: %v", rs.upHostPort, err)
+	case errors.Is(err, context.DeadlineExceeded):
+		msg = fmt.Sprintf("upstream %s timed out", rs.upHostPort)
+	default:
+		msg = fmt.Sprintf("upstream %s: %v", rs.upHostPort, err)
+	}
+	rs.errMsg = msg
+	writeText(w, http.StatusBadGateway, "sluice: "+msg+"\n")
+}
+
+// dialUpstream is the transport's dialer: it never resolves the request's
+// host; it dials the dial plan carried by the request context.
+func (p *Proxy) dialUpstream(ctx context.Context, network, _ string) (net.Conn, error) {
+	rs, _ := ctx.Value(reqKey{}).(*reqState)
+	if rs == nil {
+		return nil, errors.New("upstream dial without a sluice request")
+	}
+	plan := rs.plan
+	if plan.resolve == "" {
+		return p.cfg.Dial(ctx, network, plan.addr.String())
+	}
+	addrs, err := p.cfg.Resolve(ctx, plan.resolve)
+	if err != nil {
+		return nil, fmt.Errorf("resolving %s: %w", plan.resolve, err)
+	}
+	if len(addrs) == 0 {
+		return nil, fmt.Errorf("resolving %s: no addresses", plan.resolve)
+	}
+	var first error
+	for _, a := range addrs {
+		c, err := p.cfg.Dial(ctx, network, netip.AddrPortFrom(a.Unmap(), plan.port).String())
+		if err == nil {
+			return c, nil
+		}
+		if first == nil {
+			first = err
+		}
+	}
+	return nil, first
+}

@@ -1,0 +1,318 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/netip"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/sluice-dev/sluice/pkg/audit"
+	"github.com/sluice-dev/sluice/pkg/policy"
+	"github.com/sluice-dev/sluice/pkg/tlsca"
+)
+
+// Origin is what the kernel recorded about a redirected connection.
+type Origin struct {
+	Dst      netip.AddrPort // the address the sandbox connected to
+	PID      uint32
+	Comm     string
+	CgroupID uint64
+}
+
+// OriginalDst recovers the original destination of an accepted connection
+// from its client (remote) address. The enforcer implements it.
+type OriginalDst interface {
+	OriginalDst(client netip.AddrPort) (Origin, error)
+}
+
+// NameLookup returns the names this sandbox resolved (through sluice's
+// resolver) to addr, most recent first. Names are the names the sandbox
+// asked for, also when the resolver remapped them to a mirror.
+type NameLookup interface {
+	Names(addr netip.Addr) []string
+}
+
+// Secrets resolves a named secret for a sandbox at request time.
+type Secrets interface {
+	Lookup(ctx context.Context, sandbox, name string) (string, error)
+}
+
+// Callbacks asks a rule's credential callback for the headers to inject.
+type Callbacks interface {
+	CallbackHeaders(ctx context.Context, sandbox, host string, port uint16, cb *policy.Callback) (map[string]string, error)
+}
+
+// Sandbox is the view of one sandbox that one listener serves.
+type Sandbox struct {
+	Name string
+	ID   uint64
+	// Policy returns the current policy; it is called per connection and per
+	// request so that a reload takes effect without restarting. nil denies.
+	Policy    func() *policy.Policy
+	Orig      OriginalDst
+	Names     NameLookup // nil: no bindings (only CIDR rules admit unbound addresses)
+	CA        *tlsca.CA
+	Secrets   Secrets   // nil: any secret header fails the request (502)
+	Callbacks Callbacks // nil: any callback rule fails the request (502)
+	Audit     audit.Emitter
+}
+
+// Config holds what all sandboxes served by one Proxy share. Zero values
+// take the defaults documented per field.
+type Config struct {
+	// RootCAs verifies upstream certificates. nil: the system roots (see
+	// RootPool to add extra roots for internal services).
+	RootCAs *x509.CertPool
+	// Resolve resolves a remap target (the upstream of a remapped rule).
+	// nil: the original destination address is dialled (the sandbox's
+	// resolver already answered the mirror's addresses) on the remap port.
+	Resolve func(ctx context.Context, host string) ([]netip.Addr, error)
+	// Dial opens upstream TCP connections. nil: a net.Dialer with DialTimeout.
+	// It should return *net.TCPConn for zero-copy splicing.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+
+	DialTimeout       time.Duration // default 10s
+	PeekTimeout       time.Duration // whole ClientHello / request head; default 10s
+	FirstByteTimeout  time.Duration // server-speaks-first protocols; default 500ms
+	HandshakeTimeout  time.Duration // TLS with the sandbox client; default 10s
+	ReadHeaderTimeout time.Duration // intercepted request heads; default 30s
+	IdleTimeout       time.Duration // intercepted keep-alive; default 120s
+	// ResponseHeaderTimeout bounds the wait for upstream response headers.
+	// Default 0: no limit (slow LLM APIs).
+	ResponseHeaderTimeout time.Duration
+	// MaxIdleConnsPerHost of the pooled upstream transport; default 64.
+	MaxIdleConnsPerHost int
+	// MaxConcurrentStreams per HTTP/2 client connection; default 250.
+	MaxConcurrentStreams int
+}
+
+// RootPool returns the system roots plus the certificates in the given PEM
+// files (for upstreams signed by an internal CA).
+func RootPool(extraPEMFiles ...string) (*x509.CertPool, error) {
+	pool, err := x509.SystemCertPool()
+	if err != nil {
+		pool = x509.NewCertPool()
+	}
+	for _, f := range extraPEMFiles {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("reading extra roots: %w", err)
+		}
+		if !pool.AppendCertsFromPEM(b) {
+			return nil, fmt.Errorf("reading extra roots: %s holds no PEM certificate", f)
+		}
+	}
+	return pool, nil
+}
+
+// Proxy is the transparent proxy shared by all sandboxes: upstream roots,
+// dialer and the pooled upstream transport. Each sandbox is served by Serve
+// on its own listener. A Proxy is safe for concurrent use.
+type Proxy struct {
+	cfg       Config
+	log       *slog.Logger
+	transport *http.Transport
+	rp        *httputil.ReverseProxy
+}
+
+// New creates a Proxy. log must not be nil.
+func New(cfg Config, log *slog.Logger) *Proxy {
+	if cfg.DialTimeout == 0 {
+		cfg.DialTimeout = 10 * time.Second
+	}
+	if cfg.PeekTimeout == 0 {
+		cfg.PeekTimeout = 10 * time.Second
+	}
+	if cfg.FirstByteTimeout == 0 {
+		cfg.FirstByteTimeout = 500 * time.Millisecond
+	}
+	if cfg.HandshakeTimeout == 0 {
+		cfg.HandshakeTimeout = 10 * time.Second
+	}
+	if cfg.ReadHeaderTimeout == 0 {
+		cfg.ReadHeaderTimeout = 30 * time.Second
+	}
+	if cfg.IdleTimeout == 0 {
+		cfg.IdleTimeout = 120 * time.Second
+	}
+	if cfg.MaxIdleConnsPerHost == 0 {
+		cfg.MaxIdleConnsPerHost = 64
+	}
+	if cfg.MaxConcurrentStreams == 0 {
+		cfg.MaxConcurrentStreams = 250
+	}
+	if cfg.RootCAs == nil {
+		cfg.RootCAs, _ = RootPool()
+	}
+	if cfg.Dial == nil {
+		d := &net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 30 * time.Second}
+		cfg.Dial = d.DialContext
+	}
+	p := &Proxy{cfg: cfg, log: log}
+	p.transport = &http.Transport{
+		Proxy:       nil, // never an environment proxy
+		DialContext: p.dialUpstream,
+		TLSClientConfig: &tls.Config{
+			RootCAs:    cfg.RootCAs,
+			MinVersion: tls.VersionTLS12,
+		},
+		ForceAttemptHTTP2:     true,
+		DisableCompression:    true, // pass Accept-Encoding and bodies through untouched
+		MaxIdleConns:          1024,
+		MaxIdleConnsPerHost:   cfg.MaxIdleConnsPerHost,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   cfg.HandshakeTimeout,
+		ExpectContinueTimeout: time.Second,
+		ResponseHeaderTimeout: cfg.ResponseHeaderTimeout,
+		WriteBufferSize:       32 << 10,
+		ReadBufferSize:        32 << 10,
+	}
+	p.rp = &httputil.ReverseProxy{
+		Rewrite:        rewrite,
+		Transport:      p.transport,
+		FlushInterval:  -1,
+		BufferPool:     bufPool{},
+		ModifyResponse: p.modifyResponse,
+		ErrorHandler:   p.upstreamError,
+		ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+	return p
+}
+
+// Close drops the idle upstream connections.
+func (p *Proxy) Close() {
+	p.transport.CloseIdleConnections()
+}
+
+// Serve accepts the sandbox's redirected connections on ln until ctx is
+// done (then it closes ln and every open connection and returns nil) or ln
+// fails permanently. sb must have Policy, Orig and CA set.
+func (p *Proxy) Serve(ctx context.Context, sb *Sandbox, ln net.Listener) error {
+	if sb == nil || sb.Policy == nil || sb.Orig == nil || sb.CA == nil {
+		return errors.New("serving sandbox: Policy, Orig and CA are required")
+	}
+	s := &server{
+		p:     p,
+		sb:    sb,
+		log:   p.log.With("sandbox", sb.Name),
+		conns: make(map[net.Conn]struct{}),
+	}
+	if s.sb.Audit == nil {
+		s.sb.Audit = audit.Discard{}
+	}
+	s.startHTTP()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		<-ctx.Done()
+		ln.Close()
+	}()
+	var delay time.Duration
+	var err error
+	for {
+		var c net.Conn
+		c, err = ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				err = nil
+				break
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscallEMFILE) {
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				s.log.Warn("accept failed; retrying", "err", err, "delay", delay)
+				time.Sleep(delay)
+				continue
+			}
+			err = fmt.Errorf("serving sandbox %s: %w", sb.Name, err)
+			break
+		}
+		delay = 0
+		if !s.track(c) {
+			c.Close()
+			break
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.handle(ctx, c)
+		}()
+	}
+	cancel()
+	s.shutdown()
+	return err
+}
+
+// server is one Serve call: one sandbox on one listener.
+type server struct {
+	p   *Proxy
+	sb  *Sandbox
+	log *slog.Logger
+
+	mu     sync.Mutex
+	conns  map[net.Conn]struct{}
+	closed bool
+	wg     sync.WaitGroup
+
+	httpSrv *http.Server
+	httpLn  *chanListener
+	httpWG  sync.WaitGroup
+}
+
+func (s *server) track(c net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.conns[c] = struct{}{}
+	return true
+}
+
+func (s *server) untrack(c net.Conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+}
+
+func (s *server) shutdown() {
+	s.mu.Lock()
+	s.closed = true
+	for c := range s.conns {
+		c.Close()
+	}
+	s.mu.Unlock()
+	s.httpLn.Close()
+	s.httpSrv.Close()
+	s.httpWG.Wait()
+	s.wg.Wait()
+}
+
+func (s *server) emit(ev audit.Event) {
+	ev.V = audit.SchemaVersion
+	if ev.Time.IsZero() {
+		ev.Time = time.Now()
+	}
+	ev.Sandbox = s.sb.Name
+	if ev.CgroupID == 0 {
+		ev.CgroupID = s.sb.ID
+	}
+	s.sb.Audit.Emit(ev)
+}
+
+// bufPool is the ReverseProxy copy buffer pool (32 KiB buffers).
+type bufPool struct{}
+
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+func (bufPool) Get() []byte  { return *copyBufs.Get().(*[]byte) }
+func (bufPool) Put(b []byte) { copyBufs.Put(&b) }
