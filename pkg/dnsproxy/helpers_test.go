@@ -44,6 +44,13 @@ func (u *upstream) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	} else {
 		ans(q, network, m)
 	}
+	if network == "udp" {
+		size := dns.MinMsgSize
+		if opt := req.IsEdns0(); opt != nil {
+			size = int(opt.UDPSize())
+		}
+		m.Truncate(size)
+	}
 	w.WriteMsg(m)
 }
 
@@ -146,6 +153,8 @@ func zone(rrs ...string) func(q dns.Question, net string, m *dns.Msg) {
 		}
 		if !found {
 			m.Rcode = dns.RcodeNameError
+		}
+		if len(m.Answer) == 0 {
 			soa, _ := dns.NewRR("test. 3600 IN SOA ns.test. host.test. 1 3600 600 86400 30")
 			m.Ns = append(m.Ns, soa)
 		}
@@ -277,6 +286,7 @@ func (e *events) last(t *testing.T) audit.Event {
 // style).
 type recorder struct {
 	msg    *dns.Msg
+	wire   int // length of the packed answer
 	remote net.Addr
 }
 
@@ -295,6 +305,7 @@ func (r *recorder) WriteMsg(m *dns.Msg) error {
 	if err != nil {
 		return err
 	}
+	r.wire = len(b)
 	r.msg = new(dns.Msg)
 	return r.msg.Unpack(b)
 }
@@ -365,3 +376,5 @@ func addrsOf(m *dns.Msg) []string {
 }
 
 var errBoom = errors.New("map full")
+
+func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
