@@ -1,0 +1,139 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/sluice-dev/sluice/pkg/audit"
+	"github.com/spf13/cobra"
+)
+
+// defaultAuditFile is where the daemon writes its audit log.
+const defaultAuditFile = "/var/lib/sluice/audit.jsonl"
+
+type logsOptions struct {
+	file     string
+	follow   bool
+	json     bool
+	packages bool
+	poll     time.Duration
+}
+
+func init() { register(newLogsCmd) }
+
+func newLogsCmd(ro *rootOptions) *cobra.Command {
+	o := &logsOptions{}
+	def := os.Getenv("SLUICE_AUDIT_FILE")
+	if def == "" {
+		def = defaultAuditFile
+	}
+	cmd := &cobra.Command{
+		Use:   "logs [NAME]",
+		Short: "Show the audit log: DNS queries, connections, requests and refusals",
+		Long: `Show the audit log as a table: time, sandbox, pid and command of the process,
+kind (dns, conn, http, kernel, callback), decision, rule, and what was reached.
+NAME limits the output to one sandbox. --packages lists the packages each sandbox
+downloaded (npm, PyPI, Go modules, crates, Maven), mirrors included.
+
+The log is the daemon's JSON-lines audit file; its schema is pkg/audit/SCHEMA.md.
+--json prints the events as they are stored, one per line.`,
+		Example: `  sluice logs
+  sluice logs agent-42 --follow
+  sluice logs agent-42 --packages
+  sluice logs --file ./audit.jsonl --json | jq 'select(.decision == "deny")'`,
+		Args:         cobra.MaximumNArgs(1),
+		SilenceUsage: true,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name := ""
+			if len(args) == 1 {
+				name = args[0]
+			}
+			if o.packages && o.follow {
+				return errors.New("--packages lists what was fetched so far; it cannot be combined with --follow")
+			}
+			return runLogs(cmd, ro, o, name)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.file, "file", def, "audit log to read (env SLUICE_AUDIT_FILE)")
+	f.BoolVarP(&o.follow, "follow", "f", false, "keep printing events as they are written, until interrupted")
+	f.BoolVar(&o.json, "json", false, "print JSON (events as JSON lines; with --packages a JSON array)")
+	f.BoolVar(&o.packages, "packages", false, "list packages fetched: ecosystem, package, version")
+	f.DurationVar(&o.poll, "poll", 250*time.Millisecond, "how often --follow checks the file")
+	_ = f.MarkHidden("poll")
+	return cmd
+}
+
+func runLogs(cmd *cobra.Command, ro *rootOptions, o *logsOptions, name string) error {
+	keep := func(ev *audit.Event) bool { return name == "" || ev.Sandbox == name }
+
+	if o.packages {
+		var evs []audit.Event
+		err := readLog(o.file, func(ev audit.Event) error {
+			if keep(&ev) {
+				if _, _, _, ok := audit.PackageOf(&ev); ok {
+					evs = append(evs, ev)
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		pkgs := audit.Packages(evs)
+		if o.json {
+			enc := json.NewEncoder(ro.stdout)
+			enc.SetIndent("", "  ")
+			return enc.Encode(pkgs)
+		}
+		return audit.FormatPackages(ro.stdout, pkgs)
+	}
+
+	show := func(ev audit.Event) error {
+		if !keep(&ev) {
+			return nil
+		}
+		if o.json {
+			b, err := audit.MarshalLine(&ev)
+			if err != nil {
+				return err
+			}
+			_, err = ro.stdout.Write(b)
+			return err
+		}
+		return audit.WriteTableRow(ro.stdout, &ev)
+	}
+	if !o.json {
+		if err := audit.WriteTableHeader(ro.stdout); err != nil {
+			return err
+		}
+	}
+	if !o.follow {
+		return readLog(o.file, show)
+	}
+	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return audit.Follow(ctx, o.file, o.poll, show)
+}
+
+// readLog decodes the audit file, with a hint when it does not exist.
+func readLog(path string, fn func(audit.Event) error) error {
+	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("no audit log at %s: is the daemon running with an audit file? (use --file)", path)
+	}
+	if err != nil {
+		return fmt.Errorf("reading audit log: %w", err)
+	}
+	defer f.Close()
+	if err := audit.Decode(f, fn); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return nil
+}

@@ -1,0 +1,210 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sluice-dev/sluice/pkg/audit"
+)
+
+// writeAuditLog writes evs as a JSON-lines file the way the daemon does.
+func writeAuditLog(t *testing.T, evs []audit.Event) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	fs, err := audit.NewFileSink(path, audit.FileSinkOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range evs {
+		if err := fs.WriteEvent(&evs[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := fs.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func logEvents() []audit.Event {
+	t0 := time.Date(2026, 11, 29, 7, 0, 0, 0, time.UTC)
+	return []audit.Event{
+		{V: 1, Time: t0, Kind: audit.KindDNS, Sandbox: "agent1", PID: 11, Comm: "curl", Decision: audit.DecisionAllow, Rule: "gh", QName: "api.github.com", QType: "A", Answers: []string{"140.82.112.6"}},
+		{V: 1, Time: t0.Add(time.Second), Kind: audit.KindHTTP, Sandbox: "agent1", PID: 11, Comm: "curl", Decision: audit.DecisionDeny, Rule: "gh", Host: "api.github.com", Method: "DELETE", Path: "/repos/x?force=REDACTED", Status: 403},
+		{V: 1, Time: t0.Add(2 * time.Second), Kind: audit.KindKernel, Sandbox: "agent2", PID: 22, Comm: "nc", Decision: audit.DecisionDeny, Dst: "1.2.3.4:22", Reason: "not_allowed"},
+		{V: 1, Time: t0.Add(3 * time.Second), Kind: audit.KindHTTP, Sandbox: "agent1", PID: 12, Comm: "npm", Decision: audit.DecisionAllow, Host: "registry.npmjs.org", Method: "GET", Path: "/lodash/-/lodash-4.17.21.tgz", Status: 200},
+		{V: 1, Time: t0.Add(4 * time.Second), Kind: audit.KindHTTP, Sandbox: "agent2", PID: 23, Comm: "go", Decision: audit.DecisionAllow, Host: "goproxy.mirror.internal", Method: "GET", Path: "/github.com/!burnt!sushi/toml/@v/v1.3.2.zip", Status: 200},
+	}
+}
+
+func TestLogsCommand(t *testing.T) {
+	path := writeAuditLog(t, logEvents())
+	tests := []struct {
+		name     string
+		args     []string
+		wantCode int
+		want     []string // substrings of stdout
+		notWant  []string
+		wantErr  string // substring of stderr
+	}{
+		{
+			name: "table, all sandboxes",
+			args: []string{"logs", "--file", path},
+			want: []string{"TIME", "SANDBOX", "PID", "COMM", "api.github.com A  -> 140.82.112.6", "DELETE api.github.com/repos/x?force=REDACTED  403",
+				"1.2.3.4:22", "nc", "agent2"},
+		},
+		{
+			name:    "table, one sandbox",
+			args:    []string{"logs", "agent1", "--file", path},
+			want:    []string{"api.github.com", "npm"},
+			notWant: []string{"agent2", "1.2.3.4:22"},
+		},
+		{
+			name:    "json",
+			args:    []string{"logs", "agent2", "--file", path, "--json"},
+			want:    []string{`"kind":"kernel"`, `"comm":"nc"`, `"dst":"1.2.3.4:22"`},
+			notWant: []string{"TIME", "agent1"},
+		},
+		{
+			name:    "packages",
+			args:    []string{"logs", "--file", path, "--packages"},
+			want:    []string{"ECOSYSTEM", "npm", "lodash", "4.17.21", "go", "github.com/BurntSushi/toml", "v1.3.2"},
+			notWant: []string{"api.github.com"},
+		},
+		{
+			name:    "packages, one sandbox",
+			args:    []string{"logs", "agent1", "--file", path, "--packages"},
+			want:    []string{"lodash"},
+			notWant: []string{"BurntSushi"},
+		},
+		{
+			name:     "missing file",
+			args:     []string{"logs", "--file", filepath.Join(t.TempDir(), "none.jsonl")},
+			wantCode: 1,
+			wantErr:  "no audit log at",
+		},
+		{
+			name:     "packages with follow",
+			args:     []string{"logs", "--file", path, "--packages", "--follow"},
+			wantCode: 1,
+			wantErr:  "cannot be combined with --follow",
+		},
+		{
+			name:     "too many arguments",
+			args:     []string{"logs", "a", "b", "--file", path},
+			wantCode: 1,
+			wantErr:  "accepts at most 1 arg",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			code := execute(tt.args, strings.NewReader(""), &stdout, &stderr)
+			if code != tt.wantCode {
+				t.Fatalf("exit %d, want %d; stderr: %s", code, tt.wantCode, stderr.String())
+			}
+			if tt.wantErr != "" && !strings.Contains(stderr.String(), tt.wantErr) {
+				t.Fatalf("stderr %q lacks %q", stderr.String(), tt.wantErr)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(stdout.String(), w) {
+					t.Errorf("stdout lacks %q:\n%s", w, stdout.String())
+				}
+			}
+			for _, w := range tt.notWant {
+				if strings.Contains(stdout.String(), w) {
+					t.Errorf("stdout has %q:\n%s", w, stdout.String())
+				}
+			}
+		})
+	}
+}
+
+func TestLogsPackagesJSON(t *testing.T) {
+	path := writeAuditLog(t, logEvents())
+	var stdout, stderr bytes.Buffer
+	if code := execute([]string{"logs", "--file", path, "--packages", "--json"}, strings.NewReader(""), &stdout, &stderr); code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	var pkgs []audit.PackageFetch
+	if err := json.Unmarshal(stdout.Bytes(), &pkgs); err != nil {
+		t.Fatalf("%v:\n%s", err, stdout.String())
+	}
+	if len(pkgs) != 2 || pkgs[0].Package != "lodash" || pkgs[1].Package != "github.com/BurntSushi/toml" {
+		t.Fatalf("packages = %+v", pkgs)
+	}
+}
+
+// lockedBuffer is a bytes.Buffer safe to read while the command writes.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func TestLogsFollow(t *testing.T) {
+	evs := logEvents()
+	path := writeAuditLog(t, evs[:1])
+	var stdout, stderr lockedBuffer
+	o := &rootOptions{stdin: strings.NewReader(""), stdout: &stdout, stderr: &stderr}
+	root := newRootCmd(o)
+	root.SetArgs([]string{"logs", "agent1", "--file", path, "--follow", "--json", "--poll", "5ms"})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- root.ExecuteContext(ctx) }()
+
+	wait := func(substr string) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for !strings.Contains(stdout.String(), substr) {
+			if time.Now().After(deadline) {
+				t.Fatalf("follow output lacks %q:\n%s", substr, stdout.String())
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	wait(`"qname":"api.github.com"`)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i < len(evs); i++ {
+		b, _ := audit.MarshalLine(&evs[i])
+		f.Write(b)
+	}
+	f.Close()
+	wait(`"path":"/lodash/-/lodash-4.17.21.tgz"`)
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("--follow did not stop when its context ended")
+	}
+	if strings.Contains(stdout.String(), "agent2") {
+		t.Fatalf("follow printed another sandbox's events:\n%s", stdout.String())
+	}
+	if n := strings.Count(stdout.String(), "\n"); n != 3 {
+		t.Fatalf("followed %d lines, want 3:\n%s", n, stdout.String())
+	}
+}
