@@ -47,8 +47,10 @@ type callbackServer struct {
 	pub    ed25519.PublicKey
 	calls  atomic.Int64
 	badSig atomic.Int64
-	// answer writes the response; nil gives a default success.
+	// answer writes the response; nil gives a default success. Set it
+	// with setAnswer once the server may be serving.
 	answer func(w http.ResponseWriter, r *http.Request, req callbackRequest)
+	mu     sync.Mutex
 	gate   chan struct{} // when set, handlers wait on it
 	clock  *fakeClock    // the verifier's clock (sluice's fake clock)
 }
@@ -92,8 +94,11 @@ func newCallbackServer(t *testing.T, priv ed25519.PrivateKey) *callbackServer {
 		if cs.gate != nil {
 			<-cs.gate
 		}
-		if cs.answer != nil {
-			cs.answer(w, r, req)
+		cs.mu.Lock()
+		answer := cs.answer
+		cs.mu.Unlock()
+		if answer != nil {
+			answer(w, r, req)
 			return
 		}
 		json.NewEncoder(w).Encode(map[string]any{"headers": map[string]string{
@@ -102,6 +107,12 @@ func newCallbackServer(t *testing.T, priv ed25519.PrivateKey) *callbackServer {
 	}))
 	t.Cleanup(cs.Close)
 	return cs
+}
+
+func (cs *callbackServer) setAnswer(f func(http.ResponseWriter, *http.Request, callbackRequest)) {
+	cs.mu.Lock()
+	cs.answer = f
+	cs.mu.Unlock()
 }
 
 func newTestCallbacks(t *testing.T, logs *bytes.Buffer) (*Callbacks, ed25519.PrivateKey, *fakeClock) {
@@ -187,9 +198,9 @@ func TestCallbackTTLSecondsSmaller(t *testing.T) {
 		t.Fatalf("calls after ttl_seconds = %d, want 2", n)
 	}
 	// ttl_seconds larger than the rule's ttl: the rule's ttl wins.
-	srv.answer = func(w http.ResponseWriter, _ *http.Request, _ callbackRequest) {
+	srv.setAnswer(func(w http.ResponseWriter, _ *http.Request, _ callbackRequest) {
 		io.WriteString(w, `{"headers":{"X-Token":"t"},"ttl_seconds":86400}`)
-	}
+	})
 	c.CallbackHeaders(ctx, "box", "h2", 443, cb)
 	clk.Add(time.Hour + time.Second)
 	c.CallbackHeaders(ctx, "box", "h2", 443, cb)
@@ -442,7 +453,7 @@ func TestCallbackInjectionContract(t *testing.T) {
 	}
 	for name, answer := range failures {
 		c.Forget("box")
-		srv.answer = answer
+		srv.setAnswer(answer)
 		before := upstreamCalls.Load()
 		code, body := get()
 		if code != http.StatusBadGateway || !strings.Contains(body, "credential callback failed") {

@@ -19,6 +19,21 @@
 //     on the next Get: rotation needs no reload.
 //   - Store, Chain, Callbacks and OAuth2 are safe for concurrent use.
 //
+// # Callback protocol
+//
+// sluice POSTs (Content-Type application/json)
+//
+//	{"sandbox": "<sandbox name>", "host": "<host>", "port": <port>}
+//
+// and expects a 2xx answer {"headers": {"Name": "value", ...}} with an
+// optional "ttl_seconds" (a number >= 0). The answer is cached per (callback
+// URL, sandbox, host, port) for the rule's ttl, or ttl_seconds if smaller.
+// Redirects are not followed. A timeout, connection error, non-2xx status,
+// malformed or oversized (> 1 MiB) body, or a header name/value that is not
+// valid HTTP (or one of Host, Content-Length, Transfer-Encoding, Connection
+// and other hop-by-hop headers) is a *CallbackError: the request fails
+// closed and the error text carries only the reason category.
+//
 // # Callback signature
 //
 // Every credential callback request carries

@@ -57,22 +57,22 @@ var ErrTokenFailed = errors.New("oauth2 token request failed")
 // and resolved through the Lookuper for the sandbox at each use, so a
 // rotated client secret or refresh token takes effect on the next request.
 type OAuth2Config struct {
-	TokenURL string
-	Grant    string   // GrantClientCredentials or GrantRefreshToken
-	ClientID string   // not secret; may be empty for refresh_token grants
-	Scopes   []string // sent space-separated as scope
+	TokenURL string   `yaml:"token_url" json:"token_url"`
+	Grant    string   `yaml:"grant" json:"grant"`         // GrantClientCredentials or GrantRefreshToken
+	ClientID string   `yaml:"client_id" json:"client_id"` // not secret; may be empty for refresh_token grants
+	Scopes   []string `yaml:"scopes" json:"scopes"`       // sent space-separated as scope
 	// ClientSecret is the NAME of the secret holding the client secret ("":
 	// a public client that sends only client_id).
-	ClientSecret string
+	ClientSecret string `yaml:"client_secret" json:"client_secret"`
 	// RefreshToken is the NAME of the secret holding the refresh token
 	// (required for GrantRefreshToken).
-	RefreshToken string
+	RefreshToken string `yaml:"refresh_token" json:"refresh_token"`
 	// AuthStyle is AuthBasic (default) or AuthParams.
-	AuthStyle string
+	AuthStyle string `yaml:"auth_style" json:"auth_style"`
 	// Params are extra, non-secret form parameters (audience, resource).
-	Params map[string]string
+	Params map[string]string `yaml:"params" json:"params"`
 	// Timeout bounds one token request (default DefaultCallbackTimeout).
-	Timeout time.Duration
+	Timeout time.Duration `yaml:"timeout" json:"timeout"`
 }
 
 func (c *OAuth2Config) validate() error {
@@ -133,7 +133,11 @@ func (e *TokenError) Error() string {
 func (e *TokenError) Is(target error) bool { return target == ErrTokenFailed }
 
 // OAuth2 mints access tokens outside the sandbox and caches each until
-// shortly before it expires; concurrent misses make one request. A token
+// shortly before it expires; concurrent misses make one request. The cache
+// is keyed by the config and the resolved secret inputs, not by sandbox:
+// sandboxes whose inputs resolve to the same values (e.g. one global refresh
+// token) share one token and one refresh chain, which keeps refresh token
+// rotation working; per-sandbox inputs give per-sandbox tokens. A token
 // endpoint that returns a new refresh token has it used (in memory) for the
 // next refresh. It is also a Provider: Register exposes a minted token as a
 // named secret, usable as {NAME} in a header. Safe for concurrent use.
@@ -150,7 +154,6 @@ type OAuth2 struct {
 }
 
 type tokenEntry struct {
-	sandbox string
 	access  string
 	expires time.Time // refresh at or after this time
 	refresh string    // a rotated refresh token, "" if none
@@ -223,7 +226,7 @@ func (o *OAuth2) Token(ctx context.Context, sandbox string, cfg OAuth2Config) (s
 			return "", fmt.Errorf("oauth2 refresh token: %w", err)
 		}
 	}
-	key := tokenKey(sandbox, &cfg, secret, refresh)
+	key := tokenKey(&cfg, secret, refresh)
 	if tok, ok := o.cached(key); ok {
 		return tok, nil
 	}
@@ -251,12 +254,11 @@ func (o *OAuth2) Token(ctx context.Context, sandbox string, cfg OAuth2Config) (s
 	}
 }
 
-// tokenKey identifies a cache entry: the sandbox, the config and a digest
-// of the secret inputs (so a rotated input gets a fresh token). The key is
-// kept in memory only.
-func tokenKey(sandbox string, c *OAuth2Config, secret, refresh string) string {
+// tokenKey identifies a cache entry: a digest of the config and the secret
+// inputs (so a rotated input gets a fresh token). It stays in memory.
+func tokenKey(c *OAuth2Config, secret, refresh string) string {
 	h := sha256.New()
-	for _, s := range []string{sandbox, c.TokenURL, c.Grant, c.ClientID, strings.Join(c.Scopes, " "), c.ClientSecret, c.RefreshToken, c.AuthStyle, secret, refresh} {
+	for _, s := range []string{c.TokenURL, c.Grant, c.ClientID, strings.Join(c.Scopes, " "), c.ClientSecret, c.RefreshToken, c.AuthStyle, secret, refresh} {
 		fmt.Fprintf(h, "%d:%s;", len(s), s)
 	}
 	keys := make([]string, 0, len(c.Params))
@@ -365,7 +367,7 @@ func (o *OAuth2) fetch(ctx context.Context, key, target, sandbox string, cfg *OA
 		lifetime = time.Duration(n) * time.Second
 	}
 	margin := min(lifetime/10, maxRefreshMargin)
-	e := &tokenEntry{sandbox: sandbox, access: tr.AccessToken, expires: start.Add(lifetime - margin)}
+	e := &tokenEntry{access: tr.AccessToken, expires: start.Add(lifetime - margin)}
 	if tr.RefreshToken != "" && tr.RefreshToken != refresh {
 		e.refresh = tr.RefreshToken
 	} else if refresh != "" {
@@ -398,16 +400,4 @@ func oauthErrorCode(raw []byte) string {
 		}
 	}
 	return v.Error
-}
-
-// Forget drops every cached token of sandbox (on detach), including
-// rotated refresh tokens kept in memory.
-func (o *OAuth2) Forget(sandbox string) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	for k, e := range o.cache {
-		if e.sandbox == sandbox {
-			delete(o.cache, k)
-		}
-	}
 }

@@ -10,6 +10,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -67,9 +68,11 @@ func readSigningKey(path string) (ed25519.PrivateKey, error) {
 	if err := checkPrivate(f, path); err != nil {
 		return nil, fmt.Errorf("reading callback signing key: %w", err)
 	}
-	b := make([]byte, 8192)
-	n, _ := f.Read(b)
-	blk, _ := pem.Decode(b[:n])
+	b, err := io.ReadAll(io.LimitReader(f, 8192))
+	if err != nil {
+		return nil, fmt.Errorf("reading callback signing key %s: %w", path, err)
+	}
+	blk, _ := pem.Decode(b)
 	if blk == nil || blk.Type != "PRIVATE KEY" {
 		return nil, fmt.Errorf("reading callback signing key %s: not a PEM private key", path)
 	}

@@ -256,12 +256,10 @@ func readKeyFile(path string) ([]byte, error) {
 	if err := checkPrivate(f, path); err != nil {
 		return nil, fmt.Errorf("reading secret store key: %w", err)
 	}
-	b := make([]byte, 4096)
-	n, err := f.Read(b)
+	b, err := io.ReadAll(io.LimitReader(f, 4096))
 	if err != nil {
 		return nil, fmt.Errorf("reading secret store key %s: %w", path, err)
 	}
-	b = b[:n]
 	if t := bytes.TrimSpace(b); len(t) > 0 {
 		if key, err := base64.StdEncoding.DecodeString(string(t)); err == nil && len(key) == 32 {
 			return key, nil
