@@ -30,6 +30,7 @@ func ParseSecretsFile(path string) (map[string]string, error) {
 		return nil, fmt.Errorf("secrets file %s: %w", path, err)
 	}
 	out := map[string]string{}
+	lineOf := map[string]int{}
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	sc.Buffer(make([]byte, 64*1024), 16<<20)
 	for n := 1; sc.Scan(); n++ {
@@ -45,13 +46,13 @@ func ParseSecretsFile(path string) (map[string]string, error) {
 		if !ok || !ValidName(name) {
 			return nil, fmt.Errorf("%s:%d: expected NAME=value with NAME from A-Z a-z 0-9 _ . - (line content not shown)", path, n)
 		}
-		if _, dup := out[name]; dup {
-			return nil, fmt.Errorf("%s:%d: %s is set twice", path, n, name)
+		if first, dup := lineOf[name]; dup {
+			return nil, fmt.Errorf("%s:%d: the name of line %d is set again", path, n, first)
 		}
 		if value == "" {
-			return nil, fmt.Errorf("%s:%d: %s has an empty value", path, n, name)
+			return nil, fmt.Errorf("%s:%d: empty value", path, n)
 		}
-		out[name] = value
+		out[name], lineOf[name] = value, n
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("secrets file %s: %w", path, err)

@@ -23,8 +23,8 @@ func TestParseSecretsFile(t *testing.T) {
 		{"world readable", "A=1\n", 0o644, nil, "chmod 600"},
 		{"no equals", "A=1\n" + canary + "\n", 0o600, nil, ":2: expected NAME=value"},
 		{"bad name", "A B=" + canary + "\n", 0o600, nil, ":1: expected NAME=value"},
-		{"duplicate", "A=" + canary + "\nA=2\n", 0o600, nil, ":2: A is set twice"},
-		{"empty value", "A=\n", 0o600, nil, ":1: A has an empty value"},
+		{"duplicate", "A=" + canary + "\nA=2\n", 0o600, nil, ":2: the name of line 1 is set again"},
+		{"empty value", "A=\n", 0o600, nil, ":1: empty value"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
