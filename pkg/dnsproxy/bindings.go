@@ -3,6 +3,7 @@ package dnsproxy
 import (
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/golang-lru/v2/simplelru"
@@ -34,6 +35,8 @@ type Bindings struct {
 	// released collects addresses that lost their last binding during one
 	// call; guarded by mu.
 	released []netip.Addr
+	// gen counts calls to Add that released addresses.
+	gen atomic.Uint64
 }
 
 type addrState struct {
@@ -128,6 +131,9 @@ func (b *Bindings) Add(name, target string, addrs []netip.Addr, until time.Time)
 		if _, ok := b.addrs.Peek(a); !ok {
 			released = append(released, a)
 		}
+	}
+	if len(released) > 0 {
+		b.gen.Add(1)
 	}
 	return released
 }

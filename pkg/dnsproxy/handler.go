@@ -34,58 +34,77 @@ const (
 
 // handler answers one sandbox's queries.
 type handler struct {
-	r  *Resolver
-	sb *Sandbox
+	r    *Resolver
+	sb   *Sandbox
+	tmpl templates
 }
 
 // ServeDNS implements dns.Handler.
 func (h *handler) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	_, tcp := w.RemoteAddr().(*net.TCPAddr)
-	resp, ev := h.r.answer(h.sb, req, tcp)
-	if resp != nil {
-		if err := w.WriteMsg(resp); err != nil {
+	rp := h.r.answer(h.sb, req, tcp)
+	if rp.msg != nil {
+		if err := w.WriteMsg(rp.msg); err != nil {
 			h.r.log.Debug("writing dns answer", "sandbox", h.sb.Name, "err", err)
 		}
 	}
-	h.sb.Audit.Emit(ev)
+	h.sb.Audit.Emit(rp.ev)
 }
 
-// reply is one answer being built.
+// reply is one answer being built, and what the UDP fast path needs to
+// reuse it.
 type reply struct {
 	msg  *dns.Msg
 	size int
 	ev   audit.Event
+
+	// expires bounds reuse of the answer; zero means never reuse.
+	expires time.Time
+	// allowedUntil is the allowlist expiry the answer's addresses are
+	// known to have, minTTL their smallest TTL as answered.
+	allowedUntil time.Time
+	minTTL       uint32
+	pol          any
+	gen          uint64
 }
 
-func (rp *reply) finish(rcode int, decision, reason string) (*dns.Msg, audit.Event) {
+func (rp *reply) finish(rcode int, decision, reason string) *reply {
 	rp.msg.Rcode = rcode
 	rp.ev.Rcode = dns.RcodeToString[rcode]
 	rp.ev.Decision = decision
 	if reason != "" {
 		rp.ev.Reason = reason
 	}
-	rp.msg.Compress = true
 	rp.msg.Truncate(rp.size)
-	return rp.msg, rp.ev
+	// Truncate turns compression off when the answer fits without it;
+	// compressed it fits too, and owner names then point at the question,
+	// whose spelling the fast path replaces.
+	rp.msg.Compress = true
+	if rcode == dns.RcodeServerFailure || rp.msg.Truncated {
+		rp.expires = time.Time{}
+	}
+	return rp
 }
 
 // answer computes the response to req for sb, and its audit event. A nil
-// response means none is sent.
-func (r *Resolver) answer(sb *Sandbox, req *dns.Msg, tcp bool) (*dns.Msg, audit.Event) {
+// rp.msg means no response is sent.
+func (r *Resolver) answer(sb *Sandbox, req *dns.Msg, tcp bool) *reply {
 	now := r.now()
 	rp := &reply{
 		ev: audit.Event{
 			V: audit.SchemaVersion, Time: now, Kind: audit.KindDNS,
 			Sandbox: sb.Name, CgroupID: sb.ID,
 		},
-		size: dns.MinMsgSize,
+		size:    dns.MinMsgSize,
+		expires: now.Add(staticLife),
+		gen:     sb.Bindings.gen.Load(),
 	}
 	if tcp {
 		rp.size = dns.MaxMsgSize
 	}
 	if req.Response {
 		rp.ev.Decision, rp.ev.Reason = audit.DecisionDeny, reasonNotQuery
-		return nil, rp.ev
+		return rp
 	}
 	resp := new(dns.Msg)
 	resp.SetReply(req)
@@ -119,7 +138,8 @@ func (r *Resolver) answer(sb *Sandbox, req *dns.Msg, tcp bool) (*dns.Msg, audit.
 		return rp.finish(dns.RcodeNameError, audit.DecisionDeny, reasonInvalidName)
 	}
 	rp.ev.QName = name
-	m, auditMode, ipv6 := sb.current()
+	m, auditMode, ipv6, pol := sb.current()
+	rp.pol = pol
 	if m == nil {
 		return rp.finish(dns.RcodeNameError, audit.DecisionDeny, reasonNoPolicy)
 	}
@@ -173,6 +193,7 @@ func (r *Resolver) answer(sb *Sandbox, req *dns.Msg, tcp bool) (*dns.Msg, audit.
 			"qtype", rp.ev.QType, "err", err)
 		return rp.finish(dns.RcodeServerFailure, audit.DecisionError, reasonUpstream)
 	}
+	rp.expires = e.expires
 	age := e.age(now)
 	if passthrough {
 		for _, rr := range e.answer {
@@ -297,6 +318,7 @@ func (r *Resolver) answer(sb *Sandbox, req *dns.Msg, tcp bool) (*dns.Msg, audit.
 		for _, a := range addrs {
 			rp.ev.Answers = append(rp.ev.Answers, a.String())
 		}
+		rp.allowedUntil, rp.minTTL = until, ttl
 	}
 
 	if remap != "" {
@@ -326,7 +348,7 @@ func (r *Resolver) answer(sb *Sandbox, req *dns.Msg, tcp bool) (*dns.Msg, audit.
 }
 
 // remapLiteral answers a query for a name remapped to an IP address.
-func (r *Resolver) remapLiteral(sb *Sandbox, rp *reply, q dns.Question, name string, ip netip.Addr, decision string, now time.Time) (*dns.Msg, audit.Event) {
+func (r *Resolver) remapLiteral(sb *Sandbox, rp *reply, q dns.Question, name string, ip netip.Addr, decision string, now time.Time) *reply {
 	var rr dns.RR
 	ttl := uint32(r.cfg.MinTTL / time.Second)
 	hdr := dns.RR_Header{Name: q.Name, Rrtype: q.Qtype, Class: dns.ClassINET, Ttl: ttl}
@@ -345,6 +367,8 @@ func (r *Resolver) remapLiteral(sb *Sandbox, rp *reply, q dns.Question, name str
 	}
 	rp.msg.Answer = append(rp.msg.Answer, rr)
 	rp.ev.Answers = append(rp.ev.Answers, ip.String())
+	rp.expires = now.Add(r.cfg.MinTTL)
+	rp.allowedUntil, rp.minTTL = until, ttl
 	return rp.finish(dns.RcodeSuccess, decision, "")
 }
 

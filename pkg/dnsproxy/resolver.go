@@ -59,17 +59,31 @@ type Sandbox struct {
 	view func() (NameMatcher, bool, bool)
 }
 
-// current returns the sandbox's matcher, whether it is in audit mode and
-// whether AAAA answers are wanted; a nil matcher refuses everything.
-func (sb *Sandbox) current() (NameMatcher, bool, bool) {
+// current returns the sandbox's matcher, whether it is in audit mode,
+// whether AAAA answers are wanted, and the policy's identity (a pointer);
+// a nil matcher refuses everything.
+func (sb *Sandbox) current() (NameMatcher, bool, bool, any) {
 	if sb.view != nil {
-		return sb.view()
+		m, a, v6 := sb.view()
+		return m, a, v6, m
 	}
 	p := sb.Policy()
 	if p == nil {
-		return nil, false, false
+		return nil, false, false, nil
 	}
-	return p, p.Mode == policy.ModeAudit, p.IPv6
+	return p, p.Mode == policy.ModeAudit, p.IPv6, p
+}
+
+// identity returns the current policy's identity, as current does.
+func (sb *Sandbox) identity() any {
+	if sb.view != nil {
+		m, _, _ := sb.view()
+		return m
+	}
+	if p := sb.Policy(); p != nil {
+		return p
+	}
+	return nil
 }
 
 // Resolver resolves, filters and caches on behalf of sandboxes. Create it
@@ -119,36 +133,38 @@ func (r *Resolver) Handler(sb *Sandbox) (dns.Handler, error) {
 
 // Serve answers sb's queries arriving on pc (UDP) and ln (TCP), either of
 // which may be nil, until ctx is done or a listener fails. It closes pc and
-// ln before returning. It returns nil when ctx ended it.
+// ln and waits for the queries in flight before returning. It returns nil
+// when ctx ended it or the listeners were closed.
 func (r *Resolver) Serve(ctx context.Context, sb *Sandbox, pc net.PacketConn, ln net.Listener) error {
-	h, err := r.Handler(sb)
+	hd, err := r.Handler(sb)
 	if err != nil {
 		return err
 	}
+	h := hd.(*handler)
 	if pc == nil && ln == nil {
 		return errors.New("dnsproxy: nothing to serve")
 	}
-	type run struct {
-		srv     *dns.Server
-		started chan struct{}
-		done    chan struct{}
-		err     error
-	}
-	var runs []*run
+	ended := make(chan struct{}, 2)
+	var udpErr, tcpErr error
+	var udpDone chan struct{}
 	if pc != nil {
-		runs = append(runs, &run{srv: &dns.Server{PacketConn: pc, Handler: h, UDPSize: dns.MaxMsgSize}})
-	}
-	if ln != nil {
-		runs = append(runs, &run{srv: &dns.Server{Listener: ln, Handler: h}})
-	}
-	ended := make(chan struct{}, len(runs))
-	for _, rn := range runs {
-		rn.started, rn.done = make(chan struct{}), make(chan struct{})
-		var once sync.Once
-		rn.srv.NotifyStartedFunc = func() { once.Do(func() { close(rn.started) }) }
+		udpDone = make(chan struct{})
 		go func() {
-			defer close(rn.done)
-			rn.err = rn.srv.ActivateAndServe()
+			defer close(udpDone)
+			udpErr = h.serveUDP(pc)
+			ended <- struct{}{}
+		}()
+	}
+	var srv *dns.Server
+	var tcpStarted, tcpDone chan struct{}
+	if ln != nil {
+		tcpStarted, tcpDone = make(chan struct{}), make(chan struct{})
+		var once sync.Once
+		srv = &dns.Server{Listener: ln, Handler: h,
+			NotifyStartedFunc: func() { once.Do(func() { close(tcpStarted) }) }}
+		go func() {
+			defer close(tcpDone)
+			tcpErr = srv.ActivateAndServe()
 			ended <- struct{}{}
 		}()
 	}
@@ -156,32 +172,33 @@ func (r *Resolver) Serve(ctx context.Context, sb *Sandbox, pc net.PacketConn, ln
 	case <-ctx.Done():
 	case <-ended:
 	}
-	var errs []error
-	for _, rn := range runs {
+	if pc != nil {
+		pc.Close()
+		<-udpDone
+	}
+	if srv != nil {
 		select {
-		case <-rn.started:
-		case <-rn.done:
+		case <-tcpStarted:
+		case <-tcpDone:
 		}
 		select {
-		case <-rn.done:
+		case <-tcpDone:
 		default:
 			// Shutdown closes the listener and waits for handlers.
 			sctx, cancel := context.WithTimeout(context.Background(), r.cfg.Timeout+time.Second)
-			if err := rn.srv.ShutdownContext(sctx); err != nil {
+			if err := srv.ShutdownContext(sctx); err != nil {
 				r.log.Debug("dns server shutdown", "sandbox", sb.Name, "err", err)
 			}
 			cancel()
 		}
-		<-rn.done
-		if rn.err != nil && !errors.Is(rn.err, net.ErrClosed) && ctx.Err() == nil {
-			errs = append(errs, rn.err)
-		}
-	}
-	if pc != nil {
-		pc.Close()
-	}
-	if ln != nil {
+		<-tcpDone
 		ln.Close()
+	}
+	var errs []error
+	for _, err := range []error{udpErr, tcpErr} {
+		if err != nil && !errors.Is(err, net.ErrClosed) && ctx.Err() == nil {
+			errs = append(errs, err)
+		}
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("serving dns for sandbox %s: %w", sb.Name, err)

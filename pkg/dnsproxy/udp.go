@@ -1,0 +1,168 @@
+package dnsproxy
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"runtime"
+	"sync"
+
+	"github.com/miekg/dns"
+
+	"github.com/sluice-dev/sluice/pkg/audit"
+)
+
+// maxSlowUDP bounds the UDP queries answered concurrently off the fast path
+// (cache misses wait for upstreams); when it is reached the readers wait,
+// and the socket's receive buffer absorbs or drops the excess.
+const maxSlowUDP = 512
+
+// serveUDP answers queries on pc until pc is closed. Readers answer fast
+// path hits inline; other queries get a goroutine each. It returns when pc
+// is closed and every query it started has been answered.
+func (h *handler) serveUDP(pc net.PacketConn) error {
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, maxSlowUDP)
+	readers := min(runtime.GOMAXPROCS(0), 4)
+	errc := make(chan error, readers)
+	for range readers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errc <- h.readUDP(pc, &wg, sem)
+		}()
+	}
+	wg.Wait()
+	err := <-errc
+	if errors.Is(err, net.ErrClosed) {
+		return nil
+	}
+	return err
+}
+
+type udpPeer struct {
+	ap   netip.AddrPort // for *net.UDPConn
+	addr net.Addr       // other PacketConns
+}
+
+func (h *handler) readUDP(pc net.PacketConn, wg *sync.WaitGroup, sem chan struct{}) error {
+	uc, _ := pc.(*net.UDPConn)
+	buf := make([]byte, dns.MaxMsgSize)
+	out := make([]byte, 0, 1500)
+	key := make([]byte, 0, 300)
+	for {
+		var peer udpPeer
+		var n int
+		var err error
+		if uc != nil {
+			n, peer.ap, err = uc.ReadFromUDPAddrPort(buf)
+		} else {
+			n, peer.addr, err = pc.ReadFrom(buf)
+		}
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return err
+		}
+		p := buf[:n]
+		now := h.r.now()
+		q, ok := parseQuery(p, key)
+		key = q.key
+		if ok {
+			if ans, t := h.fastAnswer(p, q, now, out); ans != nil {
+				out = ans
+				h.writeUDP(pc, uc, peer, ans)
+				ev := t.ev
+				ev.Time = now
+				h.sb.Audit.Emit(ev)
+				continue
+			}
+		}
+		pkt := append([]byte(nil), p...)
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			h.slowUDP(pc, uc, peer, pkt)
+		}()
+	}
+}
+
+func (h *handler) writeUDP(pc net.PacketConn, uc *net.UDPConn, peer udpPeer, b []byte) {
+	var err error
+	if uc != nil {
+		_, err = uc.WriteToUDPAddrPort(b, peer.ap)
+	} else {
+		_, err = pc.WriteTo(b, peer.addr)
+	}
+	if err != nil {
+		h.r.log.Debug("writing dns answer", "sandbox", h.sb.Name, "err", err)
+	}
+}
+
+// slowUDP answers one query through the full handler and keeps the answer
+// as a fast path template when it may be reused.
+func (h *handler) slowUDP(pc net.PacketConn, uc *net.UDPConn, peer udpPeer, pkt []byte) {
+	req := new(dns.Msg)
+	if err := req.Unpack(pkt); err != nil {
+		h.formErr(pc, uc, peer, pkt)
+		return
+	}
+	rp := h.r.answer(h.sb, req, false)
+	if rp.msg == nil {
+		h.sb.Audit.Emit(rp.ev)
+		return
+	}
+	wire, err := rp.msg.Pack()
+	if err != nil {
+		h.r.log.Debug("packing dns answer", "sandbox", h.sb.Name, "err", err)
+		h.sb.Audit.Emit(rp.ev)
+		return
+	}
+	h.writeUDP(pc, uc, peer, wire)
+	h.sb.Audit.Emit(rp.ev)
+	if rp.expires.IsZero() {
+		return
+	}
+	q, ok := parseQuery(pkt, nil)
+	if !ok {
+		return
+	}
+	at, ttl, ok := ttlOffsets(wire)
+	if !ok || len(wire) < q.nameEnd {
+		return
+	}
+	h.tmpl.put(q.key, &template{
+		wire: wire, qnameAt: q.nameEnd, ttlAt: at, ttl: ttl,
+		built: rp.ev.Time, expires: rp.expires,
+		allowedUntil: rp.allowedUntil, minTTL: rp.minTTL,
+		pol: rp.pol, gen: rp.gen, ev: rp.ev,
+	})
+}
+
+// formErr answers a query that cannot be unpacked with FORMERR, as
+// miekg/dns's server does, and drops anything that is not a query.
+func (h *handler) formErr(pc net.PacketConn, uc *net.UDPConn, peer udpPeer, pkt []byte) {
+	ev := audit.Event{
+		V: audit.SchemaVersion, Time: h.r.now(), Kind: audit.KindDNS,
+		Sandbox: h.sb.Name, CgroupID: h.sb.ID,
+		Decision: audit.DecisionDeny, Reason: "malformed query",
+	}
+	if len(pkt) < 12 || pkt[2]&0x80 != 0 {
+		h.sb.Audit.Emit(ev)
+		return
+	}
+	m := new(dns.Msg)
+	m.Id = uint16(pkt[0])<<8 | uint16(pkt[1])
+	m.Response = true
+	m.Opcode = int(pkt[2]>>3) & 0xf
+	m.Rcode = dns.RcodeFormatError
+	ev.Rcode = dns.RcodeToString[m.Rcode]
+	if wire, err := m.Pack(); err == nil {
+		h.writeUDP(pc, uc, peer, wire)
+	}
+	h.sb.Audit.Emit(ev)
+}
