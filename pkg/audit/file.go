@@ -2,7 +2,6 @@ package audit
 
 import (
 	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -24,18 +23,20 @@ type FileSinkOptions struct {
 	Mode fs.FileMode
 }
 
-// FileSink appends JSON lines to a file and rotates it by size. Safe for
-// concurrent use. A write error (disk full) is returned to the Logger,
-// which counts and reports it; the sink keeps trying on later events.
+// FileSink appends JSON lines to a file and rotates it by size. Lines are
+// batched and written by Flush: used without a Logger, call Flush or
+// Close. Safe for concurrent use. A write error (disk full) is returned to
+// the Logger, which counts and reports the lost events; the sink keeps
+// trying on later batches.
 type FileSink struct {
 	path string
 	opts FileSinkOptions
 
-	mu   sync.Mutex
-	f    *os.File
-	size int64
-	buf  bytes.Buffer
-	enc  *json.Encoder
+	mu      sync.Mutex
+	f       *os.File
+	size    int64
+	line    []byte       // the line being encoded
+	pending bytes.Buffer // lines not yet written
 }
 
 // NewFileSink opens (creating if needed) path for appending. The
@@ -51,7 +52,6 @@ func NewFileSink(path string, opts FileSinkOptions) (*FileSink, error) {
 		opts.Mode = 0o600
 	}
 	s := &FileSink{path: path, opts: opts}
-	s.enc = newEncoder(&s.buf)
 	if err := s.open(); err != nil {
 		return nil, err
 	}
@@ -78,27 +78,51 @@ func (s *FileSink) open() error {
 	return nil
 }
 
-// WriteEvent appends ev as one line, rotating first if the line would
-// take the file past MaxBytes.
+// WriteEvent encodes ev as one line into the pending batch, writing the
+// batch and rotating first if the line would take the file past MaxBytes.
+// Lines reach the file on Flush (the Logger calls it whenever the sink's
+// queue runs empty) or Close.
 func (s *FileSink) WriteEvent(ev *Event) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.buf.Reset()
-	if err := s.enc.Encode(ev); err != nil {
+	line, err := appendLine(s.line[:0], ev)
+	if err != nil {
 		return fmt.Errorf("encoding audit event: %w", err)
 	}
-	if s.f != nil && s.size > 0 && s.size+int64(s.buf.Len()) > s.opts.MaxBytes {
-		if err := s.rotate(); err != nil {
+	s.line = line
+	if used := s.size + int64(s.pending.Len()); used > 0 && used+int64(len(line)) > s.opts.MaxBytes {
+		if err := s.flushLocked(); err != nil {
 			return err
 		}
+		if s.f != nil {
+			if err := s.rotate(); err != nil {
+				return err
+			}
+		}
 	}
+	s.pending.Write(line)
+	return nil
+}
+
+// Flush writes the pending lines to the file in one write.
+func (s *FileSink) Flush() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.flushLocked()
+}
+
+func (s *FileSink) flushLocked() error {
+	if s.pending.Len() == 0 {
+		return nil
+	}
+	defer s.pending.Reset() // a failed batch is lost, and counted by the Logger
 	if s.f == nil {
 		// A previous rotation could not reopen the file: try again.
 		if err := s.open(); err != nil {
 			return err
 		}
 	}
-	n, err := s.f.Write(s.buf.Bytes())
+	n, err := s.f.Write(s.pending.Bytes())
 	s.size += int64(n)
 	if err != nil {
 		return fmt.Errorf("writing audit file: %w", err)
@@ -133,10 +157,13 @@ func (s *FileSink) rotated(i int) string {
 	return s.path + "." + strconv.Itoa(i)
 }
 
-// Sync flushes the file to stable storage.
+// Sync writes the pending lines and flushes the file to stable storage.
 func (s *FileSink) Sync() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if err := s.flushLocked(); err != nil {
+		return err
+	}
 	if s.f == nil {
 		return nil
 	}
@@ -146,14 +173,15 @@ func (s *FileSink) Sync() error {
 	return nil
 }
 
-// Close closes the file.
+// Close writes the pending lines and closes the file.
 func (s *FileSink) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	ferr := s.flushLocked()
 	if s.f == nil {
-		return nil
+		return ferr
 	}
-	err := s.f.Close()
+	err := errors.Join(ferr, s.f.Close())
 	s.f = nil
 	if err != nil {
 		return fmt.Errorf("closing audit file: %w", err)

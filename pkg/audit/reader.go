@@ -10,6 +10,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"strconv"
 	"time"
 )
 
@@ -143,6 +144,15 @@ func Follow(ctx context.Context, path string, poll time.Duration, fn func(Event)
 				if err := drain(); err != nil {
 					return err
 				}
+				// Several rotations between two polls: the files newer
+				// than ours are path.(k-1) .. path.1; read them whole.
+				if ferr == nil {
+					for _, p := range newerRotated(path, fst) {
+						if err := readWhole(p, fn); err != nil {
+							return err
+						}
+					}
+				}
 				f.Close()
 				f = nil
 				continue
@@ -161,4 +171,37 @@ func Follow(ctx context.Context, path string, poll time.Duration, fn func(Event)
 		case <-tick.C:
 		}
 	}
+}
+
+// newerRotated returns the rotated files of path newer than the file
+// old, oldest first: path.(k-1) .. path.1 where path.k is old now.
+func newerRotated(path string, old os.FileInfo) []string {
+	for k := 1; ; k++ {
+		st, err := os.Stat(path + "." + strconv.Itoa(k))
+		if err != nil {
+			return nil
+		}
+		if os.SameFile(st, old) {
+			out := make([]string, 0, k-1)
+			for i := k - 1; i >= 1; i-- {
+				out = append(out, path+"."+strconv.Itoa(i))
+			}
+			return out
+		}
+	}
+}
+
+func readWhole(path string, fn func(Event) error) error {
+	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil // rotated away meanwhile
+	}
+	if err != nil {
+		return fmt.Errorf("reading audit log: %w", err)
+	}
+	defer f.Close()
+	if err := Decode(f, fn); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return nil
 }

@@ -174,6 +174,9 @@ func TestFollowAppendsAndRotation(t *testing.T) {
 		if err := fs.WriteEvent(&Event{V: 1, Kind: KindDNS, Decision: DecisionAllow, QName: name}); err != nil {
 			t.Fatal(err)
 		}
+		if err := fs.Flush(); err != nil {
+			t.Fatal(err)
+		}
 	}
 	write("before-follow.example")
 
