@@ -46,7 +46,7 @@ func TestAppendLineMatchesEncodingJSON(t *testing.T) {
 		{"negative float", Event{LatencyMS: -0.000001}},
 		{"float e-09", Event{LatencyMS: 1.5e-9}},
 		{"integral float", Event{LatencyMS: 100}},
-		{"negative offset", Event{Time: time.Date(1999, 12, 31, 23, 59, 59, 1000, time.FixedZone("y", -(9*3600 + 30*60)))}},
+		{"negative offset", Event{Time: time.Date(1999, 12, 31, 23, 59, 59, 1000, time.FixedZone("y", -(9*3600+30*60)))}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
