@@ -538,3 +538,20 @@ func cString(b []byte) string {
 	}
 	return string(b)
 }
+
+// Revoke removes a DNS-learned allowlist entry (static entries stay).
+// Established connections are not affected.
+func (s *Sandbox) Revoke(addr netip.Addr) error {
+	k := sluiceAllowKey{Prefixlen: 64 + 128, Addr: addrKey(addr)}
+	binary.NativeEndian.PutUint64(k.Sandbox[:], s.id)
+	s.e.mu.Lock()
+	defer s.e.mu.Unlock()
+	var cur sluiceAllowVal
+	if err := s.e.objs.Allow.Lookup(&k, &cur); err != nil || cur.Flags&alStatic != 0 {
+		return nil
+	}
+	if err := s.e.objs.Allow.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("allowlist delete for %s: %w", addr, err)
+	}
+	return nil
+}

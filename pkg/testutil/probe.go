@@ -46,6 +46,17 @@ func runProbe(mode, target string) string {
 		buf := make([]byte, 256)
 		n, _ := c.Read(buf)
 		return "ok " + strings.TrimSpace(string(buf[:n]))
+	case "bindtcp": // bind a specific source address first, then connect
+		d := net.Dialer{Timeout: 3 * time.Second, LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 5)}}
+		if strings.HasPrefix(target, "[") {
+			d.LocalAddr = &net.TCPAddr{IP: net.IPv6loopback}
+		}
+		c, err := d.Dial("tcp", target)
+		if err != nil {
+			return "error " + errnoName(err)
+		}
+		c.Close()
+		return "ok connected"
 	case "udp": // unconnected sendto
 		ap, err := netip.ParseAddrPort(target)
 		if err != nil {

@@ -1,0 +1,51 @@
+# sluice — `make help` lists the targets.
+SHELL := /bin/bash
+GO ?= go
+BIN := bin/sluice
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+GOTEST_FLAGS ?= -race -count=1
+
+.DEFAULT_GOAL := build
+
+.PHONY: help build generate check-generate test test-unit demo bench fuzz soak lint deps clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+deps: ## install build and test dependencies (Debian; idempotent)
+	@scripts/deps.sh
+
+build: ## build bin/sluice (needs no clang: the eBPF objects are committed)
+	@mkdir -p bin
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/sluice
+
+generate: deps ## regenerate the eBPF objects with bpf2go and clang-19
+	$(GO) generate ./pkg/enforcer/...
+
+check-generate: generate ## fail when the committed eBPF objects are stale
+	@git diff --exit-code -- pkg/enforcer/ || { echo "committed eBPF objects are stale: run make generate and commit"; exit 1; }
+
+test: deps build ## the whole suite: lint, unit, privileged e2e (as root), short fuzz
+	@$(MAKE) --no-print-directory lint
+	$(GO) test $(GOTEST_FLAGS) ./...
+	@scripts/fuzz.sh 10s
+
+test-unit: ## unprivileged tests only
+	$(GO) test -count=1 ./...
+
+demo: deps build ## offline end-to-end demonstration on loopback
+	@scripts/demo.sh
+
+bench: deps build ## benchmarks: ratios against direct connections, measured in one run
+	@scripts/bench/run.sh
+
+fuzz: ## run every fuzz target for FUZZTIME (default 30s each)
+	@scripts/fuzz.sh $${FUZZTIME:-30s}
+
+lint: ## gofmt and go vet
+	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '_bpfel.go$$')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+clean: ## remove build output
+	rm -rf bin dist

@@ -1,0 +1,165 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"text/tabwriter"
+	"time"
+
+	"github.com/sluice-dev/sluice/pkg/daemon"
+	"github.com/spf13/cobra"
+)
+
+type attachOptions struct {
+	policy string
+	cgroup string
+	pid    int
+	name   string
+	json   bool
+}
+
+func init() {
+	register(newAttachCmd)
+	register(newDetachCmd)
+	register(newListCmd)
+	register(newCACmd)
+}
+
+func newAttachCmd(ro *rootOptions) *cobra.Command {
+	o := &attachOptions{}
+	cmd := &cobra.Command{
+		Use:   "attach --policy FILE (--cgroup PATH | --pid PID) [--name N]",
+		Short: "Enforce a policy on a cgroup (through the daemon)",
+		Long: `Attach a sandbox: the daemon registers the cgroup (and every cgroup below
+it), attaches the eBPF programs, and serves its resolver and proxy. With --pid,
+the cgroup and network namespace of that process are used; in a separate
+network namespace the daemon opens the sandbox's listeners inside it.
+Attaching again under the same name replaces the policy live.`,
+		Example: `  sluice attach --policy agent.yaml --pid 4242 --name agent-42
+  sluice attach --policy agent.yaml --cgroup /sys/fs/cgroup/sandboxes/42 --name agent-42`,
+		Args:         cobra.NoArgs,
+		SilenceUsage: true,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if (o.cgroup == "") == (o.pid == 0) {
+				return fmt.Errorf("give exactly one of --cgroup PATH or --pid PID")
+			}
+			text, err := os.ReadFile(o.policy)
+			if err != nil {
+				return err
+			}
+			name := o.name
+			if name == "" {
+				if o.pid != 0 {
+					name = fmt.Sprintf("pid-%d", o.pid)
+				} else {
+					return fmt.Errorf("--name is required with --cgroup")
+				}
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			info, err := daemon.NewClient(ro.socket).Attach(ctx, daemon.AttachRequest{
+				Name: name, Cgroup: o.cgroup, PID: o.pid, PolicyFile: o.policy, Policy: string(text)})
+			if err != nil {
+				return err
+			}
+			if o.json {
+				return json.NewEncoder(ro.stdout).Encode(info)
+			}
+			fmt.Fprintf(ro.stdout, "attached %s (cgroup %s, %d rules, %s)\n", info.Name, info.Cgroup, info.Rules, info.Mode)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.policy, "policy", "", "policy file (required)")
+	f.StringVar(&o.cgroup, "cgroup", "", "cgroup path (absolute, or relative to the cgroup2 mount)")
+	f.IntVar(&o.pid, "pid", 0, "a process of the sandbox")
+	f.StringVar(&o.name, "name", "", "sandbox name (default pid-PID)")
+	f.BoolVar(&o.json, "json", false, "print JSON")
+	_ = cmd.MarkFlagRequired("policy")
+	return cmd
+}
+
+func newDetachCmd(ro *rootOptions) *cobra.Command {
+	return &cobra.Command{
+		Use:          "detach NAME",
+		Short:        "Stop enforcing on a sandbox and remove everything sluice holds for it",
+		Example:      "  sluice detach agent-42",
+		Args:         cobra.ExactArgs(1),
+		SilenceUsage: true,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if err := daemon.NewClient(ro.socket).Detach(ctx, args[0]); err != nil {
+				return err
+			}
+			fmt.Fprintf(ro.stdout, "detached %s\n", args[0])
+			return nil
+		},
+	}
+}
+
+type listOptions struct{ json bool }
+
+func newListCmd(ro *rootOptions) *cobra.Command {
+	o := &listOptions{}
+	cmd := &cobra.Command{
+		Use:          "list",
+		Short:        "List the sandboxes the daemon enforces",
+		Example:      "  sluice list\n  sluice list --json",
+		Args:         cobra.NoArgs,
+		SilenceUsage: true,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			infos, err := daemon.NewClient(ro.socket).List(ctx)
+			if err != nil {
+				return err
+			}
+			if o.json {
+				enc := json.NewEncoder(ro.stdout)
+				enc.SetIndent("", "  ")
+				return enc.Encode(infos)
+			}
+			if len(infos) == 0 {
+				fmt.Fprintln(ro.stdout, "no sandboxes attached")
+				return nil
+			}
+			w := tabwriter.NewWriter(ro.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "NAME\tCGROUP\tPOLICY\tMODE\tRULES\tUPDATED")
+			for _, i := range infos {
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\n", i.Name, i.Cgroup, i.Policy, i.Mode, i.Rules, i.Updated.Format(time.RFC3339))
+			}
+			return w.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&o.json, "json", false, "print JSON")
+	return cmd
+}
+
+func newCACmd(ro *rootOptions) *cobra.Command {
+	ca := &cobra.Command{Use: "ca", Short: "Sandbox certificate authorities"}
+	ca.AddCommand(&cobra.Command{
+		Use:   "export NAME",
+		Short: "Print the PEM certificate of a sandbox's CA",
+		Long: `Print the sandbox CA's certificate. Install it in the sandbox's trust store
+(or point SSL_CERT_FILE and friends at a bundle holding it) so clients accept
+the proxy's certificates for intercepted hosts. The private key never leaves
+the daemon's state directory.`,
+		Example:      "  sluice ca export agent-42 > /sandboxes/42/etc/ssl/sluice-ca.pem",
+		Args:         cobra.ExactArgs(1),
+		SilenceUsage: true,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			pem, err := daemon.NewClient(ro.socket).CA(ctx, args[0])
+			if err != nil {
+				return err
+			}
+			_, err = ro.stdout.Write(pem)
+			return err
+		},
+	})
+	return ca
+}

@@ -1,0 +1,96 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"os/signal"
+	"syscall"
+
+	"github.com/sluice-dev/sluice/pkg/daemon"
+	"github.com/spf13/cobra"
+)
+
+type daemonOptions struct {
+	config       string
+	stateDir     string
+	dnsUpstreams []string
+	dnsLoopback  bool
+	upstreamCAs  []string
+	pinDir       string
+	audit        string
+	metrics      string
+	logLevel     string
+}
+
+func init() { register(newDaemonCmd) }
+
+func newDaemonCmd(ro *rootOptions) *cobra.Command {
+	o := &daemonOptions{}
+	cmd := &cobra.Command{
+		Use:   "daemon [--config FILE]",
+		Short: "Run the long-running host agent (control API on a Unix socket)",
+		Long: `Run the host agent. Sandboxes are attached with 'sluice attach' and stay
+enforced in the kernel (pinned eBPF links) when the daemon stops: their
+connections then fail, and work again when the daemon is back, with no
+re-attach. Flags override the config file.`,
+		Example: `  sluice daemon --config /etc/sluice/config.yaml
+  # a private daemon for tests
+  sluice daemon --socket /tmp/s.sock --state-dir /tmp/state --dns-upstream 127.0.0.1:5353`,
+		Args:         cobra.NoArgs,
+		SilenceUsage: true,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := daemon.LoadConfig(o.config)
+			if err != nil {
+				return err
+			}
+			f := cmd.Flags()
+			if f.Changed("socket") || cfg.Socket == "" {
+				cfg.Socket = ro.socket
+			}
+			if f.Changed("state-dir") {
+				cfg.StateDir = o.stateDir
+			}
+			if f.Changed("dns-upstream") {
+				cfg.DNSUpstreams = o.dnsUpstreams
+			}
+			if f.Changed("dns-allow-loopback") {
+				cfg.DNSAllowLoopback = o.dnsLoopback
+			}
+			if f.Changed("upstream-ca") {
+				cfg.UpstreamCAs = o.upstreamCAs
+			}
+			if f.Changed("pin-dir") {
+				cfg.PinDir = o.pinDir
+			}
+			if f.Changed("audit") {
+				cfg.Audit = o.audit
+			}
+			if f.Changed("metrics") {
+				cfg.Metrics = o.metrics
+			}
+			var lvl slog.Level
+			if err := lvl.UnmarshalText([]byte(o.logLevel)); err != nil {
+				return err
+			}
+			log := slog.New(slog.NewJSONHandler(ro.stderr, &slog.HandlerOptions{Level: lvl}))
+			d, err := daemon.New(cfg, log)
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			return d.Run(ctx)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.config, "config", "", "config file (YAML)")
+	f.StringVar(&o.stateDir, "state-dir", daemon.DefaultStateDir, "state directory")
+	f.StringArrayVar(&o.dnsUpstreams, "dns-upstream", nil, "upstream DNS HOST:PORT (repeatable)")
+	f.BoolVar(&o.dnsLoopback, "dns-allow-loopback", false, "let upstream DNS answers point at loopback addresses (off: DNS rebinding protection)")
+	f.StringArrayVar(&o.upstreamCAs, "upstream-ca", nil, "extra PEM roots for upstream TLS (repeatable)")
+	f.StringVar(&o.pinDir, "pin-dir", "", "bpffs directory for pinned maps and links (default /sys/fs/bpf/sluice/v1)")
+	f.StringVar(&o.audit, "audit", "", "audit sink: a file, or - for stdout")
+	f.StringVar(&o.metrics, "metrics", "", "serve Prometheus /metrics on this address (e.g. 127.0.0.1:9090)")
+	f.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	return cmd
+}

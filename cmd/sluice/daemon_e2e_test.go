@@ -1,0 +1,355 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sluice-dev/sluice/pkg/testutil"
+)
+
+// daemonProc is a private `sluice daemon` for one test.
+type daemonProc struct {
+	t      *testing.T
+	w      *world
+	socket string
+	state  string
+	cmd    *exec.Cmd
+	log    *bytes.Buffer
+}
+
+func startDaemon(t *testing.T, w *world) *daemonProc {
+	t.Helper()
+	d := &daemonProc{t: t, w: w, socket: filepath.Join(w.dir, "sluice.sock"), state: filepath.Join(w.dir, "state")}
+	d.start()
+	t.Cleanup(func() {
+		// Detach whatever is left, then stop the daemon.
+		for _, name := range d.names() {
+			d.cli("detach", name)
+		}
+		d.stop()
+	})
+	return d
+}
+
+func (d *daemonProc) start() {
+	d.t.Helper()
+	d.log = &bytes.Buffer{}
+	d.cmd = exec.Command(sluiceBin(d.t), "daemon", "--socket", d.socket, "--state-dir", d.state,
+		"--pin-dir", d.w.pin, "--dns-upstream", d.w.dns.Addr, "--dns-allow-loopback",
+		"--upstream-ca", d.w.api.CAFile, "--audit", filepath.Join(d.w.dir, "daemon-audit.jsonl"))
+	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
+	if err := d.cmd.Start(); err != nil {
+		d.t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if c, err := net.Dial("unix", d.socket); err == nil {
+			c.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			d.t.Fatalf("daemon did not come up:\n%s", d.log)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (d *daemonProc) kill9() {
+	_ = d.cmd.Process.Signal(syscall.SIGKILL)
+	_ = d.cmd.Wait()
+	d.cmd = nil
+}
+
+func (d *daemonProc) stop() {
+	if d.cmd == nil {
+		return
+	}
+	_ = d.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { d.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		d.cmd.Process.Kill()
+	}
+	d.cmd = nil
+}
+
+// cli runs a sluice client command against the daemon.
+func (d *daemonProc) cli(args ...string) (string, error) {
+	cmd := exec.Command(sluiceBin(d.t), append(args, "--socket", d.socket)...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+func (d *daemonProc) names() []string {
+	out, err := d.cli("list", "--json")
+	if err != nil {
+		return nil
+	}
+	var infos []struct{ Name string }
+	_ = json.Unmarshal([]byte(out), &infos)
+	var names []string
+	for _, i := range infos {
+		names = append(names, i.Name)
+	}
+	return names
+}
+
+// sandboxProc starts a long-lived process in a fresh cgroup (and, when
+// netns is set, in that network namespace), so that `attach --pid` finds
+// both.
+func sandboxProc(t *testing.T, netns string) (cg string, pid int) {
+	t.Helper()
+	cg, _ = testutil.Cgroup(t)
+	var cmd *exec.Cmd
+	if netns != "" {
+		cmd = exec.Command("ip", "netns", "exec", netns, "sleep", "300")
+	} else {
+		cmd = exec.Command("sleep", "300")
+	}
+	fd, err := syscall.Open(cg, syscall.O_DIRECTORY|syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(fd)
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: fd}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	// ip netns exec execs sleep in place: wait until it has.
+	time.Sleep(100 * time.Millisecond)
+	return cg, cmd.Process.Pid
+}
+
+// inSandbox runs a command in the sandbox's cgroup (and netns).
+func inSandbox(t *testing.T, cg, netns string, args ...string) (string, error) {
+	t.Helper()
+	if netns != "" {
+		args = append([]string{"ip", "netns", "exec", netns}, args...)
+	}
+	cmd := exec.Command(args[0], args[1:]...)
+	cmd.Env = os.Environ()
+	out, err := testutil.RunInCgroup(cmd, cg)
+	return string(out), err
+}
+
+func writePolicy(t *testing.T, dir, name, body string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func curlArgs(w *world, host string) []string {
+	return []string{"curl", "-sS", "--max-time", "5", "--cacert", w.api.CAFile,
+		fmt.Sprintf("https://%s:%d/x", host, w.api.Port)}
+}
+
+func TestDaemonTwoSandboxesDifferentPolicies(t *testing.T) {
+	w := newWorld(t)
+	w.dns.Set("a.test", "127.0.0.1")
+	w.dns.Set("b.test", "127.0.0.1")
+	api2, err := testutil.StartHTTPS(t.TempDir(), []string{"a.test", "b.test"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer api2.Close()
+	w.api = api2
+	d := startDaemon(t, w)
+	pa := writePolicy(t, w.dir, "a.yaml", "version: 1\nrules:\n  - name: a\n    hosts: [a.test]\n")
+	pb := writePolicy(t, w.dir, "b.yaml", "version: 1\nrules:\n  - name: b\n    hosts: [b.test]\n")
+
+	cgA, pidA := sandboxProc(t, "")
+	ns := testutil.Netns(t)
+	cgB, pidB := sandboxProc(t, ns)
+	if out, err := d.cli("attach", "--policy", pa, "--pid", fmt.Sprint(pidA), "--name", "sa"); err != nil {
+		t.Fatalf("attach sa: %v\n%s", err, out)
+	}
+	if out, err := d.cli("attach", "--policy", pb, "--pid", fmt.Sprint(pidB), "--name", "sb"); err != nil {
+		t.Fatalf("attach sb: %v\n%s", err, out)
+	}
+	for _, c := range []struct {
+		cg, ns, host string
+		ok           bool
+	}{
+		{cgA, "", "a.test", true},
+		{cgA, "", "b.test", false},
+		{cgB, ns, "b.test", true},
+		{cgB, ns, "a.test", false},
+	} {
+		out, err := inSandbox(t, c.cg, c.ns, curlArgs(w, c.host)...)
+		got := err == nil && strings.Contains(out, "hello from upstream")
+		if got != c.ok {
+			t.Errorf("sandbox netns=%q curl %s: ok=%v, want %v\n%s", c.ns, c.host, got, c.ok, out)
+		}
+	}
+	// The sandbox in its own namespace really has no route out: a direct
+	// connection to the host's loopback API is impossible there.
+	if out, err := exec.Command("ip", "netns", "exec", ns, "curl", "-sS", "--max-time", "2", "--cacert", w.api.CAFile,
+		fmt.Sprintf("https://127.0.0.1:%d/x", w.api.Port)).CombinedOutput(); err == nil {
+		t.Fatalf("the test netns reaches the host directly: %s", out)
+	}
+	// A second attach of the same cgroup under another name is refused,
+	// naming the existing sandbox.
+	out, err := d.cli("attach", "--policy", pa, "--pid", fmt.Sprint(pidA), "--name", "other")
+	if err == nil || !strings.Contains(out, `"sa"`) {
+		t.Fatalf("double attach: err=%v\n%s", err, out)
+	}
+	// Same name again replaces the policy live.
+	if out, err := d.cli("attach", "--policy", pb, "--pid", fmt.Sprint(pidA), "--name", "sa"); err != nil {
+		t.Fatalf("replace policy: %v\n%s", err, out)
+	}
+	if out, err := inSandbox(t, cgA, "", curlArgs(w, "b.test")...); err != nil {
+		t.Fatalf("after policy replace, b.test should work: %v\n%s", err, out)
+	}
+}
+
+func TestDaemonKill9FailsClosedAndRecovers(t *testing.T) {
+	w := newWorld(t)
+	d := startDaemon(t, w)
+	p := writePolicy(t, w.dir, "p.yaml", "version: 1\nrules:\n  - name: p\n    hosts: [plain.test]\n")
+	cg, pid := sandboxProc(t, "")
+	if out, err := d.cli("attach", "--policy", p, "--pid", fmt.Sprint(pid), "--name", "k9"); err != nil {
+		t.Fatalf("attach: %v\n%s", err, out)
+	}
+	if out, err := inSandbox(t, cg, "", curlArgs(w, "plain.test")...); err != nil {
+		t.Fatalf("before kill: %v\n%s", err, out)
+	}
+	before := len(w.api.Requests())
+	d.kill9()
+	// While the daemon is down: refused, never unfiltered. Both by name and
+	// by the address the name had.
+	if out, err := inSandbox(t, cg, "", curlArgs(w, "plain.test")...); err == nil {
+		t.Fatalf("connection succeeded while the daemon was down:\n%s", out)
+	}
+	if out, err := inSandbox(t, cg, "", "curl", "-sS", "--max-time", "3", "--cacert", w.api.CAFile,
+		"--resolve", fmt.Sprintf("plain.test:%d:127.0.0.1", w.api.Port), fmt.Sprintf("https://plain.test:%d/x", w.api.Port)); err == nil {
+		t.Fatalf("connection by address succeeded while the daemon was down:\n%s", out)
+	}
+	if n := len(w.api.Requests()); n != before {
+		t.Fatalf("upstream got %d requests while the daemon was down", n-before)
+	}
+	// sluice blocked reads the pinned maps without the daemon.
+	if out, err := exec.Command(sluiceBin(t), "blocked", "--pin-dir", w.pin, "--state-dir", d.state).CombinedOutput(); err != nil {
+		t.Fatalf("sluice blocked while the daemon is down: %v\n%s", err, out)
+	}
+	d.start()
+	var out string
+	var err error
+	for i := 0; i < 20; i++ { // the resolver may need a moment
+		if out, err = inSandbox(t, cg, "", curlArgs(w, "plain.test")...); err == nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("after restart, with no re-attach: %v\n%s\ndaemon log:\n%s", err, out, d.log)
+	}
+}
+
+func TestDaemonDetachLeavesNothing(t *testing.T) {
+	w := newWorld(t)
+	d := startDaemon(t, w)
+	p := writePolicy(t, w.dir, "p.yaml", "version: 1\nrules:\n  - name: p\n    hosts: [plain.test]\n")
+	cg, pid := sandboxProc(t, "")
+	out, err := d.cli("attach", "--policy", p, "--pid", fmt.Sprint(pid), "--name", "det", "--json")
+	if err != nil {
+		t.Fatalf("attach: %v\n%s", err, out)
+	}
+	var info struct {
+		ProxyPort uint16 `json:"proxy_port"`
+		DNSPort   uint16 `json:"dns_port"`
+		CgroupID  uint64 `json:"cgroup_id"`
+	}
+	if err := json.Unmarshal([]byte(out), &info); err != nil {
+		t.Fatal(err)
+	}
+	inSandbox(t, cg, "", curlArgs(w, "plain.test")...)
+	inSandbox(t, cg, "", "curl", "-sS", "--max-time", "2", "http://127.0.0.1:9/") // a refusal to count
+	if out, err := d.cli("detach", "det"); err != nil {
+		t.Fatalf("detach: %v\n%s", err, out)
+	}
+	if entries, _ := os.ReadDir(filepath.Join(w.pin, "links")); len(entries) != 0 {
+		t.Fatalf("pinned links left: %d", len(entries))
+	}
+	for _, p := range []uint16{info.ProxyPort, info.DNSPort} {
+		if c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", p)); err == nil {
+			c.Close()
+			t.Fatalf("listener on port %d still open", p)
+		}
+	}
+	files, _ := filepath.Glob(filepath.Join(d.state, "sandboxes", "det*"))
+	if len(files) != 0 {
+		t.Fatalf("state files left: %v", files)
+	}
+	out2, _ := exec.Command(sluiceBin(t), "blocked", "--json", "--pin-dir", w.pin).CombinedOutput()
+	if strings.Contains(string(out2), fmt.Sprint(info.CgroupID)) {
+		t.Fatalf("counters left: %s", out2)
+	}
+	out3, _ := exec.Command("bpftool", "cgroup", "show", cg).CombinedOutput()
+	if strings.Contains(string(out3), "sluice") {
+		t.Fatalf("programs still attached:\n%s", out3)
+	}
+}
+
+func TestDaemonControlSocketRejectsBadCallers(t *testing.T) {
+	w := newWorld(t)
+	d := startDaemon(t, w)
+	st, err := os.Stat(d.socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode().Perm() != 0o600 {
+		t.Fatalf("socket mode %v, want 0600", st.Mode().Perm())
+	}
+	// A non-root caller is refused by the file mode...
+	cmd := exec.Command(sluiceBin(t), "list", "--socket", d.socket)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "permission denied") {
+		t.Fatalf("non-root list: err=%v\n%s", err, out)
+	}
+	// ...and by the peer credential check even if the mode were opened up.
+	os.Chmod(d.socket, 0o666)
+	os.Chmod(filepath.Dir(d.socket), 0o755)
+	cmd = exec.Command(sluiceBin(t), "list", "--socket", d.socket)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "root only") {
+		t.Fatalf("non-root list with an open socket: err=%v\n%s", err, out)
+	}
+	os.Chmod(d.socket, 0o600)
+	// Malformed requests get clear errors and the daemon keeps running.
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return net.Dial("unix", d.socket)
+	}}}
+	for _, body := range []string{"{", `{"name":"x","bogus":1}`, `{"name":"bad name!","pid":1,"policy":"version: 1"}`,
+		`{"name":"x","pid":1,"policy":"version: 9\n"}`} {
+		resp, err := hc.Post("http://sluice/v1/sandboxes", "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var e struct{ Error string }
+		json.NewDecoder(resp.Body).Decode(&e)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest || e.Error == "" {
+			t.Errorf("body %q: status %d error %q, want 400 with a message", body, resp.StatusCode, e.Error)
+		}
+	}
+	if out, err := d.cli("list"); err != nil {
+		t.Fatalf("daemon died after malformed requests: %v\n%s", err, out)
+	}
+}

@@ -1,0 +1,463 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/sluice-dev/sluice/pkg/audit"
+	"github.com/sluice-dev/sluice/pkg/cgroup"
+	"github.com/sluice-dev/sluice/pkg/dnsproxy"
+	"github.com/sluice-dev/sluice/pkg/enforcer"
+	"github.com/sluice-dev/sluice/pkg/policy"
+	"github.com/sluice-dev/sluice/pkg/proxy"
+	"github.com/sluice-dev/sluice/pkg/secrets"
+	"github.com/sluice-dev/sluice/pkg/tlsca"
+)
+
+// Daemon is the long-running host agent: many sandboxes, a control API on a
+// Unix socket, state that survives restarts. Create it with New and call
+// Run once.
+type Daemon struct {
+	cfg   Config
+	log   *slog.Logger
+	rt    *Runtime
+	store *secrets.Store
+	audit *audit.Logger
+	bcast *audit.Broadcast
+
+	mu        sync.Mutex
+	sandboxes map[string]*managed
+}
+
+type managed struct {
+	sb  *Sandbox
+	rec record
+}
+
+// record is what the state dir keeps of one sandbox. The policy text is
+// kept in the encrypted store (it may hold opaque values), not here.
+type record struct {
+	Name       string    `json:"name"`
+	Cgroup     string    `json:"cgroup"`
+	CgroupID   uint64    `json:"cgroup_id"`
+	PolicyFile string    `json:"policy_file"`
+	ProxyPort  uint16    `json:"proxy_port"`
+	DNSPort    uint16    `json:"dns_port"`
+	Created    time.Time `json:"created"`
+	Updated    time.Time `json:"updated"`
+}
+
+// New prepares a daemon: loads the eBPF programs, opens the secret store,
+// the audit sinks, the resolver and the proxy.
+func New(cfg Config, log *slog.Logger) (*Daemon, error) {
+	cfg.defaults()
+	if err := os.MkdirAll(filepath.Join(cfg.StateDir, "sandboxes"), 0o700); err != nil {
+		return nil, fmt.Errorf("creating state dir: %w", err)
+	}
+	store, err := secrets.OpenStore(cfg.StateDir, secrets.KeySource{File: cfg.SecretKeyFile}, log.With("component", "secrets"))
+	if err != nil {
+		return nil, err
+	}
+	providers := []secrets.Provider{store}
+	for _, spec := range cfg.SecretProviders {
+		p, err := secrets.ParseProvider(spec, store, os.LookupEnv)
+		if err != nil {
+			return nil, fmt.Errorf("config secret_providers: %w", err)
+		}
+		providers = append(providers, p)
+	}
+	signer, err := secrets.LoadOrCreateSigningKey(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+
+	bcast := audit.NewBroadcast()
+	sinks := []audit.Sink{bcast}
+	switch cfg.Audit {
+	case "":
+	case "-":
+		sinks = append(sinks, audit.NewWriterSink("stdout", os.Stdout))
+	default:
+		fs, err := audit.NewFileSink(cfg.Audit, audit.FileSinkOptions{MaxBytes: int64(cfg.AuditMaxSizeMB) << 20, Keep: cfg.AuditMaxFiles})
+		if err != nil {
+			return nil, err
+		}
+		sinks = append(sinks, fs)
+	}
+	alog := audit.NewLogger(log.With("component", "audit"), audit.LoggerOptions{}, sinks...)
+
+	upstreams := cfg.DNSUpstreams
+	if len(upstreams) == 0 {
+		if upstreams, err = dnsproxy.UpstreamsFromResolvConf("/etc/resolv.conf"); err != nil {
+			return nil, fmt.Errorf("no dns_upstreams configured and /etc/resolv.conf unusable: %w", err)
+		}
+	}
+	resolver, err := dnsproxy.New(dnsproxy.Config{Upstreams: upstreams, AllowLoopback: cfg.DNSAllowLoopback}, log.With("component", "dns"))
+	if err != nil {
+		return nil, err
+	}
+	roots, err := proxy.RootPool(cfg.UpstreamCAs...)
+	if err != nil {
+		return nil, err
+	}
+	px := proxy.New(proxy.Config{RootCAs: roots}, log.With("component", "proxy"))
+	enf, err := enforcer.Open(enforcer.Config{PinDir: cfg.PinDir}, log.With("component", "enforcer"))
+	if err != nil {
+		return nil, err
+	}
+	d := &Daemon{
+		cfg: cfg, log: log, store: store, audit: alog, bcast: bcast,
+		sandboxes: map[string]*managed{},
+		rt: &Runtime{
+			Log: log, Enforcer: enf, Resolver: resolver, Proxy: px,
+			Secrets:   secrets.NewChain(providers...),
+			Callbacks: secrets.NewCallbacks(signer, nil, log.With("component", "callback")),
+			Audit:     alog,
+		},
+	}
+	return d, nil
+}
+
+// Run re-adopts the sandboxes recorded in the state dir, serves the control
+// API until ctx is done, then stops serving. Sandboxes stay attached in the
+// kernel: while no daemon runs, their connections fail (closed).
+func (d *Daemon) Run(ctx context.Context) error {
+	defer d.rt.Enforcer.Close()
+	defer d.audit.Close()
+	d.restore(ctx)
+
+	ln, err := listenControl(d.cfg.Socket)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: d.api(), ConnContext: withPeerCred, ReadHeaderTimeout: 10 * time.Second}
+	evCtx, stopEvents := context.WithCancel(ctx)
+	defer stopEvents()
+	go d.rt.KernelEvents(evCtx)
+	go d.gcLoop(evCtx)
+	if d.cfg.Metrics != "" {
+		if err := d.serveMetrics(evCtx); err != nil {
+			ln.Close()
+			return err
+		}
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	d.log.Info("daemon ready", "socket", d.cfg.Socket, "sandboxes", len(d.List()))
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	_ = srv.Shutdown(sctx)
+	cancel()
+	os.Remove(d.cfg.Socket)
+	d.mu.Lock()
+	for _, m := range d.sandboxes {
+		m.sb.Stop()
+	}
+	d.mu.Unlock()
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}
+
+func (d *Daemon) gcLoop(ctx context.Context) {
+	t := time.NewTicker(30 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			d.rt.Enforcer.GC(30 * time.Second)
+		}
+	}
+}
+
+func listenControl(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("creating socket directory: %w", err)
+	}
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("another daemon is already serving %s", path)
+	}
+	os.Remove(path)
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("listening on %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return ln, nil
+}
+
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
+
+// AttachRequest is the body of POST /v1/sandboxes.
+type AttachRequest struct {
+	Name       string `json:"name"`
+	Cgroup     string `json:"cgroup,omitempty"`
+	PID        int    `json:"pid,omitempty"`
+	PolicyFile string `json:"policy_file"` // for messages
+	Policy     string `json:"policy"`      // YAML text
+}
+
+// Info describes an attached sandbox in API answers.
+type Info struct {
+	Name      string    `json:"name"`
+	Cgroup    string    `json:"cgroup"`
+	CgroupID  uint64    `json:"cgroup_id"`
+	Netns     string    `json:"netns,omitempty"`
+	Policy    string    `json:"policy_file"`
+	Mode      string    `json:"mode"`
+	Rules     int       `json:"rules"`
+	ProxyPort uint16    `json:"proxy_port"`
+	DNSPort   uint16    `json:"dns_port"`
+	Created   time.Time `json:"created"`
+	Updated   time.Time `json:"updated"`
+}
+
+// Attach attaches a sandbox, or replaces the policy of the sandbox of the
+// same name live.
+func (d *Daemon) Attach(ctx context.Context, req AttachRequest) (Info, error) {
+	if !nameRE.MatchString(req.Name) {
+		return Info{}, &apiError{http.StatusBadRequest, fmt.Sprintf("invalid sandbox name %q: use letters, digits, '.', '_' and '-' (at most 63)", req.Name)}
+	}
+	pfile := req.PolicyFile
+	if pfile == "" {
+		pfile = "policy"
+	}
+	pol, err := policy.Parse(pfile, []byte(req.Policy))
+	if err != nil {
+		return Info{}, &apiError{http.StatusBadRequest, err.Error()}
+	}
+	cgPath := req.Cgroup
+	netns := ""
+	switch {
+	case req.PID > 0 && cgPath != "":
+		return Info{}, &apiError{http.StatusBadRequest, "give either cgroup or pid, not both"}
+	case req.PID > 0:
+		if cgPath, err = cgroup.OfPID(req.PID); err != nil {
+			return Info{}, &apiError{http.StatusBadRequest, err.Error()}
+		}
+		if netns, err = netnsOfPID(req.PID); err != nil {
+			return Info{}, &apiError{http.StatusBadRequest, err.Error()}
+		}
+	case cgPath != "":
+		if !filepath.IsAbs(cgPath) {
+			root := d.cfg.CgroupRoot
+			if root == "" {
+				if root, err = cgroup.Mount(); err != nil {
+					return Info{}, err
+				}
+			}
+			cgPath = filepath.Join(root, cgPath)
+		}
+		if netns, err = netnsOfCgroup(cgPath); err != nil {
+			return Info{}, &apiError{http.StatusBadRequest, err.Error()}
+		}
+	default:
+		return Info{}, &apiError{http.StatusBadRequest, "give the sandbox's cgroup or pid"}
+	}
+	id, err := cgroup.ID(cgPath)
+	if err != nil {
+		return Info{}, &apiError{http.StatusBadRequest, err.Error()}
+	}
+
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for name, m := range d.sandboxes {
+		if m.rec.CgroupID == id && name != req.Name {
+			return Info{}, &apiError{http.StatusConflict, fmt.Sprintf("cgroup %s is already attached as sandbox %q: detach it first (sluice detach %s)", cgPath, name, name)}
+		}
+	}
+	if err := d.store.PutOpaque(policyRef(req.Name), req.Policy); err != nil {
+		return Info{}, fmt.Errorf("storing policy: %w", err)
+	}
+	now := time.Now().UTC()
+	if m, ok := d.sandboxes[req.Name]; ok {
+		if m.rec.CgroupID != id {
+			return Info{}, &apiError{http.StatusConflict, fmt.Sprintf("sandbox %q is attached to %s; detach it before reusing the name for %s", req.Name, m.rec.Cgroup, cgPath)}
+		}
+		if err := m.sb.SetPolicy(pol); err != nil {
+			return Info{}, err
+		}
+		m.rec.PolicyFile, m.rec.Updated = pfile, now
+		if err := d.saveRecord(m.rec); err != nil {
+			return Info{}, err
+		}
+		d.emitPolicy(m, "policy_replaced")
+		return d.info(m), nil
+	}
+	ca, _, err := tlsca.LoadOrCreate(filepath.Join(d.cfg.StateDir, "sandboxes", req.Name+".ca"), req.Name, 30*24*time.Hour)
+	if err != nil {
+		return Info{}, err
+	}
+	sb, err := d.rt.Start(ctx, Spec{Name: req.Name, CgroupPath: cgPath, CgroupID: id, Policy: pol, CA: ca, InNetns: inNetns(netns)})
+	if err != nil {
+		if errors.Is(err, enforcer.ErrSandboxTableFull) {
+			return Info{}, &apiError{http.StatusInsufficientStorage, err.Error()}
+		}
+		return Info{}, err
+	}
+	m := &managed{sb: sb, rec: record{Name: req.Name, Cgroup: cgPath, CgroupID: id, PolicyFile: pfile,
+		ProxyPort: sb.ProxyPort(), DNSPort: sb.DNSPort(), Created: now, Updated: now}}
+	if err := d.saveRecord(m.rec); err != nil {
+		sb.Detach()
+		return Info{}, err
+	}
+	d.sandboxes[req.Name] = m
+	return d.info(m), nil
+}
+
+func (d *Daemon) emitPolicy(m *managed, what string) {
+	d.audit.Emit(audit.Event{Kind: audit.KindSandbox, Sandbox: m.rec.Name, CgroupID: m.rec.CgroupID, Decision: what})
+}
+
+func policyRef(name string) secrets.OpaqueRef {
+	return secrets.OpaqueRef{Sandbox: name, Rule: "_policy", Header: "yaml"}
+}
+
+// Detach removes a sandbox: kernel side, listeners, state.
+func (d *Daemon) Detach(name string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	m, ok := d.sandboxes[name]
+	if !ok {
+		return &apiError{http.StatusNotFound, fmt.Sprintf("no sandbox named %q (see sluice list)", name)}
+	}
+	err := m.sb.Detach()
+	delete(d.sandboxes, name)
+	os.Remove(d.recordPath(name))
+	os.RemoveAll(filepath.Join(d.cfg.StateDir, "sandboxes", name+".ca"))
+	_, _ = d.store.DeleteOpaque(name)
+	return err
+}
+
+// List describes the attached sandboxes, sorted by name.
+func (d *Daemon) List() []Info {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make([]Info, 0, len(d.sandboxes))
+	for _, m := range d.sandboxes {
+		out = append(out, d.info(m))
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+func (d *Daemon) info(m *managed) Info {
+	p := m.sb.Policy()
+	return Info{Name: m.rec.Name, Cgroup: m.rec.Cgroup, CgroupID: m.rec.CgroupID, Policy: m.rec.PolicyFile,
+		Mode: p.Mode.String(), Rules: len(p.Rules), ProxyPort: m.sb.ProxyPort(), DNSPort: m.sb.DNSPort(),
+		Created: m.rec.Created, Updated: m.rec.Updated}
+}
+
+func (d *Daemon) recordPath(name string) string {
+	return filepath.Join(d.cfg.StateDir, "sandboxes", name+".json")
+}
+
+func (d *Daemon) saveRecord(r record) error {
+	data, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := d.recordPath(r.Name) + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return fmt.Errorf("saving sandbox state: %w", err)
+	}
+	return os.Rename(tmp, d.recordPath(r.Name))
+}
+
+// restore re-adopts every sandbox recorded in the state dir whose cgroup
+// still exists; the pinned links are updated to this process's programs
+// in place, so enforcement has no gap.
+func (d *Daemon) restore(ctx context.Context) {
+	files, _ := filepath.Glob(filepath.Join(d.cfg.StateDir, "sandboxes", "*.json"))
+	for _, f := range files {
+		var r record
+		data, err := os.ReadFile(f)
+		if err == nil {
+			err = json.Unmarshal(data, &r)
+		}
+		if err != nil {
+			d.log.Error("unreadable sandbox record; skipped", "file", f, "err", err)
+			continue
+		}
+		if id, err := cgroup.ID(r.Cgroup); err != nil || id != r.CgroupID {
+			d.log.Warn("sandbox cgroup is gone; removing its record", "sandbox", r.Name, "cgroup", r.Cgroup)
+			d.rt.Enforcer.Sandbox(r.Cgroup, r.CgroupID).Detach()
+			os.Remove(f)
+			os.RemoveAll(filepath.Join(d.cfg.StateDir, "sandboxes", r.Name+".ca"))
+			_, _ = d.store.DeleteOpaque(r.Name)
+			continue
+		}
+		text, err := d.store.Opaque(policyRef(r.Name))
+		var pol *policy.Policy
+		if err == nil {
+			pol, err = policy.Parse(r.PolicyFile, []byte(text))
+		}
+		var ca *tlsca.CA
+		if err == nil {
+			ca, _, err = tlsca.LoadOrCreate(filepath.Join(d.cfg.StateDir, "sandboxes", r.Name+".ca"), r.Name, 30*24*time.Hour)
+		}
+		var sb *Sandbox
+		if err == nil {
+			netns, _ := netnsOfCgroup(r.Cgroup)
+			sb, err = d.rt.Start(ctx, Spec{Name: r.Name, CgroupPath: r.Cgroup, CgroupID: r.CgroupID, Policy: pol, CA: ca, InNetns: inNetns(netns),
+				PreferProxyPort: r.ProxyPort, PreferDNSPort: r.DNSPort})
+		}
+		if err != nil {
+			// Leave the kernel side as it is: pinned, and with no
+			// listener, every connection of the sandbox fails (closed).
+			d.log.Error("could not re-adopt sandbox; it stays attached with all traffic refused", "sandbox", r.Name, "err", err)
+			continue
+		}
+		r.ProxyPort, r.DNSPort = sb.ProxyPort(), sb.DNSPort()
+		_ = d.saveRecord(r)
+		d.mu.Lock()
+		d.sandboxes[r.Name] = &managed{sb: sb, rec: r}
+		d.mu.Unlock()
+		d.log.Info("re-adopted sandbox", "sandbox", r.Name, "cgroup", r.Cgroup)
+	}
+}
+
+// stateNames reads the sandbox names recorded in the daemon's state dir.
+func stateNames(stateDir string) map[uint64]string {
+	out := map[uint64]string{}
+	files, _ := filepath.Glob(filepath.Join(stateDir, "sandboxes", "*.json"))
+	for _, f := range files {
+		var r record
+		if data, err := os.ReadFile(f); err == nil && json.Unmarshal(data, &r) == nil {
+			out[r.CgroupID] = r.Name
+		}
+	}
+	return out
+}
+
+// CA returns the PEM certificate of a sandbox's CA.
+func (d *Daemon) CA(name string) ([]byte, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	m, ok := d.sandboxes[name]
+	if !ok {
+		return nil, &apiError{http.StatusNotFound, fmt.Sprintf("no sandbox named %q (see sluice list)", name)}
+	}
+	return m.sb.CA.CertPEM(), nil
+}

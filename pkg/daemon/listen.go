@@ -1,0 +1,108 @@
+package daemon
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+)
+
+// listeners are one sandbox's redirect targets: the proxy on 127.0.0.1:P and
+// [::1]:P, the resolver on 127.0.0.1:D and [::1]:D (UDP and TCP). The kernel
+// rewrites to the same port number for both families, so both must get it.
+type listeners struct {
+	proxy4, proxy6 net.Listener
+	dnsTCP4        net.Listener
+	dnsTCP6        net.Listener
+	dnsUDP4        net.PacketConn
+	dnsUDP6        net.PacketConn
+	proxyPort      uint16
+	dnsPort        uint16
+}
+
+func (l *listeners) Close() {
+	for _, c := range []interface{ Close() error }{l.proxy4, l.proxy6, l.dnsTCP4, l.dnsTCP6} {
+		if c != nil {
+			c.Close()
+		}
+	}
+	for _, c := range []net.PacketConn{l.dnsUDP4, l.dnsUDP6} {
+		if c != nil {
+			c.Close()
+		}
+	}
+}
+
+// openListeners opens the proxy and resolver sockets of one sandbox in the
+// calling thread's network namespace. IPv6 listeners are skipped when the
+// namespace has no ::1 (the sandbox's IPv6 connects then fail: closed).
+// A restarted daemon first tries the ports the sandbox had, so the kernel's
+// redirect targets do not change; 0 means any.
+func openListeners(preferProxy, preferDNS uint16) (*listeners, error) {
+	l := &listeners{}
+	var err error
+	if preferProxy != 0 && preferDNS != 0 {
+		if err = l.open(preferProxy, preferDNS); err == nil {
+			return l, nil
+		}
+		l.Close()
+		*l = listeners{}
+	}
+	for try := 0; try < 50; try++ {
+		l.Close()
+		*l = listeners{}
+		if err = l.open(0, 0); err == nil {
+			return l, nil
+		}
+		if !errors.Is(err, errPortTaken) {
+			l.Close()
+			return nil, err
+		}
+	}
+	l.Close()
+	return nil, fmt.Errorf("opening sandbox listeners: no free port pair found: %w", err)
+}
+
+var errPortTaken = errors.New("port taken in the other family")
+
+func (l *listeners) open(proxyPort, dnsPort uint16) error {
+	var err error
+	l.proxy4, err = net.Listen("tcp4", "127.0.0.1:"+strconv.Itoa(int(proxyPort)))
+	if err != nil {
+		return fmt.Errorf("proxy listener: %w", err)
+	}
+	l.proxyPort = uint16(l.proxy4.Addr().(*net.TCPAddr).Port)
+	v6 := hasIPv6Loopback()
+	if v6 {
+		if l.proxy6, err = net.Listen("tcp6", "[::1]:"+strconv.Itoa(int(l.proxyPort))); err != nil {
+			return errPortTaken
+		}
+	}
+	l.dnsUDP4, err = net.ListenPacket("udp4", "127.0.0.1:"+strconv.Itoa(int(dnsPort)))
+	if err != nil {
+		return fmt.Errorf("resolver listener: %w", err)
+	}
+	l.dnsPort = uint16(l.dnsUDP4.LocalAddr().(*net.UDPAddr).Port)
+	p := strconv.Itoa(int(l.dnsPort))
+	if l.dnsTCP4, err = net.Listen("tcp4", "127.0.0.1:"+p); err != nil {
+		return errPortTaken
+	}
+	if v6 {
+		if l.dnsUDP6, err = net.ListenPacket("udp6", "[::1]:"+p); err != nil {
+			return errPortTaken
+		}
+		if l.dnsTCP6, err = net.Listen("tcp6", "[::1]:"+p); err != nil {
+			return errPortTaken
+		}
+	}
+	return nil
+}
+
+func hasIPv6Loopback() bool {
+	c, err := net.ListenPacket("udp6", "[::1]:0")
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
+}

@@ -1,0 +1,268 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sluice-dev/sluice/pkg/audit"
+	"github.com/sluice-dev/sluice/pkg/dnsproxy"
+	"github.com/sluice-dev/sluice/pkg/enforcer"
+	"github.com/sluice-dev/sluice/pkg/policy"
+	"github.com/sluice-dev/sluice/pkg/proxy"
+	"github.com/sluice-dev/sluice/pkg/tlsca"
+)
+
+// Compile-time checks: the enforcer's sandbox is what the resolver and the
+// proxy need from the kernel.
+var (
+	_ dnsproxy.Allowlister = (*enforcer.Sandbox)(nil)
+	_ dnsproxy.Revoker     = (*enforcer.Sandbox)(nil)
+)
+
+// Runtime holds the host-wide components every sandbox shares. Its fields
+// are set once before the first Start and not changed after.
+type Runtime struct {
+	Log       *slog.Logger
+	Enforcer  *enforcer.Enforcer
+	Resolver  *dnsproxy.Resolver
+	Proxy     *proxy.Proxy
+	Secrets   proxy.Secrets
+	Callbacks proxy.Callbacks
+	Audit     audit.Emitter
+
+	mu    sync.Mutex
+	byID  map[uint64]*Sandbox
+	names map[string]*Sandbox
+}
+
+// Spec describes a sandbox to start.
+type Spec struct {
+	Name       string
+	CgroupPath string
+	CgroupID   uint64
+	Policy     *policy.Policy
+	CA         *tlsca.CA
+	// InNetns, when set, runs fn inside the sandbox's network namespace;
+	// the listeners are opened there.
+	InNetns func(fn func() error) error
+	// PreferProxyPort and PreferDNSPort are tried first (a restarted
+	// daemon keeps the redirect targets the kernel already has).
+	PreferProxyPort, PreferDNSPort uint16
+}
+
+// Sandbox is one running sandbox: kernel registration, listeners, resolver
+// and proxy. Stop or Detach must be called.
+type Sandbox struct {
+	rt       *Runtime
+	Name     string
+	ID       uint64
+	Cgroup   string
+	CA       *tlsca.CA
+	kernel   *enforcer.Sandbox
+	ls       *listeners
+	bindings *dnsproxy.Bindings
+	policy   atomic.Pointer[policy.Policy]
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	started  time.Time
+}
+
+// Policy returns the sandbox's current policy.
+func (s *Sandbox) Policy() *policy.Policy { return s.policy.Load() }
+
+// ProxyPort and DNSPort are the sandbox's listener ports.
+func (s *Sandbox) ProxyPort() uint16 { return s.ls.proxyPort }
+
+// DNSPort is the sandbox's resolver port.
+func (s *Sandbox) DNSPort() uint16 { return s.ls.dnsPort }
+
+// Start opens the sandbox's listeners, registers its cgroup in the kernel,
+// and serves its resolver and proxy until Stop.
+func (rt *Runtime) Start(ctx context.Context, spec Spec) (*Sandbox, error) {
+	if spec.Policy == nil || spec.CA == nil {
+		return nil, errors.New("starting sandbox: policy and CA are required")
+	}
+	rt.mu.Lock()
+	if rt.byID == nil {
+		rt.byID = map[uint64]*Sandbox{}
+		rt.names = map[string]*Sandbox{}
+	}
+	if other, ok := rt.byID[spec.CgroupID]; ok {
+		rt.mu.Unlock()
+		return nil, fmt.Errorf("cgroup %s is already attached as sandbox %q", spec.CgroupPath, other.Name)
+	}
+	rt.mu.Unlock()
+
+	var ls *listeners
+	open := func() error {
+		var err error
+		ls, err = openListeners(spec.PreferProxyPort, spec.PreferDNSPort)
+		return err
+	}
+	var err error
+	if spec.InNetns != nil {
+		err = spec.InNetns(open)
+	} else {
+		err = open()
+	}
+	if err != nil {
+		return nil, err
+	}
+	s := &Sandbox{
+		rt: rt, Name: spec.Name, ID: spec.CgroupID, Cgroup: spec.CgroupPath, CA: spec.CA,
+		ls: ls, bindings: dnsproxy.NewBindings(4096, 32), started: time.Now(),
+	}
+	s.policy.Store(spec.Policy)
+
+	kernel, err := rt.Enforcer.Attach(spec.CgroupPath, spec.CgroupID, kernelConfig(ls, spec.Policy))
+	if err != nil {
+		ls.Close()
+		return nil, err
+	}
+	s.kernel = kernel
+	if err := kernel.SetStatic(staticEntries(spec.Policy)); err != nil {
+		kernel.Detach()
+		ls.Close()
+		return nil, err
+	}
+
+	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s.cancel = cancel
+	dsb := &dnsproxy.Sandbox{
+		Name: spec.Name, ID: spec.CgroupID, Policy: s.Policy,
+		Allow: kernel, Bindings: s.bindings, Audit: rt.Audit,
+	}
+	psb := &proxy.Sandbox{
+		Name: spec.Name, ID: spec.CgroupID, Policy: s.Policy,
+		Orig: origAdapter{kernel}, Names: s.bindings, CA: spec.CA,
+		Secrets: rt.Secrets, Callbacks: rt.Callbacks, Audit: rt.Audit,
+	}
+	serve := func(name string, fn func() error) {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			if err := fn(); err != nil && sctx.Err() == nil {
+				rt.Log.Error("sandbox server stopped", "sandbox", spec.Name, "server", name, "err", err)
+			}
+		}()
+	}
+	serve("dns4", func() error { return rt.Resolver.Serve(sctx, dsb, ls.dnsUDP4, ls.dnsTCP4) })
+	if ls.dnsUDP6 != nil {
+		serve("dns6", func() error { return rt.Resolver.Serve(sctx, dsb, ls.dnsUDP6, ls.dnsTCP6) })
+	}
+	serve("proxy4", func() error { return rt.Proxy.Serve(sctx, psb, ls.proxy4) })
+	if ls.proxy6 != nil {
+		serve("proxy6", func() error { return rt.Proxy.Serve(sctx, psb, ls.proxy6) })
+	}
+
+	rt.mu.Lock()
+	rt.byID[s.ID] = s
+	rt.names[s.Name] = s
+	rt.mu.Unlock()
+	rt.Audit.Emit(audit.Event{Kind: audit.KindSandbox, Sandbox: s.Name, CgroupID: s.ID, Decision: "attach"})
+	return s, nil
+}
+
+// SetPolicy replaces the sandbox's policy live: new connections and requests
+// see it at once, established connections keep running.
+func (s *Sandbox) SetPolicy(p *policy.Policy) error {
+	if err := s.kernel.SetConfig(kernelConfig(s.ls, p)); err != nil {
+		return err
+	}
+	if err := s.kernel.SetStatic(staticEntries(p)); err != nil {
+		return err
+	}
+	s.policy.Store(p)
+	return nil
+}
+
+// Stop closes the listeners and stops serving, leaving the kernel side in
+// place (pinned): connections from the sandbox then fail, closed.
+func (s *Sandbox) Stop() {
+	s.cancel()
+	s.ls.Close()
+	s.wg.Wait()
+	s.rt.forget(s)
+}
+
+// Detach stops serving and removes the kernel side: links, registration,
+// allowlist entries and counters.
+func (s *Sandbox) Detach() error {
+	s.Stop()
+	err := s.kernel.Detach()
+	s.rt.Audit.Emit(audit.Event{Kind: audit.KindSandbox, Sandbox: s.Name, CgroupID: s.ID, Decision: "detach"})
+	return err
+}
+
+func (rt *Runtime) forget(s *Sandbox) {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	if rt.byID[s.ID] == s {
+		delete(rt.byID, s.ID)
+	}
+	if rt.names[s.Name] == s {
+		delete(rt.names, s.Name)
+	}
+}
+
+// NameOf returns the name of the sandbox with cgroup id id, or "".
+func (rt *Runtime) NameOf(id uint64) string {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	if s, ok := rt.byID[id]; ok {
+		return s.Name
+	}
+	return ""
+}
+
+// KernelEvents turns the kernel's refusal events into audit events until
+// ctx is done.
+func (rt *Runtime) KernelEvents(ctx context.Context) error {
+	return rt.Enforcer.Events(ctx, func(r enforcer.Refusal) {
+		d := audit.DecisionDeny
+		if r.Audit {
+			d = audit.DecisionWouldDeny
+		}
+		proto := "tcp"
+		if r.Proto == enforcer.ProtoUDP {
+			proto = "udp"
+		}
+		ev := audit.Event{
+			Time: r.Time, Kind: audit.KindKernel, Sandbox: rt.NameOf(r.Sandbox), CgroupID: r.CgroupID,
+			PID: r.PID, Comm: r.Comm, Decision: d, Reason: enforcer.ReasonString(r.Reason), Proto: proto,
+		}
+		if r.Reason != enforcer.ReasonSocket {
+			ev.Dst = r.Dst.String()
+		}
+		rt.Audit.Emit(ev)
+	})
+}
+
+func kernelConfig(ls *listeners, p *policy.Policy) enforcer.SandboxConfig {
+	return enforcer.SandboxConfig{ProxyPort: ls.proxyPort, DNSPort: ls.dnsPort, Audit: p.Mode == policy.ModeAudit}
+}
+
+func staticEntries(p *policy.Policy) []enforcer.Static {
+	var out []enforcer.Static
+	for _, c := range p.StaticCIDRs() {
+		out = append(out, enforcer.Static{Prefix: c.Prefix, Ports: c.Ports, Direct: c.Direct, Deny: c.Deny, UDP: c.Direct})
+	}
+	return out
+}
+
+// origAdapter gives the proxy the enforcer's original-destination lookup.
+type origAdapter struct{ s *enforcer.Sandbox }
+
+func (a origAdapter) OriginalDst(client netip.AddrPort) (proxy.Origin, error) {
+	o, err := a.s.OriginalDst(client)
+	if err != nil {
+		return proxy.Origin{}, err
+	}
+	return proxy.Origin{Dst: o.Dst, PID: o.PID, Comm: o.Comm, CgroupID: o.CgroupID}, nil
+}

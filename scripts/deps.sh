@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what the Makefile targets need on a Debian machine. Idempotent:
+# it installs only what is missing.
+set -euo pipefail
+
+need=()
+have() { command -v "$1" >/dev/null 2>&1; }
+pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+
+# Build (make generate): clang and the libbpf headers.
+for p in clang-19 llvm-19 libbpf-dev; do pkg_installed "$p" || need+=("$p"); done
+# Tests and demo: real clients inside the sandbox, network tools.
+have curl || need+=(curl)
+have git || need+=(git)
+have ip || need+=(iproute2)
+have dig || need+=(dnsutils)
+have bpftool || need+=(bpftool)
+have python3 || need+=(python3)
+have node || need+=(nodejs)
+# git http-backend for the git clone test ships with git itself.
+
+if [ ${#need[@]} -gt 0 ]; then
+	if [ "$(id -u)" -ne 0 ]; then
+		echo "scripts/deps.sh: missing ${need[*]}; run as root (or: sudo apt-get install ${need[*]})" >&2
+		exit 1
+	fi
+	echo "scripts/deps.sh: installing ${need[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
