@@ -37,7 +37,8 @@ type Config struct {
 	// MinTTL is the smallest lifetime an allowlist entry gets, whatever the
 	// record's TTL.
 	MinTTL time.Duration
-	// Grace is added to every allowlist entry's lifetime.
+	// Grace is added to every allowlist entry's lifetime (zero means
+	// DefaultGrace).
 	Grace time.Duration
 	// PerNameCap is the number of addresses remembered per name in a
 	// sandbox's Bindings (least recently answered evicted first). Only used

@@ -6,23 +6,45 @@
 // One Resolver (upstreams, cache) serves any number of sandboxes; each
 // sandbox is served on its own listeners (Serve) or through its own handler
 // (Handler), so the sandbox identity comes from the listener, never from
-// anything in the query.
+// anything in the query. The upstream cache is shared by all sandboxes of a
+// Resolver (same upstreams, same name and type); answers built from it are
+// per sandbox, because they depend on the sandbox's policy.
 //
 // Invariants:
 //   - A query for a name the policy does not allow (enforce mode) is answered
 //     NXDOMAIN and never reaches an upstream, whatever its type. Names that
-//     are not plain host names (NUL, escapes, '*', empty labels) are never
-//     forwarded either.
+//     are not plain host names (NUL, escapes, '*', empty or long labels) are
+//     answered NXDOMAIN and never forwarded either.
 //   - Only A, AAAA, CNAME, HTTPS and SVCB are forwarded for allowed names.
-//     Other types get an empty NOERROR answer (NODATA) without forwarding.
-//     HTTPS/SVCB answers lose their ech, ipv4hint and ipv6hint parameters.
+//     Other types (TXT, ANY, MX, ...) get an empty NOERROR answer (NODATA)
+//     without forwarding: NODATA rather than REFUSED, so stub resolvers do
+//     not fail over to another server or report an error for a name that
+//     exists. HTTPS/SVCB answers lose their ech, ipv4hint and ipv6hint
+//     parameters (and those keys in mandatory): hints would hand out
+//     addresses outside the allowlist bookkeeping, ECH would hide the SNI.
+//   - CNAME chains: every name in the chain is checked. A name that a rule
+//     explicitly denies ends the answer with NXDOMAIN; a name no rule
+//     mentions is accepted as an alias of the allowed name asked for (CDNs
+//     such as x.cdn.example), and the final addresses are bound to the name
+//     the sandbox asked for.
 //   - An address reaches the sandbox only after Allowlister.Allow returned
-//     nil for it; if the allowlist cannot be written the answer is SERVFAIL.
-//   - An upstream failure is answered SERVFAIL, never with an unfiltered or
-//     partial answer.
-//   - Answers carry the client's query id and question, and fit the client's
-//     UDP size (TC set otherwise).
-//   - Every query yields exactly one audit event (kind "dns").
+//     nil for it, with expiry now + max(TTL, MinTTL) + Grace. If the
+//     allowlist cannot be written the answer is SERVFAIL.
+//   - Addresses that would open the host rather than a destination are
+//     dropped from answers: unspecified, 0.0.0.0/8, link-local (metadata
+//     169.254.169.254), multicast, fd00:ec2::254, and loopback unless
+//     Config.AllowLoopback. Remap targets are trusted.
+//   - An upstream failure (timeout, SERVFAIL, REFUSED, mismatched question)
+//     is answered SERVFAIL after the remaining upstreams were tried, never
+//     with an unfiltered or partial answer.
+//   - Answers carry the client's query id and question, and fit the
+//     client's UDP size (EDNS0 payload size, or 512; TC set otherwise).
+//   - Every query yields exactly one audit event (kind "dns"); it carries
+//     the name and type asked, never other query data. Events share their
+//     Answers slice with later events: emitters must not modify it.
+//   - Audit mode (policy mode: audit) resolves everything, including other
+//     types, and marks what enforce mode would refuse "would_deny".
 //
-// Resolver, Bindings and the handlers are safe for concurrent use.
+// Resolver, Bindings and the handlers are safe for concurrent use. A
+// Resolver holds no goroutines or sockets outside Serve.
 package dnsproxy

@@ -150,3 +150,41 @@ func TestNoGoroutineLeak(t *testing.T) {
 		t.Fatalf("%d goroutines after Serve returned, %d before:\n%s", n, before, buf[:runtime.Stack(buf, true)])
 	}
 }
+
+// FuzzParseQuery checks the fast path's wire reader against miekg/dns: a
+// query it accepts must unpack to the same single question, and neither it
+// nor ttlOffsets may panic on any input.
+func FuzzParseQuery(f *testing.F) {
+	for _, s := range fuzzSeeds() {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		ttlOffsets(data)
+		q, ok := parseQuery(data, nil)
+		if !ok {
+			return
+		}
+		m := new(dns.Msg)
+		if err := m.Unpack(data); err != nil {
+			t.Fatalf("fast path accepted what miekg rejects: %v", err)
+		}
+		if len(m.Question) != 1 || m.Response || m.Opcode != dns.OpcodeQuery || m.Question[0].Qclass != dns.ClassINET {
+			t.Fatalf("fast path accepted %v", m)
+		}
+		name, ok := normalizeName(m.Question[0].Name)
+		if !ok {
+			t.Fatalf("fast path accepted name %q", m.Question[0].Name)
+		}
+		want := name + "."
+		if got := string(q.key[:len(q.key)-3]); got != want {
+			t.Fatalf("key name %q, want %q", got, want)
+		}
+		if opt := m.IsEdns0(); (opt != nil) != (q.key[len(q.key)-1] == 1) || (opt != nil && opt.Version() != 0) {
+			t.Fatalf("edns mismatch: %v vs key %q", opt, q.key)
+		}
+		// The template splice relies on the question name ending here.
+		if q.nameEnd > len(data) || data[q.nameEnd-1] != 0 {
+			t.Fatalf("nameEnd %d", q.nameEnd)
+		}
+	})
+}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"strconv"
 	"sync"
 	"time"
 
@@ -213,7 +214,7 @@ func (r *Resolver) lookup(ctx context.Context, name string, qtype uint16, now ti
 	if e, ok := r.cache.get(k, now); ok {
 		return e, nil
 	}
-	v, err, _ := r.sf.Do(dns.TypeToString[qtype]+" "+name, func() (any, error) {
+	v, err, _ := r.sf.Do(strconv.Itoa(int(qtype))+" "+name, func() (any, error) {
 		if e, ok := r.cache.get(k, r.now()); ok {
 			return e, nil
 		}

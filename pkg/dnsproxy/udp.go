@@ -124,7 +124,7 @@ func (h *handler) slowUDP(pc net.PacketConn, uc *net.UDPConn, peer udpPeer, pkt 
 	}
 	h.writeUDP(pc, uc, peer, wire)
 	h.sb.Audit.Emit(rp.ev)
-	if rp.expires.IsZero() {
+	if !rp.expires.After(rp.ev.Time) {
 		return
 	}
 	q, ok := parseQuery(pkt, nil)
