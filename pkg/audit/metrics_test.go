@@ -3,6 +3,7 @@ package audit
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"sort"
@@ -160,4 +161,29 @@ func TestMetricsDroppedAndSinkErrors(t *testing.T) {
 		t.Fatalf("audit_sink_errors_total = %v, SinkErrors() = %d", errs, l.SinkErrors())
 	}
 	l.Close()
+}
+
+func TestMetricsServe(t *testing.T) {
+	m := NewMetrics()
+	m.SetAllowlistEntries("sb9", 3)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- m.Serve(ctx, ln) }()
+	fams := scrape(t, "http://"+ln.Addr().String()+"/metrics")
+	if v := value(fams, "sluice_allowlist_entries", "sandbox=sb9"); v != 3 {
+		t.Fatalf("allowlist_entries = %v, want 3", v)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Serve did not return after cancel")
+	}
 }
