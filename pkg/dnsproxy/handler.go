@@ -1,7 +1,6 @@
 package dnsproxy
 
 import (
-	"context"
 	"net"
 	"net/netip"
 	"strings"
@@ -185,9 +184,7 @@ func (r *Resolver) answer(sb *Sandbox, req *dns.Msg, tcp bool) *reply {
 		}
 	}
 
-	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.Timeout)
-	defer cancel()
-	e, err := r.lookup(ctx, target, q.Qtype, now)
+	e, err := r.lookup(target, q.Qtype, now)
 	if err != nil {
 		r.log.Warn("upstream resolution failed", "sandbox", sb.Name, "qname", target,
 			"qtype", rp.ev.QType, "err", err)

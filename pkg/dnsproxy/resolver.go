@@ -209,7 +209,7 @@ func (r *Resolver) Serve(ctx context.Context, sb *Sandbox, pc net.PacketConn, ln
 
 // lookup returns the upstream answer for (name, qtype), from the cache or
 // from the upstreams, coalescing concurrent misses.
-func (r *Resolver) lookup(ctx context.Context, name string, qtype uint16, now time.Time) (*entry, error) {
+func (r *Resolver) lookup(name string, qtype uint16, now time.Time) (*entry, error) {
 	k := cacheKey{name: name, qtype: qtype}
 	if e, ok := r.cache.get(k, now); ok {
 		return e, nil
@@ -218,7 +218,7 @@ func (r *Resolver) lookup(ctx context.Context, name string, qtype uint16, now ti
 		if e, ok := r.cache.get(k, r.now()); ok {
 			return e, nil
 		}
-		m, err := r.fwd.exchange(ctx, name, qtype)
+		m, err := r.fwd.exchange(context.Background(), name, qtype)
 		if err != nil {
 			return nil, err
 		}

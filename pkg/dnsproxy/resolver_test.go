@@ -307,3 +307,71 @@ func TestAllowlistFailureIsServfail(t *testing.T) {
 		t.Error("binding recorded although the allowlist write failed")
 	}
 }
+
+// TestServeConcurrent mixes allowed, denied and rotating queries from many
+// clients over UDP and TCP (run with -race).
+func TestServeConcurrent(t *testing.T) {
+	var n atomic.Int32
+	up := startUpstream(t, func(q dns.Question, _ string, m *dns.Msg) {
+		switch strings.ToLower(q.Name) {
+		case "allowed.test.":
+			rr, _ := dns.NewRR(q.Name + " 300 IN A 192.0.2.10")
+			m.Answer = append(m.Answer, rr)
+		case "rot.test.":
+			rr, _ := dns.NewRR(fmt.Sprintf("%s 1 IN A 198.51.100.%d", q.Name, 1+n.Add(1)%8))
+			m.Answer = append(m.Answer, rr)
+		default:
+			m.Rcode = dns.RcodeNameError
+		}
+	})
+	e := newEnv(t, Config{Upstreams: []string{up.addr}}, newFakePolicy("allowed.test", "rot.test"))
+	pc, ln := listenPair(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.r.Serve(ctx, e.sb, pc, ln) }()
+	errs := make(chan error, 64)
+	for g := range 32 {
+		go func() {
+			c := &dns.Client{Net: []string{"udp", "tcp"}[g%2], Timeout: 3 * time.Second}
+			for i := range 20 {
+				name := []string{"allowed.test.", "rot.test.", fmt.Sprintf("%d-%d.evil.test.", g, i)}[i%3]
+				q := new(dns.Msg)
+				q.SetQuestion(name, dns.TypeA)
+				r, _, err := c.Exchange(q, pc.LocalAddr().String())
+				if err != nil {
+					errs <- err
+					return
+				}
+				want := dns.RcodeSuccess
+				if i%3 == 2 {
+					want = dns.RcodeNameError
+				}
+				if r.Rcode != want || (want == dns.RcodeSuccess && len(r.Answer) != 1) {
+					errs <- fmt.Errorf("%s: %v", name, r)
+					return
+				}
+				for _, a := range addrsOf(r) {
+					if !e.allow.allowedAt(netip.MustParseAddr(a), time.Now()) {
+						errs <- fmt.Errorf("%s answered but not allowed", a)
+						return
+					}
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range 32 {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range up.queries() {
+		if strings.Contains(l, "evil") {
+			t.Fatalf("denied name forwarded: %s", l)
+		}
+	}
+}

@@ -13,8 +13,8 @@ import (
 )
 
 // maxSlowUDP bounds the UDP queries answered concurrently off the fast path
-// (cache misses wait for upstreams); when it is reached the readers wait,
-// and the socket's receive buffer absorbs or drops the excess.
+// (cache misses wait for upstreams); past it queries are dropped, so a
+// sandbox flooding slow names cannot stall its cached answers.
 const maxSlowUDP = 512
 
 // serveUDP answers queries on pc until pc is closed. Readers answer fast
@@ -80,8 +80,19 @@ func (h *handler) readUDP(pc net.PacketConn, wg *sync.WaitGroup, sem chan struct
 				continue
 			}
 		}
+		select {
+		case sem <- struct{}{}:
+		default:
+			// Too many queries waiting for upstreams: drop this one (the
+			// client retries) rather than stall the fast path.
+			h.sb.Audit.Emit(audit.Event{
+				V: audit.SchemaVersion, Time: now, Kind: audit.KindDNS,
+				Sandbox: h.sb.Name, CgroupID: h.sb.ID,
+				Decision: audit.DecisionError, Reason: "resolver overloaded, query dropped",
+			})
+			continue
+		}
 		pkt := append([]byte(nil), p...)
-		sem <- struct{}{}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
