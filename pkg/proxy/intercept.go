@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -12,6 +13,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/netip"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -451,12 +453,50 @@ func (p *Proxy) modifyResponse(resp *http.Response) error {
 	if ce := resp.Header.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
 		return nil // compressed: the secret cannot appear verbatim
 	}
-	resp.Body = rs.secrets.reader(resp.Body, func() {
-		rs.ci.s.secretEvent(rs, "injected secret echoed in response body")
-	})
+	onHit := func() { rs.ci.s.secretEvent(rs, "injected secret echoed in response body") }
+	if resp.ContentLength >= 0 && resp.ContentLength <= maxBufferedRedact {
+		// Small and complete: redact in memory and keep a Content-Length.
+		buf := make([]byte, 0, resp.ContentLength)
+		buf, err := readAtMost(resp.Body, buf, resp.ContentLength)
+		resp.Body.Close()
+		if err != nil {
+			return fmt.Errorf("reading response body: %w", err)
+		}
+		out, hit := rs.secrets.replace(nil, buf)
+		if hit {
+			onHit()
+			buf = out
+		}
+		resp.Body = io.NopCloser(bytes.NewReader(buf))
+		resp.ContentLength = int64(len(buf))
+		resp.Header.Set("Content-Length", strconv.Itoa(len(buf)))
+		return nil
+	}
+	resp.Body = rs.secrets.reader(resp.Body, onHit)
 	resp.ContentLength = -1
 	resp.Header.Del("Content-Length")
 	return nil
+}
+
+// maxBufferedRedact is the largest known-length response body redacted in
+// memory (keeping its Content-Length); larger ones are redacted streaming.
+const maxBufferedRedact = 64 << 10
+
+func readAtMost(r io.Reader, buf []byte, n int64) ([]byte, error) {
+	for int64(len(buf)) < n {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		m, err := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+m]
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return buf, nil
 }
 
 func (s *server) secretEvent(rs *reqState, reason string) {

@@ -118,10 +118,10 @@ func RootPool(extraPEMFiles ...string) (*x509.CertPool, error) {
 // dialer and the pooled upstream transport. Each sandbox is served by Serve
 // on its own listener. A Proxy is safe for concurrent use.
 type Proxy struct {
-	cfg       Config
-	log       *slog.Logger
-	transport *http.Transport
-	rp        *httputil.ReverseProxy
+	cfg    Config
+	log    *slog.Logger
+	h1, h2 *http.Transport // upstream pools: HTTP/1.1 only; HTTP/2 where offered
+	rp     *httputil.ReverseProxy
 }
 
 // New creates a Proxy. log must not be nil.
@@ -158,28 +158,40 @@ func New(cfg Config, log *slog.Logger) *Proxy {
 		cfg.Dial = d.DialContext
 	}
 	p := &Proxy{cfg: cfg, log: log}
-	p.transport = &http.Transport{
-		Proxy:       nil, // never an environment proxy
-		DialContext: p.dialUpstream,
-		TLSClientConfig: &tls.Config{
-			RootCAs:    cfg.RootCAs,
-			MinVersion: tls.VersionTLS12,
-		},
-		ForceAttemptHTTP2:     true,
-		DisableCompression:    true, // pass Accept-Encoding and bodies through untouched
-		MaxIdleConns:          1024,
-		MaxIdleConnsPerHost:   cfg.MaxIdleConnsPerHost,
-		IdleConnTimeout:       90 * time.Second,
-		TLSHandshakeTimeout:   cfg.HandshakeTimeout,
-		ExpectContinueTimeout: time.Second,
-		ResponseHeaderTimeout: cfg.ResponseHeaderTimeout,
-		WriteBufferSize:       32 << 10,
-		ReadBufferSize:        32 << 10,
+	newTransport := func(h2 bool) *http.Transport {
+		t := &http.Transport{
+			Proxy:       nil, // never an environment proxy
+			DialContext: p.dialUpstream,
+			TLSClientConfig: &tls.Config{
+				RootCAs:    cfg.RootCAs,
+				MinVersion: tls.VersionTLS12,
+			},
+			ForceAttemptHTTP2:     h2,
+			DisableCompression:    true, // pass Accept-Encoding and bodies through untouched
+			MaxIdleConns:          1024,
+			MaxIdleConnsPerHost:   cfg.MaxIdleConnsPerHost,
+			IdleConnTimeout:       90 * time.Second,
+			TLSHandshakeTimeout:   cfg.HandshakeTimeout,
+			ExpectContinueTimeout: time.Second,
+			ResponseHeaderTimeout: cfg.ResponseHeaderTimeout,
+			WriteBufferSize:       32 << 10,
+			ReadBufferSize:        32 << 10,
+		}
+		if !h2 {
+			t.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
+		}
+		return t
 	}
+	p.h1 = newTransport(false)
+	p.h2 = newTransport(true)
 	p.rp = &httputil.ReverseProxy{
-		Rewrite:        rewrite,
-		Transport:      p.transport,
-		FlushInterval:  -1,
+		Rewrite:   rewrite,
+		Transport: protoRouter{p},
+		// Bodies of unknown length (chunked, SSE) are flushed after every
+		// write (ReverseProxy treats ContentLength -1 and text/event-stream
+		// as FlushInterval -1); known-length bodies go through the server's
+		// buffer, which is flushed when full and at the end.
+		FlushInterval:  0,
 		BufferPool:     bufPool{},
 		ModifyResponse: p.modifyResponse,
 		ErrorHandler:   p.upstreamError,
@@ -190,7 +202,22 @@ func New(cfg Config, log *slog.Logger) *Proxy {
 
 // Close drops the idle upstream connections.
 func (p *Proxy) Close() {
-	p.transport.CloseIdleConnections()
+	p.h1.CloseIdleConnections()
+	p.h2.CloseIdleConnections()
+}
+
+// protoRouter forwards an intercepted request upstream, preserving the
+// client's protocol: HTTP/2 clients (gRPC, modern SDKs) go over HTTP/2 where
+// the upstream offers it, HTTP/1.1 clients over HTTP/1.1 (cheaper per
+// request, and semantics such as Upgrade stay as the client meant them).
+type protoRouter struct{ p *Proxy }
+
+func (pr protoRouter) RoundTrip(r *http.Request) (*http.Response, error) {
+	p := pr.p
+	if r.ProtoMajor == 2 {
+		return p.h2.RoundTrip(r)
+	}
+	return p.h1.RoundTrip(r)
 }
 
 // Serve accepts the sandbox's redirected connections on ln until ctx is

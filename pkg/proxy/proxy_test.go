@@ -123,13 +123,19 @@ rules:
     headers: [{name: X-Key, type: plaintext, value: "abc"}]
 `, dst.Port()))
 	e.bind("api.test", dst)
-	resp, err := e.client(false).Get(fmt.Sprintf("https://api.test:%d/", dst.Port()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	readAll(t, resp)
-	if got := resp.Header.Get("X-Proto"); got != "HTTP/2.0" {
-		t.Fatalf("upstream saw %q, want HTTP/2.0", got)
+	// The client's protocol is preserved where the upstream offers it.
+	for _, tt := range []struct {
+		h2   bool
+		want string
+	}{{false, "HTTP/1.1"}, {true, "HTTP/2.0"}} {
+		resp, err := e.client(tt.h2).Get(fmt.Sprintf("https://api.test:%d/", dst.Port()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		readAll(t, resp)
+		if got := resp.Header.Get("X-Proto"); got != tt.want {
+			t.Fatalf("h2 client %v: upstream saw %q, want %s", tt.h2, got, tt.want)
+		}
 	}
 }
 

@@ -51,34 +51,47 @@ func TestSSEStreamsImmediately(t *testing.T) {
 	e.bind("api.test", dst)
 	for _, h2 := range []bool{false, true} {
 		t.Run(fmt.Sprintf("h2=%v", h2), func(t *testing.T) {
-			resp, err := e.client(h2).Get(fmt.Sprintf("https://api.test:%d/v1/stream", dst.Port()))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer resp.Body.Close()
-			br := bufio.NewReader(resp.Body)
+			// Buffering delays every event systematically; a loaded CI machine
+			// delays one now and then. Allow two retries for the latter.
 			var worst time.Duration
-			for i := 0; i < events; i++ {
-				line, err := br.ReadString('\n')
-				if err != nil {
-					t.Fatal(err)
+			for attempt := 0; attempt < 3; attempt++ {
+				worst = sseWorst(t, e.client(h2), fmt.Sprintf("https://api.test:%d/v1/stream", dst.Port()), events)
+				t.Logf("attempt %d: worst event delay %v", attempt, worst)
+				if worst < 50*time.Millisecond {
+					return
 				}
-				got := time.Now()
-				var n int
-				var sent int64
-				if _, err := fmt.Sscanf(line, "data: %d %d", &n, &sent); err != nil || n != i {
-					t.Fatalf("event %d: %q (%v)", i, line, err)
-				}
-				br.ReadString('\n')
-				worst = max(worst, got.Sub(time.Unix(0, sent)))
-				t.Logf("event %d after %v", i, got.Sub(time.Unix(0, sent)))
 			}
-			t.Logf("worst event delay %v", worst)
-			if worst > 50*time.Millisecond {
-				t.Fatalf("an event took %v to arrive, want < 50ms", worst)
-			}
+			t.Fatalf("an event took %v to arrive, want < 50ms", worst)
 		})
 	}
+}
+
+func sseWorst(t *testing.T, c *http.Client, url string, events int) time.Duration {
+	resp, err := c.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	br := bufio.NewReader(resp.Body)
+	var worst time.Duration
+	for i := 0; i < events; i++ {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := time.Now()
+		var n int
+		var sent int64
+		if _, err := fmt.Sscanf(line, "data: %d %d", &n, &sent); err != nil || n != i {
+			t.Fatalf("event %d: %q (%v)", i, line, err)
+		}
+		br.ReadString('\n')
+		worst = max(worst, got.Sub(time.Unix(0, sent)))
+	}
+	return worst
 }
 
 func TestWebSocketEcho(t *testing.T) {
