@@ -326,6 +326,7 @@ func TestDaemonControlSocketRejectsBadCallers(t *testing.T) {
 	// ...and by the peer credential check even if the mode were opened up.
 	os.Chmod(d.socket, 0o666)
 	os.Chmod(filepath.Dir(d.socket), 0o755)
+	os.Chmod(filepath.Dir(filepath.Dir(d.socket)), 0o755) // t.TempDir's parent is 0700
 	cmd = exec.Command(sluiceBin(t), "list", "--socket", d.socket)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
 	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "root only") {

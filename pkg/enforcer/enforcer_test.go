@@ -1,6 +1,7 @@
 package enforcer
 
 import (
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -8,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -104,6 +106,11 @@ func TestForbiddenDestinationsRefused(t *testing.T) {
 		{"udp ipv6", "udp", udp6.Addr, udp6},
 		{"udp connected ipv6", "udpconn", udp6.Addr, udp6},
 		{"metadata", "tcp", "169.254.169.254:80", nil},
+		{"metadata ipv6", "tcp", "[fd00:ec2::254]:80", nil},
+		{"tcp with a bound source address", "bindtcp", tcp4.Addr, tcp4},
+		{"tcp ipv6 with a bound source address", "bindtcp", tcp6.Addr, tcp6},
+		{"ipv4-compatible ipv6", "tcp", "[::127.0.0.1]:" + port(tcp4.Addr), nil},
+		{"nat64", "tcp", "[64:ff9b::7f00:1]:" + port(tcp4.Addr), nil},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -115,6 +122,15 @@ func TestForbiddenDestinationsRefused(t *testing.T) {
 				t.Fatalf("forbidden listener received %d connections", c.canary.Hits())
 			}
 		})
+	}
+	// QUIC: UDP to port 443 on loopback.
+	if quic := quicCanary(t); quic != nil {
+		if got := testutil.RunProbe(t, f.cg, "udp", quic.Addr); got != "error EPERM" {
+			t.Errorf("quic (udp 443): got %q, want error EPERM", got)
+		}
+		if quic.Hits() != 0 {
+			t.Errorf("the udp/443 listener received %d datagrams", quic.Hits())
+		}
 	}
 	for _, mode := range []string{"raw", "mptcp"} {
 		if got := testutil.RunProbe(t, f.cg, mode, "-"); got != "error EPERM" {
@@ -258,4 +274,51 @@ func mustAtoi(t *testing.T, s string) int {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// quicCanary listens on 127.0.0.1:443/udp (tests run as root); nil when the
+// port is taken.
+func quicCanary(t *testing.T) *testutil.Canary {
+	pc, err := net.ListenPacket("udp4", "127.0.0.1:443")
+	if err != nil {
+		t.Logf("udp 127.0.0.1:443 unavailable (%v): QUIC case uses a random port", err)
+		return testutil.UDPCanary(t, "udp4")
+	}
+	pc.Close()
+	c := &testutil.Canary{}
+	return testutil.UDPCanaryAt(t, "127.0.0.1:443", c)
+}
+
+func TestSandboxTableFull(t *testing.T) {
+	f := setup(t, false)
+	// Fill the table with ids no cgroup has, then attach one more.
+	var added []uint64
+	t.Cleanup(func() {
+		for _, id := range added {
+			f.e.objs.Sandboxes.Delete(id)
+		}
+	})
+	for id := uint64(1 << 40); ; id++ {
+		if err := f.e.objs.Sandboxes.Update(id, sluiceSandboxCfg{}, 0); err != nil {
+			break
+		}
+		added = append(added, id)
+	}
+	cg, id := testutil.Cgroup(t)
+	_, err := f.e.Attach(cg, id, SandboxConfig{ProxyPort: 1, DNSPort: 1})
+	if !errors.Is(err, ErrSandboxTableFull) {
+		t.Fatalf("attach on a full table: %v, want ErrSandboxTableFull", err)
+	}
+	if !strings.Contains(err.Error(), "detach unused sandboxes") {
+		t.Fatalf("error does not say what to do: %v", err)
+	}
+	// Enforcement of the existing sandbox did not degrade.
+	canary := testutil.TCPCanary(t, "tcp4")
+	if got := testutil.RunProbe(t, f.cg, "tcp", canary.Addr); got != "error EPERM" {
+		t.Fatalf("existing sandbox after a refused attach: %q", got)
+	}
+	// And the refused cgroup has nothing attached: it is not a sandbox.
+	if f.e.Registered(id) {
+		t.Fatal("the refused cgroup is registered")
+	}
 }

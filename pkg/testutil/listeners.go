@@ -2,6 +2,7 @@ package testutil
 
 import (
 	"net"
+	"strings"
 	"sync/atomic"
 	"testing"
 )
@@ -52,12 +53,22 @@ func UDPCanary(t testing.TB, network string) *Canary {
 	if network == "udp6" {
 		addr = "[::1]:0"
 	}
+	return UDPCanaryAt(t, addr, &Canary{})
+}
+
+// UDPCanaryAt is UDPCanary on a given address.
+func UDPCanaryAt(t testing.TB, addr string, c *Canary) *Canary {
+	t.Helper()
+	network := "udp4"
+	if strings.HasPrefix(addr, "[") {
+		network = "udp6"
+	}
 	pc, err := net.ListenPacket(network, addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { pc.Close() })
-	c := &Canary{Addr: pc.LocalAddr().String()}
+	c.Addr = pc.LocalAddr().String()
 	go func() {
 		buf := make([]byte, 2048)
 		for {
