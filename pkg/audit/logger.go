@@ -242,6 +242,13 @@ func (l *Logger) Close() error {
 	l.closed.Store(true)
 	close(l.stop)
 	<-l.done
+	// An Emit that raced with Close may have queued after the final
+	// drain: count it as dropped.
+	for len(l.queue) > 0 {
+		<-l.queue
+		l.dropped.Add(1)
+		l.accepted.Add(^uint64(0))
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), l.opts.CloseTimeout)
 	defer cancel()
 	var errs []error
@@ -436,8 +443,14 @@ func (l *Logger) report(r *reporter) {
 	}
 }
 
+// fanoutReport offers a report to every sink. A report that finds a full
+// queue is not counted as dropped: counting it would report itself again.
 func (l *Logger) fanoutReport(ev *Event) {
 	for _, w := range l.sinks {
-		w.offer(ev)
+		select {
+		case w.queue <- *ev:
+			w.enqueued.Add(1)
+		default:
+		}
 	}
 }
