@@ -22,6 +22,7 @@ type logsOptions struct {
 	follow   bool
 	json     bool
 	packages bool
+	all      bool
 	poll     time.Duration
 }
 
@@ -45,7 +46,7 @@ The log is the daemon's JSON-lines audit file; its schema is pkg/audit/SCHEMA.md
 --json prints the events as they are stored, one per line.`,
 		Example: `  sluice logs
   sluice logs agent-42 --follow
-  sluice logs agent-42 --packages
+  sluice logs agent-42 --packages --all
   sluice logs --file ./audit.jsonl --json | jq 'select(.decision == "deny")'`,
 		Args:         cobra.MaximumNArgs(1),
 		SilenceUsage: true,
@@ -65,6 +66,7 @@ The log is the daemon's JSON-lines audit file; its schema is pkg/audit/SCHEMA.md
 	f.BoolVarP(&o.follow, "follow", "f", false, "keep printing events as they are written, until interrupted")
 	f.BoolVar(&o.json, "json", false, "print JSON (events as JSON lines; with --packages a JSON array)")
 	f.BoolVar(&o.packages, "packages", false, "list packages fetched: ecosystem, package, version")
+	f.BoolVar(&o.all, "all", false, "also read the rotated files (FILE.N ... FILE.1, oldest first)")
 	f.DurationVar(&o.poll, "poll", 250*time.Millisecond, "how often --follow checks the file")
 	_ = f.MarkHidden("poll")
 	return cmd
@@ -75,7 +77,7 @@ func runLogs(cmd *cobra.Command, ro *rootOptions, o *logsOptions, name string) e
 
 	if o.packages {
 		var evs []audit.Event
-		err := readLog(o.file, func(ev audit.Event) error {
+		err := readLogs(o, func(ev audit.Event) error {
 			if keep(&ev) {
 				if _, _, _, ok := audit.PackageOf(&ev); ok {
 					evs = append(evs, ev)
@@ -115,11 +117,34 @@ func runLogs(cmd *cobra.Command, ro *rootOptions, o *logsOptions, name string) e
 		}
 	}
 	if !o.follow {
-		return readLog(o.file, show)
+		return readLogs(o, show)
+	}
+	if o.all {
+		// History first, then the live file (Follow reads it from the start).
+		rotated := audit.RotatedFiles(o.file)
+		for i := len(rotated) - 1; i >= 1; i-- {
+			if err := readLog(rotated[i], show); err != nil {
+				return err
+			}
+		}
 	}
 	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	return audit.Follow(ctx, o.file, o.poll, show)
+}
+
+// readLogs reads the audit file, preceded with --all by its rotated files,
+// oldest first.
+func readLogs(o *logsOptions, fn func(audit.Event) error) error {
+	if o.all {
+		rotated := audit.RotatedFiles(o.file)
+		for i := len(rotated) - 1; i >= 1; i-- {
+			if err := readLog(rotated[i], fn); err != nil {
+				return err
+			}
+		}
+	}
+	return readLog(o.file, fn)
 }
 
 // readLog decodes the audit file, with a hint when it does not exist.

@@ -208,3 +208,43 @@ func TestLogsFollow(t *testing.T) {
 		t.Fatalf("followed %d lines, want 3:\n%s", n, stdout.String())
 	}
 }
+
+// --all reads the rotated files too, oldest first.
+func TestLogsAllRotated(t *testing.T) {
+	evs := logEvents()
+	path := writeAuditLog(t, evs[3:])
+	// Simulate two rotations: .2 is older than .1.
+	for i, ev := range [][]audit.Event{evs[1:3], evs[:1]} {
+		var b []byte
+		for j := range ev {
+			l, _ := audit.MarshalLine(&ev[j])
+			b = append(b, l...)
+		}
+		if err := os.WriteFile(path+"."+string(rune('1'+i)), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var stdout, stderr bytes.Buffer
+	if code := execute([]string{"logs", "--file", path, "--json"}, strings.NewReader(""), &stdout, &stderr); code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	if n := strings.Count(stdout.String(), "\n"); n != 2 {
+		t.Fatalf("without --all: %d events, want 2 (current file only)", n)
+	}
+	stdout.Reset()
+	if code := execute([]string{"logs", "--file", path, "--json", "--all"}, strings.NewReader(""), &stdout, &stderr); code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	var got []time.Time
+	if err := audit.Decode(&stdout, func(ev audit.Event) error { got = append(got, ev.Time); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(evs) {
+		t.Fatalf("with --all: %d events, want %d", len(got), len(evs))
+	}
+	for i := 1; i < len(got); i++ {
+		if got[i].Before(got[i-1]) {
+			t.Fatalf("events out of order at %d: %v", i, got)
+		}
+	}
+}
