@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"runtime"
 	"sync"
+	"time"
 
 	"github.com/miekg/dns"
 
@@ -68,17 +69,10 @@ func (h *handler) readUDP(pc net.PacketConn, wg *sync.WaitGroup, sem chan struct
 		}
 		p := buf[:n]
 		now := h.r.now()
-		q, ok := parseQuery(p, key)
-		key = q.key
-		if ok {
-			if ans, t := h.fastAnswer(p, q, now, out); ans != nil {
-				out = ans
-				h.writeUDP(pc, uc, peer, ans)
-				ev := t.ev
-				ev.Time = now
-				h.sb.Audit.Emit(ev)
-				continue
-			}
+		var fast bool
+		out, key, fast = h.fastUDP(pc, uc, peer, p, now, out, key)
+		if fast {
+			continue
 		}
 		select {
 		case sem <- struct{}{}:
@@ -100,6 +94,25 @@ func (h *handler) readUDP(pc net.PacketConn, wg *sync.WaitGroup, sem chan struct
 			h.slowUDP(pc, uc, peer, pkt)
 		}()
 	}
+}
+
+// fastUDP answers p from a template if it can, reusing out and key as
+// buffers; it reports whether it answered.
+func (h *handler) fastUDP(pc net.PacketConn, uc *net.UDPConn, peer udpPeer, p []byte, now time.Time, out, key []byte) ([]byte, []byte, bool) {
+	q, ok := parseQuery(p, key)
+	key = q.key
+	if !ok {
+		return out, key, false
+	}
+	ans, t := h.fastAnswer(p, q, now, out)
+	if ans == nil {
+		return out, key, false
+	}
+	h.writeUDP(pc, uc, peer, ans)
+	ev := t.ev
+	ev.Time = now
+	h.sb.Audit.Emit(ev)
+	return ans, key, true
 }
 
 func (h *handler) writeUDP(pc net.PacketConn, uc *net.UDPConn, peer udpPeer, b []byte) {
