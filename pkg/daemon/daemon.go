@@ -33,8 +33,9 @@ type Daemon struct {
 	log   *slog.Logger
 	rt    *Runtime
 	store *secrets.Store
-	audit *audit.Logger
-	bcast *audit.Broadcast
+	audit   *audit.Logger
+	bcast   *audit.Broadcast
+	metrics *audit.Metrics
 
 	mu        sync.Mutex
 	sandboxes map[string]*managed
@@ -83,7 +84,8 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 	}
 
 	bcast := audit.NewBroadcast()
-	sinks := []audit.Sink{bcast}
+	metrics := audit.NewMetrics()
+	sinks := []audit.Sink{bcast, audit.NewMetricsSink(metrics)}
 	switch cfg.Audit {
 	case "":
 	case "-":
@@ -96,6 +98,7 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 		sinks = append(sinks, fs)
 	}
 	alog := audit.NewLogger(log.With("component", "audit"), audit.LoggerOptions{}, sinks...)
+	metrics.WatchLogger(alog)
 
 	upstreams := cfg.DNSUpstreams
 	if len(upstreams) == 0 {
@@ -117,7 +120,7 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 		return nil, err
 	}
 	d := &Daemon{
-		cfg: cfg, log: log, store: store, audit: alog, bcast: bcast,
+		cfg: cfg, log: log, store: store, audit: alog, bcast: bcast, metrics: metrics,
 		sandboxes: map[string]*managed{},
 		rt: &Runtime{
 			Log: log, Enforcer: enf, Resolver: resolver, Proxy: px,
@@ -183,7 +186,28 @@ func (d *Daemon) gcLoop(ctx context.Context) {
 			return
 		case <-t.C:
 			d.rt.Enforcer.GC(30 * time.Second)
+			d.reapGone()
+			d.updateOccupancy()
 		}
+	}
+}
+
+// reapGone detaches sandboxes whose cgroup was removed (the container
+// ended without a detach).
+func (d *Daemon) reapGone() {
+	for _, info := range d.List() {
+		if id, err := cgroup.ID(info.Cgroup); err != nil || id != info.CgroupID {
+			d.log.Info("sandbox cgroup is gone; detaching", "sandbox", info.Name, "cgroup", info.Cgroup)
+			_ = d.Detach(info.Name)
+		}
+	}
+}
+
+// updateOccupancy publishes each sandbox's allowlist size.
+func (d *Daemon) updateOccupancy() {
+	counts := d.rt.Enforcer.AllowCounts()
+	for _, info := range d.List() {
+		d.metrics.SetAllowlistEntries(info.Name, counts[info.CgroupID])
 	}
 }
 
@@ -344,6 +368,7 @@ func (d *Daemon) Detach(name string) error {
 	}
 	err := m.sb.Detach()
 	delete(d.sandboxes, name)
+	d.metrics.ForgetSandbox(name)
 	os.Remove(d.recordPath(name))
 	os.RemoveAll(filepath.Join(d.cfg.StateDir, "sandboxes", name+".ca"))
 	_, _ = d.store.DeleteOpaque(name)

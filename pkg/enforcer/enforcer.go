@@ -555,3 +555,15 @@ func (s *Sandbox) Revoke(addr netip.Addr) error {
 	}
 	return nil
 }
+
+// AllowCounts returns the number of allowlist entries per sandbox id.
+func (e *Enforcer) AllowCounts() map[uint64]int {
+	out := map[uint64]int{}
+	var k sluiceAllowKey
+	var v sluiceAllowVal
+	it := e.objs.Allow.Iterate()
+	for it.Next(&k, &v) {
+		out[binary.NativeEndian.Uint64(k.Sandbox[:])]++
+	}
+	return out
+}
