@@ -1,0 +1,242 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/sluice-dev/sluice/pkg/audit"
+)
+
+// rawTLS sends raw HTTP/1.1 text over TLS with the given SNI and returns the
+// response.
+func rawTLS(t *testing.T, e *env, dst netip.AddrPort, sni, request string) (*http.Response, string) {
+	t.Helper()
+	c, err := e.dial(context.Background(), dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc := tls.Client(c, &tls.Config{ServerName: sni, RootCAs: e.sandbox, NextProtos: []string{"http/1.1"}, InsecureSkipVerify: sni == ""})
+	defer tc.Close()
+	tc.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(tc, request)
+	resp, err := http.ReadResponse(bufio.NewReader(tc), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp, readAll(t, resp)
+}
+
+func TestRequestEdges(t *testing.T) {
+	var lastHeaders atomic.Pointer[http.Header]
+	up := newUpstream(t, "127.0.0.1", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := r.Header.Clone()
+		lastHeaders.Store(&h)
+		fmt.Fprintf(w, "host=%s", r.Host)
+	}))
+	dst := addrPort(t, up.URL)
+	e := newEnv(t, apiPolicy(dst.Port()))
+	e.bind("api.test", dst)
+	tests := []struct {
+		name      string
+		sni, req  string
+		wantCode  int
+		wantBody  string
+		checkSent func(h http.Header) string
+	}{
+		{
+			name:     "CONNECT refused",
+			sni:      "api.test",
+			req:      "CONNECT other.test:443 HTTP/1.1\r\nHost: other.test:443\r\n\r\n",
+			wantCode: 403, wantBody: "CONNECT is not allowed",
+		},
+		{
+			name:     "http absolute URI on TLS refused",
+			sni:      "api.test",
+			req:      "GET http://api.test/x HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n",
+			wantCode: 403, wantBody: "absolute URI",
+		},
+		{
+			name:     "hop-by-hop trick cannot drop the injected header",
+			sni:      "api.test",
+			req:      "GET /x HTTP/1.1\r\nHost: api.test\r\nConnection: close, Authorization\r\nAuthorization: Bearer mine\r\nProxy-Authorization: Basic eA==\r\n\r\n",
+			wantCode: 200, wantBody: "host=api.test",
+			checkSent: func(h http.Header) string {
+				if got := h.Values("Authorization"); len(got) != 1 || got[0] != "Bearer s3cr3t-token-value" {
+					return fmt.Sprintf("Authorization %q", got)
+				}
+				if h.Get("Proxy-Authorization") != "" {
+					return "Proxy-Authorization forwarded"
+				}
+				return ""
+			},
+		},
+		{
+			name:     "duplicate client Authorization replaced by one",
+			sni:      "api.test",
+			req:      "GET /x HTTP/1.1\r\nHost: api.test\r\nAuthorization: a\r\nauthorization: b\r\nX-Forwarded-For: 10.9.9.9\r\nConnection: close\r\n\r\n",
+			wantCode: 200, wantBody: "host=api.test",
+			checkSent: func(h http.Header) string {
+				if got := h.Values("Authorization"); len(got) != 1 {
+					return fmt.Sprintf("Authorization %q", got)
+				}
+				if got := h.Get("X-Forwarded-For"); got != "10.9.9.9" {
+					return fmt.Sprintf("X-Forwarded-For %q (sluice must be transparent)", got)
+				}
+				return ""
+			},
+		},
+		{
+			name:     "no SNI: the bound name decides",
+			sni:      "",
+			req:      "GET /x HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n",
+			wantCode: 200, wantBody: "host=api.test",
+		},
+		{
+			name:     "invalid Host",
+			sni:      "api.test",
+			req:      "GET /x HTTP/1.1\r\nHost: api.test@evil.test\r\nConnection: close\r\n\r\n",
+			wantCode: 400,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			lastHeaders.Store(nil)
+			resp, body := rawTLS(t, e, dst, tt.sni, tt.req)
+			if resp.StatusCode != tt.wantCode || !strings.Contains(body, tt.wantBody) {
+				t.Fatalf("got %d %q, want %d with %q", resp.StatusCode, body, tt.wantCode, tt.wantBody)
+			}
+			if tt.checkSent != nil {
+				h := lastHeaders.Load()
+				if h == nil {
+					t.Fatal("upstream saw nothing")
+				}
+				if msg := tt.checkSent(*h); msg != "" {
+					t.Fatal(msg)
+				}
+			}
+		})
+	}
+}
+
+func TestHTTP2AuthorityFronting(t *testing.T) {
+	var seen atomic.Int64
+	up := newUpstream(t, "127.0.0.1", echoHeaders(&seen))
+	dst := addrPort(t, up.URL)
+	e := newEnv(t, fmt.Sprintf(`
+version: 1
+rules:
+  - name: api
+    hosts: [api.test]
+    ports: [%[1]d]
+    headers: [{name: Authorization, type: secret, value: "Bearer {TOKEN}"}]
+  - name: other
+    hosts: [other.test]
+    ports: [%[1]d]
+`, dst.Port()))
+	e.bind("api.test", dst)
+	e.bind("other.test", dst)
+	tr := e.transport(true)
+	defer tr.CloseIdleConnections()
+	// Same connection (SNI api.test), second request with :authority other.test.
+	req, _ := http.NewRequest("GET", fmt.Sprintf("https://api.test:%d/a", dst.Port()), nil)
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	readAll(t, resp)
+	req, _ = http.NewRequest("GET", fmt.Sprintf("https://api.test:%d/b", dst.Port()), nil)
+	req.Host = "other.test"
+	resp, err = tr.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := readAll(t, resp)
+	if resp.StatusCode != 403 || resp.ProtoMajor != 2 || !strings.Contains(body, "differs from the TLS server name") {
+		t.Fatalf("got %d %s %q", resp.StatusCode, resp.Proto, body)
+	}
+	if seen.Load() != 1 {
+		t.Fatalf("upstream saw %d requests, want 1", seen.Load())
+	}
+}
+
+func TestServerFirstProtocol(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.6:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			io.WriteString(c, "220 greetings\r\n")
+			io.Copy(c, c)
+			c.Close()
+		}
+	}()
+	dst := netip.MustParseAddrPort(ln.Addr().String())
+	e := newEnv(t, fmt.Sprintf(`
+version: 1
+rules:
+  - name: db
+    cidrs: [127.0.0.6/32]
+    ports: [%d]
+`, dst.Port()))
+	c, err := e.dial(context.Background(), dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(3 * time.Second))
+	br := bufio.NewReader(c)
+	line, err := br.ReadString('\n')
+	if err != nil || line != "220 greetings\r\n" {
+		t.Fatalf("banner %q, %v", line, err)
+	}
+	io.WriteString(c, "QUIT\r\n")
+	if line, _ = br.ReadString('\n'); line != "QUIT\r\n" {
+		t.Fatalf("echo %q", line)
+	}
+}
+
+func TestConnEventFields(t *testing.T) {
+	up := newUpstream(t, "127.0.0.1", echoHeaders(nil))
+	dst := addrPort(t, up.URL)
+	e := newEnv(t, apiPolicy(dst.Port()))
+	e.bind("api.test", dst)
+	tr := e.transport(false)
+	resp, err := (&http.Client{Transport: tr}).Get(fmt.Sprintf("https://api.test:%d/v1/x?key=supersecretquery&b=2", dst.Port()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	readAll(t, resp)
+	tr.CloseIdleConnections()
+	conns := e.rec.waitKind(t, audit.KindConn, 1)
+	if len(conns) != 1 {
+		t.Fatalf("conn events %+v", conns)
+	}
+	ev := conns[0]
+	if ev.Decision != audit.DecisionIntercept || ev.SNI != "api.test" || ev.Rule != "api" || ev.Dst != dst.String() ||
+		ev.BytesUp == 0 || ev.BytesDown == 0 || ev.PID != 42 || ev.Comm != "testclient" || ev.CgroupID != 7 || ev.Proto != "tls" || ev.V != audit.SchemaVersion {
+		t.Fatalf("conn event %+v", ev)
+	}
+	h := e.rec.kind(audit.KindHTTP)
+	if len(h) != 1 || h[0].Path != "/v1/x?key=&b=" || h[0].Host != "api.test" || h[0].Method != "GET" || h[0].LatencyMS <= 0 {
+		t.Fatalf("http events %+v", h)
+	}
+	if strings.Contains(fmt.Sprint(e.rec.ev), "supersecretquery") || strings.Contains(fmt.Sprint(e.rec.ev), "s3cr3t") {
+		t.Fatal("query value or secret in events")
+	}
+}
