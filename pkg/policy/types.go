@@ -76,6 +76,9 @@ type Policy struct {
 
 	// File is the name the policy was parsed from (for messages).
 	File string
+	// Warnings are problems that do not make the policy invalid, such as a
+	// plaintext Authorization value, in file order.
+	Warnings []Problem
 
 	m *matcher
 }
