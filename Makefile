@@ -28,7 +28,7 @@ check-generate: generate ## fail when the committed eBPF objects are stale
 
 test: deps build ## the whole suite: lint, unit, privileged e2e (as root), short fuzz
 	@$(MAKE) --no-print-directory lint
-	$(GO) test $(GOTEST_FLAGS) ./...
+	SLUICE_BIN=$(CURDIR)/$(BIN) $(GO) test $(GOTEST_FLAGS) ./...
 	@scripts/fuzz.sh 10s
 
 test-unit: ## unprivileged tests only
