@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
@@ -52,6 +53,7 @@ type CA struct {
 	leafKey *ecdsa.PrivateKey
 	cache   *lru.Cache[string, *tls.Certificate]
 	mint    singleflight.Group
+	hits    atomic.Uint32
 	now     func() time.Time
 }
 
@@ -244,7 +246,13 @@ func (ca *CA) Leaf(serverName string) (*tls.Certificate, error) {
 		return nil, err
 	}
 	now := ca.now()
-	if c, ok := ca.cache.Get(name); ok && now.Add(leafRenew).Before(c.Leaf.NotAfter) {
+	// Hot path: a shared (read) lock only. Every 32nd hit also refreshes the
+	// entry's recency, so the cache stays close to LRU without serialising
+	// concurrent handshakes on an exclusive lock.
+	if c, ok := ca.cache.Peek(name); ok && now.Add(leafRenew).Before(c.Leaf.NotAfter) {
+		if ca.hits.Add(1)%32 == 0 {
+			ca.cache.Get(name)
+		}
 		return c, nil
 	}
 	v, err, _ := ca.mint.Do(name, func() (any, error) {

@@ -13,7 +13,8 @@
 // an IP address literal), signed by the CA, and cached in an LRU cache.
 // All leaves of one CA share one ECDSA key generated with the CA (it never
 // leaves the process); only the signature is computed per name. A cached
-// leaf is re-minted when it comes within a day of its expiry. Concurrent
+// leaf is re-minted when it comes within a day of its expiry. A cache hit
+// takes only a shared read lock (recency is refreshed on every 32nd hit). Concurrent
 // misses for the same name mint once (singleflight).
 //
 // Invariants: a *CA is immutable after New/Load except for its leaf cache
