@@ -20,7 +20,11 @@ import (
 
 // Allowlister is one sandbox's kernel allowlist: after Allow returns nil,
 // the sandbox may connect to addr until the given time. direct means the
-// connection bypasses the proxy.
+// connection bypasses the proxy. addr is never an IPv4-mapped IPv6
+// address. Allow is called again for an address already allowed, with a
+// later (or, for a shorter-lived answer, earlier) time: the entry should
+// keep the later of the two. Connections already established must not be
+// cut when an entry expires.
 type Allowlister interface {
 	Allow(addr netip.Addr, until time.Time, direct bool) error
 }
