@@ -29,10 +29,10 @@ import (
 // Unix socket, state that survives restarts. Create it with New and call
 // Run once.
 type Daemon struct {
-	cfg   Config
-	log   *slog.Logger
-	rt    *Runtime
-	store *secrets.Store
+	cfg     Config
+	log     *slog.Logger
+	rt      *Runtime
+	store   *secrets.Store
 	audit   *audit.Logger
 	bcast   *audit.Broadcast
 	metrics *audit.Metrics

@@ -42,7 +42,7 @@ type RunOptions struct {
 	AuditPath        string   // "" none, "-" standard error, else a file
 	PinDir           string
 	StateDir         string // secret store and callback key when present (default /var/lib/sluice)
-	Summary          bool // print the allowed/denied summary at exit
+	Summary          bool   // print the allowed/denied summary at exit
 
 	Stdin          io.Reader
 	Stdout, Stderr io.Writer
