@@ -54,7 +54,7 @@ func (w *packWriter) Write(b []byte) (int, error) { return len(b), nil }
 // policy check, allowlist bookkeeping and packing included (no sockets).
 func BenchmarkServeDNSCached(b *testing.B) {
 	up := startUpstream(b, zone("allowed.test. 300 IN A 192.0.2.10", "allowed.test. 300 IN A 192.0.2.11"))
-	e := newEnv(b, Config{Upstreams: []string{up.addr}}, newFakePolicy("allowed.test"))
+	e := newEnv(b, Config{Upstreams: []string{up.addr}}, newTestPolicy("allowed.test"))
 	e.sb.Audit = nopEmitter{}
 	req := new(dns.Msg)
 	req.SetQuestion("allowed.test.", dns.TypeA)
@@ -77,7 +77,7 @@ func BenchmarkQPS(b *testing.B) {
 	up := startUpstream(b, zone("allowed.test. 300 IN A 192.0.2.10"))
 	b.Run("direct-upstream", func(b *testing.B) { runQPS(b, up.addr) })
 	b.Run("sluice-cached", func(b *testing.B) {
-		e := newEnv(b, Config{Upstreams: []string{up.addr}}, newFakePolicy("allowed.test"))
+		e := newEnv(b, Config{Upstreams: []string{up.addr}}, newTestPolicy("allowed.test"))
 		e.sb.Audit = nopEmitter{}
 		pc, ln := listenPair(b)
 		ctx, cancel := context.WithCancel(context.Background())

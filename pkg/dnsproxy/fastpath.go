@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/sluice-dev/sluice/pkg/audit"
+	"github.com/sluice-dev/sluice/pkg/policy"
 )
 
 // The UDP fast path answers repeated queries from a prebuilt wire answer:
@@ -41,7 +42,7 @@ type template struct {
 	// answer's addresses; zero when the answer has none.
 	allowedUntil time.Time
 	minTTL       uint32 // smallest TTL of the address records
-	pol          any
+	pol          *policy.Policy
 	gen          uint64
 	ev           audit.Event
 }
@@ -213,7 +214,7 @@ func (h *handler) fastAnswer(p []byte, q query, now time.Time, out []byte) ([]by
 	if t == nil {
 		return nil, nil
 	}
-	if !now.Before(t.expires) || len(t.wire) > q.size || t.gen != h.sb.Bindings.gen.Load() || t.pol != h.sb.identity() {
+	if !now.Before(t.expires) || len(t.wire) > q.size || t.gen != h.sb.Bindings.gen.Load() || t.pol != h.sb.Policy() {
 		return nil, nil
 	}
 	elapsed := uint32(0)

@@ -18,22 +18,17 @@ import (
 // and invalidation on policy change, allowlist refresh and TTL expiry.
 func TestUDPFastPath(t *testing.T) {
 	up := startUpstream(t, zone("allowed.test. 300 IN A 192.0.2.10", "other.test. 300 IN A 192.0.2.20"))
-	e := newEnv(t, Config{Upstreams: []string{up.addr}}, newFakePolicy("allowed.test", "other.test"))
+	e := newEnv(t, Config{Upstreams: []string{up.addr}}, newTestPolicy("allowed.test", "other.test"))
 	var mu sync.Mutex
 	clock := time.Now()
 	e.r.now = func() time.Time { mu.Lock(); defer mu.Unlock(); return clock }
 	advance := func(d time.Duration) { mu.Lock(); clock = clock.Add(d); mu.Unlock() }
-	var polMu sync.Mutex
-	pol := e.pol
-	e.sb.view = func() (NameMatcher, bool, bool) { polMu.Lock(); defer polMu.Unlock(); return pol, false, true }
 
 	pc, ln := listenPair(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- e.r.Serve(ctx, e.sb, pc, ln) }()
 	defer func() { cancel(); <-done }()
-	h := e.sb.Bindings // same sandbox
-	_ = h
 
 	ask := func(name string, edns bool) *dns.Msg {
 		t.Helper()
@@ -69,9 +64,7 @@ func TestUDPFastPath(t *testing.T) {
 		// written at 0s (300+30) only after 240s + 1s slack.
 		{"allowlist refresh takes the slow path", func() { advance(150 * time.Second) }, "allowed.test.", false, "[192.0.2.10]", 40, 2},
 		{"policy change takes the slow path", func() {
-			polMu.Lock()
-			pol = newFakePolicy("other.test")
-			polMu.Unlock()
+			e.pol.Store(newTestPolicy("other.test").build(t))
 		}, "allowed.test.", false, "[]", 0, 2},
 		{"expired upstream answer", func() { advance(100 * time.Second) }, "other.test.", false, "[192.0.2.20]", 300, 3},
 	}
@@ -184,7 +177,7 @@ func TestParseQuery(t *testing.T) {
 // BenchmarkFastPath measures a template hit without sockets.
 func BenchmarkFastPath(b *testing.B) {
 	up := startUpstream(b, zone("allowed.test. 300 IN A 192.0.2.10", "allowed.test. 300 IN A 192.0.2.11"))
-	e := newEnv(b, Config{Upstreams: []string{up.addr}}, newFakePolicy("allowed.test"))
+	e := newEnv(b, Config{Upstreams: []string{up.addr}}, newTestPolicy("allowed.test"))
 	e.sb.Audit = nopEmitter{}
 	h := e.h.(*handler)
 	req := new(dns.Msg)

@@ -47,7 +47,7 @@ func TestCNAMEChain(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			e := newEnv(t, Config{Upstreams: []string{up.addr}}, newFakePolicy("*.allowed.test", "!*.evil.test"))
+			e := newEnv(t, Config{Upstreams: []string{up.addr}}, newTestPolicy("*.allowed.test", "!*.evil.test"))
 			m := e.query(t, tt.qname, tt.qtype)
 			if m.Rcode != tt.wantRcode {
 				t.Fatalf("rcode %s, want %s: %v", dns.RcodeToString[m.Rcode], dns.RcodeToString[tt.wantRcode], m)
@@ -74,7 +74,7 @@ func TestCNAMEChain(t *testing.T) {
 		})
 	}
 	t.Run("addresses bound to the asked name", func(t *testing.T) {
-		e := newEnv(t, Config{Upstreams: []string{up.addr}, MinTTL: time.Second, Grace: time.Second}, newFakePolicy("*.allowed.test"))
+		e := newEnv(t, Config{Upstreams: []string{up.addr}, MinTTL: time.Second, Grace: time.Second}, newTestPolicy("*.allowed.test"))
 		m := e.query(t, "WWW.allowed.test", dns.TypeA)
 		if m.Answer[0].Header().Name != "WWW.allowed.test." {
 			t.Errorf("first owner %q, want the spelling asked", m.Answer[0].Header().Name)
@@ -102,7 +102,7 @@ func TestHTTPSStripped(t *testing.T) {
 		`svc.test. 300 IN HTTPS 1 . mandatory=alpn,ipv4hint alpn=h2,h3 ipv4hint=192.0.2.1 ech="AEX+DQBBpQAgACDd" ipv6hint=2001:db8::1 port=8443`,
 		`svc.test. 300 IN SVCB 1 svc2.test. ipv4hint=192.0.2.1 alpn=h2`,
 	))
-	e := newEnv(t, Config{Upstreams: []string{up.addr}}, newFakePolicy("svc.test"))
+	e := newEnv(t, Config{Upstreams: []string{up.addr}}, newTestPolicy("svc.test"))
 	for _, qt := range []uint16{dns.TypeHTTPS, dns.TypeSVCB} {
 		m := e.query(t, "svc.test", qt)
 		if m.Rcode != dns.RcodeSuccess || len(m.Answer) != 1 {
@@ -131,7 +131,7 @@ func TestCacheTTL(t *testing.T) {
 		"cached.test. 300 IN A 192.0.2.30",
 		"nodata.test. 300 IN AAAA 2001:db8::30",
 	))
-	e := newEnv(t, Config{Upstreams: []string{up.addr}}, newFakePolicy("cached.test", "nodata.test", "missing.test"))
+	e := newEnv(t, Config{Upstreams: []string{up.addr}}, newTestPolicy("cached.test", "nodata.test", "missing.test"))
 	clock := time.Now()
 	var mu sync.Mutex
 	e.r.now = func() time.Time { mu.Lock(); defer mu.Unlock(); return clock }
@@ -191,7 +191,7 @@ func TestQueryTypesAndNames(t *testing.T) {
 	))
 	tests := []struct {
 		name       string
-		pol        *fakePolicy
+		pol        testPolicy
 		qname      string
 		qtype      uint16
 		wantRcode  int
@@ -200,21 +200,21 @@ func TestQueryTypesAndNames(t *testing.T) {
 		wantDec    string
 		wantReason string
 	}{
-		{"TXT not forwarded", newFakePolicy("allowed.test"), "allowed.test", dns.TypeTXT, dns.RcodeSuccess, "[]", false, audit.DecisionDeny, reasonType},
-		{"ANY not forwarded", newFakePolicy("allowed.test"), "allowed.test", dns.TypeANY, dns.RcodeSuccess, "[]", false, audit.DecisionDeny, reasonType},
-		{"MX not forwarded", newFakePolicy("allowed.test"), "allowed.test", dns.TypeMX, dns.RcodeSuccess, "[]", false, audit.DecisionDeny, reasonType},
-		{"AAAA with ipv6 off", &fakePolicy{rules: newFakePolicy("allowed.test").rules, noV6: true}, "allowed.test", dns.TypeAAAA, dns.RcodeSuccess, "[]", false, audit.DecisionAllow, reasonIPv6Off},
-		{"A with ipv6 off", &fakePolicy{rules: newFakePolicy("allowed.test").rules, noV6: true}, "allowed.test", dns.TypeA, dns.RcodeSuccess, "[192.0.2.10]", true, audit.DecisionAllow, ""},
-		{"NUL in name", newFakePolicy("*.allowed.test"), "a\\000b.allowed.test", dns.TypeA, dns.RcodeNameError, "[]", false, audit.DecisionDeny, reasonInvalidName},
-		{"escaped dot", newFakePolicy("*.allowed.test"), "a\\.b.allowed.test", dns.TypeA, dns.RcodeNameError, "[]", false, audit.DecisionDeny, reasonInvalidName},
-		{"wildcard", newFakePolicy("*.allowed.test"), "*.allowed.test", dns.TypeA, dns.RcodeNameError, "[]", false, audit.DecisionDeny, reasonInvalidName},
-		{"root", newFakePolicy("*.allowed.test"), ".", dns.TypeA, dns.RcodeNameError, "[]", false, audit.DecisionDeny, reasonInvalidName},
-		{"audit mode resolves denied", &fakePolicy{rules: newFakePolicy("other.test").rules, audit: true}, "allowed.test", dns.TypeA, dns.RcodeSuccess, "[192.0.2.10]", true, audit.DecisionWouldDeny, reasonNotAllowed},
-		{"audit mode TXT", &fakePolicy{rules: newFakePolicy("allowed.test").rules, audit: true}, "allowed.test", dns.TypeTXT, dns.RcodeSuccess, "[]", true, audit.DecisionWouldDeny, reasonType},
-		{"loopback answer dropped", newFakePolicy("local.test"), "local.test", dns.TypeA, dns.RcodeSuccess, "[]", true, audit.DecisionAllow, reasonDropped},
-		{"link-local answer dropped", newFakePolicy("meta.test"), "meta.test", dns.TypeA, dns.RcodeSuccess, "[192.0.2.50]", true, audit.DecisionAllow, reasonDropped},
-		{"unspecified and metadata dropped", newFakePolicy("zero.test"), "zero.test", dns.TypeA, dns.RcodeSuccess, "[]", true, audit.DecisionAllow, reasonDropped},
-		{"metadata v6 dropped", newFakePolicy("zero.test"), "zero.test", dns.TypeAAAA, dns.RcodeSuccess, "[]", true, audit.DecisionAllow, reasonDropped},
+		{"TXT not forwarded", newTestPolicy("allowed.test"), "allowed.test", dns.TypeTXT, dns.RcodeSuccess, "[]", false, audit.DecisionDeny, reasonType},
+		{"ANY not forwarded", newTestPolicy("allowed.test"), "allowed.test", dns.TypeANY, dns.RcodeSuccess, "[]", false, audit.DecisionDeny, reasonType},
+		{"MX not forwarded", newTestPolicy("allowed.test"), "allowed.test", dns.TypeMX, dns.RcodeSuccess, "[]", false, audit.DecisionDeny, reasonType},
+		{"AAAA with ipv6 off", newTestPolicy("allowed.test").noIPv6(), "allowed.test", dns.TypeAAAA, dns.RcodeSuccess, "[]", false, audit.DecisionAllow, reasonIPv6Off},
+		{"A with ipv6 off", newTestPolicy("allowed.test").noIPv6(), "allowed.test", dns.TypeA, dns.RcodeSuccess, "[192.0.2.10]", true, audit.DecisionAllow, ""},
+		{"NUL in name", newTestPolicy("*.allowed.test"), "a\\000b.allowed.test", dns.TypeA, dns.RcodeNameError, "[]", false, audit.DecisionDeny, reasonInvalidName},
+		{"escaped dot", newTestPolicy("*.allowed.test"), "a\\.b.allowed.test", dns.TypeA, dns.RcodeNameError, "[]", false, audit.DecisionDeny, reasonInvalidName},
+		{"wildcard", newTestPolicy("*.allowed.test"), "*.allowed.test", dns.TypeA, dns.RcodeNameError, "[]", false, audit.DecisionDeny, reasonInvalidName},
+		{"root", newTestPolicy("*.allowed.test"), ".", dns.TypeA, dns.RcodeNameError, "[]", false, audit.DecisionDeny, reasonInvalidName},
+		{"audit mode resolves denied", newTestPolicy("other.test").auditMode(), "allowed.test", dns.TypeA, dns.RcodeSuccess, "[192.0.2.10]", true, audit.DecisionWouldDeny, reasonNotAllowed},
+		{"audit mode TXT", newTestPolicy("allowed.test").auditMode(), "allowed.test", dns.TypeTXT, dns.RcodeSuccess, "[]", true, audit.DecisionWouldDeny, reasonType},
+		{"loopback answer dropped", newTestPolicy("local.test"), "local.test", dns.TypeA, dns.RcodeSuccess, "[]", true, audit.DecisionAllow, reasonDropped},
+		{"link-local answer dropped", newTestPolicy("meta.test"), "meta.test", dns.TypeA, dns.RcodeSuccess, "[192.0.2.50]", true, audit.DecisionAllow, reasonDropped},
+		{"unspecified and metadata dropped", newTestPolicy("zero.test"), "zero.test", dns.TypeA, dns.RcodeSuccess, "[]", true, audit.DecisionAllow, reasonDropped},
+		{"metadata v6 dropped", newTestPolicy("zero.test"), "zero.test", dns.TypeAAAA, dns.RcodeSuccess, "[]", true, audit.DecisionAllow, reasonDropped},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -258,7 +258,7 @@ func TestQueryTypesAndNames(t *testing.T) {
 
 func TestAllowLoopbackConfig(t *testing.T) {
 	up := startUpstream(t, zone("local.test. 300 IN A 127.0.0.5"))
-	e := newEnv(t, Config{Upstreams: []string{up.addr}, AllowLoopback: true}, newFakePolicy("local.test"))
+	e := newEnv(t, Config{Upstreams: []string{up.addr}, AllowLoopback: true}, newTestPolicy("local.test"))
 	if got := fmt.Sprint(addrsOf(e.query(t, "local.test", dns.TypeA))); got != "[127.0.0.5]" {
 		t.Fatalf("addresses %s, want loopback kept with AllowLoopback", got)
 	}
@@ -266,7 +266,7 @@ func TestAllowLoopbackConfig(t *testing.T) {
 
 func TestMalformedQueries(t *testing.T) {
 	up := startUpstream(t, zone("allowed.test. 300 IN A 192.0.2.10"))
-	e := newEnv(t, Config{Upstreams: []string{up.addr}}, newFakePolicy("allowed.test"))
+	e := newEnv(t, Config{Upstreams: []string{up.addr}}, newTestPolicy("allowed.test"))
 	q := func(mod func(m *dns.Msg)) *dns.Msg {
 		m := new(dns.Msg)
 		m.SetQuestion("allowed.test.", dns.TypeA)
@@ -313,7 +313,7 @@ func TestTruncateForClient(t *testing.T) {
 			m.Answer = append(m.Answer, rr)
 		}
 	})
-	e := newEnv(t, Config{Upstreams: []string{up.addr}, PerNameCap: 200}, newFakePolicy("many.test"))
+	e := newEnv(t, Config{Upstreams: []string{up.addr}, PerNameCap: 200}, newTestPolicy("many.test"))
 	tests := []struct {
 		name    string
 		edns    uint16
@@ -400,7 +400,7 @@ func TestRevokeOnEviction(t *testing.T) {
 		rr, _ := dns.NewRR(fmt.Sprintf("%s 0 IN A 198.51.100.%d", q.Name, i))
 		m.Answer = append(m.Answer, rr)
 	})
-	e := newEnv(t, Config{Upstreams: []string{up.addr}, PerNameCap: 3}, newFakePolicy("cdn.test"))
+	e := newEnv(t, Config{Upstreams: []string{up.addr}, PerNameCap: 3}, newTestPolicy("cdn.test"))
 	for range 5 {
 		e.query(t, "cdn.test", dns.TypeA)
 	}
@@ -418,7 +418,7 @@ func TestRevokeOnEviction(t *testing.T) {
 // entries, but a later expiry is written.
 func TestAllowRefreshSkipped(t *testing.T) {
 	up := startUpstream(t, zone("allowed.test. 300 IN A 192.0.2.10"))
-	e := newEnv(t, Config{Upstreams: []string{up.addr}}, newFakePolicy("allowed.test"))
+	e := newEnv(t, Config{Upstreams: []string{up.addr}}, newTestPolicy("allowed.test"))
 	clock := time.Now()
 	e.r.now = func() time.Time { return clock }
 	e.query(t, "allowed.test", dns.TypeA)

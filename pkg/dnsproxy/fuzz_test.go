@@ -67,7 +67,7 @@ func fuzzSeeds() [][]byte {
 func newFuzzEnv(t testing.TB) (*env, *upstream) {
 	up := startUpstream(t, fuzzZone)
 	e := newEnv(t, Config{Upstreams: []string{up.addr}, Timeout: 500 * time.Millisecond},
-		newFakePolicy("allowed.test", "*.allowed.test", "!*.evil.test", "registry.npmjs.org>mirror.test"))
+		newTestPolicy("allowed.test", "*.allowed.test", "!*.evil.test", "registry.npmjs.org>mirror.test"))
 	return e, up
 }
 

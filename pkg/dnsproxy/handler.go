@@ -9,6 +9,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/sluice-dev/sluice/pkg/audit"
+	"github.com/sluice-dev/sluice/pkg/policy"
 )
 
 // Reasons given in audit events.
@@ -63,7 +64,7 @@ type reply struct {
 	// known to have, minTTL their smallest TTL as answered.
 	allowedUntil time.Time
 	minTTL       uint32
-	pol          any
+	pol          *policy.Policy
 	gen          uint64
 }
 
@@ -137,11 +138,12 @@ func (r *Resolver) answer(sb *Sandbox, req *dns.Msg, tcp bool) *reply {
 		return rp.finish(dns.RcodeNameError, audit.DecisionDeny, reasonInvalidName)
 	}
 	rp.ev.QName = name
-	m, auditMode, ipv6, pol := sb.current()
-	rp.pol = pol
+	m := sb.Policy()
+	rp.pol = m
 	if m == nil {
 		return rp.finish(dns.RcodeNameError, audit.DecisionDeny, reasonNoPolicy)
 	}
+	auditMode, ipv6 := m.Mode == policy.ModeAudit, m.IPv6
 	match := m.MatchName(name)
 	if match.Rule != nil {
 		rp.ev.Rule = match.Rule.Name
@@ -169,9 +171,6 @@ func (r *Resolver) answer(sb *Sandbox, req *dns.Msg, tcp bool) *reply {
 
 	target, remap := name, ""
 	if match.Allowed && match.Remap != nil && match.Remap.Host != "" {
-		if ip, err := netip.ParseAddr(strings.Trim(match.Remap.Host, "[]")); err == nil {
-			return r.remapLiteral(sb, rp, q, name, ip.Unmap(), decision, now)
-		}
 		t, ok := normalizeName(match.Remap.Host)
 		if !ok {
 			return rp.finish(dns.RcodeServerFailure, audit.DecisionError, "invalid remap target")
@@ -341,31 +340,6 @@ func (r *Resolver) answer(sb *Sandbox, req *dns.Msg, tcp bool) *reply {
 		}
 		resp.Answer = append(resp.Answer, out)
 	}
-	return rp.finish(dns.RcodeSuccess, decision, "")
-}
-
-// remapLiteral answers a query for a name remapped to an IP address.
-func (r *Resolver) remapLiteral(sb *Sandbox, rp *reply, q dns.Question, name string, ip netip.Addr, decision string, now time.Time) *reply {
-	var rr dns.RR
-	ttl := uint32(r.cfg.MinTTL / time.Second)
-	hdr := dns.RR_Header{Name: q.Name, Rrtype: q.Qtype, Class: dns.ClassINET, Ttl: ttl}
-	switch {
-	case q.Qtype == dns.TypeA && ip.Is4():
-		rr = &dns.A{Hdr: hdr, A: ip.AsSlice()}
-	case q.Qtype == dns.TypeAAAA && ip.Is6():
-		rr = &dns.AAAA{Hdr: hdr, AAAA: ip.AsSlice()}
-	default:
-		return rp.finish(dns.RcodeSuccess, decision, "")
-	}
-	until := now.Add(r.cfg.MinTTL + r.cfg.Grace)
-	if err := r.allow(sb, name, ip.String(), []netip.Addr{ip}, until, false); err != nil {
-		r.log.Error("allowlist write failed", "sandbox", sb.Name, "qname", name, "err", err)
-		return rp.finish(dns.RcodeServerFailure, audit.DecisionError, reasonAllowlist)
-	}
-	rp.msg.Answer = append(rp.msg.Answer, rr)
-	rp.ev.Answers = append(rp.ev.Answers, ip.String())
-	rp.expires = now.Add(r.cfg.MinTTL)
-	rp.allowedUntil, rp.minTTL = until, ttl
 	return rp.finish(dns.RcodeSuccess, decision, "")
 }
 

@@ -2,12 +2,14 @@ package dnsproxy
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -161,50 +163,51 @@ func zone(rrs ...string) func(q dns.Question, net string, m *dns.Msg) {
 	}
 }
 
-// fakePolicy matches exact names and "*.suffix" patterns.
-type fakePolicy struct {
-	rules map[string]*policy.Rule
-	remap map[string]*policy.Remap
-	audit bool
-	noV6  bool
+// testPolicy describes a policy in short form; build turns it into YAML
+// and parses it with policy.Parse.
+type testPolicy struct {
+	entries []string
+	audit   bool
+	noV6    bool
 }
 
-func (p *fakePolicy) MatchName(name string) policy.NameMatch {
-	r, ok := p.rules[name]
-	if !ok {
-		for pat, rr := range p.rules {
-			if strings.HasPrefix(pat, "*.") && strings.HasSuffix(name, pat[1:]) {
-				r, ok = rr, true
-				break
-			}
-		}
-	}
-	if !ok {
-		return policy.NameMatch{}
-	}
-	if r.Action == policy.ActionDeny {
-		return policy.NameMatch{Rule: r}
-	}
-	return policy.NameMatch{Allowed: true, Rule: r, Remap: r.Remap, Direct: r.Direct}
-}
+// newTestPolicy takes "name" (allow), "!name" (deny) and "name>target"
+// (remap) entries; names may be "*.suffix" patterns.
+func newTestPolicy(entries ...string) testPolicy { return testPolicy{entries: entries} }
 
-// newFakePolicy builds a policy from "name" (allow), "!name" (deny),
-// "name>target" (remap) entries.
-func newFakePolicy(entries ...string) *fakePolicy {
-	p := &fakePolicy{rules: map[string]*policy.Rule{}}
-	for i, e := range entries {
-		r := &policy.Rule{Index: i, Name: "r" + string(rune('0'+i))}
+func (tp testPolicy) auditMode() testPolicy { tp.audit = true; return tp }
+func (tp testPolicy) noIPv6() testPolicy    { tp.noV6 = true; return tp }
+
+func (tp testPolicy) yaml() string {
+	var b strings.Builder
+	b.WriteString("version: 1\n")
+	if tp.audit {
+		b.WriteString("mode: audit\n")
+	}
+	if tp.noV6 {
+		b.WriteString("ipv6: false\n")
+	}
+	b.WriteString("rules:\n")
+	for i, e := range tp.entries {
+		fmt.Fprintf(&b, "  - name: r%d\n", i)
 		switch {
 		case strings.HasPrefix(e, "!"):
-			e = e[1:]
-			r.Action = policy.ActionDeny
+			fmt.Fprintf(&b, "    hosts: [%q]\n    action: deny\n", e[1:])
 		case strings.Contains(e, ">"):
 			host, tgt, _ := strings.Cut(e, ">")
-			e = host
-			r.Remap = &policy.Remap{Host: tgt}
+			fmt.Fprintf(&b, "    hosts: [%q]\n    remap: %q\n", host, tgt)
+		default:
+			fmt.Fprintf(&b, "    hosts: [%q]\n", e)
 		}
-		r.Hosts = []string{e}
-		p.rules[e] = r
+	}
+	return b.String()
+}
+
+func (tp testPolicy) build(t testing.TB) *policy.Policy {
+	t.Helper()
+	p, err := policy.Parse("test.yaml", []byte(tp.yaml()))
+	if err != nil {
+		t.Fatalf("test policy:\n%s\n%v", tp.yaml(), err)
 	}
 	return p
 }
@@ -323,22 +326,20 @@ type env struct {
 	r     *Resolver
 	sb    *Sandbox
 	h     dns.Handler
-	pol   *fakePolicy
+	pol   atomic.Pointer[policy.Policy]
 	allow *allowRec
 	ev    *events
 }
 
-func newEnv(t testing.TB, cfg Config, pol *fakePolicy) *env {
+func newEnv(t testing.TB, cfg Config, tp testPolicy) *env {
 	t.Helper()
 	r, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{r: r, pol: pol, allow: &allowRec{}, ev: &events{}}
-	e.sb = &Sandbox{
-		Name: "sb1", ID: 42, Allow: e.allow, Audit: e.ev,
-		view: func() (NameMatcher, bool, bool) { return e.pol, e.pol.audit, !e.pol.noV6 },
-	}
+	e := &env{r: r, allow: &allowRec{}, ev: &events{}}
+	e.pol.Store(tp.build(t))
+	e.sb = &Sandbox{Name: "sb1", ID: 42, Allow: e.allow, Audit: e.ev, Policy: e.pol.Load}
 	e.h, err = r.Handler(e.sb)
 	if err != nil {
 		t.Fatal(err)

@@ -13,7 +13,7 @@ import (
 	"github.com/sluice-dev/sluice/pkg/policy"
 )
 
-const testPolicy = `version: 1
+const realPolicy = `version: 1
 ipv6: false
 rules:
   - name: api
@@ -53,7 +53,7 @@ func TestRealPolicy(t *testing.T) {
 		t.Fatal(err)
 	}
 	var cur atomic.Pointer[policy.Policy]
-	cur.Store(mustParse(t, testPolicy))
+	cur.Store(mustParse(t, realPolicy))
 	allow, evs := &allowRec{}, &events{}
 	sb := &Sandbox{Name: "real", ID: 7, Policy: cur.Load, Allow: allow, Audit: evs}
 	h, err := r.Handler(sb)

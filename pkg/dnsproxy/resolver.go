@@ -37,12 +37,6 @@ type Revoker interface {
 	Revoke(addr netip.Addr) error
 }
 
-// NameMatcher is the part of a policy the resolver consults;
-// *policy.Policy implements it.
-type NameMatcher interface {
-	MatchName(name string) policy.NameMatch
-}
-
 // Sandbox is the resolver's view of one sandbox.
 type Sandbox struct {
 	// Name and ID (the cgroup id) label audit events.
@@ -59,36 +53,6 @@ type Sandbox struct {
 	Bindings *Bindings
 	// Audit receives one event per query. Nil discards.
 	Audit audit.Emitter
-
-	// view replaces Policy in tests: matcher, audit mode, ipv6.
-	view func() (NameMatcher, bool, bool)
-}
-
-// current returns the sandbox's matcher, whether it is in audit mode,
-// whether AAAA answers are wanted, and the policy's identity (a pointer);
-// a nil matcher refuses everything.
-func (sb *Sandbox) current() (NameMatcher, bool, bool, any) {
-	if sb.view != nil {
-		m, a, v6 := sb.view()
-		return m, a, v6, m
-	}
-	p := sb.Policy()
-	if p == nil {
-		return nil, false, false, nil
-	}
-	return p, p.Mode == policy.ModeAudit, p.IPv6, p
-}
-
-// identity returns the current policy's identity, as current does.
-func (sb *Sandbox) identity() any {
-	if sb.view != nil {
-		m, _, _ := sb.view()
-		return m
-	}
-	if p := sb.Policy(); p != nil {
-		return p
-	}
-	return nil
 }
 
 // Resolver resolves, filters and caches on behalf of sandboxes. Create it
@@ -124,7 +88,7 @@ func New(cfg Config, log *slog.Logger) (*Resolver, error) {
 // Handler returns the dns.Handler that answers queries for sb. sb.Policy
 // and sb.Allow must be set; a nil sb.Bindings is created and stored.
 func (r *Resolver) Handler(sb *Sandbox) (dns.Handler, error) {
-	if sb == nil || (sb.Policy == nil && sb.view == nil) || sb.Allow == nil {
+	if sb == nil || sb.Policy == nil || sb.Allow == nil {
 		return nil, errors.New("dnsproxy: sandbox needs Policy and Allow")
 	}
 	if sb.Bindings == nil {
