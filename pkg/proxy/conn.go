@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"slices"
@@ -45,6 +46,25 @@ type connInfo struct {
 	start     time.Time
 	up, down  atomic.Int64
 	alpnH2    bool
+
+	// own is the upstream pool of a connection admitted by a CIDR rule: its
+	// requests never share upstream connections with other client
+	// connections (a pooled connection to the same name elsewhere must not
+	// receive this rule's credentials).
+	ownOnce sync.Once
+	own     *http.Transport
+}
+
+func (ci *connInfo) ownTransport(p *Proxy, h2 bool) *http.Transport {
+	ci.ownOnce.Do(func() { ci.own = p.newTransport(h2, 4) })
+	return ci.own
+}
+
+func (ci *connInfo) closeOwn() {
+	ci.ownOnce.Do(func() {})
+	if ci.own != nil {
+		ci.own.CloseIdleConnections()
+	}
 }
 
 func (ci *connInfo) port() uint16 { return ci.orig.Dst.Port() }

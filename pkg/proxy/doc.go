@@ -27,6 +27,14 @@
 // rule allows both; CONNECT, dot-segment paths and http:// absolute URIs on TLS
 // are refused.
 //
+// Upstream connections. Requests of connections admitted by name share
+// pooled upstream connections keyed by the upstream name and port (across
+// client connections and sandboxes: every such connection was verified for
+// that name, and each request carries its own credentials); HTTP/2 clients
+// are forwarded over HTTP/2 where the upstream offers it, HTTP/1.1 clients
+// over HTTP/1.1. A connection admitted by a CIDR rule gets its own upstream
+// pool that only ever dials its original destination.
+//
 // Invariants:
 //   - No upstream request is sent before the upstream certificate verified
 //     for the host name the request is forwarded to (Config.RootCAs).

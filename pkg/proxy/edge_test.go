@@ -240,3 +240,52 @@ func TestConnEventFields(t *testing.T) {
 		t.Fatal("query value or secret in events")
 	}
 }
+
+// A connection admitted by a CIDR rule must reach its original destination
+// even when a pooled upstream connection for the same name exists.
+func TestCIDRConnectionNeverUsesSharedPool(t *testing.T) {
+	var hitsA, hitsB atomic.Int64
+	a := newUpstream(t, "127.0.0.1", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hitsA.Add(1)
+		if r.Header.Get("X-Internal") != "" {
+			t.Error("CIDR rule credentials reached the named host")
+		}
+		io.WriteString(w, "A")
+	}))
+	aDst := addrPort(t, a.URL)
+	ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.7:%d", aDst.Port()))
+	if err != nil {
+		t.Skipf("cannot bind 127.0.0.7:%d: %v", aDst.Port(), err)
+	}
+	b := newUpstreamOn(t, ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hitsB.Add(1)
+		io.WriteString(w, "B "+r.Header.Get("X-Internal")) // echoed: redacted
+	}))
+	bDst := addrPort(t, b.URL)
+	e := newEnv(t, fmt.Sprintf(`
+version: 1
+rules:
+  - name: api
+    hosts: [api.test]
+    ports: [%[1]d]
+    headers: [{name: Authorization, type: secret, value: "Bearer {TOKEN}"}]
+  - name: internal
+    cidrs: [127.0.0.7/32]
+    ports: [%[1]d]
+    headers: [{name: X-Internal, type: secret, value: "{OTHER}"}]
+`, aDst.Port()))
+	e.bind("api.test", aDst)
+	// Pool an upstream connection to A for api.test.
+	resp, body := rawTLS(t, e, aDst, "api.test", "GET / HTTP/1.1\r\nHost: api.test\r\n\r\n")
+	if resp.StatusCode != 200 || body != "A" {
+		t.Fatalf("A: %d %q", resp.StatusCode, body)
+	}
+	// SNI api.test to the CIDR address: the CIDR rule decides, B answers.
+	resp, body = rawTLS(t, e, bDst, "api.test", "GET / HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n")
+	if resp.StatusCode != 200 || body != "B [redacted by sluice]" {
+		t.Fatalf("B: %d %q", resp.StatusCode, body)
+	}
+	if hitsA.Load() != 1 || hitsB.Load() != 1 {
+		t.Fatalf("hits A=%d B=%d, want 1 and 1", hitsA.Load(), hitsB.Load())
+	}
+}

@@ -59,6 +59,19 @@ func newUpstream(t testing.TB, ip string, h http.Handler) *httptest.Server {
 	return srv
 }
 
+func newUpstreamOn(t testing.TB, ln net.Listener, h http.Handler) *httptest.Server {
+	t.Helper()
+	srv := httptest.NewUnstartedServer(h)
+	srv.Listener.Close()
+	srv.Listener = ln
+	srv.EnableHTTP2 = true
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0)
+	srv.TLS = upstreamCA.TLSConfig()
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	return srv
+}
+
 func newPlainUpstream(t testing.TB, ip string, h http.Handler) *httptest.Server {
 	t.Helper()
 	srv := httptest.NewUnstartedServer(h)

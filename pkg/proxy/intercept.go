@@ -53,6 +53,7 @@ func (c *clientConn) Close() error {
 	c.once.Do(func() {
 		s := c.ci.s
 		s.untrack(c.Conn)
+		c.ci.closeOwn()
 		s.connEvent(c.ci)
 	})
 	return err

@@ -158,32 +158,8 @@ func New(cfg Config, log *slog.Logger) *Proxy {
 		cfg.Dial = d.DialContext
 	}
 	p := &Proxy{cfg: cfg, log: log}
-	newTransport := func(h2 bool) *http.Transport {
-		t := &http.Transport{
-			Proxy:       nil, // never an environment proxy
-			DialContext: p.dialUpstream,
-			TLSClientConfig: &tls.Config{
-				RootCAs:    cfg.RootCAs,
-				MinVersion: tls.VersionTLS12,
-			},
-			ForceAttemptHTTP2:     h2,
-			DisableCompression:    true, // pass Accept-Encoding and bodies through untouched
-			MaxIdleConns:          1024,
-			MaxIdleConnsPerHost:   cfg.MaxIdleConnsPerHost,
-			IdleConnTimeout:       90 * time.Second,
-			TLSHandshakeTimeout:   cfg.HandshakeTimeout,
-			ExpectContinueTimeout: time.Second,
-			ResponseHeaderTimeout: cfg.ResponseHeaderTimeout,
-			WriteBufferSize:       32 << 10,
-			ReadBufferSize:        32 << 10,
-		}
-		if !h2 {
-			t.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
-		}
-		return t
-	}
-	p.h1 = newTransport(false)
-	p.h2 = newTransport(true)
+	p.h1 = p.newTransport(false, cfg.MaxIdleConnsPerHost)
+	p.h2 = p.newTransport(true, cfg.MaxIdleConnsPerHost)
 	p.rp = &httputil.ReverseProxy{
 		Rewrite:   rewrite,
 		Transport: protoRouter{p},
@@ -206,6 +182,34 @@ func (p *Proxy) Close() {
 	p.h2.CloseIdleConnections()
 }
 
+// newTransport is an upstream pool: HTTP/1.1 only, or HTTP/2 where the
+// upstream offers it. It never resolves names (dialUpstream).
+func (p *Proxy) newTransport(h2 bool, idlePerHost int) *http.Transport {
+	cfg := &p.cfg
+	t := &http.Transport{
+		Proxy:       nil, // never an environment proxy
+		DialContext: p.dialUpstream,
+		TLSClientConfig: &tls.Config{
+			RootCAs:    cfg.RootCAs,
+			MinVersion: tls.VersionTLS12,
+		},
+		ForceAttemptHTTP2:     h2,
+		DisableCompression:    true, // pass Accept-Encoding and bodies through untouched
+		MaxIdleConns:          1024,
+		MaxIdleConnsPerHost:   idlePerHost,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   cfg.HandshakeTimeout,
+		ExpectContinueTimeout: time.Second,
+		ResponseHeaderTimeout: cfg.ResponseHeaderTimeout,
+		WriteBufferSize:       32 << 10,
+		ReadBufferSize:        32 << 10,
+	}
+	if !h2 {
+		t.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
+	}
+	return t
+}
+
 // protoRouter forwards an intercepted request upstream, preserving the
 // client's protocol: HTTP/2 clients (gRPC, modern SDKs) go over HTTP/2 where
 // the upstream offers it, HTTP/1.1 clients over HTTP/1.1 (cheaper per
@@ -214,6 +218,9 @@ type protoRouter struct{ p *Proxy }
 
 func (pr protoRouter) RoundTrip(r *http.Request) (*http.Response, error) {
 	p := pr.p
+	if rs, _ := r.Context().Value(reqKey{}).(*reqState); rs != nil && rs.ci.viaCIDR {
+		return rs.ci.ownTransport(p, r.ProtoMajor == 2).RoundTrip(r)
+	}
 	if r.ProtoMajor == 2 {
 		return p.h2.RoundTrip(r)
 	}
