@@ -28,9 +28,10 @@ func (f SinkFunc) WriteEvent(ev *Event) error { return f(ev) }
 
 // LoggerOptions tune a Logger. Zero values select the defaults.
 type LoggerOptions struct {
-	// Queue is the capacity of the queue Emit writes to (default 8192).
+	// Queue is the capacity of the queue Emit writes to (default 4096
+	// events; an Event is about 456 bytes).
 	Queue int
-	// SinkQueue is the capacity of each sink's own queue (default 4096).
+	// SinkQueue is the capacity of each sink's own queue (default 2048).
 	SinkQueue int
 	// ReportInterval is how often drops and sink errors are reported, as a
 	// warning on the slog.Logger and as a KindAudit event (default 10s).
@@ -96,10 +97,10 @@ var _ Emitter = (*Logger)(nil)
 // about drops and sink errors (never event contents); it must not be nil.
 func NewLogger(log *slog.Logger, opts LoggerOptions, sinks ...Sink) *Logger {
 	if opts.Queue <= 0 {
-		opts.Queue = 8192
+		opts.Queue = 4096
 	}
 	if opts.SinkQueue <= 0 {
-		opts.SinkQueue = 4096
+		opts.SinkQueue = 2048
 	}
 	if opts.ReportInterval <= 0 {
 		opts.ReportInterval = 10 * time.Second
