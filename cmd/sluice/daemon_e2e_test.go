@@ -350,6 +350,12 @@ func TestDaemonControlSocketRejectsBadCallers(t *testing.T) {
 			t.Errorf("body %q: status %d error %q, want 400 with a message", body, resp.StatusCode, e.Error)
 		}
 	}
+	// Attaching a cgroup that holds the daemon (here the root cgroup) would
+	// cut the daemon's own upstream connections: refused.
+	pol := writePolicy(t, w.dir, "p.yaml", "version: 1\nrules:\n  - name: p\n    hosts: [plain.test]\n")
+	if out, err := d.cli("attach", "--policy", pol, "--cgroup", "/", "--name", "everything"); err == nil || !strings.Contains(out, "contains the sluice daemon") {
+		t.Fatalf("attach of the root cgroup: err=%v\n%s", err, out)
+	}
 	if out, err := d.cli("list"); err != nil {
 		t.Fatalf("daemon died after malformed requests: %v\n%s", err, out)
 	}

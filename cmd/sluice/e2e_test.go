@@ -99,16 +99,26 @@ func newWorld(t *testing.T) *world {
 const demoSecret = "sk-e2e-5ecr3t-v4lue-7d1f0c"
 
 // run runs `sluice run` with the demo policy (or policyFile) and returns
-// its combined output and exit code.
+// its combined output and exit code. args may start with extra sluice run
+// flags ended by "--".
 func (w *world) run(t *testing.T, policyFile string, args ...string) (string, int) {
 	t.Helper()
 	if policyFile == "" {
 		policyFile = "../../testdata/policies/demo.yaml"
 	}
 	w.auth = filepath.Join(w.dir, fmt.Sprintf("audit-%d.jsonl", time.Now().UnixNano()))
+	// Extra sluice flags may come first, ended by "--".
+	var flags []string
+	for i, a := range args {
+		if a == "--" {
+			flags, args = args[:i], args[i+1:]
+			break
+		}
+	}
 	full := append([]string{"run", "--policy", policyFile, "--name", "e2e",
 		"--dns-upstream", w.dns.Addr, "--dns-allow-loopback", "--upstream-ca", w.api.CAFile,
-		"--secret-env", "DEMO_TOKEN", "--audit", w.auth, "--pin-dir", w.pin, "--"}, args...)
+		"--secret-env", "DEMO_TOKEN", "--audit", w.auth, "--pin-dir", w.pin}, flags...)
+	full = append(append(full, "--"), args...)
 	cmd := exec.Command(sluiceBin(t), full...)
 	cmd.Env = append(os.Environ(), "DEMO_TOKEN="+demoSecret)
 	var out bytes.Buffer
@@ -321,5 +331,20 @@ func assertNothingLeft(t *testing.T, w *world, cgBefore []string) {
 		if strings.HasPrefix(string(data), "e2e\n") {
 			t.Fatalf("run record left behind: %s", r.Name())
 		}
+	}
+}
+
+func TestRunAsUnprivilegedUserCannotLeaveCgroup(t *testing.T) {
+	w := newWorld(t)
+	mnt, err := cgroup.Mount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// As nobody, the command cannot move itself to the root cgroup.
+	script := fmt.Sprintf(`id -u; echo $$ > %s/cgroup.procs && echo ESCAPED || echo stayed`, mnt)
+	out, code := w.run(t, "", "--user", "65534", "--", "sh", "-c", script)
+	_ = code
+	if !strings.Contains(out, "65534") || !strings.Contains(out, "stayed") || strings.Contains(out, "ESCAPED") {
+		t.Fatalf("run --user 65534:\n%s", out)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -303,6 +304,11 @@ func (d *Daemon) Attach(ctx context.Context, req AttachRequest) (Info, error) {
 	if err != nil {
 		return Info{}, &apiError{http.StatusBadRequest, err.Error()}
 	}
+	// The daemon's own cgroup must stay outside every sandbox: its upstream
+	// connections would be refused, and every sandbox with them.
+	if self, err := cgroup.Self(); err == nil && isWithin(self, cgPath) {
+		return Info{}, &apiError{http.StatusBadRequest, fmt.Sprintf("cgroup %s contains the sluice daemon itself (%s): attach the sandbox's own cgroup", cgPath, self)}
+	}
 
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -485,4 +491,10 @@ func (d *Daemon) CA(name string) ([]byte, error) {
 		return nil, &apiError{http.StatusNotFound, fmt.Sprintf("no sandbox named %q (see sluice list)", name)}
 	}
 	return m.sb.CA.CertPEM(), nil
+}
+
+// isWithin reports whether path is dir or below it.
+func isWithin(path, dir string) bool {
+	path, dir = filepath.Clean(path), filepath.Clean(dir)
+	return path == dir || strings.HasPrefix(path, dir+"/")
 }

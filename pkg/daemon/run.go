@@ -43,6 +43,9 @@ type RunOptions struct {
 	PinDir           string
 	StateDir         string // secret store and callback key when present (default /var/lib/sluice)
 	Summary          bool   // print the allowed/denied summary at exit
+	// UID and GID run the command as that user (when UID >= 0). A command
+	// running as root can leave its cgroup: give an unprivileged user.
+	UID, GID int
 
 	Stdin          io.Reader
 	Stdout, Stderr io.Writer
@@ -230,6 +233,13 @@ func Run(ctx context.Context, o RunOptions) (int, error) {
 	cmd.Env = env
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = o.Stdin, o.Stdout, o.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: cgFD, Pdeathsig: syscall.SIGKILL}
+	if o.UID >= 0 {
+		gid := o.GID
+		if gid < 0 {
+			gid = o.UID
+		}
+		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(o.UID), Gid: uint32(gid)}
+	}
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT)
 	defer signal.Stop(sigs)
