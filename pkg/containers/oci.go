@@ -166,8 +166,10 @@ func resolvePolicy(ref string, cfg HookConfig) (string, error) {
 	return "", fmt.Errorf("no policy named %q in %s", ref, strings.Join(cfg.PolicyDirs, ", "))
 }
 
-// readPolicy reads a policy file, refusing anything but a regular file of
-// sane size. Errors never quote the content.
+// ReadPolicy reads a policy file, refusing anything but a regular file of
+// at most 1 MiB. Errors never quote the content.
+func ReadPolicy(path string) ([]byte, error) { return readPolicy(path) }
+
 func readPolicy(path string) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
