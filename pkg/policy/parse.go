@@ -232,10 +232,14 @@ func (ps *parser) parse(data []byte) *Policy {
 		return p
 	}
 	root := doc.Content[0]
+	before := len(ps.probs)
 	fields, ok := ps.mapping(root, "", "version", "mode", "ipv6", "rules")
 	if !ok {
 		return p
 	}
+	// A misspelt field already has its error: do not also report the
+	// field it was meant to be as missing.
+	clean := len(ps.probs) == before
 	var haveVersion, haveRules bool
 	var rulesNode *yaml.Node
 	for _, f := range fields {
@@ -265,11 +269,13 @@ func (ps *parser) parse(data []byte) *Policy {
 			rulesNode = f.val
 		}
 	}
-	if !haveVersion {
+	if !haveVersion && clean {
 		ps.errf(root, "version", "required; expect version: 1")
 	}
 	if !haveRules {
-		ps.errf(root, "rules", "required; write rules: [] for a policy that allows nothing")
+		if clean {
+			ps.errf(root, "rules", "required; write rules: [] for a policy that allows nothing")
+		}
 		return p
 	}
 	items, ok := ps.seq(rulesNode, "rules")
@@ -337,10 +343,12 @@ var ruleFields = []string{"name", "hosts", "paths", "methods", "ports", "cidrs",
 
 func (ps *parser) rule(i int, n *yaml.Node) (*Rule, *ruleSrc) {
 	path := fmt.Sprintf("rules[%d]", i)
+	before := len(ps.probs)
 	fields, ok := ps.mapping(n, path, ruleFields...)
 	if !ok {
 		return nil, nil
 	}
+	clean := len(ps.probs) == before // no misspelt field
 	r := &Rule{Index: i}
 	src := &ruleSrc{node: n, path: path}
 	var (
@@ -351,7 +359,6 @@ func (ps *parser) rule(i int, n *yaml.Node) (*Rule, *ruleSrc) {
 		pathsNode    *yaml.Node
 		methodsNode  *yaml.Node
 		portsNode    *yaml.Node
-		actionNode   *yaml.Node
 		envNode      *yaml.Node
 	)
 	for _, f := range fields {
@@ -429,7 +436,6 @@ func (ps *parser) rule(i int, n *yaml.Node) (*Rule, *ruleSrc) {
 				src.cidrNodes = append(src.cidrNodes, nodes[j])
 			}
 		case "action":
-			actionNode = f.val
 			if s, ok := ps.str(f.val, fp); ok {
 				switch s {
 				case "allow":
@@ -482,10 +488,10 @@ func (ps *parser) rule(i int, n *yaml.Node) (*Rule, *ruleSrc) {
 			r.Env, src.envNodes = ps.env(fp, f.val)
 		}
 	}
-	if !haveName {
+	if !haveName && clean {
 		ps.errf(n, join(path, "name"), "required; every rule needs a unique name")
 	}
-	if len(r.Hosts) == 0 && len(r.CIDRs) == 0 && !hasField(fields, "hosts") && !hasField(fields, "cidrs") {
+	if clean && !hasField(fields, "hosts") && !hasField(fields, "cidrs") {
 		ps.errf(n, path, "needs hosts or cidrs")
 	}
 	// Combinations.
@@ -523,7 +529,6 @@ func (ps *parser) rule(i int, n *yaml.Node) (*Rule, *ruleSrc) {
 	if r.Remap != nil && !hasField(fields, "hosts") {
 		ps.errf(src.remapNode, join(path, "remap"), "remap works through DNS and needs hosts")
 	}
-	_ = actionNode
 	return r, src
 }
 
