@@ -289,3 +289,40 @@ rules:
 		t.Fatalf("hits A=%d B=%d, want 1 and 1", hitsA.Load(), hitsB.Load())
 	}
 }
+
+func TestCIDRRuleRequests(t *testing.T) {
+	up := newPlainUpstream(t, "127.0.0.8", echoHeaders(nil))
+	dst := addrPort(t, up.URL)
+	e := newEnv(t, fmt.Sprintf(`
+version: 1
+rules:
+  - name: internal
+    cidrs: [127.0.0.8/32]
+    ports: [%d]
+    paths: ["/ok/*"]
+    methods: [GET]
+    headers: [{name: Authorization, type: secret, value: "Bearer {TOKEN}"}]
+`, dst.Port()))
+	c := e.client(false)
+	for _, tt := range []struct {
+		name, method, url string
+		code              int
+		want              string
+	}{
+		{name: "allowed, any Host", method: "GET", url: fmt.Sprintf("http://whatever.test:%d/ok/1", dst.Port()), code: 200, want: "auth=BEARER S3CR3T-TOKEN-VALUE host=whatever.test"},
+		{name: "path outside", method: "GET", url: fmt.Sprintf("http://whatever.test:%d/no", dst.Port()), code: 403, want: "sluice policy"},
+		{name: "method outside", method: "POST", url: fmt.Sprintf("http://%s/ok/1", dst), code: 403, want: "method: POST"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			e.hosts[fmt.Sprintf("whatever.test:%d", dst.Port())] = dst
+			req, _ := http.NewRequest(tt.method, tt.url, nil)
+			resp, err := c.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if body := readAll(t, resp); resp.StatusCode != tt.code || !strings.Contains(body, tt.want) {
+				t.Fatalf("got %d %q", resp.StatusCode, body)
+			}
+		})
+	}
+}

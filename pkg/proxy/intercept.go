@@ -247,10 +247,14 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case hasDotSegment(r.URL.Path):
 		violation = "paths with . or .. segments are not allowed"
 	case ci.viaCIDR:
-		// Admitted by address: the connection's rule applies, whatever the Host says.
-		rule = ci.rule
-		if rm := pol.MatchRequest(ci.orig.Dst.Addr().String(), port, r.Method, r.URL.Path); rm.Rule == ci.rule && !rm.Allowed {
+		// Admitted by address: the CIDR rules decide, whatever the Host says.
+		rm := pol.MatchRequest(ci.orig.Dst.Addr().String(), port, r.Method, r.URL.Path)
+		rule = rm.Rule
+		if !rm.Allowed {
 			violation = rm.Reason
+			if violation == "" {
+				violation = "no rule allows this request"
+			}
 		}
 	default:
 		if reqHost != ci.host {
