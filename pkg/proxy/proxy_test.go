@@ -112,7 +112,13 @@ rules:
 }
 
 func TestUpstreamSeesHTTP2(t *testing.T) {
-	up := newUpstream(t, "127.0.0.1", echoHeaders(nil))
+	up := newUpstream(t, "127.0.0.1", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// gRPC-style: status in a trailer.
+		w.Header().Set("Trailer", "Grpc-Status")
+		w.Header().Set("X-Proto", r.Proto)
+		io.WriteString(w, "body")
+		w.Header().Set("Grpc-Status", "0")
+	}))
 	dst := addrPort(t, up.URL)
 	e := newEnv(t, fmt.Sprintf(`
 version: 1
@@ -135,6 +141,9 @@ rules:
 		readAll(t, resp)
 		if got := resp.Header.Get("X-Proto"); got != tt.want {
 			t.Fatalf("h2 client %v: upstream saw %q, want %s", tt.h2, got, tt.want)
+		}
+		if got := resp.Trailer.Get("Grpc-Status"); got != "0" {
+			t.Fatalf("h2 client %v: trailer Grpc-Status %q, want 0", tt.h2, got)
 		}
 	}
 }
