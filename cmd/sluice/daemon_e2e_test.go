@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluice-dev/sluice/pkg/cgroup"
 	"github.com/sluice-dev/sluice/pkg/testutil"
 )
 
@@ -353,7 +354,11 @@ func TestDaemonControlSocketRejectsBadCallers(t *testing.T) {
 	// Attaching a cgroup that holds the daemon (here the root cgroup) would
 	// cut the daemon's own upstream connections: refused.
 	pol := writePolicy(t, w.dir, "p.yaml", "version: 1\nrules:\n  - name: p\n    hosts: [plain.test]\n")
-	if out, err := d.cli("attach", "--policy", pol, "--cgroup", "/", "--name", "everything"); err == nil || !strings.Contains(out, "contains the sluice daemon") {
+	mnt, err := cgroup.Mount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := d.cli("attach", "--policy", pol, "--cgroup", mnt, "--name", "everything"); err == nil || !strings.Contains(out, "contains the sluice daemon") {
 		t.Fatalf("attach of the root cgroup: err=%v\n%s", err, out)
 	}
 	if out, err := d.cli("list"); err != nil {

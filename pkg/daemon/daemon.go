@@ -281,6 +281,9 @@ func (d *Daemon) Attach(ctx context.Context, req AttachRequest) (Info, error) {
 		if cgPath, err = cgroup.OfPID(req.PID); err != nil {
 			return Info{}, &apiError{http.StatusBadRequest, err.Error()}
 		}
+		if err := d.checkNotSelf(cgPath); err != nil {
+			return Info{}, err
+		}
 		if netns, err = netnsOfPID(req.PID); err != nil {
 			return Info{}, &apiError{http.StatusBadRequest, err.Error()}
 		}
@@ -294,6 +297,9 @@ func (d *Daemon) Attach(ctx context.Context, req AttachRequest) (Info, error) {
 			}
 			cgPath = filepath.Join(root, cgPath)
 		}
+		if err := d.checkNotSelf(cgPath); err != nil {
+			return Info{}, err
+		}
 		if netns, err = netnsOfCgroup(cgPath); err != nil {
 			return Info{}, &apiError{http.StatusBadRequest, err.Error()}
 		}
@@ -303,11 +309,6 @@ func (d *Daemon) Attach(ctx context.Context, req AttachRequest) (Info, error) {
 	id, err := cgroup.ID(cgPath)
 	if err != nil {
 		return Info{}, &apiError{http.StatusBadRequest, err.Error()}
-	}
-	// The daemon's own cgroup must stay outside every sandbox: its upstream
-	// connections would be refused, and every sandbox with them.
-	if self, err := cgroup.Self(); err == nil && isWithin(self, cgPath) {
-		return Info{}, &apiError{http.StatusBadRequest, fmt.Sprintf("cgroup %s contains the sluice daemon itself (%s): attach the sandbox's own cgroup", cgPath, self)}
 	}
 
 	d.mu.Lock()
@@ -491,6 +492,15 @@ func (d *Daemon) CA(name string) ([]byte, error) {
 		return nil, &apiError{http.StatusNotFound, fmt.Sprintf("no sandbox named %q (see sluice list)", name)}
 	}
 	return m.sb.CA.CertPEM(), nil
+}
+
+// checkNotSelf refuses a cgroup that holds the daemon itself: its upstream
+// connections would be refused, and every sandbox's with them.
+func (d *Daemon) checkNotSelf(cgPath string) error {
+	if self, err := cgroup.Self(); err == nil && isWithin(self, cgPath) {
+		return &apiError{http.StatusBadRequest, fmt.Sprintf("cgroup %s contains the sluice daemon itself (%s): attach the sandbox's own cgroup", cgPath, self)}
+	}
+	return nil
 }
 
 // isWithin reports whether path is dir or below it.
