@@ -127,7 +127,22 @@ func Open(cfg Config, log *slog.Logger) (*Enforcer, error) {
 	}
 	e := &Enforcer{log: log, pinDir: pinDir}
 	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: mapDir}}
-	if err := spec.LoadAndAssign(&e.objs, opts); err != nil {
+	err = spec.LoadAndAssign(&e.objs, opts)
+	if errors.Is(err, ebpf.ErrMapIncompatible) {
+		// Pins of a development build with another layout. Replace them
+		// only when no sandbox uses them.
+		if ids, rerr := RegisteredSandboxes(pinDir); rerr == nil && len(ids) == 0 {
+			log.Warn("replacing pinned maps with an incompatible layout (no sandbox uses them)", "dir", mapDir)
+			entries, _ := os.ReadDir(mapDir)
+			for _, en := range entries {
+				os.Remove(filepath.Join(mapDir, en.Name()))
+			}
+			err = spec.LoadAndAssign(&e.objs, opts)
+		} else if rerr == nil {
+			return nil, fmt.Errorf("the pinned maps in %s have another layout and %d sandboxes still use them: detach them, or use another --pin-dir: %w", mapDir, len(ids), err)
+		}
+	}
+	if err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
 			return nil, fmt.Errorf("loading eBPF programs (verifier log follows):\n%+v", ve)

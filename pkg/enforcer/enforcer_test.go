@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/sluice-dev/sluice/pkg/cgroup"
 	"github.com/sluice-dev/sluice/pkg/testutil"
 )
@@ -321,4 +322,26 @@ func TestSandboxTableFull(t *testing.T) {
 	if f.e.Registered(id) {
 		t.Fatal("the refused cgroup is registered")
 	}
+}
+
+func TestOpenReplacesIncompatibleUnusedPins(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	dir := testutil.PinDir(t)
+	if err := os.MkdirAll(filepath.Join(dir, "maps"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	// A "counters" map of another layout, as an older build left it.
+	old, err := ebpf.NewMap(&ebpf.MapSpec{Name: "counters", Type: ebpf.Hash, KeySize: 8, ValueSize: 8, MaxEntries: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := old.Pin(filepath.Join(dir, "maps", "counters")); err != nil {
+		t.Fatal(err)
+	}
+	old.Close()
+	e, err := Open(Config{PinDir: dir}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatalf("open over unused incompatible pins: %v", err)
+	}
+	e.Close()
 }
