@@ -260,12 +260,19 @@ func (s *server) decide(pol *policy.Policy, ci *connInfo) {
 			}
 		}
 	default:
+		// No name from the client. If any name bound to the address needs
+		// HTTP-level handling, that one decides (a client must not escape a
+		// rule's paths or credentials by omitting SNI on a shared address);
+		// otherwise the first allowed name.
 		m = policy.ConnMatch{Verdict: policy.VerdictDeny}
 		for _, n := range names {
-			if nm := pol.MatchConn(n, port); nm.Verdict != policy.VerdictDeny {
-				m = nm
-				ci.host = n
+			nm := pol.MatchConn(n, port)
+			if nm.Verdict == policy.VerdictIntercept {
+				m, ci.host = nm, n
 				break
+			}
+			if nm.Verdict == policy.VerdictSplice && m.Verdict == policy.VerdictDeny {
+				m, ci.host = nm, n
 			}
 		}
 		if m.Verdict == policy.VerdictDeny {

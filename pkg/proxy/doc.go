@@ -22,7 +22,17 @@
 // target. Otherwise the address must be admitted by a CIDR rule, and then that
 // CIDR rule decides (never the name's rule, so a name cannot pull credentials
 // to an address that was not resolved for it). Without SNI/Host the first
-// allowed bound name decides, then the CIDR rules. Per request, a Host that
+// bound name that needs HTTP-level handling decides (so omitting SNI on a
+// shared address cannot escape a rule's paths), else the first allowed bound
+// name, then the CIDR rules. A client that sends nothing within
+// Config.FirstByteTimeout (a server-speaks-first protocol) is decided the same
+// way, and refused when the decision needs HTTP.
+//
+// Known limit: a spliced TLS connection is opaque, so a client can send one
+// allowed SNI and another Host inside it to a shared (CDN) address. Rules
+// without HTTP-level needs are never intercepted (pinned certificates keep
+// working), so this is accepted; put HTTP-level conditions on a rule to have
+// its Host checked per request. Per request, a Host that
 // differs from the connection's name (domain fronting) is refused unless one
 // rule allows both; CONNECT, dot-segment paths and http:// absolute URIs on TLS
 // are refused.

@@ -326,3 +326,31 @@ rules:
 		})
 	}
 }
+
+// Without SNI, an address shared by a spliced name and an intercepted one is
+// intercepted, so the intercepted rule's paths still apply.
+func TestNoSNISharedAddress(t *testing.T) {
+	var seen atomic.Int64
+	up := newUpstream(t, "127.0.0.1", echoHeaders(&seen))
+	dst := addrPort(t, up.URL)
+	e := newEnv(t, fmt.Sprintf(`
+version: 1
+rules:
+  - name: open
+    hosts: [open.test]
+    ports: [%[1]d]
+  - name: api
+    hosts: [api.test]
+    ports: [%[1]d]
+    paths: ["/allowed"]
+`, dst.Port()))
+	e.bind("open.test", dst)
+	e.bind("api.test", dst)
+	resp, body := rawTLS(t, e, dst, "", "GET /forbidden HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n")
+	if resp.StatusCode != 403 || !strings.Contains(body, "sluice policy") {
+		t.Fatalf("got %d %q", resp.StatusCode, body)
+	}
+	if seen.Load() != 0 {
+		t.Fatal("request reached the upstream")
+	}
+}
