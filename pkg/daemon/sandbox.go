@@ -141,7 +141,7 @@ func (rt *Runtime) Start(ctx context.Context, spec Spec) (*Sandbox, error) {
 	psb := &proxy.Sandbox{
 		Name: spec.Name, ID: spec.CgroupID, Policy: s.Policy,
 		Orig: origAdapter{kernel}, Names: s.bindings, CA: spec.CA,
-		Secrets: rt.Secrets, Callbacks: rt.Callbacks, Audit: rt.Audit,
+		Secrets: rt.Secrets, Callbacks: auditedCallbacks{rt.Callbacks, rt.Audit}, Audit: rt.Audit,
 	}
 	serve := func(name string, fn func() error) {
 		s.wg.Add(1)
