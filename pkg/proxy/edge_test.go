@@ -354,3 +354,38 @@ rules:
 		t.Fatal("request reached the upstream")
 	}
 }
+
+func TestIPv6ListenerSameSandbox(t *testing.T) {
+	ln6, err := net.Listen("tcp", "[::1]:0")
+	if err != nil {
+		t.Skipf("no IPv6 loopback: %v", err)
+	}
+	up := newUpstream(t, "127.0.0.1", echoHeaders(nil))
+	dst := addrPort(t, up.URL)
+	e := newEnv(t, apiPolicy(dst.Port()))
+	e.bind("api.test", dst)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.p.Serve(ctx, e.sb, ln6) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	c, err := net.Dial("tcp", ln6.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.orig.set(netip.MustParseAddrPort(c.LocalAddr().String()), dst)
+	tc := tls.Client(c, &tls.Config{ServerName: "api.test", RootCAs: e.sandbox, NextProtos: []string{"http/1.1"}})
+	defer tc.Close()
+	io.WriteString(tc, "GET /v1/x HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(tc), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body := readAll(t, resp); resp.StatusCode != 200 || !strings.Contains(body, "BEARER S3CR3T") {
+		t.Fatalf("got %d %q", resp.StatusCode, body)
+	}
+}

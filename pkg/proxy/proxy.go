@@ -229,19 +229,21 @@ func (pr protoRouter) RoundTrip(r *http.Request) (*http.Response, error) {
 
 // Serve accepts the sandbox's redirected connections on ln until ctx is
 // done (then it closes ln and every open connection and returns nil) or ln
-// fails permanently. sb must have Policy, Orig and CA set.
+// fails permanently. sb must have Policy, Orig and CA set; it is copied, so
+// the same Sandbox may be served on several listeners (127.0.0.1 and ::1).
 func (p *Proxy) Serve(ctx context.Context, sb *Sandbox, ln net.Listener) error {
 	if sb == nil || sb.Policy == nil || sb.Orig == nil || sb.CA == nil {
 		return errors.New("serving sandbox: Policy, Orig and CA are required")
 	}
+	sbc := *sb // the caller may serve the same sandbox on several listeners
+	if sbc.Audit == nil {
+		sbc.Audit = audit.Discard{}
+	}
 	s := &server{
 		p:     p,
-		sb:    sb,
+		sb:    &sbc,
 		log:   p.log.With("sandbox", sb.Name),
 		conns: make(map[net.Conn]struct{}),
-	}
-	if s.sb.Audit == nil {
-		s.sb.Audit = audit.Discard{}
 	}
 	s.startHTTP()
 	ctx, cancel := context.WithCancel(ctx)
