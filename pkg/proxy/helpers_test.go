@@ -100,9 +100,10 @@ func addrPort(t testing.TB, s string) netip.AddrPort {
 // registers the client address before the proxy looks it up (the lookup
 // waits briefly, as the registration races with Accept).
 type fakeOrig struct {
-	mu   sync.Mutex
-	m    map[netip.AddrPort]netip.AddrPort
-	cond *sync.Cond
+	mu       sync.Mutex
+	m        map[netip.AddrPort]netip.AddrPort
+	cond     *sync.Cond
+	fallback netip.AddrPort // for clients the test cannot register (external programs)
 }
 
 func newFakeOrig() *fakeOrig {
@@ -126,6 +127,9 @@ func (f *fakeOrig) OriginalDst(client netip.AddrPort) (Origin, error) {
 		if d, ok := f.m[client]; ok {
 			delete(f.m, client)
 			return Origin{Dst: d, PID: 42, Comm: "testclient", CgroupID: 7}, nil
+		}
+		if f.fallback.IsValid() {
+			return Origin{Dst: f.fallback, PID: 43, Comm: "external", CgroupID: 7}, nil
 		}
 		if time.Now().After(deadline) {
 			return Origin{}, errors.New("no original destination")
