@@ -1,0 +1,350 @@
+// Command report turns the measurements of scripts/bench/run.sh into the
+// benchmark table: the median of each row's rounds, its ratio to the
+// baseline measured in the same run, and whether the issue's target is met.
+// It prints the table, and writes it as JSON (-json) and as a Markdown
+// section (-md).
+//
+// Input (-in) has one measurement per line: "KEY VALUE". KEY names a
+// series (a.ka, c.lat.p99, ...); every round appends one line per series.
+// "KEY.inj" lines hold the share of upstream requests that carried the
+// injected header, "KEY.err" the count of failed requests, and "KEY na
+// REASON" marks a series that could not be measured.
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// row is one line of the table.
+type row struct {
+	ID       string // a, b, ... i
+	Key      string // series of the value
+	Label    string
+	Unit     string
+	Base     string  // series of the baseline ("" = none)
+	BaseName string  // how the baseline is described
+	Target   float64 // ratio target; 0 = none
+	Lower    bool    // a lower ratio is better (costs)
+	Diff     bool    // report value - baseline instead of a ratio (latency)
+	DiffMax  float64 // target for Diff rows: value - baseline < DiffMax
+}
+
+var rows = []row{
+	{ID: "a", Key: "a.ka", Label: "direct, keep-alive", Unit: "req/s"},
+	{ID: "a", Key: "a.nc", Label: "direct, new TLS connection per request", Unit: "req/s"},
+	{ID: "b", Key: "b.ka", Label: "sluice splice, keep-alive", Unit: "req/s", Base: "a.ka", BaseName: "a keep-alive", Target: 0.9},
+	{ID: "c", Key: "c.ka", Label: "sluice intercept + header, keep-alive", Unit: "req/s", Base: "a.ka", BaseName: "a keep-alive", Target: 0.5},
+	{ID: "c", Key: "c.ka", Label: "sluice intercept + header vs squid (e)", Unit: "req/s", Base: "e.ka", BaseName: "e keep-alive", Target: 3},
+	{ID: "c", Key: "c.lat.p50", Label: "sluice intercept, p50 added latency", Unit: "us", Base: "a.lat.p50", BaseName: "a p50 (1 client)", Diff: true},
+	{ID: "c", Key: "c.lat.p99", Label: "sluice intercept, p99 added latency", Unit: "us", Base: "a.lat.p99", BaseName: "a p99 (1 client)", Diff: true, DiffMax: 1000},
+	{ID: "d", Key: "d.nc", Label: "sluice intercept + header, new conn/request", Unit: "req/s", Base: "a.nc", BaseName: "a new conn", Target: 0.5},
+	{ID: "e", Key: "e.ka", Label: "squid ssl-bump + header, keep-alive", Unit: "req/s", Base: "a.ka", BaseName: "a keep-alive"},
+	{ID: "e", Key: "e.nc", Label: "squid ssl-bump + header, new conn/request", Unit: "req/s", Base: "a.nc", BaseName: "a new conn"},
+	{ID: "f", Key: "f.ka", Label: "mitmproxy + header, keep-alive", Unit: "req/s", Base: "a.ka", BaseName: "a keep-alive"},
+	{ID: "f", Key: "f.nc", Label: "mitmproxy + header, new conn/request", Unit: "req/s", Base: "a.nc", BaseName: "a new conn"},
+	{ID: "g", Key: "g.sluice", Label: "DNS cached answers, sluice resolver", Unit: "qps", Base: "g.peer", BaseName: "peer resolver", Target: 1},
+	{ID: "g", Key: "g.peer", Label: "DNS cached answers, peer forwarder", Unit: "qps"},
+	{ID: "h", Key: "h.inside", Label: "connect() inside vs outside a sandbox", Unit: "ns", Base: "h.outside", BaseName: "outside", Target: 1.1, Lower: true},
+	{ID: "i", Key: "i.direct", Label: "bulk 1 GiB direct", Unit: "MB/s"},
+	{ID: "i", Key: "i.splice", Label: "bulk 1 GiB through splice", Unit: "MB/s", Base: "i.direct", BaseName: "i direct", Target: 0.9},
+	{ID: "i", Key: "i.intercept", Label: "bulk 1 GiB through intercept", Unit: "MB/s", Base: "i.direct", BaseName: "i direct"},
+}
+
+type series struct {
+	values []float64
+	inj    []float64
+	errs   float64
+	na     string
+}
+
+// Result is one row of the JSON output.
+type Result struct {
+	Row        string    `json:"row"`
+	Series     string    `json:"series"`
+	Name       string    `json:"name"`
+	Unit       string    `json:"unit"`
+	Values     []float64 `json:"values,omitempty"`
+	Median     *float64  `json:"median"`
+	Baseline   string    `json:"baseline,omitempty"`
+	BaseMedian *float64  `json:"baseline_median,omitempty"`
+	Ratio      *float64  `json:"ratio,omitempty"`
+	Added      *float64  `json:"added,omitempty"`
+	Target     string    `json:"target,omitempty"`
+	Met        *bool     `json:"met,omitempty"`
+	Injected   *float64  `json:"header_injected_share,omitempty"`
+	Failed     float64   `json:"failed_requests,omitempty"`
+	NA         string    `json:"na,omitempty"`
+}
+
+// Report is the JSON document.
+type Report struct {
+	Date    string            `json:"date"`
+	Machine map[string]string `json:"machine"`
+	Setup   map[string]string `json:"setup"`
+	Rows    []Result          `json:"rows"`
+}
+
+func main() {
+	in := flag.String("in", "", "measurements file (required)")
+	jsonOut := flag.String("json", "", "write JSON here")
+	mdOut := flag.String("md", "", "write a Markdown section here")
+	var meta, setup kvFlag
+	flag.Var(&meta, "machine", "KEY=VALUE describing the machine (repeatable)")
+	flag.Var(&setup, "setup", "KEY=VALUE describing the run (repeatable)")
+	flag.Parse()
+	if *in == "" {
+		fmt.Fprintln(os.Stderr, "usage: report -in FILE [-json F] [-md F]")
+		os.Exit(2)
+	}
+	data, err := read(*in)
+	check(err)
+	rep := Report{Date: time.Now().UTC().Format(time.RFC3339), Machine: meta.m, Setup: setup.m}
+	for _, r := range rows {
+		rep.Rows = append(rep.Rows, evaluate(r, data))
+	}
+	printTable(os.Stdout, rep)
+	if *jsonOut != "" {
+		b, err := json.MarshalIndent(rep, "", "  ")
+		check(err)
+		check(os.WriteFile(*jsonOut, append(b, '\n'), 0o644))
+	}
+	if *mdOut != "" {
+		f, err := os.Create(*mdOut)
+		check(err)
+		writeMarkdown(f, rep)
+		check(f.Close())
+	}
+}
+
+func read(path string) (map[string]*series, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data := map[string]*series{}
+	get := func(k string) *series {
+		if data[k] == nil {
+			data[k] = &series{}
+		}
+		return data[k]
+	}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 2 {
+			continue
+		}
+		key, val := fields[0], fields[1]
+		if val == "na" {
+			get(strings.TrimSuffix(strings.TrimSuffix(key, ".inj"), ".err")).na = strings.Join(fields[2:], " ")
+			continue
+		}
+		v, err := strconv.ParseFloat(val, 64)
+		if err != nil || math.IsNaN(v) || math.IsInf(v, 0) {
+			continue
+		}
+		switch {
+		case strings.HasSuffix(key, ".inj"):
+			s := get(strings.TrimSuffix(key, ".inj"))
+			s.inj = append(s.inj, v)
+		case strings.HasSuffix(key, ".err"):
+			get(strings.TrimSuffix(key, ".err")).errs += v
+		default:
+			s := get(key)
+			s.values = append(s.values, v)
+		}
+	}
+	return data, sc.Err()
+}
+
+func median(v []float64) (float64, bool) {
+	if len(v) == 0 {
+		return 0, false
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2], true
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2, true
+}
+
+func evaluate(r row, data map[string]*series) Result {
+	res := Result{Row: r.ID, Series: r.Key, Name: r.ID + ". " + r.Label, Unit: r.Unit, Baseline: r.BaseName}
+	s := data[r.Key]
+	if s == nil {
+		res.NA = "not measured"
+		return res
+	}
+	res.Values, res.NA, res.Failed = s.values, s.na, s.errs
+	if m, ok := median(s.inj); ok {
+		res.Injected = &m
+	}
+	m, ok := median(s.values)
+	if !ok {
+		if res.NA == "" {
+			res.NA = "no value"
+		}
+		return res
+	}
+	res.Median = &m
+	if r.Base == "" {
+		return res
+	}
+	b := data[r.Base]
+	if b == nil {
+		return res
+	}
+	bm, ok := median(b.values)
+	if !ok {
+		return res
+	}
+	res.BaseMedian = &bm
+	switch {
+	case r.Diff:
+		d := m - bm
+		res.Added = &d
+		if r.DiffMax > 0 {
+			met := d < r.DiffMax
+			res.Met, res.Target = &met, fmt.Sprintf("< %g %s", r.DiffMax, r.Unit)
+		}
+	case bm > 0:
+		ratio := m / bm
+		res.Ratio = &ratio
+		if r.Target > 0 {
+			met := ratio >= r.Target
+			res.Target = fmt.Sprintf(">= %gx", r.Target)
+			if r.Lower {
+				met = ratio < r.Target
+				res.Target = fmt.Sprintf("< %gx", r.Target)
+			}
+			res.Met = &met
+		}
+	}
+	return res
+}
+
+func num(v *float64) string {
+	if v == nil {
+		return "n/a"
+	}
+	switch a := math.Abs(*v); {
+	case a >= 100:
+		return strconv.FormatFloat(*v, 'f', 0, 64)
+	case a >= 10:
+		return strconv.FormatFloat(*v, 'f', 1, 64)
+	default:
+		return strconv.FormatFloat(*v, 'f', 2, 64)
+	}
+}
+
+// versus describes the comparison column: a ratio or an added amount.
+func versus(r Result) string {
+	switch {
+	case r.Added != nil:
+		return "+" + num(r.Added) + " " + r.Unit
+	case r.Ratio != nil:
+		return fmt.Sprintf("%.2fx", *r.Ratio)
+	case r.Baseline == "" && r.Median != nil:
+		return "baseline"
+	}
+	return "n/a"
+}
+
+func verdict(r Result) string {
+	switch {
+	case r.Met == nil:
+		return ""
+	case *r.Met:
+		return "met (" + r.Target + ")"
+	default:
+		return "MISSED (" + r.Target + ")"
+	}
+}
+
+func notes(r Result) string {
+	var n []string
+	if r.NA != "" {
+		n = append(n, r.NA)
+	}
+	if r.Injected != nil {
+		n = append(n, fmt.Sprintf("header on %.0f%% of upstream requests", 100**r.Injected))
+	}
+	if r.Failed > 0 {
+		n = append(n, fmt.Sprintf("%.0f failed requests", r.Failed))
+	}
+	return strings.Join(n, "; ")
+}
+
+func printTable(w io.Writer, rep Report) {
+	fmt.Fprintf(w, "%-52s %12s %-6s %-18s %10s  %s\n", "row", "median", "unit", "vs", "", "target")
+	for _, r := range rep.Rows {
+		fmt.Fprintf(w, "%-52s %12s %-6s %-18s %10s  %s", r.Name, num(r.Median), r.Unit, r.Baseline, versus(r), verdict(r))
+		if n := notes(r); n != "" {
+			fmt.Fprintf(w, "  [%s]", n)
+		}
+		fmt.Fprintln(w)
+	}
+}
+
+func writeMarkdown(w io.Writer, rep Report) {
+	fmt.Fprintln(w, "| row | median | compared with | ratio / added | target | notes |")
+	fmt.Fprintln(w, "|---|---:|---|---:|---|---|")
+	for _, r := range rep.Rows {
+		med := num(r.Median)
+		if r.Median != nil {
+			med += " " + r.Unit
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s |\n", r.Name, med, r.Baseline, versus(r), verdict(r), notes(r))
+	}
+	fmt.Fprintln(w)
+	keys := func(m map[string]string) []string {
+		k := make([]string, 0, len(m))
+		for x := range m {
+			k = append(k, x)
+		}
+		slices.Sort(k)
+		return k
+	}
+	fmt.Fprintf(w, "Date: %s.", rep.Date)
+	for _, k := range keys(rep.Machine) {
+		fmt.Fprintf(w, " %s: %s.", k, rep.Machine[k])
+	}
+	fmt.Fprintln(w)
+	for _, k := range keys(rep.Setup) {
+		fmt.Fprintf(w, "- %s: %s\n", k, rep.Setup[k])
+	}
+}
+
+type kvFlag struct{ m map[string]string }
+
+func (f *kvFlag) String() string { return "" }
+func (f *kvFlag) Set(s string) error {
+	k, v, ok := strings.Cut(s, "=")
+	if !ok {
+		return fmt.Errorf("want KEY=VALUE, got %q", s)
+	}
+	if f.m == nil {
+		f.m = map[string]string{}
+	}
+	f.m[k] = v
+	return nil
+}
+
+func check(err error) {
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "report:", err)
+		os.Exit(1)
+	}
+}

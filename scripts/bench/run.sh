@@ -1,0 +1,363 @@
+#!/usr/bin/env bash
+# sluice benchmarks (issue #9). Every figure is a ratio against a baseline
+# measured in the same run, because absolute numbers drift between machines.
+# Loopback only; bounded durations; everything started here is stopped on
+# exit.
+#
+# Rows (median of BENCH_ROUNDS rounds, interleaved: every round measures
+# every row once, in the same order):
+#   a  direct HTTPS to the loopback upstream (hey), keep-alive and a new TLS
+#      connection per request
+#   b  through `sluice run`, splice rule (allowed host, no interception)
+#   c  through `sluice run`, intercept rule injecting Authorization from a
+#      secret, keep-alive; plus p50/p99 added latency with one client
+#   d  c with a new TLS connection per request
+#   e  squid ssl-bump adding the same header (explicit proxy, hey -x)
+#   f  mitmproxy adding the same header (explicit proxy, hey -x)
+#   g  DNS cached-answer qps: the sluice resolver (dnsperf inside
+#      `sluice run`, port 53 redirected by the kernel) against dnsmasq as a
+#      forwarder to the same authoritative server
+#   h  connect() cost inside against outside a sandbox (direct CIDR rule)
+#   i  bulk download (BENCH_BULK_BYTES, default 1 GiB) direct, through
+#      splice and through intercept
+# The load generators of b, c, d, g and i run INSIDE `sluice run` (real
+# cgroup, real eBPF redirect, real resolver and proxy), as a user runs them.
+#
+# Environment: SLUICE (binary, default bin/sluice), BENCH_OUT (JSON, default
+# /tmp/sluice-bench-results.json), BENCH_MD (Markdown table, default
+# BENCH_OUT with .md), BENCH_ROUNDS (3), BENCH_DURATION (seconds per load
+# run, 4), BENCH_CONCURRENCY (hey -c, 50), BENCH_BULK_BYTES (1073741824),
+# BENCH_LATENCY_REQUESTS (2000), BENCH_KEEP (set: keep the work directory
+# with the peers' logs and the raw measurements).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+[ "$(id -u)" -eq 0 ] || { echo "make bench needs root (sandboxes are real cgroups with eBPF)" >&2; exit 1; }
+SLUICE=${SLUICE:-bin/sluice}
+OUT=${BENCH_OUT:-/tmp/sluice-bench-results.json}
+MD=${BENCH_MD:-${OUT%.json}.md}
+ROUNDS=${BENCH_ROUNDS:-3}
+DUR=${BENCH_DURATION:-4}
+CONC=${BENCH_CONCURRENCY:-50}
+BULK=${BENCH_BULK_BYTES:-1073741824}
+LAT_N=${BENCH_LATENCY_REQUESTS:-2000}
+start_ts=$(date +%s)
+
+scripts/bench/deps.sh || echo "bench: scripts/bench/deps.sh failed; rows that need a missing tool read n/a" >&2
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
+log() { printf '[%4ds] %s\n' "$(($(date +%s) - start_ts))" "$*" >&2; }
+
+work=$(mktemp -d /tmp/sluice-bench.XXXXXX)
+chmod 755 "$work"
+pids=()
+cleanup() {
+	local p
+	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+	for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+	if [ -n "${BENCH_KEEP:-}" ]; then echo "bench: kept $work" >&2; else rm -rf "$work"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+log "building the benchmark tools"
+mkdir -p "$work/bin"
+go build -o "$work/bin/" ./scripts/bench/connect ./scripts/bench/origin ./scripts/bench/probe ./scripts/bench/report
+B=$work/bin
+M=$work/measurements
+: >"$M"
+rec() { echo "$*" >>"$M"; } # KEY VALUE... (VALUE "na" + reason marks a gap)
+
+sluice_ok=1
+[ -x "$SLUICE" ] || { sluice_ok=; log "no $SLUICE: sluice rows read n/a (run make build)"; }
+
+# --- loopback world: HTTPS upstream, authoritative DNS, header counter ---
+BENCH_TOKEN="bench-$RANDOM$RANDOM$RANDOM"
+export BENCH_TOKEN
+"$B/origin" -dir "$work" &
+pids+=($!)
+for _ in $(seq 100); do [ -f "$work/env" ] && break; sleep 0.05; done
+# shellcheck disable=SC1091
+. "$work/env"
+printf '127.0.0.1 localhost\n127.0.0.1 api.bench.test splice.bench.test\n' >"$work/hosts"
+API=https://api.bench.test:$UP_PORT
+SPLICE=https://splice.bench.test:$UP_PORT
+
+# ns runs a command outside any sandbox with the test names in its own
+# /etc/hosts (a private mount namespace; the machine's file is untouched).
+ns() { unshare -m --propagation private sh -c 'mount --bind "$0" /etc/hosts && exec "$@"' "$work/hosts" "$@"; }
+
+cat >"$work/bench.yaml" <<POL
+version: 1
+rules:
+  - name: bench-intercept
+    hosts: [api.bench.test]
+    headers:
+      - {name: Authorization, type: secret, value: "Bearer {BENCH_TOKEN}"}
+  - name: bench-splice
+    hosts: [splice.bench.test]
+POL
+sl() {
+	"$SLUICE" run --no-summary --policy "$work/bench.yaml" --dns-upstream "$DNS_ADDR" --dns-allow-loopback \
+		--upstream-ca "$UP_CA" --secret-env BENCH_TOKEN -- "$@"
+}
+
+wait_tcp() { # port: wait until something accepts on 127.0.0.1:port
+	for _ in $(seq 150); do
+		(exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+		sleep 0.1
+	done
+	return 1
+}
+
+# --- peers ---
+squid_port=
+if have squid && [ -x /usr/lib/squid/security_file_certgen ]; then
+	log "starting squid (ssl-bump, request_header_add)"
+	squid_port=$("$B/probe" freeport)
+	mkdir -p "$work/squid"
+	squid_log=none
+	[ -n "${BENCH_KEEP:-}" ] && squid_log="stdio:$work/squid/access.log"
+	cp "$PEER_CA" "$PEER_KEY" "$work/squid/"
+	/usr/lib/squid/security_file_certgen -c -s "$work/squid/ssldb" -M 16MB >/dev/null
+	cat >"$work/squid/squid.conf" <<CONF
+http_port 127.0.0.1:$squid_port ssl-bump tls-cert=$work/squid/peer-ca.pem tls-key=$work/squid/peer-ca.key generate-host-certificates=on dynamic_cert_mem_cache_size=16MB
+sslcrtd_program /usr/lib/squid/security_file_certgen -s $work/squid/ssldb -M 16MB
+sslcrtd_children 4 startup=1 idle=1
+ssl_bump bump all
+tls_outgoing_options cafile=$UP_CA
+request_header_add Authorization "Bearer $BENCH_TOKEN" all
+http_access allow all
+cache deny all
+access_log $squid_log
+cache_log $work/squid/cache.log
+pid_filename $work/squid/squid.pid
+coredump_dir $work/squid
+hosts_file $work/hosts
+dns_nameservers 127.0.0.1
+visible_hostname sluice-bench
+pinger_enable off
+workers 1
+shutdown_lifetime 1 seconds
+CONF
+	chown -R proxy:proxy "$work/squid" 2>/dev/null || true
+	chmod 600 "$work/squid/peer-ca.key"
+	squid -N -f "$work/squid/squid.conf" >"$work/squid/out" 2>&1 &
+	pids+=($!)
+	wait_tcp "$squid_port" || { log "squid did not start: $(tail -n 3 "$work/squid/out" "$work/squid/cache.log" 2>/dev/null)"; squid_port=; }
+fi
+
+mitm_port=
+if have mitmdump; then
+	log "starting mitmproxy (mitmdump with a header addon)"
+	mitm_port=$("$B/probe" freeport)
+	mkdir -p "$work/mitm"
+	cat >"$work/mitm/addheader.py" <<'PY'
+import os
+
+TOKEN = "Bearer " + os.environ["BENCH_TOKEN"]
+
+
+def request(flow):
+    flow.request.headers["Authorization"] = TOKEN
+PY
+	ns mitmdump -q --listen-host 127.0.0.1 --listen-port "$mitm_port" --set confdir="$work/mitm" \
+		--set ssl_verify_upstream_trusted_ca="$UP_CA" --set flow_detail=0 --set termlog_verbosity=error \
+		-s "$work/mitm/addheader.py" >"$work/mitm/out" 2>&1 &
+	pids+=($!)
+	wait_tcp "$mitm_port" || { log "mitmproxy did not start: $(tail -n 3 "$work/mitm/out")"; mitm_port=; }
+fi
+
+dnsmasq_port=
+if have dnsmasq; then
+	log "starting dnsmasq (forwarder with cache)"
+	dnsmasq_port=$("$B/probe" freeport)
+	dnsmasq --keep-in-foreground --conf-file=/dev/null --port="$dnsmasq_port" --listen-address=127.0.0.1 \
+		--bind-interfaces --no-resolv --no-hosts --no-poll --server="${DNS_ADDR/:/#}" --cache-size=10000 \
+		--user=root --group=root --pid-file= >"$work/dnsmasq.out" 2>&1 &
+	pids+=($!)
+	wait_tcp "$dnsmasq_port" || { log "dnsmasq did not start: $(tail -n 3 "$work/dnsmasq.out")"; dnsmasq_port=; }
+fi
+printf 'api.bench.test A\n' >"$work/queries"
+
+# --- h: connect() server and its policy (direct CIDR rule, no proxy) ---
+"$B/connect" -serve 127.0.0.1:0 >"$work/connect.addr" &
+pids+=($!)
+for _ in $(seq 50); do [ -s "$work/connect.addr" ] && break; sleep 0.05; done
+connect_addr=$(cat "$work/connect.addr")
+cat >"$work/direct.yaml" <<POL
+version: 1
+rules:
+  - name: bench-direct
+    cidrs: [127.0.0.1/32]
+    ports: [${connect_addr##*:}]
+    direct: true
+POL
+
+# --- measurements ---
+stats() { curl -s --noproxy '*' --max-time 5 "http://$STATS_ADDR/" | sed -E 's/.*"injected":([0-9]+).*"total":([0-9]+).*/\2 \1/'; }
+
+# hey_row KEY RUNNER... -- HEY-ARGS: one hey run; records req/s, failed
+# requests and the share of upstream requests that carried the header.
+hey_row() {
+	local key=$1
+	shift
+	local runner=()
+	while [ "$1" != "--" ]; do runner+=("$1"); shift; done
+	shift
+	local before after out parsed
+	before=$(stats)
+	out=$("${runner[@]}" hey -z "${DUR}s" -c "$CONC" "$@" 2>&1) || true
+	after=$(stats)
+	parsed=$(awk '
+		/Requests\/sec:/ { rps = $2 }
+		/^Status code distribution:/ { sec = "s"; next }
+		/^Error distribution:/ { sec = "e"; next }
+		sec == "s" && /^ *\[[0-9]+\]/ { c = $1; gsub(/[][]/, "", c); if (c != 200) bad += $2 }
+		sec == "e" && /^ *\[[0-9]+\]/ { n = $1; gsub(/[][]/, "", n); bad += n }
+		END { printf "%s %d\n", (rps == "" ? "na" : rps), bad }' <<<"$out")
+	if [ "${parsed%% *}" = na ]; then
+		rec "$key" na "hey failed: $(tail -n 1 <<<"$out")"
+		return
+	fi
+	rec "$key" "${parsed%% *}"
+	rec "$key.err" "${parsed##* }"
+	read -r t0 i0 <<<"$before"
+	read -r t1 i1 <<<"$after"
+	[ "$((t1 - t0))" -gt 0 ] && rec "$key.inj" "$(awk -v i="$((i1 - i0))" -v t="$((t1 - t0))" 'BEGIN { printf "%.4f", i / t }')"
+	return 0
+}
+
+# json_field NAME: the number of "NAME": in the JSON on stdin.
+json_field() { sed -nE "s/.*\"$1\":([0-9.eE+-]+).*/\\1/p"; }
+
+lat_row() { # KEY RUNNER... -- PROBE-ARGS
+	local key=$1
+	shift
+	local runner=()
+	while [ "$1" != "--" ]; do runner+=("$1"); shift; done
+	shift
+	local out
+	if out=$("${runner[@]}" "$B/probe" latency -n "$LAT_N" "$@" 2>&1); then
+		rec "$key.p50" "$(json_field p50_us <<<"$out")"
+		rec "$key.p99" "$(json_field p99_us <<<"$out")"
+	else
+		rec "$key.p50" na "probe failed: $(tail -n 1 <<<"$out")"
+		rec "$key.p99" na "probe failed"
+	fi
+}
+
+bulk_row() { # KEY RUNNER... -- PROBE-ARGS
+	local key=$1
+	shift
+	local runner=()
+	while [ "$1" != "--" ]; do runner+=("$1"); shift; done
+	shift
+	local out bytes
+	if out=$("${runner[@]}" "$B/probe" bulk "$@" 2>&1) && bytes=$(json_field bytes <<<"$out") && [ "$bytes" = "$BULK" ]; then
+		rec "$key" "$(json_field bytes_per_sec <<<"$out" | awk '{ printf "%.1f", $1 / 1e6 }')"
+	else
+		rec "$key" na "bulk failed: $(tail -n 1 <<<"$out")"
+	fi
+}
+
+dns_row() { # KEY SERVER PORT RUNNER...
+	local key=$1 server=$2 port=$3
+	shift 3
+	local out qps
+	if have dnsperf; then
+		out=$("$@" dnsperf -s "$server" -p "$port" -d "$work/queries" -l "$DUR" -Q 10000000 2>&1) || true
+		qps=$(awk '/Queries per second:/ { print $4 }' <<<"$out")
+		rec "$key.err" "$(awk '/Queries lost:/ { print $3 }' <<<"$out")"
+	else
+		out=$("$@" "$B/probe" dns -d "${DUR}s" "$server:$port" 2>&1) || true
+		qps=$(json_field qps <<<"$out")
+		rec "$key.err" "$(json_field failed <<<"$out")"
+	fi
+	if [ -n "$qps" ]; then rec "$key" "$qps"; else rec "$key" na "dns load failed: $(tail -n 1 <<<"$out")"; fi
+}
+
+connect_row() { # KEY RUNNER...
+	local key=$1
+	shift
+	local out
+	if out=$("$@" "$B/connect" -n 5000 -rounds 5 "$connect_addr" 2>&1); then
+		rec "$key" "$(json_field ns_per_connect <<<"$out")"
+	else
+		rec "$key" na "connect failed: $(tail -n 1 <<<"$out")"
+	fi
+}
+
+
+sl_h() { "$SLUICE" run --no-summary --policy "$work/direct.yaml" --dns-upstream 127.0.0.1:1 -- "$@"; }
+
+# want KEY: is this series selected (BENCH_ONLY, an extended regex over
+# series keys such as "^(a|e)\." for debugging; default all)?
+want() { [[ $1 =~ ${BENCH_ONLY:-.} ]]; }
+# need KEY TOOL-VALUE REASON: want KEY, and TOOL-VALUE is set (else n/a).
+need() {
+	want "$1" || return 1
+	if [ -z "$2" ]; then
+		case $1 in
+		*.lat) rec "$1.p50" na "$3" && rec "$1.p99" na "$3" ;;
+		*) rec "$1" na "$3" ;;
+		esac
+		return 1
+	fi
+}
+hey_ok=; have hey && hey_ok=1
+
+# hey 0.1.4 sends the Host header, port included, as the TLS server name
+# ("api.bench.test:PORT"); sluice refuses a ClientHello with such a name, so
+# the direct and sluice rows pass -host NAME (server name and Host without
+# the port; the upstream ignores Host). The explicit-proxy rows keep the
+# port in Host, which squid and mitmproxy use to build the upstream URL.
+for round in $(seq "$ROUNDS"); do
+	log "round $round/$ROUNDS: a-f HTTPS load (hey -z ${DUR}s -c $CONC)"
+	need a.ka "$hey_ok" "hey not available" && hey_row a.ka ns -- -host api.bench.test "$API/"
+	need b.ka "${hey_ok:+$sluice_ok}" "hey or sluice not available" && hey_row b.ka sl -- -host splice.bench.test "$SPLICE/"
+	need c.ka "${hey_ok:+$sluice_ok}" "hey or sluice not available" && hey_row c.ka sl -- -host api.bench.test "$API/"
+	need e.ka "${hey_ok:+$squid_port}" "hey or squid-openssl not available" &&
+		hey_row e.ka -- -x "http://127.0.0.1:$squid_port" "$API/"
+	need f.ka "${hey_ok:+$mitm_port}" "hey or mitmproxy not available" &&
+		hey_row f.ka -- -x "http://127.0.0.1:$mitm_port" "$API/"
+	need a.nc "$hey_ok" "hey not available" && hey_row a.nc ns -- -disable-keepalive -host api.bench.test "$API/"
+	need d.nc "${hey_ok:+$sluice_ok}" "hey or sluice not available" &&
+		hey_row d.nc sl -- -disable-keepalive -host api.bench.test "$API/"
+	need e.nc "${hey_ok:+$squid_port}" "hey or squid-openssl not available" &&
+		hey_row e.nc -- -x "http://127.0.0.1:$squid_port" -disable-keepalive "$API/"
+	need f.nc "${hey_ok:+$mitm_port}" "hey or mitmproxy not available" &&
+		hey_row f.nc -- -x "http://127.0.0.1:$mitm_port" -disable-keepalive "$API/"
+
+	log "round $round/$ROUNDS: c latency (one client, $LAT_N sequential keep-alive requests)"
+	want a.lat && lat_row a.lat -- -resolve api.bench.test:127.0.0.1 -cacert "$UP_CA" "$API/"
+	need c.lat "$sluice_ok" "sluice not built" && lat_row c.lat sl -- "$API/"
+
+	log "round $round/$ROUNDS: i bulk $BULK bytes"
+	want i.direct && bulk_row i.direct -- -resolve api.bench.test:127.0.0.1 -cacert "$UP_CA" "$API/bulk?n=$BULK"
+	# splice passes the upstream's own certificate through: trust its CA
+	need i.splice "$sluice_ok" "sluice not built" && bulk_row i.splice sl -- -cacert "$UP_CA" "$SPLICE/bulk?n=$BULK"
+	need i.intercept "$sluice_ok" "sluice not built" && bulk_row i.intercept sl -- "$API/bulk?n=$BULK"
+
+	log "round $round/$ROUNDS: g DNS cached answers (${DUR}s each)"
+	need g.sluice "$sluice_ok" "sluice not built" && dns_row g.sluice 127.0.0.1 53 sl
+	need g.peer "$dnsmasq_port" "dnsmasq not available" && dns_row g.peer 127.0.0.1 "$dnsmasq_port" env
+
+	log "round $round/$ROUNDS: h connect()"
+	want h.outside && connect_row h.outside env
+	need h.inside "$sluice_ok" "sluice not built" && connect_row h.inside sl_h
+done
+
+log "measured; writing $OUT and $MD"
+ver() { "$@" 2>&1 | head -n 1 | tr -d '\n' | tr -s ' ' || true; }
+"$B/report" -in "$M" -json "$OUT" -md "$MD" \
+	-machine "cpus=$(nproc)" \
+	-machine "kernel=$(uname -r)" \
+	-machine "cpu=$(sed -nE 's/^model name\s*: //p' /proc/cpuinfo | head -n 1)" \
+	-machine "memory=$(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)" \
+	-setup "command=make bench (scripts/bench/run.sh)" \
+	-setup "rounds=$ROUNDS (median), interleaved" \
+	-setup "load=hey -z ${DUR}s -c $CONC, HTTP/1.1, 3-byte body; latency: $LAT_N sequential requests, one client; bulk: $BULK bytes, one GET" \
+	-setup "sluice=$(ver "$SLUICE" version)" \
+	-setup "tools=$(dpkg-query -W -f '${Package} ${Version}, ' hey squid-openssl mitmproxy dnsmasq-base dnsperf 2>/dev/null | sed 's/, $//')" \
+	-setup "go=$(go env GOVERSION)" \
+	-setup "duration=$(($(date +%s) - start_ts)) s"
+echo "results written to $OUT and $MD"
