@@ -389,3 +389,28 @@ func TestIPv6ListenerSameSandbox(t *testing.T) {
 		t.Fatalf("got %d %q", resp.StatusCode, body)
 	}
 }
+
+func TestTLSSessionResumption(t *testing.T) {
+	up := newUpstream(t, "127.0.0.1", echoHeaders(nil))
+	dst := addrPort(t, up.URL)
+	e := newEnv(t, apiPolicy(dst.Port()))
+	e.bind("api.test", dst)
+	cfg := &tls.Config{ServerName: "api.test", RootCAs: e.sandbox, ClientSessionCache: tls.NewLRUClientSessionCache(4), NextProtos: []string{"http/1.1"}}
+	for i, wantResume := range []bool{false, true} {
+		c, err := e.dial(context.Background(), dst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tc := tls.Client(c, cfg)
+		io.WriteString(tc, "GET /v1/x HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(tc), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		readAll(t, resp) // TLS 1.3 tickets arrive after the handshake
+		if got := tc.ConnectionState().DidResume; got != wantResume {
+			t.Fatalf("connection %d: DidResume %v, want %v", i, got, wantResume)
+		}
+		tc.Close()
+	}
+}

@@ -86,7 +86,26 @@ func (l *chanListener) Addr() net.Addr { return &net.TCPAddr{IP: net.IPv4(127, 0
 type connKey struct{}
 type reqKey struct{}
 
+// newTLSConfig is the sandbox-facing TLS configuration of one server. It is
+// shared by all its connections, so TLS session tickets let clients resume;
+// the leaf is chosen per connection from the name the connection was
+// decided on (the SNI, or the bound name when the client sent none).
+func (s *server) newTLSConfig() *tls.Config {
+	return &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		NextProtos: []string{"h2", "http/1.1"},
+		GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+			cc, ok := hello.Conn.(*clientConn)
+			if !ok {
+				return nil, errors.New("unexpected connection type")
+			}
+			return s.sb.CA.Leaf(cc.ci.host)
+		},
+	}
+}
+
 func (s *server) startHTTP() {
+	s.tlsConfig = s.newTLSConfig()
 	s.httpLn = &chanListener{ch: make(chan net.Conn), done: make(chan struct{})}
 	var protos http.Protocols
 	protos.SetHTTP1(true)
@@ -125,18 +144,9 @@ func (s *server) intercept(ctx context.Context, c net.Conn, peeked []byte, ci *c
 	cc := &clientConn{Conn: c, prefix: peeked, ci: ci}
 	var hc net.Conn = cc
 	if ci.proto == protoTLS {
-		leaf, err := s.sb.CA.Leaf(ci.host)
-		if err != nil {
-			ci.reason = err.Error()
-			return false
-		}
-		tc := tls.Server(cc, &tls.Config{
-			MinVersion:   tls.VersionTLS12,
-			NextProtos:   []string{"h2", "http/1.1"},
-			Certificates: []tls.Certificate{*leaf},
-		})
+		tc := tls.Server(cc, s.tlsConfig)
 		hctx, cancel := context.WithTimeout(ctx, s.p.cfg.HandshakeTimeout)
-		err = tc.HandshakeContext(hctx)
+		err := tc.HandshakeContext(hctx)
 		cancel()
 		if err != nil {
 			ci.reason = "TLS handshake with client: " + err.Error()

@@ -299,9 +299,10 @@ type server struct {
 	closed bool
 	wg     sync.WaitGroup
 
-	httpSrv *http.Server
-	httpLn  *chanListener
-	httpWG  sync.WaitGroup
+	tlsConfig *tls.Config
+	httpSrv   *http.Server
+	httpLn    *chanListener
+	httpWG    sync.WaitGroup
 }
 
 func (s *server) track(c net.Conn) bool {
