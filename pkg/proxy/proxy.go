@@ -34,9 +34,10 @@ type OriginalDst interface {
 	OriginalDst(client netip.AddrPort) (Origin, error)
 }
 
-// NameLookup returns the names this sandbox resolved (through sluice's
-// resolver) to addr, most recent first. Names are the names the sandbox
-// asked for, also when the resolver remapped them to a mirror.
+// NameLookup returns the unexpired names this sandbox resolved (through
+// sluice's resolver) to addr: the names the sandbox asked for, also when the
+// resolver remapped them to a mirror. Order is only a tie-break (the first
+// allowed name decides a connection without SNI/Host when none needs HTTP).
 type NameLookup interface {
 	Names(addr netip.Addr) []string
 }
