@@ -415,6 +415,9 @@ func (s *server) splice(ctx context.Context, c net.Conn, peeked []byte, ci *conn
 		up.Close()
 	} else {
 		closeWrite(c)
+		// The upstream is done; a client that neither sends nor closes must
+		// not pin the connection forever.
+		c.SetReadDeadline(time.Now().Add(s.p.cfg.IdleTimeout))
 	}
 	wg.Wait()
 }
