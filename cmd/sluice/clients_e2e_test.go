@@ -1,0 +1,305 @@
+package main
+
+import (
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/sluice-dev/sluice/pkg/audit"
+	"github.com/sluice-dev/sluice/pkg/testutil"
+	"github.com/sluice-dev/sluice/pkg/tlsca"
+)
+
+// Issue 6: real clients inside `sluice run` reach an intercepted host and
+// get credentials injected they never see.
+
+// goGetEnv makes the test binary, re-executed inside a sandbox, act as a
+// plain Go HTTPS client (net/http defaults, SSL_CERT_FILE honoured by
+// crypto/x509) instead of running tests.
+const goGetEnv = "SLUICE_TEST_GOGET"
+
+func init() {
+	url := os.Getenv(goGetEnv)
+	if url == "" {
+		return
+	}
+	c := &http.Client{Timeout: 10 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		fmt.Println("go client error:", err)
+		os.Exit(1)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	fmt.Printf("go client status %d\n%s", resp.StatusCode, body)
+	os.Exit(0)
+}
+
+// goClient is the sandbox command line that runs the Go client on url.
+func goClient(url string) []string {
+	return []string{"env", goGetEnv + "=" + url, os.Args[0], "-test.run=^$"}
+}
+
+// useAPI replaces the world's upstream by one serving handler (nil: the
+// default hello answer) for names, with its own CA.
+func useAPI(t *testing.T, w *world, names []string, handler http.Handler) *testutil.HTTPSServer {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	api, err := testutil.StartHTTPS(dir, names, handler)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(api.Close)
+	w.api = api
+	return api
+}
+
+func TestClientsGetInjectedHeader(t *testing.T) {
+	w := newWorld(t)
+	repos := t.TempDir()
+	if err := testutil.GitRepo(repos, "demo.git", "cloned through sluice\n"); err != nil {
+		t.Fatal(err)
+	}
+	git, err := testutil.GitHTTPBackend(repos)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/demo.git/", git)
+	mux.HandleFunc("/", func(rw http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(rw, "hello from upstream %s\n", r.URL.Path)
+	})
+	api := useAPI(t, w, []string{"allowed.test"}, mux)
+	base := fmt.Sprintf("https://allowed.test:%d", api.Port)
+	clone := filepath.Join(w.dir, "clone")
+
+	clients := []struct {
+		name   string
+		prefix string // request paths of this client start with it
+		cmd    []string
+		want   string
+	}{
+		{"curl", "/curl", []string{"curl", "-sS", "--max-time", "10", base + "/curl"}, "hello from upstream /curl"},
+		{"git", "/demo.git/", []string{"env", "GIT_TERMINAL_PROMPT=0", "GIT_CONFIG_NOSYSTEM=1", "sh", "-c",
+			`git clone -q "$0" "$1" && cat "$1/README"`, base + "/demo.git", clone}, "cloned through sluice"},
+		{"python", "/python", []string{"python3", "-c",
+			"import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())",
+			base + "/python"}, "hello from upstream /python"},
+		{"node", "/node", []string{"node", "-e",
+			"fetch(process.argv[1]).then(r => r.text()).then(t => console.log(t)).catch(e => { console.error(e); process.exit(1) })",
+			base + "/node"}, "hello from upstream /node"},
+		{"go", "/go", goClient(base + "/go"), "hello from upstream /go"},
+	}
+	for _, c := range clients {
+		t.Run(c.name, func(t *testing.T) {
+			out, code := w.run(t, "", c.cmd...)
+			if code != 0 || !strings.Contains(out, c.want) {
+				t.Fatalf("%s through sluice: exit %d, want %q in:\n%s", c.name, code, c.want, out)
+			}
+			var n int
+			for _, r := range api.Requests() {
+				if !strings.HasPrefix(r.Path, c.prefix) {
+					continue
+				}
+				n++
+				if got := r.Header.Get("Authorization"); got != "Bearer "+demoSecret {
+					t.Errorf("%s %s reached the upstream without the injected Authorization (got %d bytes)", r.Method, r.Path, len(got))
+				}
+			}
+			if n == 0 {
+				t.Fatalf("the upstream recorded no request from %s", c.name)
+			}
+			w.events(t) // fails if the secret is in the audit log
+		})
+	}
+
+	// Inside the sandbox: neither the environment nor the files sluice put
+	// there (CA bundle directory) hold the secret; DEMO_TOKEN is gone.
+	script := `env; echo ---environ; tr '\0' '\n' < /proc/self/environ; echo
+for d in "$(dirname "$SSL_CERT_FILE")" "$(dirname "$NODE_EXTRA_CA_CERTS")"; do
+  echo "---dir $d"; ls -la "$d"; for f in "$d"/*; do echo "---file $f"; cat "$f"; done
+done`
+	out, code := w.run(t, "", "sh", "-c", script)
+	if code != 0 {
+		t.Fatalf("listing the sandbox's environment: exit %d\n%s", code, out)
+	}
+	for _, want := range []string{"SSL_CERT_FILE=", "NODE_EXTRA_CA_CERTS=", "---environ", "BEGIN CERTIFICATE", "---file"} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("sandbox listing lacks %q (the check could not have failed):\n%.2000s", want, out)
+		}
+	}
+	if strings.Contains(out, "DEMO_TOKEN=") {
+		t.Fatal("DEMO_TOKEN (the --secret-env source) is in the sandbox's environment")
+	}
+	// w.run has already failed the test if the secret were in out.
+}
+
+// TestProxyRefusalExplainsAndKeepsConnection: a path or method outside the
+// rule gets 403 with a readable body; an allowed path then works on the
+// same (kept-alive) connection.
+func TestProxyRefusalExplainsAndKeepsConnection(t *testing.T) {
+	w := newWorld(t)
+	pol := writePolicy(t, w.dir, "paths.yaml", `version: 1
+rules:
+  - name: api
+    hosts: [allowed.test]
+    paths: ["/v1/*"]
+    methods: [GET]
+    headers:
+      - {name: Authorization, type: secret, value: "Bearer {DEMO_TOKEN}"}
+`)
+	base := fmt.Sprintf("https://allowed.test:%d", w.api.Port)
+	out, code := w.run(t, pol, "curl", "-sS", "--max-time", "10", "-w", "\n[status %{http_code} connects %{num_connects}]\n",
+		base+"/admin/users", base+"/v1/ok")
+	if code != 0 {
+		t.Fatalf("curl: exit %d\n%s", code, out)
+	}
+	for _, want := range []string{"sluice policy", "host: allowed.test", "method: GET", "path: /admin/users",
+		"[status 403 connects 1]", "hello from upstream /v1/ok", "[status 200 connects 0]"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q", want)
+		}
+	}
+	if t.Failed() {
+		t.Fatalf("curl output:\n%s", out)
+	}
+
+	out, code = w.run(t, pol, "curl", "-sS", "--max-time", "10", "-X", "DELETE", "-w", "\n[status %{http_code}]\n", base+"/v1/ok")
+	if code != 0 || !strings.Contains(out, "[status 403]") || !strings.Contains(out, "method: DELETE") ||
+		!strings.Contains(out, "sluice policy") || !strings.Contains(out, "path: /v1/ok") {
+		t.Fatalf("DELETE outside the rule: exit %d, want 403 naming the method:\n%s", code, out)
+	}
+	for _, r := range w.api.Requests() {
+		if r.Path != "/v1/ok" || r.Method != http.MethodGet {
+			t.Errorf("a refused request reached the upstream: %s %s", r.Method, r.Path)
+		}
+	}
+	if n := len(w.api.Requests()); n != 1 {
+		t.Fatalf("upstream got %d requests, want 1 (the allowed GET)", n)
+	}
+}
+
+// TestProxyRedactsEchoedSecret: an upstream that echoes request headers
+// (in its response headers and body) never shows the sandbox the secret.
+func TestProxyRedactsEchoedSecret(t *testing.T) {
+	w := newWorld(t)
+	useAPI(t, w, []string{"allowed.test"}, http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		keys := make([]string, 0, len(r.Header))
+		for k := range r.Header {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			rw.Header().Set("Echo-"+k, r.Header.Get(k))
+		}
+		for _, k := range keys {
+			fmt.Fprintf(rw, "%s: %s\n", k, r.Header.Get(k))
+		}
+	}))
+	url := fmt.Sprintf("https://allowed.test:%d/echo", w.api.Port)
+	out, code := w.run(t, "", "curl", "-sS", "-i", "--max-time", "10", url)
+	if code != 0 {
+		t.Fatalf("curl: exit %d\n%s", code, out)
+	}
+	// Body and header echo both redacted (w.run fails on the secret itself).
+	if n := strings.Count(out, "[redacted by sluice]"); n < 2 {
+		t.Fatalf("want the redaction marker in the echoed header and body, found %d:\n%s", n, out)
+	}
+	if !regexp.MustCompile(`(?m)^Authorization: .*\[redacted by sluice\]`).MatchString(out) {
+		t.Fatalf("the echoed body's Authorization line is not redacted:\n%s", out)
+	}
+	if reqs := w.api.Requests(); len(reqs) != 1 || reqs[0].Header.Get("Authorization") != "Bearer "+demoSecret {
+		t.Fatal("the upstream did not receive the injected header")
+	}
+	var secretEv bool
+	for _, ev := range w.events(t) {
+		if ev.Kind == audit.KindSecret {
+			secretEv = true
+		}
+	}
+	if !secretEv {
+		t.Fatal("no audit event of kind secret for the echoed credential")
+	}
+}
+
+// tlsUpstream serves cert on loopback and counts the HTTP requests that
+// got through the handshake.
+func tlsUpstream(t *testing.T, cert *tls.Certificate) (port int, requests *atomic.Int64) {
+	t.Helper()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	requests = &atomic.Int64{}
+	srv := &http.Server{
+		Handler: http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+			requests.Add(1)
+			fmt.Fprintln(rw, "this upstream must not be reached")
+		}),
+		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{*cert}},
+		ReadHeaderTimeout: 5 * time.Second,
+		ErrorLog:          nil,
+	}
+	go srv.ServeTLS(ln, "", "")
+	t.Cleanup(func() { srv.Close() })
+	return ln.Addr().(*net.TCPAddr).Port, requests
+}
+
+// TestProxyRefusesBadUpstreamCertificate: a certificate for another name,
+// or from a CA nobody trusts, gets the sandbox a 502 and the upstream no
+// request (so no credential).
+func TestProxyRefusesBadUpstreamCertificate(t *testing.T) {
+	w := newWorld(t)
+	trusted, err := tlsca.New("trusted test upstream", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	trustedFile := filepath.Join(w.dir, "trusted-ca.pem")
+	if err := os.WriteFile(trustedFile, trusted.CertPEM(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	unknown, err := tlsca.New("unknown test upstream", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrongName, err := trusted.Leaf("wrong.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	unknownCA, err := unknown.Leaf("allowed.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name string
+		cert *tls.Certificate
+	}{
+		{"wrong name", wrongName},
+		{"unknown CA", unknownCA},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			port, reqs := tlsUpstream(t, c.cert)
+			out, code := w.run(t, "", "--upstream-ca", trustedFile, "--",
+				"curl", "-sS", "--max-time", "10", "-w", "\n[status %{http_code}]\n", fmt.Sprintf("https://allowed.test:%d/x", port))
+			if code != 0 || !strings.Contains(out, "[status 502]") {
+				t.Errorf("curl: exit %d, want status 502:\n%s", code, out)
+			}
+			if n := reqs.Load(); n != 0 {
+				t.Errorf("the upstream with a bad certificate received %d requests", n)
+			}
+		})
+	}
+}
