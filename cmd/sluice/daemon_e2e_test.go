@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -26,7 +27,7 @@ type daemonProc struct {
 	socket string
 	state  string
 	cmd    *exec.Cmd
-	log    *bytes.Buffer
+	log    *syncBuffer
 }
 
 func startDaemon(t *testing.T, w *world) *daemonProc {
@@ -45,7 +46,7 @@ func startDaemon(t *testing.T, w *world) *daemonProc {
 
 func (d *daemonProc) start() {
 	d.t.Helper()
-	d.log = &bytes.Buffer{}
+	d.log = &syncBuffer{}
 	d.cmd = exec.Command(sluiceBin(d.t), "daemon", "--socket", d.socket, "--state-dir", d.state,
 		"--pin-dir", d.w.pin, "--dns-upstream", d.w.dns.Addr, "--dns-allow-loopback",
 		"--upstream-ca", d.w.api.CAFile, "--audit", filepath.Join(d.w.dir, "daemon-audit.jsonl"))
@@ -364,4 +365,48 @@ func TestDaemonControlSocketRejectsBadCallers(t *testing.T) {
 	if out, err := d.cli("list"); err != nil {
 		t.Fatalf("daemon died after malformed requests: %v\n%s", err, out)
 	}
+}
+
+func TestDaemonLogsStream(t *testing.T) {
+	w := newWorld(t)
+	d := startDaemon(t, w)
+	p := writePolicy(t, w.dir, "p.yaml", "version: 1\nrules:\n  - name: p\n    hosts: [plain.test]\n")
+	cg, pid := sandboxProc(t, "")
+	out := &syncBuffer{}
+	logs := exec.Command(sluiceBin(t), "logs", "st", "--follow", "--stream", "--json", "--socket", d.socket)
+	logs.Stdout, logs.Stderr = out, out
+	if err := logs.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { logs.Process.Kill(); logs.Wait() }()
+	time.Sleep(200 * time.Millisecond)
+	if o, err := d.cli("attach", "--policy", p, "--pid", fmt.Sprint(pid), "--name", "st"); err != nil {
+		t.Fatalf("attach: %v\n%s", err, o)
+	}
+	inSandbox(t, cg, "", "getent", "hosts", "nope.test")
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) && !strings.Contains(out.String(), `"qname":"nope.test"`) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !strings.Contains(out.String(), `"qname":"nope.test"`) || !strings.Contains(out.String(), `"decision":"deny"`) {
+		t.Fatalf("the live stream did not carry the DNS refusal:\n%s", out.String())
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a writer goroutine and a reader.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/sluice-dev/sluice/pkg/audit"
+	"github.com/sluice-dev/sluice/pkg/daemon"
 	"github.com/spf13/cobra"
 )
 
@@ -20,6 +21,7 @@ const defaultAuditFile = "/var/lib/sluice/audit.jsonl"
 type logsOptions struct {
 	file     string
 	follow   bool
+	stream   bool
 	json     bool
 	packages bool
 	all      bool
@@ -46,6 +48,7 @@ The log is the daemon's JSON-lines audit file; its schema is pkg/audit/SCHEMA.md
 --json prints the events as they are stored, one per line.`,
 		Example: `  sluice logs
   sluice logs agent-42 --follow
+  sluice logs agent-42 --follow --stream   # live, from the daemon's API
   sluice logs agent-42 --packages --all
   sluice logs --file ./audit.jsonl --json | jq 'select(.decision == "deny")'`,
 		Args:         cobra.MaximumNArgs(1),
@@ -54,6 +57,9 @@ The log is the daemon's JSON-lines audit file; its schema is pkg/audit/SCHEMA.md
 			name := ""
 			if len(args) == 1 {
 				name = args[0]
+			}
+			if o.stream && !o.follow {
+				return errors.New("--stream goes with --follow")
 			}
 			if o.packages && o.follow {
 				return errors.New("--packages lists what was fetched so far; it cannot be combined with --follow")
@@ -64,6 +70,7 @@ The log is the daemon's JSON-lines audit file; its schema is pkg/audit/SCHEMA.md
 	f := cmd.Flags()
 	f.StringVar(&o.file, "file", def, "audit log to read (env SLUICE_AUDIT_FILE)")
 	f.BoolVarP(&o.follow, "follow", "f", false, "keep printing events as they are written, until interrupted")
+	f.BoolVar(&o.stream, "stream", false, "with --follow: read the daemon's live event stream (--socket) instead of the file")
 	f.BoolVar(&o.json, "json", false, "print JSON (events as JSON lines; with --packages a JSON array)")
 	f.BoolVar(&o.packages, "packages", false, "list packages fetched: ecosystem, package, version")
 	f.BoolVar(&o.all, "all", false, "also read the rotated files (FILE.N ... FILE.1, oldest first)")
@@ -130,6 +137,11 @@ func runLogs(cmd *cobra.Command, ro *rootOptions, o *logsOptions, name string) e
 	}
 	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if o.stream {
+		// The daemon's live stream: every event of every sink, even
+		// when the daemon writes no audit file.
+		return daemon.NewClient(ro.socket).Events(ctx, name, show)
+	}
 	return audit.Follow(ctx, o.file, o.poll, show)
 }
 
