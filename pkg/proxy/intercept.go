@@ -455,6 +455,9 @@ func (p *Proxy) modifyResponse(resp *http.Response) error {
 	rs := resp.Request.Context().Value(reqKey{}).(*reqState)
 	rs.status = resp.StatusCode
 	rs.headerAt = time.Now()
+	// HTTP/3 (QUIC) to an intercepted host would bypass interception; keep
+	// clients on TCP.
+	resp.Header.Del("Alt-Svc")
 	if rs.secrets == nil {
 		return nil
 	}

@@ -116,6 +116,7 @@ func TestUpstreamSeesHTTP2(t *testing.T) {
 		// gRPC-style: status in a trailer.
 		w.Header().Set("Trailer", "Grpc-Status")
 		w.Header().Set("X-Proto", r.Proto)
+		w.Header().Set("Alt-Svc", `h3=":443"; ma=86400`)
 		io.WriteString(w, "body")
 		w.Header().Set("Grpc-Status", "0")
 	}))
@@ -141,6 +142,9 @@ rules:
 		readAll(t, resp)
 		if got := resp.Header.Get("X-Proto"); got != tt.want {
 			t.Fatalf("h2 client %v: upstream saw %q, want %s", tt.h2, got, tt.want)
+		}
+		if got := resp.Header.Get("Alt-Svc"); got != "" {
+			t.Fatalf("Alt-Svc %q reached the client", got)
 		}
 		if got := resp.Trailer.Get("Grpc-Status"); got != "0" {
 			t.Fatalf("h2 client %v: trailer Grpc-Status %q, want 0", tt.h2, got)
