@@ -185,8 +185,10 @@ func (r *Resolver) answer(sb *Sandbox, req *dns.Msg, tcp bool) *reply {
 
 	e, err := r.lookup(target, q.Qtype, now)
 	if err != nil {
-		r.log.Warn("upstream resolution failed", "sandbox", sb.Name, "qname", target,
-			"qtype", rp.ev.QType, "err", err)
+		if r.logLimit(now) {
+			r.log.Warn("upstream resolution failed (repeats within 10s not logged; see audit events)",
+				"sandbox", sb.Name, "qname", target, "qtype", rp.ev.QType, "err", err)
+		}
 		return rp.finish(dns.RcodeServerFailure, audit.DecisionError, reasonUpstream)
 	}
 	rp.expires = e.expires

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/miekg/dns"
@@ -64,6 +65,19 @@ type Resolver struct {
 	cache *cache
 	sf    singleflight.Group
 	now   func() time.Time
+	// lastWarn is when an upstream failure was last logged (unix nanos).
+	lastWarn atomic.Int64
+}
+
+// logLimit reports whether a repeated warning may be logged at now: at
+// most one every 10 seconds, so a dead upstream does not flood the log
+// (every failure still has its audit event).
+func (r *Resolver) logLimit(now time.Time) bool {
+	last := r.lastWarn.Load()
+	if now.UnixNano()-last < int64(10*time.Second) {
+		return false
+	}
+	return r.lastWarn.CompareAndSwap(last, now.UnixNano())
 }
 
 // New returns a Resolver for cfg. cfg.Upstreams must be non-empty host:port
