@@ -524,3 +524,27 @@ func TestNormalizeName(t *testing.T) {
 		}
 	}
 }
+
+// TestAnswerTrimmedToCap: an answer with more addresses than the per-name
+// cap hands out only as many as stay allowed.
+func TestAnswerTrimmedToCap(t *testing.T) {
+	up := startUpstream(t, func(q dns.Question, _ string, m *dns.Msg) {
+		for i := 1; i <= 6; i++ {
+			rr, _ := dns.NewRR(fmt.Sprintf("%s 300 IN A 198.51.100.%d", q.Name, i))
+			m.Answer = append(m.Answer, rr)
+		}
+	})
+	e := newEnv(t, Config{Upstreams: []string{up.addr}, PerNameCap: 4}, newTestPolicy("many.test"))
+	m := e.query(t, "many.test", dns.TypeA)
+	if got := fmt.Sprint(addrsOf(m)); got != "[198.51.100.1 198.51.100.2 198.51.100.3 198.51.100.4]" {
+		t.Fatalf("addresses %s, want the first 4", got)
+	}
+	for _, a := range addrsOf(m) {
+		if !e.allow.allowedAt(netip.MustParseAddr(a), time.Now()) {
+			t.Errorf("%s answered but not allowed", a)
+		}
+	}
+	if len(e.allow.revoked) != 0 {
+		t.Errorf("revoked %v", e.allow.revoked)
+	}
+}

@@ -266,6 +266,11 @@ func (r *Resolver) answer(sb *Sandbox, req *dns.Msg, tcp bool) *reply {
 		if h.Rrtype != q.Qtype || !ownerIs(h.Name, cur) {
 			continue
 		}
+		if len(addrs) == sb.Bindings.perName {
+			// More addresses than the name may hold: the excess would be
+			// evicted (and revoked) by this very answer, so leave it out.
+			break
+		}
 		switch v := rr.(type) {
 		case *dns.A:
 			a, ok := netip.AddrFromSlice(v.A)
