@@ -15,6 +15,9 @@
 //     NXDOMAIN and never reaches an upstream, whatever its type. Names that
 //     are not plain host names (NUL, escapes, '*', empty or long labels) are
 //     answered NXDOMAIN and never forwarded either.
+//   - Only the lower-cased name and the type of an allowed query reach an
+//     upstream: the query id, the letter case (0x20), flags and EDNS0
+//     options are the resolver's own, so none can carry data out.
 //   - Only A, AAAA, CNAME, HTTPS and SVCB are forwarded for allowed names.
 //     Other types (TXT, ANY, MX, ...) get an empty NOERROR answer (NODATA)
 //     without forwarding: NODATA rather than REFUSED, so stub resolvers do
@@ -29,7 +32,10 @@
 //     the sandbox asked for.
 //   - An address reaches the sandbox only after Allowlister.Allow returned
 //     nil for it, with expiry now + max(TTL, MinTTL) + Grace. If the
-//     allowlist cannot be written the answer is SERVFAIL.
+//     allowlist cannot be written the answer is SERVFAIL. A name keeps at
+//     most PerNameCap addresses (least recently answered evicted, revoked
+//     if the Allowlister is a Revoker and no other name holds them); an
+//     answer never carries more addresses than that.
 //   - Addresses that would open the host rather than a destination are
 //     dropped from answers: unspecified, 0.0.0.0/8, link-local (metadata
 //     169.254.169.254), multicast, fd00:ec2::254, and loopback unless
