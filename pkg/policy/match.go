@@ -65,6 +65,7 @@ type node struct {
 	self     []*entry // **.example.com
 	below    []*entry // *.example.com and **.example.com, for names below
 	sub      []*entry // *.example.com (compile time only)
+	parent   *node
 }
 
 // cidrLevel holds the prefixes of one length.
@@ -80,22 +81,62 @@ type matcher struct {
 	static []CIDRRule
 }
 
-// maxLevels bounds the precedence levels of one lookup: a 253-character
-// name has at most 127 labels (127 suffix levels plus exact and **.self);
-// an IPv6 address has 129 prefix lengths.
-const maxLevels = 130
+// cands iterates over the candidate lists of one lookup, most specific
+// first. For a name: exact, then **.name, then the wildcards of each parent
+// suffix from the longest to the shortest (walking parent pointers up the
+// trie). For an address: the prefixes from the longest to the shortest.
+// It is a small value: copying it restarts the iteration.
+type cands struct {
+	n    *node // host mode: current trie node
+	step int   // host mode: 0 exact, 1 self, 2 below of n, then parents
+	full bool  // host mode: the whole name was found in the trie
 
-// levels are candidate lists, most specific first.
-type levels struct {
-	n int
-	l [maxLevels][]*entry
+	levels []cidrLevel // address mode
+	addr   netip.Addr
 }
 
-func (lv *levels) add(es []*entry) {
-	if len(es) > 0 && lv.n < maxLevels {
-		lv.l[lv.n] = es
-		lv.n++
+func (c *cands) next() []*entry {
+	if c.levels != nil || c.addr.IsValid() {
+		for len(c.levels) > 0 {
+			l := &c.levels[0]
+			c.levels = c.levels[1:]
+			pfx, err := c.addr.Prefix(l.bits)
+			if err != nil {
+				continue
+			}
+			if es := l.m[pfx]; len(es) > 0 {
+				return es
+			}
+		}
+		return nil
 	}
+	for c.n != nil {
+		switch c.step {
+		case 0:
+			c.step = 1
+			if c.full && len(c.n.exact) > 0 {
+				return c.n.exact
+			}
+		case 1:
+			c.step = 2
+			if c.full && len(c.n.self) > 0 {
+				return c.n.self
+			}
+		default:
+			n := c.n
+			if c.full {
+				// The name's own node: its "below" lists are for longer names.
+				c.full = false
+				c.n = n.parent
+				continue
+			}
+			c.n = n.parent
+			if len(n.below) > 0 {
+				return n.below
+			}
+		}
+	}
+	return nil
 }
 
 func compile(p *Policy) *matcher {
@@ -161,7 +202,7 @@ func (n *node) insert(suffix string) *node {
 		}
 		next := cur.children[labels[i]]
 		if next == nil {
-			next = &node{}
+			next = &node{parent: cur}
 			cur.children[labels[i]] = next
 		}
 		cur = next
@@ -180,15 +221,10 @@ func (n *node) finish() {
 	}
 }
 
-// hostLevels fills lv with the candidate lists for a normalised name,
-// most specific first: exact, then **.name, then the wildcards of each
-// parent suffix from the longest to the shortest.
-func (m *matcher) hostLevels(name []byte, lv *levels) {
-	var path [maxLevels]*node
-	depth := 0
+// hostCands returns the candidates for a normalised name.
+func (m *matcher) hostCands(name []byte) cands {
 	cur := &m.root
 	end := len(name)
-	full := false
 	for {
 		start := end - 1
 		for start >= 0 && name[start] != '.' {
@@ -196,43 +232,27 @@ func (m *matcher) hostLevels(name []byte, lv *levels) {
 		}
 		next := cur.children[string(name[start+1:end])]
 		if next == nil {
-			break
+			return cands{n: cur, step: 2}
 		}
 		cur = next
-		path[depth] = cur
-		depth++
 		if start < 0 {
-			full = true
-			break
+			return cands{n: cur, full: true}
 		}
 		end = start
 	}
-	d := depth - 1
-	if full {
-		lv.add(cur.exact)
-		lv.add(cur.self)
-		d--
-	}
-	for ; d >= 0; d-- {
-		lv.add(path[d].below)
-	}
 }
 
-// addrLevels fills lv with the CIDR candidate lists for addr, longest
-// prefix first.
-func (m *matcher) addrLevels(addr netip.Addr, lv *levels) {
-	addr = addr.Unmap()
+// addrCands returns the CIDR candidates for addr.
+func (m *matcher) addrCands(addr netip.Addr) cands {
+	addr = addr.Unmap().WithZone("")
 	ls := m.cidr4
 	if addr.Is6() {
 		ls = m.cidr6
 	}
-	for i := range ls {
-		pfx, err := addr.WithZone("").Prefix(ls[i].bits)
-		if err != nil {
-			continue
-		}
-		lv.add(ls[i].m[pfx])
+	if ls == nil {
+		ls = []cidrLevel{}
 	}
+	return cands{levels: ls, addr: addr}
 }
 
 // ipLiteral reports whether host looks like an IP address literal rather
@@ -275,11 +295,10 @@ func (p *Policy) MatchName(name string) NameMatch {
 	if n < 0 {
 		return NameMatch{}
 	}
-	var lv levels
-	p.m.hostLevels(buf[:n], &lv)
-	for i := 0; i < lv.n; i++ {
+	c := p.m.hostCands(buf[:n])
+	for es := c.next(); es != nil; es = c.next() {
 		var allow, deny *entry
-		for _, e := range lv.l[i] {
+		for _, e := range es {
 			switch {
 			case !e.deny:
 				if allow == nil || (allow.cond || len(allow.ports) > 0) && !e.cond && len(e.ports) == 0 {
@@ -320,9 +339,8 @@ func (p *Policy) MatchConn(host string, port uint16) ConnMatch {
 	if n < 0 {
 		return ConnMatch{}
 	}
-	var lv levels
-	p.m.hostLevels(buf[:n], &lv)
-	return connWalk(&lv, port)
+	c := p.m.hostCands(buf[:n])
+	return connWalk(c, port)
 }
 
 // MatchAddr answers the proxy (and the kernel allowlist) for a connection
@@ -333,9 +351,7 @@ func (p *Policy) MatchAddr(addr netip.Addr, port uint16) ConnMatch {
 	if p == nil || p.m == nil || !addr.IsValid() {
 		return ConnMatch{}
 	}
-	var lv levels
-	p.m.addrLevels(addr, &lv)
-	return connWalk(&lv, port)
+	return connWalk(p.m.addrCands(addr), port)
 }
 
 // better reports whether unconditional entry a outranks b at one level:
@@ -351,12 +367,12 @@ func better(a, b *entry) bool {
 	return a.rule.Index < b.rule.Index
 }
 
-func connWalk(lv *levels, port uint16) ConnMatch {
+func connWalk(c cands, port uint16) ConnMatch {
 	var firstAllow *Rule
 	needHTTP := false
-	for i := 0; i < lv.n; i++ {
+	for es := c.next(); es != nil; es = c.next() {
 		var best *entry
-		for _, e := range lv.l[i] {
+		for _, e := range es {
 			if !e.portOK(port) {
 				continue
 			}
@@ -407,21 +423,22 @@ func (p *Policy) MatchRequest(host string, port uint16, method, path string) Req
 	if path == "" {
 		path = "/"
 	}
-	var lv levels
+	var c cands
 	if a, ok := ipLiteral(host); ok {
-		p.m.addrLevels(a, &lv)
+		c = p.m.addrCands(a)
 	} else {
 		var buf [maxName + 1]byte
 		n := normName(host, &buf)
 		if n < 0 {
 			return RequestMatch{Reason: fmt.Sprintf("%q is not a valid host name", host)}
 		}
-		p.m.hostLevels(buf[:n], &lv)
+		c = p.m.hostCands(buf[:n])
 	}
-	for i := 0; i < lv.n; i++ {
+	start := c
+	for es := c.next(); es != nil; es = c.next() {
 		var best *entry
 		bestSpec := 0
-		for _, e := range lv.l[i] {
+		for _, e := range es {
 			if !e.portOK(port) || !e.methodOK(method) {
 				continue
 			}
@@ -441,7 +458,7 @@ func (p *Policy) MatchRequest(host string, port uint16, method, path string) Req
 		}
 		return RequestMatch{Allowed: true, Rule: best.rule}
 	}
-	return RequestMatch{Reason: noMatchReason(&lv, host, port, method, path)}
+	return RequestMatch{Reason: noMatchReason(start, host, port, method, path)}
 }
 
 func outranks(a *entry, as int, b *entry, bs int) bool {
@@ -456,9 +473,9 @@ func outranks(a *entry, as int, b *entry, bs int) bool {
 
 // noMatchReason explains a request no rule matched, naming what the
 // closest allow rule for the host would accept.
-func noMatchReason(lv *levels, host string, port uint16, method, path string) string {
-	for i := 0; i < lv.n; i++ {
-		for _, e := range lv.l[i] {
+func noMatchReason(c cands, host string, port uint16, method, path string) string {
+	for es := c.next(); es != nil; es = c.next() {
+		for _, e := range es {
 			if e.deny {
 				continue
 			}
