@@ -115,7 +115,10 @@ func (r *Resolver) Handler(sb *Sandbox) (dns.Handler, error) {
 }
 
 // Serve answers sb's queries arriving on pc (UDP) and ln (TCP), either of
-// which may be nil, until ctx is done or a listener fails. It closes pc and
+// which may be nil, until ctx is done or a listener fails. pc should be
+// bound to one address (replies leave from it). Repeated UDP queries are
+// answered from per-sandbox wire templates without unpacking (see
+// fastpath.go); everything else goes through the Handler. It closes pc and
 // ln and waits for the queries in flight before returning. It returns nil
 // when ctx ended it or the listeners were closed.
 func (r *Resolver) Serve(ctx context.Context, sb *Sandbox, pc net.PacketConn, ln net.Listener) error {
@@ -144,6 +147,9 @@ func (r *Resolver) Serve(ctx context.Context, sb *Sandbox, pc net.PacketConn, ln
 		tcpStarted, tcpDone = make(chan struct{}), make(chan struct{})
 		var once sync.Once
 		srv = &dns.Server{Listener: ln, Handler: h,
+			// The handler judges every message itself, so that each one
+			// gets its audit event (UDP does the same).
+			MsgAcceptFunc:     func(dns.Header) dns.MsgAcceptAction { return dns.MsgAccept },
 			NotifyStartedFunc: func() { once.Do(func() { close(tcpStarted) }) }}
 		go func() {
 			defer close(tcpDone)

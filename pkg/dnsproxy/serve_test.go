@@ -98,3 +98,38 @@ func addrOfL(ln net.Listener) net.Addr {
 	}
 	return ln.Addr()
 }
+
+// TestServeOddMessagesAudited: messages miekg/dns would reject before any
+// handler (two questions, NOTIFY) are answered by the resolver and audited,
+// over UDP and TCP alike.
+func TestServeOddMessagesAudited(t *testing.T) {
+	up := startUpstream(t, zone("allowed.test. 300 IN A 192.0.2.10"))
+	e := newEnv(t, Config{Upstreams: []string{up.addr}}, newTestPolicy("allowed.test"))
+	pc, ln := listenPair(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.r.Serve(ctx, e.sb, pc, ln) }()
+	defer func() { cancel(); <-done }()
+	for _, netw := range []string{"udp", "tcp"} {
+		q := new(dns.Msg)
+		q.SetQuestion("allowed.test.", dns.TypeA)
+		q.Question = append(q.Question, q.Question[0])
+		c := &dns.Client{Net: netw, Timeout: 2 * time.Second}
+		r, _, err := c.Exchange(q, pc.LocalAddr().String())
+		if err != nil || r.Rcode != dns.RcodeFormatError {
+			t.Fatalf("%s: %v %v, want FORMERR", netw, r, err)
+		}
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for len(e.ev.all()) < 2 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	for _, ev := range e.ev.all() {
+		if ev.Reason != reasonQuestions {
+			t.Errorf("event %+v", ev)
+		}
+	}
+	if n := len(e.ev.all()); n != 2 {
+		t.Fatalf("%d events, want 2", n)
+	}
+}
