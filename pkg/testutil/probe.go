@@ -129,6 +129,9 @@ func runProbe(mode, target string) string {
 		unix.Close(fd)
 		return "ok socket"
 	}
+	if out, ok := attackProbe(mode, target); ok {
+		return out
+	}
 	return "error unknown probe " + mode
 }
 
