@@ -2,7 +2,11 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
 	"os/signal"
 	"syscall"
 
@@ -20,6 +24,7 @@ type daemonOptions struct {
 	audit        string
 	metrics      string
 	logLevel     string
+	pprof        string
 }
 
 func init() { register(newDaemonCmd) }
@@ -77,6 +82,11 @@ re-attach. Flags override the config file.`,
 			if err != nil {
 				return err
 			}
+			if o.pprof != "" {
+				if err := servePprof(o.pprof, log); err != nil {
+					return err
+				}
+			}
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
 			return d.Run(ctx)
@@ -92,5 +102,27 @@ re-attach. Flags override the config file.`,
 	f.StringVar(&o.audit, "audit", "", "audit sink: a file, or - for stdout")
 	f.StringVar(&o.metrics, "metrics", "", "serve Prometheus /metrics on this address (e.g. 127.0.0.1:9090)")
 	f.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	f.StringVar(&o.pprof, "pprof", "", "serve Go pprof profiles on this loopback address (debugging)")
+	_ = f.MarkHidden("pprof")
 	return cmd
+}
+
+// servePprof serves net/http/pprof on a loopback address.
+func servePprof(addr string, log *slog.Logger) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("--pprof: %w", err)
+	}
+	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+		return fmt.Errorf("--pprof %s: only loopback addresses are allowed", addr)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("--pprof: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	go func() { log.Error("pprof server stopped", "err", http.Serve(ln, mux)) }()
+	return nil
 }

@@ -318,8 +318,16 @@ func (d *Daemon) Attach(ctx context.Context, req AttachRequest) (Info, error) {
 			return Info{}, &apiError{http.StatusConflict, fmt.Sprintf("cgroup %s is already attached as sandbox %q: detach it first (sluice detach %s)", cgPath, name, name)}
 		}
 	}
-	if err := d.store.PutOpaque(policyRef(req.Name), req.Policy); err != nil {
-		return Info{}, fmt.Errorf("storing policy: %w", err)
+	// The state dir keeps the policy text; opaque values go to the
+	// encrypted store only.
+	text, opaque, err := splitOpaque(req.Name, pol, []byte(req.Policy))
+	if err != nil {
+		return Info{}, err
+	}
+	for ref, v := range opaque {
+		if err := d.store.PutOpaque(ref, v); err != nil {
+			return Info{}, fmt.Errorf("storing opaque value %s: %w", ref, err)
+		}
 	}
 	now := time.Now().UTC()
 	if m, ok := d.sandboxes[req.Name]; ok {
@@ -330,6 +338,9 @@ func (d *Daemon) Attach(ctx context.Context, req AttachRequest) (Info, error) {
 			return Info{}, err
 		}
 		m.rec.PolicyFile, m.rec.Updated = pfile, now
+		if err := d.savePolicyText(req.Name, text); err != nil {
+			return Info{}, err
+		}
 		if err := d.saveRecord(m.rec); err != nil {
 			return Info{}, err
 		}
@@ -349,6 +360,10 @@ func (d *Daemon) Attach(ctx context.Context, req AttachRequest) (Info, error) {
 	}
 	m := &managed{sb: sb, rec: record{Name: req.Name, Cgroup: cgPath, CgroupID: id, PolicyFile: pfile,
 		ProxyPort: sb.ProxyPort(), DNSPort: sb.DNSPort(), Created: now, Updated: now}}
+	if err := d.savePolicyText(req.Name, text); err != nil {
+		sb.Detach()
+		return Info{}, err
+	}
 	if err := d.saveRecord(m.rec); err != nil {
 		sb.Detach()
 		return Info{}, err
@@ -361,8 +376,17 @@ func (d *Daemon) emitPolicy(m *managed, what string) {
 	d.audit.Emit(audit.Event{Kind: audit.KindSandbox, Sandbox: m.rec.Name, CgroupID: m.rec.CgroupID, Decision: what})
 }
 
-func policyRef(name string) secrets.OpaqueRef {
-	return secrets.OpaqueRef{Sandbox: name, Rule: "_policy", Header: "yaml"}
+func (d *Daemon) policyPath(name string) string {
+	return filepath.Join(d.cfg.StateDir, "sandboxes", name+".policy.yaml")
+}
+
+// savePolicyText keeps the policy (opaque values replaced) for restarts.
+func (d *Daemon) savePolicyText(name string, text []byte) error {
+	tmp := d.policyPath(name) + ".tmp"
+	if err := os.WriteFile(tmp, text, 0o600); err != nil {
+		return fmt.Errorf("saving sandbox policy: %w", err)
+	}
+	return os.Rename(tmp, d.policyPath(name))
 }
 
 // Detach removes a sandbox: kernel side, listeners, state.
@@ -377,6 +401,7 @@ func (d *Daemon) Detach(name string) error {
 	delete(d.sandboxes, name)
 	d.metrics.ForgetSandbox(name)
 	os.Remove(d.recordPath(name))
+	os.Remove(d.policyPath(name))
 	os.RemoveAll(filepath.Join(d.cfg.StateDir, "sandboxes", name+".ca"))
 	_, _ = d.store.DeleteOpaque(name)
 	return err
@@ -436,14 +461,18 @@ func (d *Daemon) restore(ctx context.Context) {
 			d.log.Warn("sandbox cgroup is gone; removing its record", "sandbox", r.Name, "cgroup", r.Cgroup)
 			d.rt.Enforcer.Sandbox(r.Cgroup, r.CgroupID).Detach()
 			os.Remove(f)
+			os.Remove(d.policyPath(r.Name))
 			os.RemoveAll(filepath.Join(d.cfg.StateDir, "sandboxes", r.Name+".ca"))
 			_, _ = d.store.DeleteOpaque(r.Name)
 			continue
 		}
-		text, err := d.store.Opaque(policyRef(r.Name))
+		text, err := os.ReadFile(d.policyPath(r.Name))
 		var pol *policy.Policy
 		if err == nil {
-			pol, err = policy.Parse(r.PolicyFile, []byte(text))
+			pol, err = policy.Parse(r.PolicyFile, text)
+		}
+		if err == nil {
+			err = joinOpaque(r.Name, pol, d.store)
 		}
 		var ca *tlsca.CA
 		if err == nil {

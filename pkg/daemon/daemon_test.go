@@ -1,11 +1,16 @@
 package daemon
 
 import (
+	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/sluice-dev/sluice/pkg/policy"
+	"github.com/sluice-dev/sluice/pkg/secrets"
 )
 
 func TestIsWithin(t *testing.T) {
@@ -75,3 +80,55 @@ func TestOpenListenersSharePortAcrossFamilies(t *testing.T) {
 }
 
 func itoa(n uint16) string { return strconv.Itoa(int(n)) }
+
+func TestOpaqueValuesStayOutOfTheStateDir(t *testing.T) {
+	const secret = "opaque-v4lue-9f1e"
+	text := []byte(`version: 1
+rules:
+  - name: corp
+    hosts: [api.corp.test]
+    headers:
+      - name: X-Api-Key
+        type: opaque
+        value: "` + secret + `"
+      - name: X-Env
+        type: plaintext
+        value: staging
+`)
+	pol, err := policy.Parse("p.yaml", text)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, values, err := splitOpaque("sb", pol, text)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(out), secret) || !strings.Contains(string(out), opaqueMarker) || !strings.Contains(string(out), "staging") {
+		t.Fatalf("split text:\n%s", out)
+	}
+	store, err := secrets.NewMemoryStore(slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for ref, v := range values {
+		if err := store.PutOpaque(ref, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	again, err := policy.Parse("p.yaml", out)
+	if err != nil {
+		t.Fatalf("split text does not parse: %v", err)
+	}
+	if err := joinOpaque("sb", again, store); err != nil {
+		t.Fatal(err)
+	}
+	if got := again.Rules[0].Headers[0].Value; got != secret {
+		t.Fatalf("restored value %q", got)
+	}
+	// A policy without opaque headers is kept as written.
+	plain := []byte("version: 1\nrules:\n  - name: p\n    hosts: [p.test]\n")
+	pp, _ := policy.Parse("p.yaml", plain)
+	if out, v, err := splitOpaque("sb", pp, plain); err != nil || string(out) != string(plain) || len(v) != 0 {
+		t.Fatalf("plain policy changed: %q %v %v", out, v, err)
+	}
+}
