@@ -26,8 +26,9 @@ generate: deps ## regenerate the eBPF objects with bpf2go and clang-19
 check-generate: generate ## fail when the committed eBPF objects are stale
 	@git diff --exit-code -- pkg/enforcer/ || { echo "committed eBPF objects are stale: run make generate and commit"; exit 1; }
 
-test: deps build ## the whole suite: lint, unit, privileged e2e (as root), short fuzz
+test: deps build ## the whole suite: lint, stale eBPF check, unit, privileged e2e (as root), short fuzz
 	@$(MAKE) --no-print-directory lint
+	@$(MAKE) --no-print-directory check-generate
 	SLUICE_BIN=$(CURDIR)/$(BIN) $(GO) test $(GOTEST_FLAGS) ./...
 	@scripts/fuzz.sh 10s
 
