@@ -203,7 +203,7 @@ func TestUpstreamDownThenBack(t *testing.T) {
 	if m.Rcode != dns.RcodeServerFailure || len(m.Answer) != 0 {
 		t.Fatalf("upstream down: %v, want SERVFAIL", m)
 	}
-	if took > timeout+200*time.Millisecond {
+	if took > timeout+500*time.Millisecond { // slack for a loaded CI machine
 		t.Fatalf("SERVFAIL after %v, want within %v", took, timeout)
 	}
 	if ev := e.ev.last(t); ev.Decision != audit.DecisionError || ev.Rcode != "SERVFAIL" {
