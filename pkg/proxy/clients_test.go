@@ -24,7 +24,7 @@ func TestRealClients(t *testing.T) {
 	dst := addrPort(t, up.URL)
 	e := newEnv(t, apiPolicy(dst.Port()))
 	e.bind("api.test", dst)
-	e.orig.fallback = dst
+	e.orig.setFallback(dst)
 	proxyPort := addrPort(t, e.ln.Addr().String()).Port()
 
 	roots, err := tlsca.SystemRootsPEM()

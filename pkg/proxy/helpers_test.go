@@ -112,6 +112,14 @@ func newFakeOrig() *fakeOrig {
 	return f
 }
 
+// setFallback answers dst for unregistered clients. Call it after the
+// test's bindings: its lock orders them before the proxy's reads.
+func (f *fakeOrig) setFallback(dst netip.AddrPort) {
+	f.mu.Lock()
+	f.fallback = dst
+	f.mu.Unlock()
+}
+
 func (f *fakeOrig) set(client, dst netip.AddrPort) {
 	f.mu.Lock()
 	f.m[client] = dst
