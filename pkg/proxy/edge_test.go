@@ -414,3 +414,38 @@ func TestTLSSessionResumption(t *testing.T) {
 		tc.Close()
 	}
 }
+
+// The mirror must prove the mirror's name, not the name the sandbox asked for.
+func TestRemapVerifiesMirrorName(t *testing.T) {
+	var seen atomic.Int64
+	mirror := newUpstream(t, "127.0.0.5", echoHeaders(&seen))
+	leaf, err := upstreamCA.Leaf("registry.npmjs.org")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mirror.TLS.GetCertificate = func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return leaf, nil }
+	mdst := addrPort(t, mirror.URL)
+	e := newEnv(t, fmt.Sprintf(`
+version: 1
+rules:
+  - name: npm
+    hosts: [registry.npmjs.org]
+    ports: [443]
+    remap: "npm.mirror.test:%d"
+    headers: [{name: Authorization, type: secret, value: "Bearer {TOKEN}"}]
+`, mdst.Port()))
+	orig := netip.AddrPortFrom(mdst.Addr(), 443)
+	e.hosts["registry.npmjs.org:443"] = orig
+	e.names[orig.Addr()] = []string{"registry.npmjs.org"}
+	resp, err := e.client(false).Get("https://registry.npmjs.org/left-pad")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := readAll(t, resp)
+	if resp.StatusCode != 502 || !strings.Contains(body, "npm.mirror.test") {
+		t.Fatalf("got %d %q, want 502 naming the mirror", resp.StatusCode, body)
+	}
+	if seen.Load() != 0 {
+		t.Fatal("the mirror received the request")
+	}
+}
