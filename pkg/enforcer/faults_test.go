@@ -1,0 +1,131 @@
+package enforcer
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+	"github.com/sluice-dev/sluice/pkg/dnsproxy"
+	"github.com/sluice-dev/sluice/pkg/policy"
+	"github.com/sluice-dev/sluice/pkg/testutil"
+)
+
+// TestFaultAllowlistFull fills the kernel allowlist to its capacity (issue
+// 10, fault injection). With the map full, the resolver must answer
+// SERVFAIL for a newly allowed name (never an answer the kernel would not
+// honour) and the sandbox must stay closed for that address; once entries
+// are freed, the same query succeeds and the address is redirected.
+func TestFaultAllowlistFull(t *testing.T) {
+	if testing.Short() {
+		t.Skip("fills a 512Ki-entry map")
+	}
+	f := setup(t, false)
+	target := testutil.TCPCanary(t, "tcp4") // 127.0.0.1:P, the name's address
+
+	// Fill the map with addresses of this sandbox until the kernel refuses.
+	start := time.Now()
+	var filled []netip.Addr
+	var fullErr error
+	until := time.Now().Add(time.Hour)
+	for i := 0; i < 1<<20; i++ {
+		a := netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
+		if err := f.sb.Allow(a, until, false); err != nil {
+			fullErr = err
+			break
+		}
+		filled = append(filled, a)
+	}
+	if fullErr == nil {
+		t.Fatalf("the allowlist took %d entries without refusing", len(filled))
+	}
+	t.Logf("allowlist full after %d entries (%v): %v", len(filled), time.Since(start), fullErr)
+	if got := f.e.AllowCount(); got < len(filled) {
+		t.Fatalf("AllowCount %d < %d written", got, len(filled))
+	}
+
+	// A resolver for this sandbox, forwarding to a loopback upstream that
+	// knows the name.
+	up, err := testutil.StartDNS(map[string][]string{"full.test": {"127.0.0.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(up.Close)
+	pol, err := policy.Parse("full.yaml", []byte("version: 1\nrules:\n  - name: f\n    hosts: [full.test]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := dnsproxy.New(dnsproxy.Config{Upstreams: []string{up.Addr}, AllowLoopback: true}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp4", pc.LocalAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		r.Serve(ctx, &dnsproxy.Sandbox{Name: "full", ID: f.sb.ID(), Policy: func() *policy.Policy { return pol }, Allow: f.sb}, pc, ln)
+	}()
+	t.Cleanup(func() { cancel(); <-served })
+	query := func() (int, int) {
+		t.Helper()
+		m := new(dns.Msg)
+		m.SetQuestion("full.test.", dns.TypeA)
+		c := &dns.Client{Timeout: 5 * time.Second}
+		var resp *dns.Msg
+		var err error
+		for i := 0; i < 3; i++ {
+			if resp, _, err = c.Exchange(m, pc.LocalAddr().String()); err == nil {
+				break
+			}
+		}
+		if err != nil {
+			t.Fatalf("query: %v", err)
+		}
+		return resp.Rcode, len(resp.Answer)
+	}
+
+	rcode, n := query()
+	if rcode != dns.RcodeServerFailure || n != 0 {
+		t.Fatalf("with the allowlist full: rcode %s with %d answers, want SERVFAIL and none", dns.RcodeToString[rcode], n)
+	}
+	if out := testutil.RunProbe(t, f.cg, "tcp", target.Addr); !strings.HasPrefix(out, "error EPERM") {
+		t.Fatalf("with the allowlist full, connect to the name's address: %q, want EPERM", out)
+	}
+	if target.Hits() != 0 {
+		t.Fatal("the address was reached while its allowlist write failed")
+	}
+
+	// Recovery: free some entries (as expiry + GC would) and ask again.
+	for _, a := range filled[:1024] {
+		if err := f.sb.Revoke(a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rcode, n = query()
+	if rcode != dns.RcodeSuccess || n != 1 {
+		t.Fatalf("after freeing entries: rcode %s with %d answers, want NOERROR and 1", dns.RcodeToString[rcode], n)
+	}
+	select {
+	case <-f.origin:
+	default:
+	}
+	if out := testutil.RunProbe(t, f.cg, "tcp", target.Addr); !strings.HasPrefix(out, "ok proxied") {
+		t.Fatalf("after recovery, connect: %q, want the redirect to the proxy", out)
+	}
+	if target.Hits() != 0 {
+		t.Fatal("the connection went straight to the target instead of the proxy")
+	}
+}
