@@ -13,8 +13,6 @@ import (
 	"slices"
 	"testing"
 	"time"
-
-	"github.com/sluice-dev/sluice/pkg/policy"
 )
 
 func BenchmarkPeekClientHello(b *testing.B) {
@@ -292,5 +290,3 @@ rules:
 		})
 	}
 }
-
-var _ = policy.VerdictSplice

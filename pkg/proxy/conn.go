@@ -11,14 +11,11 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/sluice-dev/sluice/pkg/audit"
 	"github.com/sluice-dev/sluice/pkg/policy"
 )
-
-const syscallEMFILE = syscall.EMFILE
 
 // Protocols seen by the peek.
 const (
