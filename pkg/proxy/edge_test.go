@@ -60,6 +60,12 @@ func TestRequestEdges(t *testing.T) {
 			wantCode: 403, wantBody: "CONNECT is not allowed",
 		},
 		{
+			name:     "h2c upgrade refused (would tunnel past request checks)",
+			sni:      "api.test",
+			req:      "GET /x HTTP/1.1\r\nHost: api.test\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+			wantCode: 403, wantBody: "only WebSocket",
+		},
+		{
 			name:     "http absolute URI on TLS refused",
 			sni:      "api.test",
 			req:      "GET http://api.test/x HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n",

@@ -252,6 +252,10 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case r.Method == http.MethodConnect:
 		violation = "CONNECT is not allowed through sluice (the connection is already transparent)"
+	case r.Header.Get("Upgrade") != "" && !strings.EqualFold(strings.TrimSpace(r.Header.Get("Upgrade")), "websocket"):
+		// After a 101 the bytes are no longer HTTP requests sluice can
+		// check (h2c, TLS upgrades): only WebSocket may switch protocols.
+		violation = "only WebSocket protocol upgrades are allowed"
 	case ci.proto == protoTLS && r.URL.Scheme == "http":
 		violation = "an http:// absolute URI on a TLS connection is not allowed"
 	case hasDotSegment(r.URL.Path):
