@@ -34,8 +34,11 @@
 // working), so this is accepted; put HTTP-level conditions on a rule to have
 // its Host checked per request. Per request, a Host that
 // differs from the connection's name (domain fronting) is refused unless one
-// rule allows both; CONNECT, dot-segment paths and http:// absolute URIs on TLS
-// are refused.
+// rule allows both; CONNECT, protocol upgrades other than WebSocket (h2c
+// would tunnel past the checks), dot-segment paths and http:// absolute URIs
+// on TLS are refused. Alt-Svc is dropped from intercepted responses (HTTP/3
+// would go around interception). WebSocket frames after the upgrade and
+// compressed bodies are not scanned for echoed secrets.
 //
 // Upstream connections. Requests of connections admitted by name share
 // pooled upstream connections keyed by the upstream name and port (across
