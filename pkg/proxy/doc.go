@@ -28,16 +28,17 @@
 // Config.FirstByteTimeout (a server-speaks-first protocol) is decided the same
 // way, and refused when the decision needs HTTP.
 //
-// Known limit: a spliced TLS connection is opaque, so a client can send one
-// allowed SNI and another Host inside it to a shared (CDN) address. Rules
+// Per request, a Host that differs from the connection's name (domain
+// fronting) is refused unless one rule allows both; CONNECT, protocol
+// upgrades other than WebSocket (h2c would tunnel past the checks),
+// dot-segment paths and http:// absolute URIs on TLS are refused. Alt-Svc is
+// dropped from intercepted responses (HTTP/3 would go around interception).
+//
+// Known limits: a spliced TLS connection is opaque, so a client can send one
+// allowed SNI and another Host inside it to a shared (CDN) address; rules
 // without HTTP-level needs are never intercepted (pinned certificates keep
-// working), so this is accepted; put HTTP-level conditions on a rule to have
-// its Host checked per request. Per request, a Host that
-// differs from the connection's name (domain fronting) is refused unless one
-// rule allows both; CONNECT, protocol upgrades other than WebSocket (h2c
-// would tunnel past the checks), dot-segment paths and http:// absolute URIs
-// on TLS are refused. Alt-Svc is dropped from intercepted responses (HTTP/3
-// would go around interception). WebSocket frames after the upgrade and
+// working), so this is accepted: put HTTP-level conditions on a rule to have
+// its Host checked per request. WebSocket frames after the upgrade and
 // compressed bodies are not scanned for echoed secrets.
 //
 // Upstream connections. Requests of connections admitted by name share
