@@ -27,8 +27,10 @@
 # /tmp/sluice-bench-results.json), BENCH_MD (Markdown table, default
 # BENCH_OUT with .md), BENCH_ROUNDS (3), BENCH_DURATION (seconds per load
 # run, 4), BENCH_CONCURRENCY (hey -c, 50), BENCH_BULK_BYTES (1073741824),
-# BENCH_LATENCY_REQUESTS (2000), BENCH_KEEP (set: keep the work directory
-# with the peers' logs and the raw measurements).
+# BENCH_LATENCY_REQUESTS (2000), BENCH_MICRO (1: also run micro.sh; 0
+# skips), BENCH_PROFILE (set: perf profile of row c), BENCH_ONLY (regex of
+# series keys to measure, for debugging), BENCH_KEEP (set: keep the work
+# directory with the peers' logs and the raw measurements).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 [ "$(id -u)" -eq 0 ] || { echo "make bench needs root (sandboxes are real cgroups with eBPF)" >&2; exit 1; }
@@ -53,6 +55,14 @@ cleanup() {
 	local p
 	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
 	for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+	# Safety net: anything still running from the work directory is ours.
+	local left
+	left=$(pgrep -f -- "$work/" || true)
+	if [ -n "$left" ]; then
+		echo "bench: stopping leftover processes: $left" >&2
+		# shellcheck disable=SC2086
+		kill $left 2>/dev/null || true
+	fi
 	if [ -n "${BENCH_KEEP:-}" ]; then echo "bench: kept $work" >&2; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
@@ -159,9 +169,11 @@ TOKEN = "Bearer " + os.environ["BENCH_TOKEN"]
 def request(flow):
     flow.request.headers["Authorization"] = TOKEN
 PY
-	ns mitmdump -q --listen-host 127.0.0.1 --listen-port "$mitm_port" --set confdir="$work/mitm" \
+	# exec: $! must be mitmdump itself, not a shell around it.
+	(exec unshare -m --propagation private sh -c 'mount --bind "$0" /etc/hosts && exec "$@"' "$work/hosts" \
+		mitmdump -q --listen-host 127.0.0.1 --listen-port "$mitm_port" --set confdir="$work/mitm" \
 		--set ssl_verify_upstream_trusted_ca="$UP_CA" --set flow_detail=0 --set termlog_verbosity=error \
-		-s "$work/mitm/addheader.py" >"$work/mitm/out" 2>&1 &
+		-s "$work/mitm/addheader.py" >"$work/mitm/out" 2>&1) &
 	pids+=($!)
 	wait_tcp "$mitm_port" || { log "mitmproxy did not start: $(tail -n 3 "$work/mitm/out")"; mitm_port=; }
 fi
@@ -310,8 +322,21 @@ hey_ok=; have hey && hey_ok=1
 # the direct and sluice rows pass -host NAME (server name and Host without
 # the port; the upstream ignores Host). The explicit-proxy rows keep the
 # port in Host, which squid and mitmproxy use to build the upstream URL.
+# busy: percent of the machine's CPU time that was not idle over one second,
+# taken before each round while the benchmark itself is quiet. Anything
+# well above zero is other work competing with the measurement.
+busy() {
+	local a b
+	a=$(awk '/^cpu / { print $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9, $5 + $6 }' /proc/stat)
+	sleep 1
+	b=$(awk '/^cpu / { print $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9, $5 + $6 }' /proc/stat)
+	awk -v a="$a" -v b="$b" 'BEGIN { split(a, x, " "); split(b, y, " "); t = y[1] - x[1]; i = y[2] - x[2]; printf "%.1f", (t > 0 ? 100 * (t - i) / t : 0) }'
+}
+
 for round in $(seq "$ROUNDS"); do
-	log "round $round/$ROUNDS: a-f HTTPS load (hey -z ${DUR}s -c $CONC)"
+	b=$(busy)
+	rec noise.busy "$b"
+	log "round $round/$ROUNDS: machine ${b}% busy before the round (other work); a-f HTTPS load (hey -z ${DUR}s -c $CONC)"
 	need a.ka "$hey_ok" "hey not available" && hey_row a.ka ns -- -host api.bench.test "$API/"
 	need b.ka "${hey_ok:+$sluice_ok}" "hey or sluice not available" && hey_row b.ka sl -- -host splice.bench.test "$SPLICE/"
 	need c.ka "${hey_ok:+$sluice_ok}" "hey or sluice not available" && hey_row c.ka sl -- -host api.bench.test "$API/"
@@ -346,6 +371,28 @@ for round in $(seq "$ROUNDS"); do
 	need h.inside "$sluice_ok" "sluice not built" && connect_row h.inside sl_h
 done
 
+# Optional: a system-wide profile of row c (BENCH_PROFILE=1, needs perf):
+# which processes used the CPU, and where sluice spent it.
+if [ -n "${BENCH_PROFILE:-}" ] && have perf && [ -n "$sluice_ok" ] && [ -n "$hey_ok" ]; then
+	log "profiling row c with perf (${DUR}s)"
+	prof=${OUT%.json}-profile.txt
+	sl hey -z "$((DUR + 2))s" -c "$CONC" -host api.bench.test "$API/" >"$work/prof-hey.out" 2>&1 &
+	prof_pid=$!
+	sleep 1
+	perf record -q -a -g -F 499 -o "$work/perf.data" -- sleep "$DUR" >/dev/null 2>&1 || true
+	wait "$prof_pid" || true
+	{
+		echo "== row c under perf: $(grep 'Requests/sec' "$work/prof-hey.out" | tr -s ' \t' ' ')"
+		echo "== CPU samples by process (whole machine)"
+		perf report -i "$work/perf.data" --sort comm --stdio --no-children -g none 2>/dev/null | grep -E '^ +[0-9.]+%' | head -n 15 || true
+		echo "== sluice: cumulative share of the machine's samples by function (top 60)"
+		perf report -i "$work/perf.data" --comm sluice --sort sym --stdio --children -g none 2>/dev/null |
+			grep -E '^ +[0-9.]+% +[0-9.]+%' | head -n 60 || true
+	} >"$prof"
+	sed -n '1,18p' "$prof"
+	echo "full profile: $prof"
+fi
+
 log "measured; writing $OUT and $MD"
 ver() { "$@" 2>&1 | head -n 1 | tr -d '\n' | tr -s ' ' || true; }
 "$B/report" -in "$M" -json "$OUT" -md "$MD" \
@@ -361,3 +408,10 @@ ver() { "$@" 2>&1 | head -n 1 | tr -d '\n' | tr -s ' ' || true; }
 	-setup "go=$(go env GOVERSION)" \
 	-setup "duration=$(($(date +%s) - start_ts)) s"
 echo "results written to $OUT and $MD"
+
+if [ "${BENCH_MICRO:-1}" = 1 ]; then
+	echo
+	echo "== Go micro-benchmarks (scripts/bench/micro.sh; BENCH_MICRO=0 skips)"
+	BENCHTIME=${BENCH_MICRO_TIME:-100ms} MICRO_OUT=${OUT%.json}-micro.txt scripts/bench/micro.sh |
+		sed -n '/^== hot paths/,$p' || echo "bench: micro-benchmarks failed (see ${OUT%.json}-micro.txt)"
+fi

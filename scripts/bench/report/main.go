@@ -58,7 +58,12 @@ var rows = []row{
 	{ID: "i", Key: "i.direct", Label: "bulk 1 GiB direct", Unit: "MB/s"},
 	{ID: "i", Key: "i.splice", Label: "bulk 1 GiB through splice", Unit: "MB/s", Base: "i.direct", BaseName: "i direct", Target: 0.9},
 	{ID: "i", Key: "i.intercept", Label: "bulk 1 GiB through intercept", Unit: "MB/s", Base: "i.direct", BaseName: "i direct"},
+	{ID: "-", Key: "noise.busy", Label: "machine busy before each round (not the bench)", Unit: "%"},
 }
+
+// noisy is the busy share above which the report warns that other work
+// competed with the measurement.
+const noisy = 10.0
 
 type series struct {
 	values []float64
@@ -296,6 +301,20 @@ func printTable(w io.Writer, rep Report) {
 		}
 		fmt.Fprintln(w)
 	}
+	if warn := noiseWarning(rep); warn != "" {
+		fmt.Fprintln(w, warn)
+	}
+}
+
+// noiseWarning says when the machine was busy with other work.
+func noiseWarning(rep Report) string {
+	for _, r := range rep.Rows {
+		if r.Series == "noise.busy" && r.Median != nil && *r.Median > noisy {
+			return fmt.Sprintf("WARNING: the machine was %.0f%% busy with other work before the rounds (median); "+
+				"absolute numbers and ratios are unreliable, rerun on an idle machine.", *r.Median)
+		}
+	}
+	return ""
 }
 
 func writeMarkdown(w io.Writer, rep Report) {
@@ -309,6 +328,10 @@ func writeMarkdown(w io.Writer, rep Report) {
 		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s |\n", r.Name, med, r.Baseline, versus(r), verdict(r), notes(r))
 	}
 	fmt.Fprintln(w)
+	if warn := noiseWarning(rep); warn != "" {
+		fmt.Fprintln(w, warn)
+		fmt.Fprintln(w)
+	}
 	keys := func(m map[string]string) []string {
 		k := make([]string, 0, len(m))
 		for x := range m {
