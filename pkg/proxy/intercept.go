@@ -149,7 +149,9 @@ func (s *server) intercept(ctx context.Context, c net.Conn, peeked []byte, ci *c
 		err := tc.HandshakeContext(hctx)
 		cancel()
 		if err != nil {
-			ci.reason = "TLS handshake with client: " + err.Error()
+			if ci.denied == "" {
+				ci.reason = "TLS handshake with client: " + err.Error()
+			}
 			return false
 		}
 		hc = tc
