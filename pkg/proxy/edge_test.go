@@ -455,3 +455,56 @@ rules:
 		t.Fatal("the mirror received the request")
 	}
 }
+
+// fragmentingConn re-splits the client's first flight (the ClientHello) into
+// small TLS records written in separate segments.
+type fragmentingConn struct {
+	net.Conn
+	done bool
+}
+
+func (f *fragmentingConn) Write(b []byte) (int, error) {
+	if f.done || len(b) < 5 || b[0] != 0x16 {
+		return f.Conn.Write(b)
+	}
+	f.done = true
+	n := 5 + (int(b[3])<<8 | int(b[4]))
+	frag := fragment(b[:n], 50)
+	for len(frag) > 0 {
+		k := min(len(frag), 37)
+		if _, err := f.Conn.Write(frag[:k]); err != nil {
+			return 0, err
+		}
+		frag = frag[k:]
+		time.Sleep(time.Millisecond)
+	}
+	if _, err := f.Conn.Write(b[n:]); err != nil {
+		return 0, err
+	}
+	return len(b), nil
+}
+
+func TestFragmentedClientHello(t *testing.T) {
+	up := newUpstream(t, "127.0.0.1", echoHeaders(nil))
+	dst := addrPort(t, up.URL)
+	e := newEnv(t, apiPolicy(dst.Port()))
+	e.bind("api.test", dst)
+	c, err := e.dial(context.Background(), dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc := tls.Client(&fragmentingConn{Conn: c}, &tls.Config{ServerName: "api.test", RootCAs: e.sandbox, NextProtos: []string{"http/1.1"}})
+	defer tc.Close()
+	tc.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(tc, "GET /v1/x HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(tc), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body := readAll(t, resp); resp.StatusCode != 200 || !strings.Contains(body, "BEARER S3CR3T") {
+		t.Fatalf("got %d %q", resp.StatusCode, body)
+	}
+	if ev := e.rec.waitKind(t, audit.KindConn, 1); len(ev) != 1 || ev[0].SNI != "api.test" {
+		t.Fatalf("conn events %+v", ev)
+	}
+}
