@@ -213,7 +213,9 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer func() {
 		ev.Decision = decision
 		ev.Host = rs.host
-		ev.Rule = ruleName(rs.rule)
+		if rs.rule != nil {
+			ev.Rule = rs.rule.Name
+		}
 		ev.Status = rs.status
 		if !rs.headerAt.IsZero() {
 			ev.LatencyMS = float64(rs.headerAt.Sub(start).Microseconds()) / 1000
@@ -304,6 +306,7 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		decision = audit.DecisionWouldDeny
+		ev.Rule = ruleName(rule)
 		rule = nil // never inject credentials into a request enforce mode refuses
 	}
 	rs.rule = rule
