@@ -6,11 +6,15 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io/fs"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/sluice-dev/sluice/pkg/secrets"
 )
@@ -226,6 +230,7 @@ func TestSecretsNeverLeak(t *testing.T) {
 		cli("list", "--json")
 		logs, _ := exec.Command(sluiceBin(t), "logs", "--json", "--all", "--file", filepath.Join(w.dir, "daemon-audit.jsonl")).CombinedOutput()
 		lc.add("sluice logs output", logs)
+		lc.addTree(t, d.state, secrets.StoreFile) // while attached
 		cli("detach", "leak")
 		d.stop()
 		lc.add("daemon log", []byte(d.log.String()))
@@ -236,7 +241,100 @@ func TestSecretsNeverLeak(t *testing.T) {
 		}
 	})
 
-	if len(lc.values) != 5 {
+	t.Run("opaque-callback-daemon", func(t *testing.T) {
+		opaque, cbToken := leakValue(t, "opaque"), leakValue(t, "callback")
+		lc.values = append(lc.values, opaque, cbToken)
+		var calls atomic.Int64
+		cb := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+			calls.Add(1)
+			rw.Header().Set("Content-Type", "application/json")
+			fmt.Fprintf(rw, `{"headers": {"Authorization": "Bearer %s"}}`, cbToken)
+		}))
+		t.Cleanup(cb.Close)
+		// The policy file is the input that carries the opaque value once;
+		// it is not graded.
+		opol := writePolicy(t, w.dir, "opaque.yaml", fmt.Sprintf(`version: 1
+rules:
+  - name: api
+    hosts: [allowed.test]
+    headers:
+      - {name: X-Api-Key, type: opaque, value: "%s"}
+  - name: cb
+    hosts: [plain.test]
+    callback: {url: "%s/creds", ttl: 5m, timeout: 2s}
+`, opaque, cb.URL))
+		d := startDaemon(t, w)
+		cli := func(args ...string) string {
+			t.Helper()
+			out, err := d.cli(args...)
+			lc.add("sluice "+strings.Join(args, " ")+" output", []byte(out))
+			if err != nil {
+				t.Fatalf("sluice %v: %v\n%s", args, err, out)
+			}
+			return out
+		}
+		cg, pid := sandboxProc(t, "")
+		cli("attach", "--policy", opol, "--pid", fmt.Sprint(pid), "--name", "opq", "--json")
+		caFile := filepath.Join(w.dir, "opq-ca.pem")
+		if err := os.WriteFile(caFile, []byte(cli("ca", "export", "opq")), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		request := func(host, header, want string) {
+			t.Helper()
+			u := fmt.Sprintf("https://%s:%d/leak", host, w.api.Port)
+			out, err := inSandbox(t, cg, "", "curl", "-sS", "--max-time", "10", "--cacert", caFile, u)
+			lc.add("sandbox curl output", []byte(out))
+			if err != nil || !strings.Contains(out, "hello from upstream /leak") {
+				t.Fatalf("curl %s in the attached sandbox: %v\n%s", host, err, out)
+			}
+			reqs := w.api.Requests()
+			if got := reqs[len(reqs)-1].Header.Get(header); got != want {
+				t.Fatalf("%s: the upstream did not get the %s value (%d bytes)", host, header, len(got))
+			}
+		}
+		request("allowed.test", "X-Api-Key", opaque)
+		request("plain.test", "Authorization", "Bearer "+cbToken)
+		if calls.Load() != 1 {
+			t.Fatalf("callback called %d times, want 1", calls.Load())
+		}
+		// After a restart the opaque value comes back from the encrypted
+		// store, not from a plaintext state file.
+		d.stop()
+		lc.add("daemon log (first run)", []byte(d.log.String()))
+		d.start()
+		var out string
+		var err error
+		for i := 0; i < 30; i++ {
+			if out, err = inSandbox(t, cg, "", "curl", "-sS", "--max-time", "10", "--cacert", caFile,
+				fmt.Sprintf("https://allowed.test:%d/leak", w.api.Port)); err == nil {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		lc.add("sandbox curl output", []byte(out))
+		reqs := w.api.Requests()
+		if err != nil || reqs[len(reqs)-1].Header.Get("X-Api-Key") != opaque {
+			t.Fatalf("after a daemon restart the opaque header is not injected: %v\n%s", err, out)
+		}
+		cli("list", "--json")
+		explain, _ := exec.Command(sluiceBin(t), "policy", "explain", opol, "GET", "https://allowed.test/leak").CombinedOutput()
+		lc.add("sluice policy explain output", explain)
+		if !strings.Contains(string(explain), "<opaque>") {
+			t.Errorf("policy explain does not show the opaque value as <opaque>:\n%s", explain)
+		}
+		dump, _ := inSandbox(t, cg, "", "sh", "-c", sandboxDump)
+		lc.add("sandbox environment (daemon, opaque)", []byte(dump))
+		logs, _ := exec.Command(sluiceBin(t), "logs", "--json", "--all", "--file", filepath.Join(w.dir, "daemon-audit.jsonl")).CombinedOutput()
+		lc.add("sluice logs output", logs)
+		lc.addTree(t, d.state, secrets.StoreFile) // while attached
+		cli("detach", "opq")
+		d.stop()
+		lc.add("daemon log", []byte(d.log.String()))
+		lc.addFile(t, filepath.Join(w.dir, "daemon-audit.jsonl"))
+		lc.addTree(t, d.state, secrets.StoreFile)
+	})
+
+	if len(lc.values) != 7 {
 		t.Fatalf("only %d of the flows ran", len(lc.values)-1)
 	}
 	lc.check(t)
