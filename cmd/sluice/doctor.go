@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/sluice-dev/sluice/pkg/daemon"
@@ -16,6 +18,7 @@ type doctorOptions struct {
 	strict    bool
 	bpffs     string
 	mountinfo string
+	skip      []string
 }
 
 func init() { register(newDoctorCmd) }
@@ -32,11 +35,17 @@ daemon's control socket. Each failed check prints the fix.
 
 Exit status: 0 when every check passes (a daemon that is not running is a
 warning), 1 when a check fails (or warns, with --strict).`,
+
 		Example: `  sudo sluice doctor
   sudo sluice doctor --json | jq '.results[] | select(.status != "ok")'`,
 		Args:         cobra.NoArgs,
 		SilenceUsage: true,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			for _, c := range o.skip {
+				if !slices.Contains(doctor.Checks, c) {
+					return fmt.Errorf("--skip %q: expect one of %s", c, strings.Join(quoted(doctor.Checks), ", "))
+				}
+			}
 			client := daemon.NewClient(ro.socket)
 			rep := doctor.Run(cmd.Context(), doctor.Env{
 				MountInfo: o.mountinfo,
@@ -47,6 +56,7 @@ warning), 1 when a check fails (or warns, with --strict).`,
 					return err
 				},
 				Strict: o.strict,
+				Skip:   o.skip,
 			})
 			if o.json {
 				enc := json.NewEncoder(ro.stdout)
@@ -73,9 +83,18 @@ warning), 1 when a check fails (or warns, with --strict).`,
 	f.BoolVar(&o.json, "json", false, "print JSON")
 	f.BoolVar(&o.strict, "strict", false, "fail on warnings too (a daemon that is not running)")
 	f.StringVar(&o.bpffs, "bpffs", "/sys/fs/bpf", "where bpffs must be mounted")
+	f.StringArrayVar(&o.skip, "skip", nil, "skip a check: "+strings.Join(quoted(doctor.Checks), ", ")+" (repeatable)")
 	f.StringVar(&o.mountinfo, "mountinfo", "/proc/self/mountinfo", "mount table to inspect")
 	_ = f.MarkHidden("mountinfo")
 	return cmd
+}
+
+func quoted(ss []string) []string {
+	out := make([]string, len(ss))
+	for i, s := range ss {
+		out[i] = fmt.Sprintf("%q", s)
+	}
+	return out
 }
 
 func printDoctor(ro *rootOptions, rep doctor.Report) {

@@ -67,6 +67,18 @@ func TestDoctorMissingBPFFS(t *testing.T) {
 	}
 }
 
+func TestDoctorSkip(t *testing.T) {
+	// The bpffs failure is skipped: exit 0 with no bpffs line.
+	out, errOut, code := opsCLI(t, "", "doctor", "--skip", "bpffs", "--skip", "daemon", "--skip", "bpf syscall", "--skip", "capabilities",
+		"--mountinfo", "../../pkg/doctor/testdata/mountinfo-hybrid-no-bpffs")
+	if code != 0 || strings.Contains(out, "bpffs") || strings.Contains(out, "daemon") {
+		t.Fatalf("exit %d:\n%s%s", code, out, errOut)
+	}
+	if _, errOut, code := opsCLI(t, "", "doctor", "--skip", "nope"); code == 0 || !strings.Contains(errOut, `--skip "nope": expect one of "kernel"`) {
+		t.Fatalf("unknown check: exit %d %s", code, errOut)
+	}
+}
+
 func TestDoctorStrict(t *testing.T) {
 	testutil.RequirePrivileged(t)
 	_, _, code := opsCLI(t, "", "doctor", "--strict", "--socket", filepath.Join(t.TempDir(), "none.sock"))

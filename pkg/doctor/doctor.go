@@ -58,7 +58,12 @@ type Env struct {
 	Daemon func(ctx context.Context) error
 	// Strict turns warnings into failures.
 	Strict bool
+	// Skip names checks not to run (Result.Check values, e.g. "daemon").
+	Skip []string
 }
+
+// Checks are the names of every check, in the order Run reports them.
+var Checks = []string{"kernel", "bpf syscall", "cgroup v2", "bpffs", "capabilities", "daemon"}
 
 func (e *Env) defaults() {
 	if e.MountInfo == "" {
@@ -101,7 +106,15 @@ type mount struct {
 func Run(ctx context.Context, env Env) Report {
 	env.defaults()
 	var rep Report
-	add := func(r Result) { rep.Results = append(rep.Results, r) }
+	skip := map[string]bool{}
+	for _, c := range env.Skip {
+		skip[c] = true
+	}
+	add := func(r Result) {
+		if !skip[r.Check] {
+			rep.Results = append(rep.Results, r)
+		}
+	}
 
 	add(checkKernel(env))
 	add(checkBPF(env))
@@ -116,7 +129,9 @@ func Run(ctx context.Context, env Env) Report {
 		add(checkBPFFS(env, mounts))
 	}
 	add(checkCaps(env))
-	add(checkDaemon(ctx, env))
+	if !skip["daemon"] {
+		add(checkDaemon(ctx, env))
+	}
 
 	rep.OK = true
 	for _, r := range rep.Results {

@@ -106,6 +106,16 @@ func TestRun(t *testing.T) {
 	}
 }
 
+func TestSkip(t *testing.T) {
+	e := fakeEnv("mountinfo-hybrid-no-bpffs", "status-root")
+	e.Socket, e.Daemon = "/nonexistent", func(context.Context) error { t.Fatal("daemon probed although skipped"); return nil }
+	e.Skip = []string{"bpffs", "daemon"}
+	rep := Run(context.Background(), e)
+	if !rep.OK || len(rep.Results) != len(Checks)-2 || find(rep, "bpffs").Check != "" {
+		t.Fatalf("skip: %+v", rep)
+	}
+}
+
 func TestDaemonProbe(t *testing.T) {
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "s.sock")

@@ -195,7 +195,7 @@ func TestManifests(t *testing.T) {
 		}
 	}
 	containers := map[string]any{}
-	for _, c := range list(spec, "containers") {
+	for _, c := range append(list(spec, "initContainers"), list(spec, "containers")...) {
 		name := str(c, "name")
 		containers[name] = c
 		if str(c, "image") == "" {
