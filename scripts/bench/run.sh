@@ -11,7 +11,8 @@
 #   b  through `sluice run`, splice rule (allowed host, no interception)
 #   c  through `sluice run`, intercept rule injecting Authorization from a
 #      secret, keep-alive; plus p50/p99 added latency with one client
-#   d  c with a new TLS connection per request
+#   d  c with a new TLS connection per request (also, informational: a and
+#      c over HTTP/2)
 #   e  squid ssl-bump adding the same header (explicit proxy, hey -x)
 #   f  mitmproxy adding the same header (explicit proxy, hey -x)
 #   g  DNS cached-answer qps: the sluice resolver (dnsperf inside
@@ -344,6 +345,9 @@ for round in $(seq "$ROUNDS"); do
 		hey_row e.ka -- -x "http://127.0.0.1:$squid_port" "$API/"
 	need f.ka "${hey_ok:+$mitm_port}" "hey or mitmproxy not available" &&
 		hey_row f.ka -- -x "http://127.0.0.1:$mitm_port" "$API/"
+	# HTTP/2 end to end (informational; hey -h2 multiplexes on one connection per worker)
+	need a.h2 "$hey_ok" "hey not available" && hey_row a.h2 ns -- -h2 -host api.bench.test "$API/"
+	need c.h2 "${hey_ok:+$sluice_ok}" "hey or sluice not available" && hey_row c.h2 sl -- -h2 -host api.bench.test "$API/"
 	need a.nc "$hey_ok" "hey not available" && hey_row a.nc ns -- -disable-keepalive -host api.bench.test "$API/"
 	need d.nc "${hey_ok:+$sluice_ok}" "hey or sluice not available" &&
 		hey_row d.nc sl -- -disable-keepalive -host api.bench.test "$API/"

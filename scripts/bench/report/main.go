@@ -42,11 +42,13 @@ type row struct {
 var rows = []row{
 	{ID: "a", Key: "a.ka", Label: "direct, keep-alive", Unit: "req/s"},
 	{ID: "a", Key: "a.nc", Label: "direct, new TLS connection per request", Unit: "req/s"},
+	{ID: "a", Key: "a.h2", Label: "direct, HTTP/2", Unit: "req/s"},
 	{ID: "b", Key: "b.ka", Label: "sluice splice, keep-alive", Unit: "req/s", Base: "a.ka", BaseName: "a keep-alive", Target: 0.9},
 	{ID: "c", Key: "c.ka", Label: "sluice intercept + header, keep-alive", Unit: "req/s", Base: "a.ka", BaseName: "a keep-alive", Target: 0.5},
 	{ID: "c", Key: "c.ka", Label: "sluice intercept + header vs squid (e)", Unit: "req/s", Base: "e.ka", BaseName: "e keep-alive", Target: 3},
 	{ID: "c", Key: "c.lat.p50", Label: "sluice intercept, p50 added latency", Unit: "us", Base: "a.lat.p50", BaseName: "a p50 (1 client)", Diff: true},
 	{ID: "c", Key: "c.lat.p99", Label: "sluice intercept, p99 added latency", Unit: "us", Base: "a.lat.p99", BaseName: "a p99 (1 client)", Diff: true, DiffMax: 1000},
+	{ID: "c", Key: "c.h2", Label: "sluice intercept + header, HTTP/2", Unit: "req/s", Base: "a.h2", BaseName: "a HTTP/2"},
 	{ID: "d", Key: "d.nc", Label: "sluice intercept + header, new conn/request", Unit: "req/s", Base: "a.nc", BaseName: "a new conn", Target: 0.5},
 	{ID: "e", Key: "e.ka", Label: "squid ssl-bump + header, keep-alive", Unit: "req/s", Base: "a.ka", BaseName: "a keep-alive"},
 	{ID: "e", Key: "e.nc", Label: "squid ssl-bump + header, new conn/request", Unit: "req/s", Base: "a.nc", BaseName: "a new conn"},
@@ -82,13 +84,16 @@ type Result struct {
 	Median     *float64  `json:"median"`
 	Baseline   string    `json:"baseline,omitempty"`
 	BaseMedian *float64  `json:"baseline_median,omitempty"`
-	Ratio      *float64  `json:"ratio,omitempty"`
-	Added      *float64  `json:"added,omitempty"`
-	Target     string    `json:"target,omitempty"`
-	Met        *bool     `json:"met,omitempty"`
-	Injected   *float64  `json:"header_injected_share,omitempty"`
-	Failed     float64   `json:"failed_requests,omitempty"`
-	NA         string    `json:"na,omitempty"`
+	Ratio      *float64  `json:"ratio,omitempty"` // median of per-round ratios when Paired
+	// RatioOfMedians is median/baseline_median, for comparison.
+	RatioOfMedians *float64 `json:"ratio_of_medians,omitempty"`
+	Paired         bool     `json:"paired,omitempty"`
+	Added          *float64 `json:"added,omitempty"` // median of per-round differences when Paired
+	Target         string   `json:"target,omitempty"`
+	Met            *bool    `json:"met,omitempty"`
+	Injected       *float64 `json:"header_injected_share,omitempty"`
+	Failed         float64  `json:"failed_requests,omitempty"`
+	NA             string   `json:"na,omitempty"`
 }
 
 // Report is the JSON document.
@@ -97,6 +102,8 @@ type Report struct {
 	Machine map[string]string `json:"machine"`
 	Setup   map[string]string `json:"setup"`
 	Rows    []Result          `json:"rows"`
+	// Series holds every measured value by series key, baselines included.
+	Series map[string][]float64 `json:"series"`
 }
 
 func main() {
@@ -113,7 +120,12 @@ func main() {
 	}
 	data, err := read(*in)
 	check(err)
-	rep := Report{Date: time.Now().UTC().Format(time.RFC3339), Machine: meta.m, Setup: setup.m}
+	rep := Report{Date: time.Now().UTC().Format(time.RFC3339), Machine: meta.m, Setup: setup.m, Series: map[string][]float64{}}
+	for k, s := range data {
+		if len(s.values) > 0 {
+			rep.Series[k] = s.values
+		}
+	}
 	for _, r := range rows {
 		rep.Rows = append(rep.Rows, evaluate(r, data))
 	}
@@ -216,17 +228,36 @@ func evaluate(r row, data map[string]*series) Result {
 		return res
 	}
 	res.BaseMedian = &bm
+	// Rounds are interleaved, so round k of a row and round k of its
+	// baseline ran moments apart: compare them pairwise and take the median
+	// of the per-round comparisons, which cancels load that drifts between
+	// rounds. Without pairs, compare the medians.
+	paired := len(s.values) == len(b.values) && len(s.values) > 0
+	per := func(f func(v, base float64) float64) float64 {
+		if !paired {
+			return f(m, bm)
+		}
+		out := make([]float64, len(s.values))
+		for i := range s.values {
+			out[i] = f(s.values[i], b.values[i])
+		}
+		md, _ := median(out)
+		return md
+	}
+	res.Paired = paired
 	switch {
 	case r.Diff:
-		d := m - bm
+		d := per(func(v, base float64) float64 { return v - base })
 		res.Added = &d
 		if r.DiffMax > 0 {
 			met := d < r.DiffMax
 			res.Met, res.Target = &met, fmt.Sprintf("< %g %s", r.DiffMax, r.Unit)
 		}
-	case bm > 0:
-		ratio := m / bm
+	case bm > 0 && !slices.Contains(b.values, 0):
+		ratio := per(func(v, base float64) float64 { return v / base })
 		res.Ratio = &ratio
+		rom := m / bm
+		res.RatioOfMedians = &rom
 		if r.Target > 0 {
 			met := ratio >= r.Target
 			res.Target = fmt.Sprintf(">= %gx", r.Target)
