@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"os"
 	"runtime"
 	"strconv"
 	"strings"
@@ -222,6 +223,9 @@ func TestLargeBodiesBoundedMemory(t *testing.T) {
 	size := int64(256 << 20)
 	if raceEnabled || testing.Short() {
 		size = 32 << 20
+	}
+	if mb, err := strconv.Atoi(os.Getenv("SLUICE_BIG_BODY_MB")); err == nil && mb > 0 {
+		size = int64(mb) << 20 // e.g. 1024 for the 1 GiB acceptance figure
 	}
 	up := newUpstream(t, "127.0.0.1", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodPut {
