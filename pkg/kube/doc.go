@@ -4,8 +4,8 @@
 //
 // The core is Reconciler, a pure state machine: it takes pod watch events
 // (ADDED, MODIFIED, DELETED with the pod object) and returns the attach and
-// detach actions to take. It does no I/O, so it is tested against recorded
-// events (testdata/kubernetes/). Watch is a minimal list+watch over the API
+// detach actions to take. It does no I/O, so it is tested against watch
+// streams in the API server's wire format (testdata/kubernetes/). Watch is a minimal list+watch over the API
 // server's REST API with the pod's service-account token (no client-go), and
 // Run applies the actions through interfaces the caller provides (the
 // daemon client, a container resolver).
