@@ -37,6 +37,7 @@ type row struct {
 	Lower    bool    // a lower ratio is better (costs)
 	Diff     bool    // report value - baseline instead of a ratio (latency)
 	DiffMax  float64 // target for Diff rows: value - baseline < DiffMax
+	Info     bool    // context, not a measurement of a path
 }
 
 var rows = []row{
@@ -60,7 +61,7 @@ var rows = []row{
 	{ID: "i", Key: "i.direct", Label: "bulk 1 GiB direct", Unit: "MB/s"},
 	{ID: "i", Key: "i.splice", Label: "bulk 1 GiB through splice", Unit: "MB/s", Base: "i.direct", BaseName: "i direct", Target: 0.9},
 	{ID: "i", Key: "i.intercept", Label: "bulk 1 GiB through intercept", Unit: "MB/s", Base: "i.direct", BaseName: "i direct"},
-	{ID: "-", Key: "noise.busy", Label: "machine busy before each round (not the bench)", Unit: "%"},
+	{ID: "-", Key: "noise.busy", Label: "machine busy before each round (not the bench)", Unit: "%", Info: true},
 }
 
 // noisy is the busy share above which the report warns that other work
@@ -94,6 +95,7 @@ type Result struct {
 	Injected       *float64 `json:"header_injected_share,omitempty"`
 	Failed         float64  `json:"failed_requests,omitempty"`
 	NA             string   `json:"na,omitempty"`
+	Info           bool     `json:"info,omitempty"`
 }
 
 // Report is the JSON document.
@@ -198,7 +200,7 @@ func median(v []float64) (float64, bool) {
 }
 
 func evaluate(r row, data map[string]*series) Result {
-	res := Result{Row: r.ID, Series: r.Key, Name: r.ID + ". " + r.Label, Unit: r.Unit, Baseline: r.BaseName}
+	res := Result{Row: r.ID, Series: r.Key, Name: r.ID + ". " + r.Label, Unit: r.Unit, Baseline: r.BaseName, Info: r.Info}
 	s := data[r.Key]
 	if s == nil {
 		res.NA = "not measured"
@@ -292,6 +294,8 @@ func versus(r Result) string {
 		return "+" + num(r.Added) + " " + r.Unit
 	case r.Ratio != nil:
 		return fmt.Sprintf("%.2fx", *r.Ratio)
+	case r.Info:
+		return ""
 	case r.Baseline == "" && r.Median != nil:
 		return "baseline"
 	}
