@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"crypto/tls"
 	"fmt"
 	"io"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/sluice-dev/sluice/pkg/audit"
+	"github.com/sluice-dev/sluice/pkg/cgroup"
 	"github.com/sluice-dev/sluice/pkg/testutil"
 	"github.com/sluice-dev/sluice/pkg/tlsca"
 )
@@ -145,6 +147,94 @@ done`
 		t.Fatal("DEMO_TOKEN (the --secret-env source) is in the sandbox's environment")
 	}
 	// w.run has already failed the test if the secret were in out.
+}
+
+// TestSandboxSeesNoSecretAnywhere: while a sandbox that used an injected
+// credential is still running, no file in the places a sandbox can write
+// or read scratch data (/tmp, /var/tmp, /dev/shm, /run) and no environment
+// or command line of its processes holds the secret.
+func TestSandboxSeesNoSecretAnywhere(t *testing.T) {
+	w := newWorld(t)
+	secret := leakValue(t, "scan")
+	t.Setenv("LEAK_TOKEN", secret)
+	pol := writePolicy(t, w.dir, "scan.yaml", leakPolicy)
+	ready := filepath.Join(w.dir, "ready")
+	type scanResult struct {
+		hits    []string
+		scanned int
+		procs   int
+	}
+	done := make(chan scanResult, 1)
+	go func() {
+		var r scanResult
+		defer func() { done <- r }()
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			if _, err := os.Stat(ready); err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		needle := []byte(secret)
+		for _, root := range []string{"/tmp", "/var/tmp", "/dev/shm", "/run"} {
+			_ = filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+				if err != nil || !d.Type().IsRegular() {
+					return nil
+				}
+				if info, err := d.Info(); err != nil || info.Size() > 8<<20 {
+					return nil
+				}
+				data, err := os.ReadFile(p)
+				if err != nil {
+					return nil
+				}
+				r.scanned++
+				if bytes.Contains(data, needle) {
+					r.hits = append(r.hits, p)
+				}
+				return nil
+			})
+		}
+		// The sandbox's processes: sluice-run-* cgroups below ours.
+		self, err := cgroup.Self()
+		if err != nil {
+			return
+		}
+		cgs, _ := filepath.Glob(filepath.Join(self, "sluice-run-*", "cgroup.procs"))
+		for _, procs := range cgs {
+			data, _ := os.ReadFile(procs)
+			for _, pid := range strings.Fields(string(data)) {
+				r.procs++
+				for _, f := range []string{"environ", "cmdline"} {
+					if b, err := os.ReadFile(filepath.Join("/proc", pid, f)); err == nil && bytes.Contains(b, needle) {
+						r.hits = append(r.hits, "/proc/"+pid+"/"+f)
+					}
+				}
+			}
+		}
+	}()
+	url := fmt.Sprintf("https://allowed.test:%d/scan", w.api.Port)
+	out, code := w.run(t, pol, "--secret-env", "LEAK_TOKEN", "--",
+		"sh", "-c", `curl -sS --max-time 10 "$0" && touch "$1" && sleep 3`, url, ready)
+	r := <-done
+	if code != 0 || !strings.Contains(out, "hello from upstream /scan") {
+		t.Fatalf("curl: exit %d\n%s", code, out)
+	}
+	if reqs := w.api.Requests(); len(reqs) != 1 || reqs[0].Header.Get("Authorization") != "Bearer "+secret {
+		t.Fatal("the upstream did not get the injected secret")
+	}
+	if r.scanned == 0 || r.procs == 0 {
+		t.Fatalf("scanned %d files and %d sandbox processes: the scan did not run", r.scanned, r.procs)
+	}
+	if strings.Contains(out, secret) {
+		t.Error("the secret appeared in the sandbox's output")
+	}
+	for _, h := range r.hits {
+		t.Errorf("the secret is readable at %s while the sandbox runs", h)
+	}
 }
 
 // TestProxyRefusalExplainsAndKeepsConnection: a path or method outside the
