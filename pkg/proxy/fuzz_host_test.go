@@ -83,8 +83,7 @@ func FuzzHostDifferential(f *testing.F) {
 			// one rule allows both (seed authority_form_non_connect).
 			return
 		}
-		if end := bytes.Index(data, []byte("\n\n")); bytes.Contains(data, []byte("\n ")) || bytes.Contains(data, []byte("\n\t")) ||
-			end >= 0 && bytes.Contains(data[:end], []byte("\r\n\r\n")) {
+		if bytes.Contains(data, []byte("\n ")) || bytes.Contains(data, []byte("\n\t")) {
 			// Also known: obs-fold continuation lines (Go joins them, the
 			// peek does not; seed obs_fold_host). Same defence as above.
 			return
