@@ -71,6 +71,7 @@ func useAPI(t *testing.T, w *world, names []string, handler http.Handler) *testu
 
 func TestClientsGetInjectedHeader(t *testing.T) {
 	w := newWorld(t)
+	requireTools(t, "curl", "git", "python3", "node")
 	repos := t.TempDir()
 	if err := testutil.GitRepo(repos, "demo.git", "cloned through sluice\n"); err != nil {
 		t.Fatal(err)

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"regexp"
 	"strconv"
 	"strings"
@@ -16,11 +17,25 @@ import (
 
 // Issue 5: the sandbox's resolver, seen from real clients inside a sandbox.
 
+// requireTools fails (never skips: these are acceptance tests) when a
+// client the test drives is not installed, naming the Debian package.
+func requireTools(t *testing.T, tools ...string) {
+	t.Helper()
+	pkgs := map[string]string{"dig": "dnsutils", "nslookup": "dnsutils", "node": "nodejs", "python3": "python3",
+		"git": "git", "curl": "curl", "getent": "libc-bin"}
+	for _, tool := range tools {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s is not installed: apt-get install %s", tool, pkgs[tool])
+		}
+	}
+}
+
 // TestDNSClientsResolveAllowedOnly: getent, dig, nslookup, Python and Node
 // resolve an allowed name and fail for a forbidden one, which never reaches
 // the upstream.
 func TestDNSClientsResolveAllowedOnly(t *testing.T) {
 	w := newWorld(t)
+	requireTools(t, "getent", "dig", "nslookup", "python3", "node")
 	clients := []struct {
 		name string
 		cmd  func(host string) []string
@@ -105,6 +120,7 @@ func TestDNSClientsResolveAllowedOnly(t *testing.T) {
 // (several types) for an attacker's zone produce no upstream query.
 func TestDNSExfiltrationNeverReachesUpstream(t *testing.T) {
 	w := newWorld(t)
+	requireTools(t, "python3")
 	// Plain UDP DNS queries to the resolv.conf server (redirected by the
 	// kernel), built by hand so that every one is a distinct name and
 	// the types vary.
@@ -271,6 +287,16 @@ rules:
 	if code != 0 || !strings.Contains(out, "127.0.0.1") || strings.Contains(out, "127.0.0.3") {
 		t.Fatalf("registry.test should resolve to the mirror's 127.0.0.1: exit %d\n%s", code, out)
 	}
+	var remapped bool
+	for _, ev := range w.events(t) {
+		if ev.Kind == audit.KindDNS && ev.QName == "registry.test" && ev.QType == "A" && ev.Decision == audit.DecisionAllow &&
+			ev.Rule == "registry" && len(ev.Answers) > 0 && ev.Answers[0] == "127.0.0.1" {
+			remapped = true
+		}
+	}
+	if !remapped {
+		t.Error("no dns event for registry.test (rule registry) answering the mirror's address")
+	}
 	url := fmt.Sprintf("https://registry.test:%d/pkg/left-pad", mirror.Port)
 	out, code = w.run(t, pol, "curl", "-sS", "--max-time", "10", url)
 	if code != 0 || !strings.Contains(out, "hello from upstream /pkg/left-pad") {
@@ -301,6 +327,7 @@ var digQueryTime = regexp.MustCompile(`Query time: (\d+) msec`)
 // unfiltered answer; once it is back, the name resolves again.
 func TestDNSUpstreamDownServfail(t *testing.T) {
 	w := newWorld(t)
+	requireTools(t, "dig")
 	d := startDaemon(t, w)
 	pol := writePolicy(t, w.dir, "p.yaml", "version: 1\nrules:\n  - name: p\n    hosts: [allowed.test]\n")
 	cg, pid := sandboxProc(t, "")
