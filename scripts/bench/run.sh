@@ -84,6 +84,7 @@ sluice_ok=1
 BENCH_TOKEN="bench-$RANDOM$RANDOM$RANDOM"
 export BENCH_TOKEN
 "$B/origin" -dir "$work" &
+origin_pid=$!
 pids+=($!)
 for _ in $(seq 100); do [ -f "$work/env" ] && break; sleep 0.05; done
 # shellcheck disable=SC1091
@@ -106,10 +107,9 @@ rules:
   - name: bench-splice
     hosts: [splice.bench.test]
 POL
-sl() {
-	"$SLUICE" run --no-summary --policy "$work/bench.yaml" --dns-upstream "$DNS_ADDR" --dns-allow-loopback \
-		--upstream-ca "$UP_CA" --secret-env BENCH_TOKEN -- "$@"
-}
+SL=("$SLUICE" run --no-summary --policy "$work/bench.yaml" --dns-upstream "$DNS_ADDR" --dns-allow-loopback
+	--upstream-ca "$UP_CA" --secret-env BENCH_TOKEN --)
+sl() { "${SL[@]}" "$@"; }
 
 wait_tcp() { # port: wait until something accepts on 127.0.0.1:port
 	for _ in $(seq 150); do
@@ -120,7 +120,7 @@ wait_tcp() { # port: wait until something accepts on 127.0.0.1:port
 }
 
 # --- peers ---
-squid_port=
+squid_port= squid_pid= mitm_pid=
 if have squid && [ -x /usr/lib/squid/security_file_certgen ]; then
 	log "starting squid (ssl-bump, request_header_add)"
 	squid_port=$("$B/probe" freeport)
@@ -152,6 +152,7 @@ CONF
 	chown -R proxy:proxy "$work/squid" 2>/dev/null || true
 	chmod 600 "$work/squid/peer-ca.key"
 	squid -N -f "$work/squid/squid.conf" >"$work/squid/out" 2>&1 &
+	squid_pid=$!
 	pids+=($!)
 	wait_tcp "$squid_port" || { log "squid did not start: $(tail -n 3 "$work/squid/out" "$work/squid/cache.log" 2>/dev/null)"; squid_port=; }
 fi
@@ -175,6 +176,7 @@ PY
 		mitmdump -q --listen-host 127.0.0.1 --listen-port "$mitm_port" --set confdir="$work/mitm" \
 		--set ssl_verify_upstream_trusted_ca="$UP_CA" --set flow_detail=0 --set termlog_verbosity=error \
 		-s "$work/mitm/addheader.py" >"$work/mitm/out" 2>&1) &
+	mitm_pid=$!
 	pids+=($!)
 	wait_tcp "$mitm_port" || { log "mitmproxy did not start: $(tail -n 3 "$work/mitm/out")"; mitm_port=; }
 fi
@@ -208,18 +210,40 @@ POL
 # --- measurements ---
 stats() { curl -s --noproxy '*' --max-time 5 "http://$STATS_ADDR/" | sed -E 's/.*"injected":([0-9]+).*"total":([0-9]+).*/\2 \1/'; }
 
-# hey_row KEY RUNNER... -- HEY-ARGS: one hey run; records req/s, failed
-# requests and the share of upstream requests that carried the header.
+# proc_cpu PID: CPU seconds (user + system) the process has used so far.
+clk_tck=$(getconf CLK_TCK)
+proc_cpu() { sed -E 's/.*\) //' "/proc/$1/stat" 2>/dev/null | awk -v hz="$clk_tck" '{ printf "%.3f", ($12 + $13) / hz }'; }
+cpu_file() { cat "$1" 2>/dev/null || echo 0; }
+
+# hey_row KEY MODE -- HEY-ARGS: one hey run (-z DUR -c CONC); records req/s,
+# failed requests, the share of upstream requests that carried the header,
+# and CPU microseconds per request: KEY.cpu is the proxy's (sluice: its own
+# process, start-up subtracted; squid, mitmproxy: their process), or for
+# direct the client's plus the upstream's; KEY.cpu_client and
+# KEY.cpu_upstream are kept in the JSON series.
+# MODE: direct (outside, test names in /etc/hosts), sluice (hey inside
+# `sluice run`), squid or mitm (hey outside with -x).
 hey_row() {
-	local key=$1
-	shift
-	local runner=()
-	while [ "$1" != "--" ]; do runner+=("$1"); shift; done
-	shift
-	local before after out parsed
+	local key=$1 mode=$2
+	shift 3
+	local before after out parsed up0 up1 px0= px1= cmd=()
+	local hey=("$B/probe" cputime "$work/cpu.client" hey -z "${DUR}s" -c "$CONC")
+	rm -f "$work/cpu.client" "$work/cpu.outer"
+	case $mode in
+	direct) cmd=(ns "${hey[@]}") ;;
+	sluice) cmd=("$B/probe" cputime "$work/cpu.outer" "${SL[@]}" "${hey[@]}") ;;
+	squid) cmd=("${hey[@]}") px0=$(proc_cpu "$squid_pid") ;;
+	mitm) cmd=("${hey[@]}") px0=$(proc_cpu "$mitm_pid") ;;
+	esac
 	before=$(stats)
-	out=$("${runner[@]}" hey -z "${DUR}s" -c "$CONC" "$@" 2>&1) || true
+	up0=$(proc_cpu "$origin_pid")
+	out=$("${cmd[@]}" "$@" 2>&1) || true
+	up1=$(proc_cpu "$origin_pid")
 	after=$(stats)
+	case $mode in
+	squid) px1=$(proc_cpu "$squid_pid") ;;
+	mitm) px1=$(proc_cpu "$mitm_pid") ;;
+	esac
 	parsed=$(awk '
 		/Requests\/sec:/ { rps = $2 }
 		/^Status code distribution:/ { sec = "s"; next }
@@ -229,13 +253,30 @@ hey_row() {
 		END { printf "%s %d\n", (rps == "" ? "na" : rps), bad }' <<<"$out")
 	if [ "${parsed%% *}" = na ]; then
 		rec "$key" na "hey failed: $(tail -n 1 <<<"$out")"
-		return
+		return 0
 	fi
 	rec "$key" "${parsed%% *}"
 	rec "$key.err" "${parsed##* }"
 	read -r t0 i0 <<<"$before"
 	read -r t1 i1 <<<"$after"
-	[ "$((t1 - t0))" -gt 0 ] && rec "$key.inj" "$(awk -v i="$((i1 - i0))" -v t="$((t1 - t0))" 'BEGIN { printf "%.4f", i / t }')"
+	local n=$((t1 - t0))
+	[ "$n" -gt 0 ] || return 0
+	rec "$key.inj" "$(awk -v i="$((i1 - i0))" -v t="$n" 'BEGIN { printf "%.4f", i / t }')"
+	local client upstream proxy=
+	client=$(cpu_file "$work/cpu.client")
+	upstream=$(awk -v a="$up0" -v b="$up1" 'BEGIN { print b - a }')
+	case $mode in
+	sluice) proxy=$(awk -v o="$(cpu_file "$work/cpu.outer")" -v c="$client" -v s="$sl_startup" 'BEGIN { print o - c - s }') ;;
+	squid | mitm) proxy=$(awk -v a="$px0" -v b="$px1" 'BEGIN { print b - a }') ;;
+	esac
+	us() { awk -v c="$1" -v n="$n" 'BEGIN { printf "%.1f", 1e6 * c / n }'; }
+	rec "$key.cpu_client" "$(us "$client")"
+	rec "$key.cpu_upstream" "$(us "$upstream")"
+	if [ -n "$proxy" ]; then
+		rec "$key.cpu" "$(us "$proxy")"
+	else
+		rec "$key.cpu" "$(us "$(awk -v a="$client" -v b="$upstream" 'BEGIN { print a + b }')")"
+	fi
 	return 0
 }
 
@@ -302,6 +343,17 @@ connect_row() { # KEY RUNNER...
 
 sl_h() { "$SLUICE" run --no-summary --policy "$work/direct.yaml" --dns-upstream 127.0.0.1:1 -- "$@"; }
 
+# sl_startup: CPU seconds `sluice run -- true` costs (load and attach the
+# programs, make a CA, tear down); subtracted from the sluice rows' CPU.
+sl_startup=0
+if [ -n "$sluice_ok" ]; then
+	for _ in 1 2 3; do
+		"$B/probe" cputime "$work/cpu.startup" "${SL[@]}" true >/dev/null 2>&1 && cat "$work/cpu.startup"
+	done >"$work/startup.txt"
+	sl_startup=$(sort -n "$work/startup.txt" | awk '{ v[NR] = $1 } END { print (NR ? v[int((NR + 1) / 2)] : 0) }')
+	log "sluice run start-up and tear-down: ${sl_startup}s CPU (subtracted from the sluice rows' CPU per request)"
+fi
+
 # want KEY: is this series selected (BENCH_ONLY, an extended regex over
 # series keys such as "^(a|e)\." for debugging; default all)?
 want() { [[ $1 =~ ${BENCH_ONLY:-.} ]]; }
@@ -344,23 +396,23 @@ for round in $(seq "$ROUNDS"); do
 	done
 	rec noise.busy "$b"
 	log "round $round/$ROUNDS: machine ${b}% busy before the round (other work); a-f HTTPS load (hey -z ${DUR}s -c $CONC)"
-	need a.ka "$hey_ok" "hey not available" && hey_row a.ka ns -- -host api.bench.test "$API/"
-	need b.ka "${hey_ok:+$sluice_ok}" "hey or sluice not available" && hey_row b.ka sl -- -host splice.bench.test "$SPLICE/"
-	need c.ka "${hey_ok:+$sluice_ok}" "hey or sluice not available" && hey_row c.ka sl -- -host api.bench.test "$API/"
+	need a.ka "$hey_ok" "hey not available" && hey_row a.ka direct -- -host api.bench.test "$API/"
+	need b.ka "${hey_ok:+$sluice_ok}" "hey or sluice not available" && hey_row b.ka sluice -- -host splice.bench.test "$SPLICE/"
+	need c.ka "${hey_ok:+$sluice_ok}" "hey or sluice not available" && hey_row c.ka sluice -- -host api.bench.test "$API/"
 	need e.ka "${hey_ok:+$squid_port}" "hey or squid-openssl not available" &&
-		hey_row e.ka -- -x "http://127.0.0.1:$squid_port" "$API/"
+		hey_row e.ka squid -- -x "http://127.0.0.1:$squid_port" "$API/"
 	need f.ka "${hey_ok:+$mitm_port}" "hey or mitmproxy not available" &&
-		hey_row f.ka -- -x "http://127.0.0.1:$mitm_port" "$API/"
+		hey_row f.ka mitm -- -x "http://127.0.0.1:$mitm_port" "$API/"
 	# HTTP/2 end to end (informational; hey -h2 multiplexes on one connection per worker)
-	need a.h2 "$hey_ok" "hey not available" && hey_row a.h2 ns -- -h2 -host api.bench.test "$API/"
-	need c.h2 "${hey_ok:+$sluice_ok}" "hey or sluice not available" && hey_row c.h2 sl -- -h2 -host api.bench.test "$API/"
-	need a.nc "$hey_ok" "hey not available" && hey_row a.nc ns -- -disable-keepalive -host api.bench.test "$API/"
+	need a.h2 "$hey_ok" "hey not available" && hey_row a.h2 direct -- -h2 -host api.bench.test "$API/"
+	need c.h2 "${hey_ok:+$sluice_ok}" "hey or sluice not available" && hey_row c.h2 sluice -- -h2 -host api.bench.test "$API/"
+	need a.nc "$hey_ok" "hey not available" && hey_row a.nc direct -- -disable-keepalive -host api.bench.test "$API/"
 	need d.nc "${hey_ok:+$sluice_ok}" "hey or sluice not available" &&
-		hey_row d.nc sl -- -disable-keepalive -host api.bench.test "$API/"
+		hey_row d.nc sluice -- -disable-keepalive -host api.bench.test "$API/"
 	need e.nc "${hey_ok:+$squid_port}" "hey or squid-openssl not available" &&
-		hey_row e.nc -- -x "http://127.0.0.1:$squid_port" -disable-keepalive "$API/"
+		hey_row e.nc squid -- -x "http://127.0.0.1:$squid_port" -disable-keepalive "$API/"
 	need f.nc "${hey_ok:+$mitm_port}" "hey or mitmproxy not available" &&
-		hey_row f.nc -- -x "http://127.0.0.1:$mitm_port" -disable-keepalive "$API/"
+		hey_row f.nc mitm -- -x "http://127.0.0.1:$mitm_port" -disable-keepalive "$API/"
 
 	log "round $round/$ROUNDS: c latency (one client, $LAT_N sequential keep-alive requests)"
 	want a.lat && lat_row a.lat -- -resolve api.bench.test:127.0.0.1 -cacert "$UP_CA" "$API/"

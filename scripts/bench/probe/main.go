@@ -12,6 +12,11 @@
 //	    installed).
 //	probe bulk [-resolve NAME:ADDR] [-cacert F] URL
 //	    one GET, body discarded; bytes per second.
+//	probe cputime FILE CMD [ARGS...]
+//	    runs CMD and writes the CPU seconds (user + system) of CMD and of
+//	    every descendant it waited for to FILE; exits with CMD's status.
+//	    Nested around `sluice run` and around the load generator inside
+//	    it, the difference is sluice's own CPU time.
 //	probe freeport
 //	    prints a loopback port that is free for TCP and UDP right now (for
 //	    peers that cannot listen on port 0 and report it).
@@ -32,10 +37,13 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/miekg/dns"
@@ -55,6 +63,8 @@ func main() {
 		err = bulk(os.Args[2:])
 	case "freeport":
 		err = freePort()
+	case "cputime":
+		err = cpuTime(os.Args[2:])
 	default:
 		usage()
 	}
@@ -273,4 +283,29 @@ func freePort() error {
 		return nil
 	}
 	return errors.New("no free port")
+}
+
+func cpuTime(args []string) error {
+	if len(args) < 2 {
+		return errors.New("cputime wants FILE CMD [ARGS...]")
+	}
+	cmd := exec.Command(args[1], args[2:]...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	runErr := cmd.Run()
+	if cmd.ProcessState == nil {
+		return runErr
+	}
+	// wait4 reports the child's usage including its waited-for children.
+	ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage)
+	if !ok {
+		return errors.New("no rusage")
+	}
+	sec := float64(ru.Utime.Sec+ru.Stime.Sec) + float64(ru.Utime.Usec+ru.Stime.Usec)/1e6
+	if err := os.WriteFile(args[0], []byte(strconv.FormatFloat(sec, 'f', 6, 64)+"\n"), 0o644); err != nil {
+		return err
+	}
+	if code := cmd.ProcessState.ExitCode(); code != 0 {
+		os.Exit(max(code, 1))
+	}
+	return nil
 }

@@ -61,6 +61,17 @@ var rows = []row{
 	{ID: "i", Key: "i.direct", Label: "bulk 1 GiB direct", Unit: "MB/s"},
 	{ID: "i", Key: "i.splice", Label: "bulk 1 GiB through splice", Unit: "MB/s", Base: "i.direct", BaseName: "i direct", Target: 0.9},
 	{ID: "i", Key: "i.intercept", Label: "bulk 1 GiB through intercept", Unit: "MB/s", Base: "i.direct", BaseName: "i direct"},
+	// CPU time per request, measured on the processes themselves (less
+	// sensitive to other work on the machine than throughput is).
+	{ID: "a", Key: "a.ka.cpu", Label: "CPU/request: direct client + upstream, keep-alive", Unit: "us"},
+	{ID: "b", Key: "b.ka.cpu", Label: "CPU/request: sluice splice, keep-alive", Unit: "us", Base: "a.ka.cpu", BaseName: "a client + upstream"},
+	{ID: "c", Key: "c.ka.cpu", Label: "CPU/request: sluice intercept, keep-alive", Unit: "us", Base: "a.ka.cpu", BaseName: "a client + upstream"},
+	{ID: "e", Key: "e.ka.cpu", Label: "CPU/request: squid, keep-alive", Unit: "us", Base: "c.ka.cpu", BaseName: "sluice (c)"},
+	{ID: "f", Key: "f.ka.cpu", Label: "CPU/request: mitmproxy, keep-alive", Unit: "us", Base: "c.ka.cpu", BaseName: "sluice (c)"},
+	{ID: "a", Key: "a.nc.cpu", Label: "CPU/request: direct client + upstream, new conn", Unit: "us"},
+	{ID: "d", Key: "d.nc.cpu", Label: "CPU/request: sluice intercept, new conn", Unit: "us", Base: "a.nc.cpu", BaseName: "a client + upstream"},
+	{ID: "e", Key: "e.nc.cpu", Label: "CPU/request: squid, new conn", Unit: "us", Base: "d.nc.cpu", BaseName: "sluice (d)"},
+	{ID: "f", Key: "f.nc.cpu", Label: "CPU/request: mitmproxy, new conn", Unit: "us", Base: "d.nc.cpu", BaseName: "sluice (d)"},
 	{ID: "-", Key: "noise.busy", Label: "machine busy before each round (not the bench)", Unit: "%", Info: true},
 }
 
