@@ -239,7 +239,7 @@ func TestConnEventFields(t *testing.T) {
 		t.Fatalf("conn event %+v", ev)
 	}
 	h := e.rec.kind(audit.KindHTTP)
-	if len(h) != 1 || h[0].Path != "/v1/x?key=&b=" || h[0].Host != "api.test" || h[0].Method != "GET" || h[0].LatencyMS <= 0 {
+	if len(h) != 1 || h[0].Path != "/v1/x?key=REDACTED&b=REDACTED" || h[0].Host != "api.test" || h[0].Method != "GET" || h[0].LatencyMS <= 0 {
 		t.Fatalf("http events %+v", h)
 	}
 	if strings.Contains(fmt.Sprint(e.rec.ev), "supersecretquery") || strings.Contains(fmt.Sprint(e.rec.ev), "s3cr3t") {

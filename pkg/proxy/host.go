@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"github.com/sluice-dev/sluice/pkg/audit"
 	"net"
 	"net/netip"
 	"strings"
@@ -101,21 +102,11 @@ func hasDotSegment(p string) bool {
 	return false
 }
 
-// auditPath is a URL path with query values stripped: "/s?q=x&n=1" → "/s?q=&n=".
+// auditPath is a URL path with query values replaced, as the audit schema
+// documents: "/s?q=x&n=1" → "/s?q=REDACTED&n=REDACTED".
 func auditPath(path, rawQuery string) string {
 	if rawQuery == "" {
 		return path
 	}
-	var b strings.Builder
-	b.WriteString(path)
-	b.WriteByte('?')
-	for i, kv := range strings.Split(rawQuery, "&") {
-		if i > 0 {
-			b.WriteByte('&')
-		}
-		k, _, _ := strings.Cut(kv, "=")
-		b.WriteString(k)
-		b.WriteByte('=')
-	}
-	return b.String()
+	return audit.RedactPath(path + "?" + rawQuery)
 }

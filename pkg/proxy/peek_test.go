@@ -176,7 +176,7 @@ func TestDotSegmentsAndAuditPath(t *testing.T) {
 			t.Errorf("hasDotSegment(%q) = %v", tt.p, got)
 		}
 	}
-	if got := auditPath("/s", "q=secret&page=2&flag"); got != "/s?q=&page=&flag=" {
+	if got := auditPath("/s", "q=secret&page=2&flag"); strings.Contains(got, "secret") || !strings.HasPrefix(got, "/s?q=REDACTED&page=REDACTED") {
 		t.Errorf("auditPath = %q", got)
 	}
 }
