@@ -21,6 +21,10 @@
 //   - No secret value ever appears in an error, a warning or a Redacted
 //     header: the policy only names secrets ({NAME}).
 //
+// Explain and Diff answer `sluice policy explain` and `sluice policy diff`
+// from the same matchers the resolver and the proxy use, so what they print
+// is what enforcement does. Schema is the JSON Schema of the format.
+//
 // The policy reference (fields, wildcard semantics, precedence table) is in
 // REFERENCE.md next to this file.
 package policy
