@@ -55,7 +55,6 @@ func Parse(file string, data []byte) (*Policy, error) {
 type parser struct {
 	file  string
 	probs []Problem
-	nodes int
 }
 
 func (ps *parser) add(n *yaml.Node, warn bool, field, format string, args ...any) {
@@ -74,12 +73,11 @@ func (ps *parser) warnf(n *yaml.Node, field, format string, args ...any) {
 	ps.add(n, true, field, format, args...)
 }
 
-// resolve follows aliases and counts nodes against maxNodes.
+// resolve follows aliases (the tree was bounded by countNodes first).
 func (ps *parser) resolve(n *yaml.Node) *yaml.Node {
 	for i := 0; n != nil && n.Kind == yaml.AliasNode && i < 100; i++ {
 		n = n.Alias
 	}
-	ps.nodes++
 	return n
 }
 
@@ -226,8 +224,7 @@ func (ps *parser) parse(data []byte) *Policy {
 		ps.probs = append(ps.probs, Problem{File: ps.file, Line: 1, Col: 1, Msg: "empty policy; expect at least version: 1 and rules:"})
 		return p
 	}
-	ps.nodes = countNodes(&doc, 0)
-	if ps.nodes > maxNodes {
+	if countNodes(&doc, 0) > maxNodes {
 		ps.probs = append(ps.probs, Problem{File: ps.file, Line: 1, Col: 1, Msg: fmt.Sprintf("policy expands to more than %d YAML nodes (aliases included)", maxNodes)})
 		return p
 	}
