@@ -79,3 +79,53 @@ func FuzzParse(f *testing.F) {
 		p.Explain("GET", "https://"+string(data[:min(len(data), 40)]))
 	})
 }
+
+// FuzzMatchName: any byte string is either a valid name, matched exactly
+// like its normalised form, or matches nothing; no lookup panics.
+func FuzzMatchName(f *testing.F) {
+	p, err := Parse("f.yaml", []byte(`version: 1
+rules:
+  - {name: exact, hosts: [api.example.com]}
+  - {name: sub, hosts: ["*.example.com"], paths: ["/v1/**"]}
+  - {name: self, hosts: ["**.example.org"], ports: [443]}
+  - {name: deny, hosts: [bad.example.com], action: deny}
+  - {name: net, cidrs: [10.0.0.0/8, "fd00::/8"]}
+`))
+	if err != nil {
+		f.Fatal(err)
+	}
+	for _, s := range []string{"api.example.com", "API.EXAMPLE.COM.", "a.b.example.com", "example.org", "bad.example.com\x00", "10.1.2.3", "[fd00::1]", "..", "a..b", "xn--4ca.example.com", "a.example.com:443", "10.1.2.3."} {
+		f.Add(s, "/v1/x")
+	}
+	f.Fuzz(func(t *testing.T, name, path string) {
+		nm := p.MatchName(name)
+		p.MatchConn(name, 443)
+		p.MatchRequest(name, 443, "GET", path)
+		norm, ok := NormalizeName(name)
+		if !ok {
+			if nm.Allowed || nm.Rule != nil {
+				t.Fatalf("invalid name %q matched %s", name, nm.Rule.Name)
+			}
+			return
+		}
+		if strings.ContainsAny(norm, "\x00 /:") {
+			t.Fatalf("NormalizeName(%q) = %q", name, norm)
+		}
+		if p.MatchName(norm) != nm {
+			t.Fatalf("MatchName(%q) differs from MatchName(%q)", name, norm)
+		}
+		if _, ip := ipLiteral(norm); ip {
+			// "10.1.2.3." is a name (no IP literal has a trailing dot) and
+			// matches nothing, while "10.1.2.3" is matched by the cidrs.
+			return
+		}
+		// Reasons quote the host as given; the decision must not differ.
+		a, b := p.MatchRequest(name, 443, "GET", path), p.MatchRequest(norm, 443, "GET", path)
+		if a.Allowed != b.Allowed || a.Rule != b.Rule {
+			t.Fatalf("MatchRequest differs for %q and %q", name, norm)
+		}
+		if p.MatchConn(name, 443) != p.MatchConn(norm, 443) {
+			t.Fatalf("MatchConn differs for %q and %q", name, norm)
+		}
+	})
+}
