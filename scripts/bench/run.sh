@@ -395,7 +395,12 @@ for round in $(seq "$ROUNDS"); do
 		b=$(busy)
 	done
 	rec noise.busy "$b"
-	log "round $round/$ROUNDS: machine ${b}% busy before the round (other work); a-f HTTPS load (hey -z ${DUR}s -c $CONC)"
+	# Latency first, while the machine is at its quietest.
+	log "round $round/$ROUNDS: machine ${b}% busy before the round (other work); c latency (one client, $LAT_N sequential keep-alive requests)"
+	want a.lat && lat_row a.lat -- -resolve api.bench.test:127.0.0.1 -cacert "$UP_CA" "$API/"
+	need c.lat "$sluice_ok" "sluice not built" && lat_row c.lat sl -- "$API/"
+
+	log "round $round/$ROUNDS: a-f HTTPS load (hey -z ${DUR}s -c $CONC)"
 	need a.ka "$hey_ok" "hey not available" && hey_row a.ka direct -- -host api.bench.test "$API/"
 	need b.ka "${hey_ok:+$sluice_ok}" "hey or sluice not available" && hey_row b.ka sluice -- -host splice.bench.test "$SPLICE/"
 	need c.ka "${hey_ok:+$sluice_ok}" "hey or sluice not available" && hey_row c.ka sluice -- -host api.bench.test "$API/"
@@ -413,10 +418,6 @@ for round in $(seq "$ROUNDS"); do
 		hey_row e.nc squid -- -x "http://127.0.0.1:$squid_port" -disable-keepalive "$API/"
 	need f.nc "${hey_ok:+$mitm_port}" "hey or mitmproxy not available" &&
 		hey_row f.nc mitm -- -x "http://127.0.0.1:$mitm_port" -disable-keepalive "$API/"
-
-	log "round $round/$ROUNDS: c latency (one client, $LAT_N sequential keep-alive requests)"
-	want a.lat && lat_row a.lat -- -resolve api.bench.test:127.0.0.1 -cacert "$UP_CA" "$API/"
-	need c.lat "$sluice_ok" "sluice not built" && lat_row c.lat sl -- "$API/"
 
 	log "round $round/$ROUNDS: i bulk $BULK bytes"
 	want i.direct && bulk_row i.direct -- -resolve api.bench.test:127.0.0.1 -cacert "$UP_CA" "$API/bulk?n=$BULK"
@@ -447,8 +448,8 @@ if [ -n "${BENCH_PROFILE:-}" ] && have perf && [ -n "$sluice_ok" ] && [ -n "$hey
 		echo "== row c under perf: $(grep 'Requests/sec' "$work/prof-hey.out" | tr -s ' \t' ' ')"
 		echo "== CPU samples by process (whole machine)"
 		perf report -i "$work/perf.data" --sort comm --stdio --no-children -g none 2>/dev/null | grep -E '^ +[0-9.]+%' | head -n 15 || true
-		echo "== sluice: cumulative share of the machine's samples by function (top 60)"
-		perf report -i "$work/perf.data" --comm sluice --sort sym --stdio --children -g none 2>/dev/null |
+		echo "== sluice: cumulative share of sluice's own samples by function (top 60)"
+		perf report -i "$work/perf.data" --comm sluice --percentage relative --sort sym --stdio --children -g none 2>/dev/null |
 			grep -E '^ +[0-9.]+% +[0-9.]+%' | head -n 60 || true
 	} >"$prof"
 	sed -n '1,18p' "$prof"

@@ -302,7 +302,11 @@ func num(v *float64) string {
 func versus(r Result) string {
 	switch {
 	case r.Added != nil:
-		return "+" + num(r.Added) + " " + r.Unit
+		sign := "+"
+		if *r.Added < 0 {
+			sign = "" // num keeps the minus
+		}
+		return sign + num(r.Added) + " " + r.Unit
 	case r.Ratio != nil:
 		return fmt.Sprintf("%.2fx", *r.Ratio)
 	case r.Info:
