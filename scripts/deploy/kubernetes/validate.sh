@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Validate the manifests without a cluster:
-#  1. kubectl kustomize renders them (when kubectl is installed);
+#  1. kubectl kustomize renders them, and `kubectl apply --dry-run=client`
+#     accepts them against a local discovery stub (fake-discovery.py), when
+#     kubectl is installed;
 #  2. every document is decoded strictly into the official Kubernetes API
 #     types (k8s.io/api, pinned): an unknown field, a misspelt key or a
-#     value of the wrong type fails. This is the schema check that
-#     `kubectl apply --dry-run=client` would do, which needs an API server
-#     for discovery here;
+#     value of the wrong type fails (the schema check kubectl would do with
+#     a real API server's OpenAPI document);
 #  3. go test ./pkg/kube -run Manifests: references, RBAC, host mounts, the
 #     config and the policies (see pkg/kube/manifests_test.go).
 # It needs the Go module proxy (or a warm module cache) for step 2.
@@ -21,6 +22,29 @@ if command -v kubectl >/dev/null; then
 	echo "== kubectl kustomize"
 	kubectl kustomize "$here" >/dev/null
 	echo "ok"
+
+	echo "== kubectl apply --dry-run=client (against a local discovery stub)"
+	stub_dir=$(mktemp -d)
+	python3 "$here/fake-discovery.py" "$stub_dir/requests.log" >"$stub_dir/port" &
+	stub=$!
+	for _ in $(seq 50); do [ -s "$stub_dir/port" ] && break; sleep 0.1; done
+	cat >"$stub_dir/kubeconfig" <<KUBECONFIG
+apiVersion: v1
+kind: Config
+clusters: [{name: stub, cluster: {server: "http://127.0.0.1:$(cat "$stub_dir/port")"}}]
+users: [{name: stub, user: {}}]
+contexts: [{name: stub, context: {cluster: stub, user: stub, namespace: default}}]
+current-context: stub
+KUBECONFIG
+	rc=0
+	# --validate=false: the stub serves no OpenAPI schema (the strict decode
+	# below is the schema check).
+	KUBECONFIG="$stub_dir/kubeconfig" kubectl apply --dry-run=client --validate=false -k "$here" || rc=$?
+	KUBECONFIG="$stub_dir/kubeconfig" kubectl apply --dry-run=client --validate=false -f "$here/example-pod.yaml" || rc=$?
+	kill "$stub" 2>/dev/null || true
+	wait "$stub" 2>/dev/null || true
+	rm -rf "$stub_dir"
+	[ "$rc" = 0 ] || { echo "kubectl apply --dry-run=client failed" >&2; exit 1; }
 fi
 
 echo "== strict decode into k8s.io/api $K8S_API types"
