@@ -3,8 +3,10 @@ package testutil
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/tls"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -33,6 +35,11 @@ import (
 //	doh       "DOHURL|NAME|PORT"                → resolves NAME through DoH, then connects to it
 //	tcpmany   "ADDR|N"                          → "ok eperm=E connected=C other=O"
 //	forkbomb  "ADDR|PROCS|N"                    → PROCS concurrent tcpmany children, summed
+//	manyconns "ADDR|SNI|N|PATH"                 → N TLS connections open at once, one GET each,
+//	                                              all held until the last answered:
+//	                                              "ok ok=N failed=F firsterr=..."
+//	mixed     "DURATION|APIPORT|CANARY|DNSADDR" → mixed traffic until DURATION is over (see
+//	                                              probeMixed): "ok k=v ..." counters
 //	hold      "ADDR|FLAGFILE"                   → connects, writes FLAGFILE.ready, waits for
 //	                                              FLAGFILE, then reuses the old connection and
 //	                                              dials a new one: "ok old=REPLY new=OUTCOME"
@@ -76,6 +83,16 @@ func attackProbe(mode, target string) (string, bool) {
 			return "error forkbomb probe needs 3 fields", true
 		}
 		return probeForkBomb(f[0], f[1], f[2]), true
+	case "manyconns":
+		if len(f) != 4 {
+			return "error manyconns probe needs 4 fields", true
+		}
+		return probeManyConns(f[0], f[1], f[2], f[3]), true
+	case "mixed":
+		if len(f) != 4 {
+			return "error mixed probe needs 4 fields", true
+		}
+		return probeMixed(f[0], f[1], f[2], f[3]), true
 	case "hold":
 		if len(f) != 2 {
 			return "error hold probe needs 2 fields", true
@@ -376,4 +393,155 @@ func ClientHello(names [][]byte, bodyPad int) []byte {
 		hs = hs[n:]
 	}
 	return out
+}
+
+// probeManyConns opens n TLS connections to addr (SNI sni), sends one GET on
+// each and keeps every connection open until all have answered (or failed),
+// then closes them. Dials run 256 at a time.
+func probeManyConns(addr, sni, count, path string) string {
+	n, _ := strconv.Atoi(count)
+	var mu sync.Mutex
+	var conns []net.Conn
+	var ok, failed int
+	firstErr := "-"
+	sem := make(chan struct{}, 256)
+	var wg sync.WaitGroup
+	req := "GET " + path + " HTTP/1.1\r\nHost: " + sni + "\r\n\r\n"
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			c, err := func() (net.Conn, error) {
+				c, err := net.DialTimeout("tcp", addr, 30*time.Second)
+				if err != nil {
+					return nil, err
+				}
+				_ = c.SetDeadline(time.Now().Add(60 * time.Second))
+				tc := tls.Client(c, &tls.Config{ServerName: sni, InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
+				if _, err := io.WriteString(tc, req); err != nil {
+					c.Close()
+					return nil, err
+				}
+				resp, err := http.ReadResponse(bufio.NewReader(tc), nil)
+				if err != nil {
+					c.Close()
+					return nil, err
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					c.Close()
+					return nil, fmt.Errorf("status %d", resp.StatusCode)
+				}
+				_ = c.SetDeadline(time.Time{})
+				return tc, nil
+			}()
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				failed++
+				if firstErr == "-" {
+					firstErr = strings.ReplaceAll(errnoName(err), " ", "_")
+				}
+				return
+			}
+			ok++
+			conns = append(conns, c)
+		}()
+	}
+	wg.Wait()
+	// Everything is open at once now; hold briefly so the caller can sample.
+	if hold := os.Getenv("SLUICE_PROBE_HOLD"); hold != "" {
+		d, _ := time.ParseDuration(hold)
+		time.Sleep(d)
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+	return fmt.Sprintf("ok ok=%d failed=%d firsterr=%s", ok, failed, firstErr)
+}
+
+// probeMixed generates a mix of traffic until the duration is over: DNS for
+// two allowed names and a forbidden one, intercepted HTTPS on a kept-alive
+// connection (allowed path and refused path), spliced HTTPS on a fresh
+// connection each time, and a connect to a forbidden listener. Each
+// operation counts as ok, refused (the policy's expected refusal) or
+// err (anything else: a lost connection).
+func probeMixed(duration, apiPort, canary, dnsAddr string) string {
+	d, err := time.ParseDuration(duration)
+	if err != nil {
+		return "error " + err.Error()
+	}
+	dialAPI := func(ctx context.Context, network, _ string) (net.Conn, error) {
+		var dd net.Dialer
+		return dd.DialContext(ctx, network, net.JoinHostPort("127.0.0.1", apiPort))
+	}
+	keep := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{DialContext: dialAPI,
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, MaxIdleConnsPerHost: 1}}
+	fresh := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{DialContext: dialAPI,
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, DisableKeepAlives: true}}
+	var ok, refused, errs int
+	firstErr := "-"
+	fail := func(op string, err error) {
+		errs++
+		if firstErr == "-" {
+			firstErr = strings.ReplaceAll(op+":"+errnoName(err), " ", "_")
+		}
+	}
+	get := func(c *http.Client, url string, want int) {
+		resp, err := c.Get(url)
+		if err != nil {
+			fail(url, err)
+			return
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		switch {
+		case resp.StatusCode == want && want == http.StatusOK:
+			ok++
+		case resp.StatusCode == want:
+			refused++
+		default:
+			fail(url, fmt.Errorf("status %d", resp.StatusCode))
+		}
+	}
+	dnsq := func(name string, wantRcode int) {
+		m := new(dns.Msg)
+		m.SetQuestion(name, dns.TypeA)
+		c := &dns.Client{Timeout: 5 * time.Second}
+		r, _, err := c.Exchange(m, dnsAddr)
+		switch {
+		case err != nil:
+			fail("dns "+name, err)
+		case r.Rcode != wantRcode:
+			fail("dns "+name, fmt.Errorf("rcode %s", dns.RcodeToString[r.Rcode]))
+		case wantRcode == dns.RcodeSuccess:
+			ok++
+		default:
+			refused++
+		}
+	}
+	end := time.Now().Add(d)
+	cycles := 0
+	for time.Now().Before(end) {
+		cycles++
+		dnsq("allowed.test.", dns.RcodeSuccess)
+		dnsq("plain.test.", dns.RcodeSuccess)
+		dnsq("forbidden.test.", dns.RcodeNameError)
+		get(keep, "https://allowed.test:"+apiPort+"/ok", http.StatusOK)
+		get(keep, "https://allowed.test:"+apiPort+"/admin", http.StatusForbidden)
+		get(fresh, "https://plain.test:"+apiPort+"/x", http.StatusOK)
+		if c, err := net.DialTimeout("tcp", canary, 3*time.Second); err == nil {
+			c.Close()
+			fail("canary", errors.New("connected"))
+		} else if errnoName(err) == "EPERM" {
+			refused++
+		} else {
+			fail("canary", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	return fmt.Sprintf("ok cycles=%d ok=%d refused=%d err=%d firsterr=%s", cycles, ok, refused, errs, firstErr)
 }
