@@ -326,6 +326,7 @@ func TestAuditModeCompletesAndNamesWouldDeny(t *testing.T) {
 			}
 		}
 	}
+	t.Logf("would_deny events:\n%s", strings.Join(wd, "\n"))
 	for _, needle := range []string{"http would_deny", "GET /admin/users", "dns would_deny", `qname="forbidden.test"`, fmt.Sprintf("dst=127.0.0.2:%d", port)} {
 		if !strings.Contains(strings.Join(wd, "\n"), needle) {
 			t.Errorf("no would_deny event with %q; would_deny events:\n%s", needle, strings.Join(wd, "\n"))
