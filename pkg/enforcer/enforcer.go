@@ -113,6 +113,9 @@ func Open(cfg Config, log *slog.Logger) (*Enforcer, error) {
 	if err := os.MkdirAll(mapDir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating pin directory: %w", err)
 	}
+	if err := checkPinsOutlive(pinDir); err != nil {
+		return nil, err
+	}
 	spec, err := loadSluice()
 	if err != nil {
 		return nil, fmt.Errorf("reading the embedded eBPF object: %w", err)
