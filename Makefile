@@ -8,7 +8,7 @@ GOTEST_FLAGS ?= -race -count=1
 
 .DEFAULT_GOAL := build
 
-.PHONY: help build generate check-generate test test-unit demo bench fuzz soak lint deps clean
+.PHONY: help build generate check-generate test test-unit demo bench fuzz soak lint deps clean package package-test check-deploy
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -47,6 +47,15 @@ fuzz: ## run every fuzz target for FUZZTIME (default 30s each)
 lint: ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '_bpfel.go$$')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+
+package: ## build the .deb (dist/) with nfpm: binary, systemd unit, config, man pages, completions
+	@scripts/package.sh dist
+
+package-test: package ## install the .deb on this machine; check the daemon attaches and enforces (root)
+	@scripts/package-test.sh "$$(ls -t dist/sluice_*.deb | head -1)"
+
+check-deploy: ## validate the Kubernetes manifests (kubectl dry-run, strict k8s.io/api decode)
+	@scripts/deploy/kubernetes/validate.sh
 
 clean: ## remove build output
 	rm -rf bin dist

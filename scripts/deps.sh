@@ -15,6 +15,7 @@ have git || need+=(git)
 have ip || need+=(iproute2)
 have dig || need+=(dnsutils)
 have bpftool || need+=(bpftool)
+have runc || need+=(runc)
 have python3 || need+=(python3)
 have node || need+=(nodejs)
 # git http-backend for the git clone test ships with git itself.

@@ -29,8 +29,9 @@ func init() {
 
 func newAttachCmd(ro *rootOptions) *cobra.Command {
 	o := &attachOptions{}
+	var cf *containerFlags
 	cmd := &cobra.Command{
-		Use:   "attach --policy FILE (--cgroup PATH | --pid PID) [--name N]",
+		Use:   "attach --policy FILE (--cgroup PATH | --pid PID | --container ID) [--name N]",
 		Short: "Enforce a policy on a cgroup (through the daemon)",
 		Long: `Attach a sandbox: the daemon registers the cgroup (and every cgroup below
 it), attaches the eBPF programs, and serves its resolver and proxy. With --pid,
@@ -38,12 +39,23 @@ the cgroup and network namespace of that process are used; in a separate
 network namespace the daemon opens the sandbox's listeners inside it.
 Attaching again under the same name replaces the policy live.`,
 		Example: `  sluice attach --policy agent.yaml --pid 4242 --name agent-42
+  sluice attach --policy agent.yaml --container 3f2a9c --runtime docker
   sluice attach --policy agent.yaml --cgroup /sys/fs/cgroup/sandboxes/42 --name agent-42`,
 		Args:         cobra.NoArgs,
 		SilenceUsage: true,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if t, ok, err := cf.resolve(cmd.Context()); err != nil {
+				return err
+			} else if ok && o.pid == 0 && o.cgroup == "" {
+				o.pid = t.PID
+				if o.name == "" {
+					o.name = cf.sandboxName(t)
+				}
+			} else if ok {
+				return fmt.Errorf("give only one of --cgroup, --pid or --container")
+			}
 			if (o.cgroup == "") == (o.pid == 0) {
-				return fmt.Errorf("give exactly one of --cgroup PATH or --pid PID")
+				return fmt.Errorf("give exactly one of --cgroup PATH, --pid PID or --container ID")
 			}
 			text, err := os.ReadFile(o.policy)
 			if err != nil {
@@ -67,6 +79,9 @@ Attaching again under the same name replaces the policy live.`,
 			if o.json {
 				return json.NewEncoder(ro.stdout).Encode(info)
 			}
+			for _, w := range info.Warnings {
+				fmt.Fprintln(ro.stderr, "sluice:", w)
+			}
 			fmt.Fprintf(ro.stdout, "attached %s (cgroup %s, %d rules, %s)\n", info.Name, info.Cgroup, info.Rules, info.Mode)
 			return nil
 		},
@@ -77,6 +92,7 @@ Attaching again under the same name replaces the policy live.`,
 	f.IntVar(&o.pid, "pid", 0, "a process of the sandbox")
 	f.StringVar(&o.name, "name", "", "sandbox name (default pid-PID)")
 	f.BoolVar(&o.json, "json", false, "print JSON")
+	cf = addContainerFlags(f, true)
 	_ = cmd.MarkFlagRequired("policy")
 	return cmd
 }
@@ -127,9 +143,13 @@ func newListCmd(ro *rootOptions) *cobra.Command {
 				return nil
 			}
 			w := tabwriter.NewWriter(ro.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "NAME\tCGROUP\tPOLICY\tMODE\tRULES\tUPDATED")
+			fmt.Fprintln(w, "NAME\tCGROUP\tNETNS\tPOLICY\tMODE\tRULES\tUPDATED")
 			for _, i := range infos {
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\n", i.Name, i.Cgroup, i.Policy, i.Mode, i.Rules, i.Updated.Format(time.RFC3339))
+				ns := i.Netns
+				if ns == "" {
+					ns = "host"
+				}
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", i.Name, i.Cgroup, ns, i.Policy, i.Mode, i.Rules, i.Updated.Format(time.RFC3339))
 			}
 			return w.Flush()
 		},

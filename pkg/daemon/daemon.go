@@ -52,6 +52,7 @@ type managed struct {
 type record struct {
 	Name       string    `json:"name"`
 	Cgroup     string    `json:"cgroup"`
+	Netns      string    `json:"netns,omitempty"` // at attach time, for display
 	CgroupID   uint64    `json:"cgroup_id"`
 	PolicyFile string    `json:"policy_file"`
 	ProxyPort  uint16    `json:"proxy_port"`
@@ -256,6 +257,8 @@ type Info struct {
 	DNSPort   uint16    `json:"dns_port"`
 	Created   time.Time `json:"created"`
 	Updated   time.Time `json:"updated"`
+	// Warnings are the policy's warnings (file:line:col: field: message).
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // Attach attaches a sandbox, or replaces the policy of the sandbox of the
@@ -338,6 +341,7 @@ func (d *Daemon) Attach(ctx context.Context, req AttachRequest) (Info, error) {
 			return Info{}, err
 		}
 		m.rec.PolicyFile, m.rec.Updated = pfile, now
+		d.logWarnings(req.Name, pol)
 		if err := d.savePolicyText(req.Name, text); err != nil {
 			return Info{}, err
 		}
@@ -358,7 +362,8 @@ func (d *Daemon) Attach(ctx context.Context, req AttachRequest) (Info, error) {
 		}
 		return Info{}, err
 	}
-	m := &managed{sb: sb, rec: record{Name: req.Name, Cgroup: cgPath, CgroupID: id, PolicyFile: pfile,
+	d.logWarnings(req.Name, pol)
+	m := &managed{sb: sb, rec: record{Name: req.Name, Cgroup: cgPath, CgroupID: id, Netns: netnsName(netns), PolicyFile: pfile,
 		ProxyPort: sb.ProxyPort(), DNSPort: sb.DNSPort(), Created: now, Updated: now}}
 	if err := d.savePolicyText(req.Name, text); err != nil {
 		sb.Detach()
@@ -370,6 +375,25 @@ func (d *Daemon) Attach(ctx context.Context, req AttachRequest) (Info, error) {
 	}
 	d.sandboxes[req.Name] = m
 	return d.info(m), nil
+}
+
+func (d *Daemon) logWarnings(name string, p *policy.Policy) {
+	for _, w := range p.Warnings {
+		d.log.Warn("policy warning", "sandbox", name, "warning", w.String())
+	}
+}
+
+// netnsName describes a network namespace path for display: "" is the
+// daemon's own (the host's), else net:[inode].
+func netnsName(path string) string {
+	if path == "" {
+		return ""
+	}
+	ino, err := netnsInode(path)
+	if err != nil {
+		return path
+	}
+	return fmt.Sprintf("net:[%d]", ino)
 }
 
 func (d *Daemon) emitPolicy(m *managed, what string) {
@@ -421,7 +445,11 @@ func (d *Daemon) List() []Info {
 
 func (d *Daemon) info(m *managed) Info {
 	p := m.sb.Policy()
-	return Info{Name: m.rec.Name, Cgroup: m.rec.Cgroup, CgroupID: m.rec.CgroupID, Policy: m.rec.PolicyFile,
+	var warnings []string
+	for _, w := range p.Warnings {
+		warnings = append(warnings, w.String())
+	}
+	return Info{Name: m.rec.Name, Cgroup: m.rec.Cgroup, CgroupID: m.rec.CgroupID, Netns: m.rec.Netns, Policy: m.rec.PolicyFile, Warnings: warnings,
 		Mode: p.Mode.String(), Rules: len(p.Rules), ProxyPort: m.sb.ProxyPort(), DNSPort: m.sb.DNSPort(),
 		Created: m.rec.Created, Updated: m.rec.Updated}
 }

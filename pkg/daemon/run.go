@@ -68,6 +68,9 @@ func Run(ctx context.Context, o RunOptions) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	for _, w := range pol.Warnings {
+		fmt.Fprintln(o.Stderr, "sluice:", w.String())
+	}
 
 	// Secrets: from the file and from sluice's own environment; the
 	// variables used are scrubbed from the child's environment.
