@@ -46,9 +46,15 @@ type udpPeer struct {
 	addr net.Addr       // other PacketConns
 }
 
+// maxQuerySize bounds a UDP query read.
+const maxQuerySize = 4096
+
 func (h *handler) readUDP(pc net.PacketConn, wg *sync.WaitGroup, sem chan struct{}) error {
 	uc, _ := pc.(*net.UDPConn)
-	buf := make([]byte, dns.MaxMsgSize)
+	// Queries are small (a name, a question, an OPT record): a 4 KiB
+	// buffer per listener instead of 64 KiB keeps an idle sandbox cheap.
+	// A longer datagram is truncated by the read and answered FORMERR.
+	buf := make([]byte, maxQuerySize)
 	out := make([]byte, 0, 1500)
 	key := make([]byte, 0, 300)
 	for {
