@@ -388,3 +388,44 @@ func TestDNSUpstreamDownServfail(t *testing.T) {
 		t.Fatalf("upstream back: want the answer: %v\n%s", err, out)
 	}
 }
+
+// TestDNSAAAAFilteredLikeA: AAAA answers for an allowed name come through,
+// a forbidden name's AAAA query is refused without reaching upstream, and
+// `ipv6: false` empties AAAA answers while A still resolves.
+func TestDNSAAAAFilteredLikeA(t *testing.T) {
+	w := newWorld(t)
+	requireTools(t, "dig")
+	w.dns.Set("v6.test", "127.0.0.1", "::1")
+	w.dns.Set("v6-forbidden.test", "::1")
+	script := `for q in "v6.test AAAA" "v6.test A" "v6-forbidden.test AAAA"; do
+  set -- $q
+  echo "$1 $2 $(dig +tries=1 +time=3 "$1" "$2" | grep -o 'status: [A-Z]*') answers=$(dig +short +tries=1 +time=3 "$1" "$2" | tr '\n' ',')"
+done`
+	for _, c := range []struct {
+		name, policy string
+		want         []string
+	}{
+		{"ipv6 on", "version: 1\nrules:\n  - name: v6\n    hosts: [v6.test]\n", []string{
+			"v6.test AAAA status: NOERROR answers=::1,", "v6.test A status: NOERROR answers=127.0.0.1,",
+			"v6-forbidden.test AAAA status: NXDOMAIN answers=\n"}},
+		{"ipv6 off", "version: 1\nipv6: false\nrules:\n  - name: v6\n    hosts: [v6.test]\n", []string{
+			"v6.test AAAA status: NOERROR answers=\n", "v6.test A status: NOERROR answers=127.0.0.1,",
+			"v6-forbidden.test AAAA status: NXDOMAIN answers=\n"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			pol := writePolicy(t, w.dir, "v6.yaml", c.policy)
+			out, code := w.run(t, pol, "sh", "-c", script)
+			if code != 0 {
+				t.Fatalf("exit %d\n%s", code, out)
+			}
+			for _, want := range c.want {
+				if !strings.Contains(out, want) {
+					t.Errorf("want %q in:\n%s", want, out)
+				}
+			}
+		})
+	}
+	if w.dns.Received("v6-forbidden.test") {
+		t.Fatal("the forbidden name's AAAA query reached the upstream")
+	}
+}
