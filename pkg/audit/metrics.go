@@ -45,8 +45,9 @@ type Metrics struct {
 	callbackErr *prometheus.CounterVec
 	allowlist   *prometheus.GaugeVec
 
-	dropped    atomic.Pointer[func() uint64]
-	sinkErrors atomic.Pointer[func() uint64]
+	dropped      atomic.Pointer[func() uint64]
+	sinkErrors   atomic.Pointer[func() uint64]
+	beforeScrape atomic.Pointer[func()]
 }
 
 // NewMetrics creates the metrics and their registry, which also carries
@@ -109,10 +110,21 @@ func load(p *atomic.Pointer[func() uint64]) float64 {
 // Registry returns the registry, for callers that add their own metrics.
 func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 
-// Handler serves the registry in the Prometheus exposition format.
+// Handler serves the registry in the Prometheus exposition format, after
+// running the function given to BeforeScrape.
 func (m *Metrics) Handler() http.Handler {
-	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
+	h := promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if fn := m.beforeScrape.Load(); fn != nil {
+			(*fn)()
+		}
+		h.ServeHTTP(w, r)
+	})
 }
+
+// BeforeScrape sets a function run before every scrape, to refresh gauges
+// that are cheaper to read on demand (such as allowlist occupancy).
+func (m *Metrics) BeforeScrape(fn func()) { m.beforeScrape.Store(&fn) }
 
 // Serve serves Handler at /metrics on ln until ctx is done, then shuts
 // the server down (waiting up to 5s for scrapes in flight) and returns

@@ -13,7 +13,7 @@ func (d *Daemon) serveMetrics(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("metrics listener: %w", err)
 	}
-	d.updateOccupancy()
+	d.metrics.BeforeScrape(d.updateOccupancy)
 	go func() {
 		if err := d.metrics.Serve(ctx, ln); err != nil && ctx.Err() == nil {
 			d.log.Error("metrics server stopped", "err", err)
