@@ -458,7 +458,10 @@ fi
 
 log "measured; writing $OUT and $MD"
 ver() { "$@" 2>&1 | head -n 1 | tr -d '\n' | tr -s ' ' || true; }
-"$B/report" -in "$M" -json "$OUT" -md "$MD" \
+mkdir -p "$(dirname "$OUT")" "$(dirname "$MD")"
+bulk_label="$BULK bytes"
+[ "$BULK" = 1073741824 ] && bulk_label="1 GiB"
+"$B/report" -in "$M" -json "$OUT" -md "$MD" -bulk "$bulk_label" \
 	-machine "cpus=$(nproc)" \
 	-machine "kernel=$(uname -r)" \
 	-machine "cpu=$(sed -nE 's/^model name\s*: //p' /proc/cpuinfo | head -n 1)" \

@@ -55,12 +55,12 @@ var rows = []row{
 	{ID: "e", Key: "e.nc", Label: "squid ssl-bump + header, new conn/request", Unit: "req/s", Base: "a.nc", BaseName: "a new conn"},
 	{ID: "f", Key: "f.ka", Label: "mitmproxy + header, keep-alive", Unit: "req/s", Base: "a.ka", BaseName: "a keep-alive"},
 	{ID: "f", Key: "f.nc", Label: "mitmproxy + header, new conn/request", Unit: "req/s", Base: "a.nc", BaseName: "a new conn"},
-	{ID: "g", Key: "g.sluice", Label: "DNS cached answers, sluice resolver", Unit: "qps", Base: "g.peer", BaseName: "peer resolver", Target: 1},
-	{ID: "g", Key: "g.peer", Label: "DNS cached answers, peer forwarder", Unit: "qps"},
+	{ID: "g", Key: "g.sluice", Label: "DNS cached answers, sluice resolver", Unit: "qps", Base: "g.peer", BaseName: "dnsmasq (g)", Target: 1},
+	{ID: "g", Key: "g.peer", Label: "DNS cached answers, dnsmasq as forwarder", Unit: "qps"},
 	{ID: "h", Key: "h.inside", Label: "connect() inside vs outside a sandbox", Unit: "ns", Base: "h.outside", BaseName: "outside", Target: 1.1, Lower: true},
-	{ID: "i", Key: "i.direct", Label: "bulk 1 GiB direct", Unit: "MB/s"},
-	{ID: "i", Key: "i.splice", Label: "bulk 1 GiB through splice", Unit: "MB/s", Base: "i.direct", BaseName: "i direct", Target: 0.9},
-	{ID: "i", Key: "i.intercept", Label: "bulk 1 GiB through intercept", Unit: "MB/s", Base: "i.direct", BaseName: "i direct"},
+	{ID: "i", Key: "i.direct", Label: "bulk BULK direct", Unit: "MB/s"},
+	{ID: "i", Key: "i.splice", Label: "bulk BULK through splice", Unit: "MB/s", Base: "i.direct", BaseName: "i direct", Target: 0.9},
+	{ID: "i", Key: "i.intercept", Label: "bulk BULK through intercept", Unit: "MB/s", Base: "i.direct", BaseName: "i direct"},
 	// CPU time per request, measured on the processes themselves (less
 	// sensitive to other work on the machine than throughput is).
 	{ID: "a", Key: "a.ka.cpu", Label: "CPU/request: direct client + upstream, keep-alive", Unit: "us"},
@@ -123,6 +123,7 @@ func main() {
 	in := flag.String("in", "", "measurements file (required)")
 	jsonOut := flag.String("json", "", "write JSON here")
 	mdOut := flag.String("md", "", "write a Markdown section here")
+	bulk := flag.String("bulk", "1 GiB", "size of the bulk download, for the row labels")
 	var meta, setup kvFlag
 	flag.Var(&meta, "machine", "KEY=VALUE describing the machine (repeatable)")
 	flag.Var(&setup, "setup", "KEY=VALUE describing the run (repeatable)")
@@ -133,6 +134,9 @@ func main() {
 	}
 	data, err := read(*in)
 	check(err)
+	for i := range rows {
+		rows[i].Label = strings.ReplaceAll(rows[i].Label, "BULK", *bulk)
+	}
 	rep := Report{Date: time.Now().UTC().Format(time.RFC3339), Machine: meta.m, Setup: setup.m, Series: map[string][]float64{}}
 	for k, s := range data {
 		if len(s.values) > 0 {
@@ -211,7 +215,11 @@ func median(v []float64) (float64, bool) {
 }
 
 func evaluate(r row, data map[string]*series) Result {
-	res := Result{Row: r.ID, Series: r.Key, Name: r.ID + ". " + r.Label, Unit: r.Unit, Baseline: r.BaseName, Info: r.Info}
+	name := r.ID + ". " + r.Label
+	if r.ID == "-" {
+		name = r.Label
+	}
+	res := Result{Row: r.ID, Series: r.Key, Name: name, Unit: r.Unit, Baseline: r.BaseName, Info: r.Info}
 	s := data[r.Key]
 	if s == nil {
 		res.NA = "not measured"
