@@ -21,6 +21,8 @@
  *   sock_create  refuses raw, SCTP, MPTCP and ICMP sockets.
  *   bind4/6      refuses binding one of sluice's own ports.
  *   sockops      original-destination recovery, see below.
+ *   cgroup_skb   (egress) records which process sent each UDP DNS query, so
+ *                the resolver can attribute it (see dns_origin).
  *
  * IPv4-mapped IPv6 (::ffff:a.b.c.d) on a v6 socket never reaches connect4:
  * tcp_v6_connect hands it to tcp_v4_connect directly. connect6 therefore treats
@@ -101,6 +103,18 @@ struct {
 	__type(key, struct orig_key);
 	__type(value, struct orig);
 } orig_by_tuple SEC(".maps");
+
+/* dns_origin: the process behind a UDP socket that sent DNS to the resolver,
+ * keyed by {sandbox, zero address, client port, UDP}. A connected UDP socket
+ * is bound after connect4 runs and sends without sendmsg4, so the egress skb
+ * program (which sees the bound port) writes it. The resolver reads it with
+ * the query's source port; LRU eviction bounds it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_ORIG);
+	__type(key, struct orig_key);
+	__type(value, struct orig);
+} dns_origin SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -557,5 +571,28 @@ int sluice_sockops(struct bpf_sock_ops *skops)
 		__builtin_memcpy(k.addr, w, 16);
 	}
 	bpf_map_update_elem(&orig_by_tuple, &k, o, BPF_ANY);
+	return 1;
+}
+
+SEC("cgroup_skb/egress")
+int sluice_skb_egress(struct __sk_buff *skb)
+{
+	struct bpf_sock *sk = skb->sk;
+	if (!sk)
+		return 1;
+	sk = bpf_sk_fullsock(sk);
+	if (!sk || sk->protocol != IPPROTO_UDP)
+		return 1;
+	struct orig *o = bpf_sk_storage_get(&orig_sk, sk, 0, 0);
+	if (!o || !o->redirected || o->port != 53)
+		return 1;
+	struct orig_key k = {};
+	k.sandbox = o->sandbox;
+	k.port = (__u16)sk->src_port;
+	k.proto = PROTO_UDP;
+	struct orig *cur = bpf_map_lookup_elem(&dns_origin, &k);
+	if (cur && cur->pid == o->pid)
+		return 1;
+	bpf_map_update_elem(&dns_origin, &k, o, BPF_ANY);
 	return 1;
 }

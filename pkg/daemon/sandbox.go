@@ -136,7 +136,7 @@ func (rt *Runtime) Start(ctx context.Context, spec Spec) (*Sandbox, error) {
 	s.cancel = cancel
 	dsb := &dnsproxy.Sandbox{
 		Name: spec.Name, ID: spec.CgroupID, Policy: s.Policy,
-		Allow: kernel, Bindings: s.bindings, Audit: rt.Audit,
+		Allow: kernel, Bindings: s.bindings, Audit: rt.Audit, Origins: dnsOrigins{kernel},
 	}
 	psb := &proxy.Sandbox{
 		Name: spec.Name, ID: spec.CgroupID, Policy: s.Policy,
@@ -265,4 +265,19 @@ func (a origAdapter) OriginalDst(client netip.AddrPort) (proxy.Origin, error) {
 		return proxy.Origin{}, err
 	}
 	return proxy.Origin{Dst: o.Dst, PID: o.PID, Comm: o.Comm, CgroupID: o.CgroupID}, nil
+}
+
+// dnsOrigins gives the resolver the kernel's record of which process sent a
+// query.
+type dnsOrigins struct{ s *enforcer.Sandbox }
+
+func (d dnsOrigins) QueryOrigin(client netip.AddrPort, tcp bool) (uint32, string, bool) {
+	var o enforcer.Origin
+	var ok bool
+	if tcp {
+		o, ok = d.s.TCPOrigin(client)
+	} else {
+		o, ok = d.s.DNSOrigin(client.Port())
+	}
+	return o.PID, o.Comm, ok
 }

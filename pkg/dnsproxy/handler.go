@@ -41,14 +41,32 @@ type handler struct {
 
 // ServeDNS implements dns.Handler.
 func (h *handler) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
-	_, tcp := w.RemoteAddr().(*net.TCPAddr)
+	var client netip.AddrPort
+	tcp := false
+	switch a := w.RemoteAddr().(type) {
+	case *net.TCPAddr:
+		client, tcp = a.AddrPort(), true
+	case *net.UDPAddr:
+		client = a.AddrPort()
+	}
 	rp := h.r.answer(h.sb, req, tcp)
 	if rp.msg != nil {
 		if err := w.WriteMsg(rp.msg); err != nil {
 			h.r.log.Debug("writing dns answer", "sandbox", h.sb.Name, "err", err)
 		}
 	}
-	h.sb.Audit.Emit(rp.ev)
+	h.emit(rp.ev, client, tcp)
+}
+
+// emit sends ev with the process that sent the query, when the kernel
+// recorded it (Sandbox.Origins).
+func (h *handler) emit(ev audit.Event, client netip.AddrPort, tcp bool) {
+	if h.sb.Origins != nil && client.IsValid() {
+		if pid, comm, ok := h.sb.Origins.QueryOrigin(client, tcp); ok {
+			ev.PID, ev.Comm = pid, comm
+		}
+	}
+	h.sb.Audit.Emit(ev)
 }
 
 // reply is one answer being built, and what the UDP fast path needs to

@@ -19,6 +19,12 @@ import (
 	"github.com/sluice-dev/sluice/pkg/policy"
 )
 
+// Origins tells which process sent a query from client, as the kernel
+// recorded it; the sandbox cannot forge it.
+type Origins interface {
+	QueryOrigin(client netip.AddrPort, tcp bool) (pid uint32, comm string, ok bool)
+}
+
 // Allowlister is one sandbox's kernel allowlist: after Allow returns nil,
 // the sandbox may connect to addr until the given time. direct means the
 // connection bypasses the proxy. addr is never an IPv4-mapped IPv6
@@ -54,6 +60,9 @@ type Sandbox struct {
 	Bindings *Bindings
 	// Audit receives one event per query. Nil discards.
 	Audit audit.Emitter
+	// Origins attributes queries to the process that sent them (pid and
+	// command, recorded by the kernel). Nil leaves them unattributed.
+	Origins Origins
 }
 
 // Resolver resolves, filters and caches on behalf of sandboxes. Create it

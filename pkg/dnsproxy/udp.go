@@ -46,6 +46,17 @@ type udpPeer struct {
 	addr net.Addr       // other PacketConns
 }
 
+// addrPort returns the peer as an AddrPort (invalid when unknown).
+func (p udpPeer) addrPort() netip.AddrPort {
+	if p.ap.IsValid() {
+		return p.ap
+	}
+	if ua, ok := p.addr.(*net.UDPAddr); ok {
+		return ua.AddrPort()
+	}
+	return netip.AddrPort{}
+}
+
 // maxQuerySize bounds a UDP query read.
 const maxQuerySize = 4096
 
@@ -85,11 +96,11 @@ func (h *handler) readUDP(pc net.PacketConn, wg *sync.WaitGroup, sem chan struct
 		default:
 			// Too many queries waiting for upstreams: drop this one (the
 			// client retries) rather than stall the fast path.
-			h.sb.Audit.Emit(audit.Event{
+			h.emit(audit.Event{
 				V: audit.SchemaVersion, Time: now, Kind: audit.KindDNS,
 				Sandbox: h.sb.Name, CgroupID: h.sb.ID,
 				Decision: audit.DecisionError, Reason: "resolver overloaded, query dropped",
-			})
+			}, peer.addrPort(), false)
 			continue
 		}
 		pkt := append([]byte(nil), p...)
@@ -117,7 +128,7 @@ func (h *handler) fastUDP(pc net.PacketConn, uc *net.UDPConn, peer udpPeer, p []
 	h.writeUDP(pc, uc, peer, ans)
 	ev := t.ev
 	ev.Time = now
-	h.sb.Audit.Emit(ev)
+	h.emit(ev, peer.addrPort(), false)
 	return ans, key, true
 }
 
@@ -143,17 +154,17 @@ func (h *handler) slowUDP(pc net.PacketConn, uc *net.UDPConn, peer udpPeer, pkt 
 	}
 	rp := h.r.answer(h.sb, req, false)
 	if rp.msg == nil {
-		h.sb.Audit.Emit(rp.ev)
+		h.emit(rp.ev, peer.addrPort(), false)
 		return
 	}
 	wire, err := rp.msg.Pack()
 	if err != nil {
 		h.r.log.Debug("packing dns answer", "sandbox", h.sb.Name, "err", err)
-		h.sb.Audit.Emit(rp.ev)
+		h.emit(rp.ev, peer.addrPort(), false)
 		return
 	}
 	h.writeUDP(pc, uc, peer, wire)
-	h.sb.Audit.Emit(rp.ev)
+	h.emit(rp.ev, peer.addrPort(), false)
 	if !rp.expires.After(rp.ev.Time) {
 		return
 	}
@@ -182,7 +193,7 @@ func (h *handler) formErr(pc net.PacketConn, uc *net.UDPConn, peer udpPeer, pkt 
 		Decision: audit.DecisionDeny, Reason: "malformed query",
 	}
 	if len(pkt) < 12 || pkt[2]&0x80 != 0 {
-		h.sb.Audit.Emit(ev)
+		h.emit(ev, peer.addrPort(), false)
 		return
 	}
 	m := new(dns.Msg)
@@ -194,5 +205,5 @@ func (h *handler) formErr(pc net.PacketConn, uc *net.UDPConn, peer udpPeer, pkt 
 	if wire, err := m.Pack(); err == nil {
 		h.writeUDP(pc, uc, peer, wire)
 	}
-	h.sb.Audit.Emit(ev)
+	h.emit(ev, peer.addrPort(), false)
 }

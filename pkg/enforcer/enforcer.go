@@ -205,6 +205,7 @@ var attachments = []attachSpec{
 	{"bind4", ebpf.AttachCGroupInet4Bind, func(o *sluiceObjects) *ebpf.Program { return o.SluiceBind4 }},
 	{"bind6", ebpf.AttachCGroupInet6Bind, func(o *sluiceObjects) *ebpf.Program { return o.SluiceBind6 }},
 	{"sockops", ebpf.AttachCGroupSockOps, func(o *sluiceObjects) *ebpf.Program { return o.SluiceSockops }},
+	{"skb_egress", ebpf.AttachCGroupInetEgress, func(o *sluiceObjects) *ebpf.Program { return o.SluiceSkbEgress }},
 }
 
 func (e *Enforcer) linkDir(id uint64) string {
@@ -584,4 +585,28 @@ func (e *Enforcer) AllowCounts() map[uint64]int {
 		out[binary.NativeEndian.Uint64(k.Sandbox[:])]++
 	}
 	return out
+}
+
+// DNSOrigin returns the process that sent the UDP DNS query whose source
+// port is port (as the sandbox's resolver saw it). The entry stays: a
+// socket sends several queries.
+func (s *Sandbox) DNSOrigin(port uint16) (Origin, bool) {
+	k := sluiceOrigKey{Sandbox: s.id, Port: port, Proto: ProtoUDP}
+	var o sluiceOrig
+	if err := s.e.objs.DnsOrigin.Lookup(&k, &o); err != nil {
+		return Origin{}, false
+	}
+	return Origin{Dst: netip.AddrPortFrom(netip.AddrFrom16(o.Addr).Unmap(), o.Port), PID: o.Pid, Comm: cString(o.Comm[:]), CgroupID: o.Cgroup}, true
+}
+
+// TCPOrigin returns, without forgetting it, what the kernel recorded about
+// the TCP connection whose client end is client (DNS over TCP: one
+// connection carries several queries).
+func (s *Sandbox) TCPOrigin(client netip.AddrPort) (Origin, bool) {
+	k := sluiceOrigKey{Sandbox: s.id, Addr: addrKey(client.Addr().Unmap()), Port: client.Port(), Proto: ProtoTCP}
+	var o sluiceOrig
+	if err := s.e.objs.OrigByTuple.Lookup(&k, &o); err != nil {
+		return Origin{}, false
+	}
+	return Origin{Dst: netip.AddrPortFrom(netip.AddrFrom16(o.Addr).Unmap(), o.Port), PID: o.Pid, Comm: cString(o.Comm[:]), CgroupID: o.Cgroup}, true
 }

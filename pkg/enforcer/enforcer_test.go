@@ -345,3 +345,39 @@ func TestOpenReplacesIncompatibleUnusedPins(t *testing.T) {
 	}
 	e.Close()
 }
+
+func TestDNSOriginOfUDPQueries(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	e, err := Open(Config{PinDir: testutil.PinDir(t)}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	cg, id := testutil.Cgroup(t)
+	resolver, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resolver.Close()
+	dnsPort := uint16(resolver.LocalAddr().(*net.UDPAddr).Port)
+	sb, err := e.Attach(cg, id, SandboxConfig{ProxyPort: 1, DNSPort: dnsPort})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sb.Detach()
+	for _, mode := range []string{"udp", "udpconn"} { // unconnected and connected sockets
+		if got := testutil.RunProbe(t, cg, mode, "127.0.0.1:53"); got != "ok sent" {
+			t.Fatalf("%s to port 53: %q", mode, got)
+		}
+		resolver.SetReadDeadline(time.Now().Add(3 * time.Second))
+		buf := make([]byte, 512)
+		_, from, err := resolver.ReadFrom(buf)
+		if err != nil {
+			t.Fatalf("%s: the query did not reach the resolver: %v", mode, err)
+		}
+		o, ok := sb.DNSOrigin(uint16(from.(*net.UDPAddr).Port))
+		if !ok || o.PID == 0 || o.Comm == "" || o.Dst.Port() != 53 {
+			t.Fatalf("%s: origin %+v, %v", mode, o, ok)
+		}
+	}
+}

@@ -93,6 +93,7 @@ type sluiceSandboxCfg struct {
 const (
 	sluiceMapAllow               = "allow"
 	sluiceMapCounters            = "counters"
+	sluiceMapDnsOrigin           = "dns_origin"
 	sluiceMapEvents              = "events"
 	sluiceMapOrigByTuple         = "orig_by_tuple"
 	sluiceMapOrigSk              = "orig_sk"
@@ -107,6 +108,7 @@ const (
 	sluiceProgSluiceRecvmsg6     = "sluice_recvmsg6"
 	sluiceProgSluiceSendmsg4     = "sluice_sendmsg4"
 	sluiceProgSluiceSendmsg6     = "sluice_sendmsg6"
+	sluiceProgSluiceSkbEgress    = "sluice_skb_egress"
 	sluiceProgSluiceSockCreate   = "sluice_sock_create"
 	sluiceProgSluiceSockops      = "sluice_sockops"
 	sluiceVarUnusedCk            = "unused_ck"
@@ -167,6 +169,7 @@ type sluiceProgramSpecs struct {
 	SluiceRecvmsg6     *ebpf.ProgramSpec `ebpf:"sluice_recvmsg6"`
 	SluiceSendmsg4     *ebpf.ProgramSpec `ebpf:"sluice_sendmsg4"`
 	SluiceSendmsg6     *ebpf.ProgramSpec `ebpf:"sluice_sendmsg6"`
+	SluiceSkbEgress    *ebpf.ProgramSpec `ebpf:"sluice_skb_egress"`
 	SluiceSockCreate   *ebpf.ProgramSpec `ebpf:"sluice_sock_create"`
 	SluiceSockops      *ebpf.ProgramSpec `ebpf:"sluice_sockops"`
 }
@@ -177,6 +180,7 @@ type sluiceProgramSpecs struct {
 type sluiceMapSpecs struct {
 	Allow       *ebpf.MapSpec `ebpf:"allow"`
 	Counters    *ebpf.MapSpec `ebpf:"counters"`
+	DnsOrigin   *ebpf.MapSpec `ebpf:"dns_origin"`
 	Events      *ebpf.MapSpec `ebpf:"events"`
 	OrigByTuple *ebpf.MapSpec `ebpf:"orig_by_tuple"`
 	OrigSk      *ebpf.MapSpec `ebpf:"orig_sk"`
@@ -215,6 +219,7 @@ func (o *sluiceObjects) Close() error {
 type sluiceMaps struct {
 	Allow       *ebpf.Map `ebpf:"allow"`
 	Counters    *ebpf.Map `ebpf:"counters"`
+	DnsOrigin   *ebpf.Map `ebpf:"dns_origin"`
 	Events      *ebpf.Map `ebpf:"events"`
 	OrigByTuple *ebpf.Map `ebpf:"orig_by_tuple"`
 	OrigSk      *ebpf.Map `ebpf:"orig_sk"`
@@ -225,6 +230,7 @@ func (m *sluiceMaps) Close() error {
 	return _SluiceClose(
 		m.Allow,
 		m.Counters,
+		m.DnsOrigin,
 		m.Events,
 		m.OrigByTuple,
 		m.OrigSk,
@@ -256,6 +262,7 @@ type sluicePrograms struct {
 	SluiceRecvmsg6     *ebpf.Program `ebpf:"sluice_recvmsg6"`
 	SluiceSendmsg4     *ebpf.Program `ebpf:"sluice_sendmsg4"`
 	SluiceSendmsg6     *ebpf.Program `ebpf:"sluice_sendmsg6"`
+	SluiceSkbEgress    *ebpf.Program `ebpf:"sluice_skb_egress"`
 	SluiceSockCreate   *ebpf.Program `ebpf:"sluice_sock_create"`
 	SluiceSockops      *ebpf.Program `ebpf:"sluice_sockops"`
 }
@@ -272,6 +279,7 @@ func (p *sluicePrograms) Close() error {
 		p.SluiceRecvmsg6,
 		p.SluiceSendmsg4,
 		p.SluiceSendmsg6,
+		p.SluiceSkbEgress,
 		p.SluiceSockCreate,
 		p.SluiceSockops,
 	)
