@@ -710,3 +710,26 @@ func TestFaultPolicyReloadInvalid(t *testing.T) {
 		t.Fatalf("after the valid reload: %v\n%s", err, out)
 	}
 }
+
+// TestFaultSlowClientHelloIsServed: a TLS client that sends its ClientHello
+// a second after connecting (a client slowed down by a loaded host) to an
+// intercepted host must be served. The soak test loses connections this
+// way under load: the proxy's peek waits only Config.FirstByteTimeout
+// (500 ms) for a first byte, then treats the connection as a
+// server-speaks-first protocol, which an intercept rule refuses.
+func TestFaultSlowClientHelloIsServed(t *testing.T) {
+	w, pol := advWorld(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", w.api.Port)
+	pf := payloadFile(t, w.dir, httpReq("GET", "/ok", fmt.Sprintf("allowed.test:%d", w.api.Port)))
+	res := w.probes(t, pol, []string{"allowed.test"}, "slowtls",
+		addr+"|allowed.test|0s|"+pf,
+		addr+"|allowed.test|1s|"+pf)
+	if !strings.HasPrefix(res[0], "ok HTTP/1.1 200") {
+		t.Fatalf("control (no delay): %q", res[0])
+	}
+	if !strings.HasPrefix(res[1], "ok HTTP/1.1 200") {
+		t.Fatalf("LOST CONNECTION: a ClientHello sent 1 s after connect to an intercepted host was refused (%q)."+
+			" pkg/proxy peek gives up after FirstByteTimeout and decides as a server-first protocol; suggested fix:"+
+			" when the address-level decision needs interception (or is a denial), wait the full PeekTimeout for the first byte", res[1])
+	}
+}

@@ -31,6 +31,8 @@ import (
 //	dns       "udp|tcp SERVER NAME QTYPE"       → "ok RCODE n=ANSWERS a=FIRST" or "error ERRNO"
 //	rawtcp    "ADDR|PAYLOADFILE"                → "ok REPLY-STATUS-LINES" (all "HTTP/x NNN" seen)
 //	rawtls    "ADDR|SNI|PAYLOADFILE"            → the same over TLS (roots: SSL_CERT_FILE)
+//	slowtls   "ADDR|SNI|DELAY|PAYLOADFILE"      → rawtls, waiting DELAY after connect before
+//	                                              the ClientHello (a client slowed by load)
 //	h2        "ADDR|SNI|AUTHORITY|HOST|PATH"    → "ok status=NNN" (HOST "" sends no host field)
 //	doh       "DOHURL|NAME|PORT"                → resolves NAME through DoH, then connects to it
 //	tcpmany   "ADDR|N"                          → "ok eperm=E connected=C other=O"
@@ -61,6 +63,16 @@ func attackProbe(mode, target string) (string, bool) {
 			return "error rawtls probe needs 3 fields", true
 		}
 		return probeRaw(f[0], f[1], f[2]), true
+	case "slowtls":
+		if len(f) != 4 {
+			return "error slowtls probe needs 4 fields", true
+		}
+		d, err := time.ParseDuration(f[2])
+		if err != nil {
+			return "error " + err.Error(), true
+		}
+		slowStart = d
+		return probeRaw(f[0], f[1], f[3]), true
 	case "h2":
 		if len(f) != 5 {
 			return "error h2 probe needs 5 fields", true
@@ -130,6 +142,9 @@ func probeDNS(network, server, name, qtype string) string {
 	return fmt.Sprintf("ok %s n=%d a=%s", dns.RcodeToString[r.Rcode], len(r.Answer), first)
 }
 
+// slowStart delays the first byte of probeRaw (slowtls).
+var slowStart time.Duration
+
 // probeRaw sends the payload file's bytes (over TLS when sni is set) and
 // reports the HTTP status lines of everything the server answered.
 func probeRaw(addr, sni, payloadFile string) string {
@@ -143,6 +158,7 @@ func probeRaw(addr, sni, payloadFile string) string {
 		return "error " + errnoName(err)
 	}
 	defer c.Close()
+	time.Sleep(slowStart)
 	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
 	if sni != "" {
 		tc := tls.Client(c, &tls.Config{ServerName: sni, NextProtos: []string{"http/1.1"}, InsecureSkipVerify: true})
