@@ -52,7 +52,7 @@ gzip -9n "$STAGE"/usr/share/man/man1/*.1
 install -m 0644 scripts/deploy/systemd/sluice.service "$STAGE/lib/systemd/system/sluice.service"
 install -m 0600 scripts/deploy/config.yaml "$STAGE/etc/sluice/config.yaml"
 install -m 0644 scripts/deploy/oci/sluice-hook.json "$STAGE/usr/share/containers/oci/hooks.d/sluice.json"
-install -m 0644 scripts/deploy/OPERATIONS.md "$STAGE/usr/share/doc/sluice/OPERATIONS.md"
+install -m 0644 README.md "$STAGE/usr/share/doc/sluice/README.md"
 [ -f LICENSE ] && install -m 0644 LICENSE "$STAGE/usr/share/doc/sluice/copyright"
 install -m 0755 scripts/deploy/debian/postinst scripts/deploy/debian/prerm scripts/deploy/debian/postrm "$STAGE/DEBIAN-scripts/"
 

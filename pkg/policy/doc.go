@@ -26,5 +26,5 @@
 // is what enforcement does. Schema is the JSON Schema of the format.
 //
 // The policy reference (fields, wildcard semantics, precedence table) is in
-// REFERENCE.md next to this file.
+// the README (section "Policy reference").
 package policy
