@@ -549,22 +549,31 @@ func TestFaultBPFFSPrivateToDaemon(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.cmd = cmd
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
 	t.Cleanup(func() {
-		if d.cmd != nil {
-			d.cmd.Process.Kill()
-			d.cmd.Wait()
-		}
+		cmd.Process.Kill()
+		<-exited
 	})
 	deadline := time.Now().Add(10 * time.Second)
 	for {
+		select {
+		case <-exited:
+			// Refusing to start on a bpffs private to its mount namespace is
+			// the fail-closed outcome.
+			if !strings.Contains(log.String(), "bpf") {
+				t.Fatalf("the daemon exited without naming bpffs:\n%s", log.String())
+			}
+			t.Logf("daemon refused a namespace-private bpffs: %s", strings.TrimSpace(log.String()))
+			return
+		default:
+		}
 		if c, err := net.Dial("unix", d.socket); err == nil {
 			c.Close()
 			break
 		}
 		if time.Now().After(deadline) {
-			// Refusing to start in a private bpffs is a fail-closed outcome too.
-			t.Logf("daemon with a private bpffs did not come up:\n%s", log.String())
-			return
+			t.Fatalf("daemon with a private bpffs neither came up nor exited:\n%s", log.String())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -578,7 +587,8 @@ func TestFaultBPFFSPrivateToDaemon(t *testing.T) {
 	if out, _ := inSandbox(t, cg, "", os.Args[0], "-test.run=^$", canary.Addr); !strings.Contains(out, "error EPERM") {
 		t.Fatalf("while the daemon runs: %q, want EPERM", out)
 	}
-	d.kill9()
+	cmd.Process.Kill()
+	<-exited
 	time.Sleep(200 * time.Millisecond)
 	out, _ := inSandbox(t, cg, "", os.Args[0], "-test.run=^$", canary.Addr)
 	if canary.Hits() != 0 || !strings.Contains(out, "error") {
