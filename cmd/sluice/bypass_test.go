@@ -507,7 +507,19 @@ func TestBypassHTTP2AuthorityHostMismatch(t *testing.T) {
 			t.Errorf("%s: %q, want %q", c.name, res[i], c.want)
 		}
 	}
-	if bad := upstreamSaw(w, func(r testutil.Request) bool { return !strings.HasPrefix(r.Host, "allowed.test") }); len(bad) != 0 {
+	// HTTP/2 CONNECT (a tunnel inside the intercepted connection).
+	res = w.probes(t, pol, []string{"allowed.test"}, "h2m",
+		strings.Join([]string{addr, "allowed.test", "CONNECT", "forbidden.test:443", "", ""}, "|"),
+		strings.Join([]string{addr, "allowed.test", "CONNECT", ap("allowed.test"), "", ""}, "|"))
+	for i, r := range res {
+		t.Logf("HTTP/2 CONNECT %d: %s", i, r)
+		if !strings.HasPrefix(r, "ok status=403") && !strings.HasPrefix(r, "error rst") {
+			t.Errorf("HTTP/2 CONNECT %d: %q, want 403 or a reset stream", i, r)
+		}
+	}
+	if bad := upstreamSaw(w, func(r testutil.Request) bool {
+		return !strings.HasPrefix(r.Host, "allowed.test") || r.Method == http.MethodConnect
+	}); len(bad) != 0 {
 		t.Fatalf("BYPASS: the upstream received HTTP/2 requests for %+v", bad)
 	}
 	if len(w.api.Requests()) == 0 {

@@ -34,6 +34,8 @@ import (
 //	slowtls   "ADDR|SNI|DELAY|PAYLOADFILE"      → rawtls, waiting DELAY after connect before
 //	                                              the ClientHello (a client slowed by load)
 //	h2        "ADDR|SNI|AUTHORITY|HOST|PATH"    → "ok status=NNN" (HOST "" sends no host field)
+//	h2m       "ADDR|SNI|METHOD|AUTHORITY|HOST|PATH" → the same with a method (CONNECT sends
+//	                                              no :scheme and no :path)
 //	doh       "DOHURL|NAME|PORT"                → resolves NAME through DoH, then connects to it
 //	tcpmany   "ADDR|N"                          → "ok eperm=E connected=C other=O"
 //	forkbomb  "ADDR|PROCS|N"                    → PROCS concurrent tcpmany children, summed
@@ -77,7 +79,12 @@ func attackProbe(mode, target string) (string, bool) {
 		if len(f) != 5 {
 			return "error h2 probe needs 5 fields", true
 		}
-		return probeH2(f[0], f[1], f[2], f[3], f[4]), true
+		return probeH2(f[0], f[1], "GET", f[2], f[3], f[4]), true
+	case "h2m":
+		if len(f) != 6 {
+			return "error h2m probe needs 6 fields", true
+		}
+		return probeH2(f[0], f[1], f[2], f[3], f[4], f[5]), true
 	case "doh":
 		if len(f) != 3 {
 			return "error doh probe needs 3 fields", true
@@ -187,7 +194,7 @@ func probeRaw(addr, sni, payloadFile string) string {
 
 // probeH2 sends one HTTP/2 GET with the given :authority and host header
 // fields, written with a raw framer so that they may disagree.
-func probeH2(addr, sni, authority, host, path string) string {
+func probeH2(addr, sni, method, authority, host, path string) string {
 	c, err := net.DialTimeout("tcp", addr, 3*time.Second)
 	if err != nil {
 		return "error " + errnoName(err)
@@ -211,8 +218,8 @@ func probeH2(addr, sni, authority, host, path string) string {
 	}
 	var hb bytes.Buffer
 	enc := hpack.NewEncoder(&hb)
-	for _, kv := range [][2]string{{":method", "GET"}, {":scheme", "https"}, {":authority", authority}, {":path", path}} {
-		if kv[1] == "" && kv[0] == ":authority" {
+	for _, kv := range [][2]string{{":method", method}, {":scheme", "https"}, {":authority", authority}, {":path", path}} {
+		if kv[1] == "" && kv[0] == ":authority" || method == "CONNECT" && (kv[0] == ":scheme" || kv[0] == ":path") {
 			continue
 		}
 		_ = enc.WriteField(hpack.HeaderField{Name: kv[0], Value: kv[1]})
