@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"github.com/spf13/cobra"
 	"net"
 	"net/http"
 	"os"
@@ -113,7 +114,7 @@ func TestContainerFlagsForAttach(t *testing.T) {
 	}
 	const id = "77aa2a9be0d3aa11bb22cc33dd44ee55ff66aa77bb88cc99dd00ee11ff22aa33"
 	sock := fakeDockerSocket(t, id, "web_1", pid)
-	cmd := newAttachCmd(&rootOptions{})
+	cmd := &cobra.Command{Use: "attach"}
 	cf := addContainerFlags(cmd.Flags(), true)
 	if err := cmd.Flags().Parse([]string{"--container", "web_1", "--runtime", "docker", "--docker-socket", sock}); err != nil {
 		t.Fatal(err)
