@@ -126,7 +126,7 @@ func TestContainerFlagsForAttach(t *testing.T) {
 	if tgt.PID != pid || cf.sandboxName(tgt) != "web_1" {
 		t.Fatalf("target %+v name %q", tgt, cf.sandboxName(tgt))
 	}
-	cf2 := addContainerFlags(newAttachCmd(&rootOptions{}).Flags(), true)
+	cf2 := addContainerFlags((&cobra.Command{Use: "attach"}).Flags(), true)
 	if _, ok, err := cf2.resolve(context.Background()); ok || err != nil {
 		t.Fatalf("without --container: ok=%v err=%v", ok, err)
 	}
