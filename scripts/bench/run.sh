@@ -28,7 +28,7 @@
 # /tmp/sluice-bench-results.json), BENCH_MD (Markdown table, default
 # BENCH_OUT with .md), BENCH_ROUNDS (3), BENCH_DURATION (seconds per load
 # run, 4), BENCH_CONCURRENCY (hey -c, 50), BENCH_BULK_BYTES (1073741824),
-# BENCH_LATENCY_REQUESTS (2000), BENCH_IDLE_WAIT (15), BENCH_MICRO (1: also run micro.sh; 0
+# BENCH_LATENCY_REQUESTS (2000), BENCH_IDLE_WAIT (10), BENCH_MICRO (1: also run micro.sh; 0
 # skips), BENCH_PROFILE (set: perf profile of row c), BENCH_ONLY (regex of
 # series keys to measure, for debugging), BENCH_KEEP (set: keep the work
 # directory with the peers' logs and the raw measurements).
@@ -388,9 +388,9 @@ busy() {
 
 for round in $(seq "$ROUNDS"); do
 	# On a shared machine, wait a little (BENCH_IDLE_WAIT samples of one
-	# second, default 15) for other work to calm down below 25% busy.
+	# second, default 10) for other work to calm down below 25% busy.
 	b=$(busy)
-	for _ in $(seq "${BENCH_IDLE_WAIT:-15}"); do
+	for _ in $(seq "${BENCH_IDLE_WAIT:-10}"); do
 		awk -v b="$b" 'BEGIN { exit !(b < 25) }' && break
 		b=$(busy)
 	done
