@@ -86,7 +86,8 @@ export BENCH_TOKEN
 "$B/origin" -dir "$work" &
 origin_pid=$!
 pids+=($!)
-for _ in $(seq 100); do [ -f "$work/env" ] && break; sleep 0.05; done
+for _ in $(seq 200); do [ -f "$work/env" ] && break; sleep 0.05; done
+[ -f "$work/env" ] || { echo "bench: the loopback upstream did not start" >&2; exit 1; }
 # shellcheck disable=SC1091
 . "$work/env"
 printf '127.0.0.1 localhost\n127.0.0.1 api.bench.test splice.bench.test\n' >"$work/hosts"
