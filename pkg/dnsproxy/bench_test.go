@@ -71,8 +71,9 @@ func BenchmarkServeDNSCached(b *testing.B) {
 }
 
 // BenchmarkQPS compares cached-answer throughput and p99 latency over
-// loopback UDP: directly against the upstream, through sluice, and through
-// dnsmasq as a caching forwarder when dnsmasq is installed.
+// loopback UDP: directly against the upstream, through sluice (in the
+// benchmark's process, and in a process of its own like the peer), and
+// through dnsmasq as a caching forwarder when dnsmasq is installed.
 func BenchmarkQPS(b *testing.B) {
 	up := startUpstream(b, zone("allowed.test. 300 IN A 192.0.2.10"))
 	b.Run("direct-upstream", func(b *testing.B) { runQPS(b, up.addr) })
@@ -85,6 +86,9 @@ func BenchmarkQPS(b *testing.B) {
 		go func() { done <- e.r.Serve(ctx, e.sb, pc, ln) }()
 		defer func() { cancel(); <-done }()
 		runQPS(b, pc.LocalAddr().String())
+	})
+	b.Run("sluice-cached-own-process", func(b *testing.B) {
+		runQPS(b, startBenchServer(b, up.addr))
 	})
 	b.Run("dnsmasq-cached", func(b *testing.B) {
 		bin, err := exec.LookPath("dnsmasq")
