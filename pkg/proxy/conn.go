@@ -148,7 +148,14 @@ func (s *server) peek(c net.Conn, ci *connInfo) ([]byte, error) {
 		buf = buf[:len(buf)+n]
 		if err != nil {
 			if first && len(buf) == 0 && errors.Is(err, os.ErrDeadlineExceeded) {
-				return buf, nil // raw TCP, server first
+				if !s.needsClientFirst(ci) {
+					return buf, nil // raw TCP, server first (or denied anyway)
+				}
+				// Only a client-first protocol (TLS, HTTP) can be
+				// allowed here: a slow client gets the whole PeekTimeout.
+				first = false
+				c.SetReadDeadline(deadline)
+				continue
 			}
 			if len(buf) == 0 {
 				return nil, errors.New("client sent nothing")
@@ -167,6 +174,22 @@ func (s *server) peek(c net.Conn, ci *connInfo) ([]byte, error) {
 			return buf, err
 		}
 	}
+}
+
+// needsClientFirst reports whether the rule that decides the connection's
+// address needs HTTP-level handling, so that only a client-first protocol
+// (TLS, HTTP) can be allowed there. Silence is then not taken for a
+// server-speaks-first protocol after FirstByteTimeout: a slow client gets
+// the whole PeekTimeout. Addresses that are spliced, or denied whatever the
+// client sends, are decided after FirstByteTimeout as before.
+func (s *server) needsClientFirst(ci *connInfo) bool {
+	pol := s.sb.Policy()
+	if pol == nil || pol.Mode == policy.ModeAudit {
+		return false
+	}
+	probe := &connInfo{s: s, orig: ci.orig, proto: protoTCP, start: ci.start}
+	s.decide(pol, probe)
+	return probe.verdict == policy.VerdictDeny && probe.rule != nil && probe.rule.NeedsIntercept()
 }
 
 // finishPeek classifies buf. It returns errNeedMore when more bytes are
