@@ -38,8 +38,9 @@ test-unit: ## unprivileged tests only
 demo: deps build ## offline end-to-end demonstration on loopback
 	@scripts/demo.sh
 
-bench: deps build ## benchmarks: ratios against direct connections, measured in one run
+bench: deps build ## benchmarks: ratios against direct connections, measured in one run; 1,000-sandbox scale test
 	@scripts/bench/run.sh
+	SLUICE_SCALE=$${SLUICE_SCALE:-1000} SLUICE_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -run '^TestDaemonScale$$' -v ./cmd/sluice/ | grep -E 'scale_test|^(ok|FAIL|---)'
 
 fuzz: ## run every fuzz target for FUZZTIME (default 30s each)
 	@scripts/fuzz.sh $${FUZZTIME:-30s}
