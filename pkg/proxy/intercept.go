@@ -180,6 +180,12 @@ type reqState struct {
 	host, path string
 	rule       *policy.Rule
 	errMsg     string
+
+	// Inline backing arrays: a request with up to four injected headers
+	// needs no further allocation for its credentials.
+	injectBuf [4]injected
+	valueBuf  [4]string
+	red       redactor
 }
 
 type injected struct{ name, value string }
@@ -220,8 +226,11 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if !rs.headerAt.IsZero() {
 			ev.LatencyMS = float64(rs.headerAt.Sub(start).Microseconds()) / 1000
 		}
-		for _, h := range rs.inject {
-			ev.Injected = append(ev.Injected, h.name)
+		if len(rs.inject) > 0 {
+			ev.Injected = make([]string, len(rs.inject))
+			for i, h := range rs.inject {
+				ev.Injected[i] = h.name
+			}
 		}
 		s.emit(ev)
 	}()
@@ -366,23 +375,14 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // credentials renders the rule's headers and callback headers into
 // rs.inject. It returns a message (naming secrets, never values) on failure.
 func (s *server) credentials(ctx context.Context, rs *reqState, rule *policy.Rule, host string, port uint16) string {
-	var values []string
+	values := rs.valueBuf[:0]
+	rs.inject = rs.injectBuf[:0]
+	lk := secretLookup{s: s, ctx: ctx, values: values}
 	for _, h := range rule.Headers {
-		failed := ""
-		v, err := h.Render(func(name string) (string, error) {
-			if s.sb.Secrets == nil {
-				failed = name
-				return "", errors.New("no secret store")
-			}
-			val, err := s.sb.Secrets.Lookup(ctx, s.sb.Name, name)
-			if err != nil {
-				failed = name
-				return "", err
-			}
-			values = append(values, val)
-			return val, nil
-		})
+		lk.failed = ""
+		v, err := h.Render(lk.lookup)
 		if err != nil {
+			failed := lk.failed
 			if failed == "" && len(h.Secrets) > 0 {
 				failed = h.Secrets[0]
 			}
@@ -392,10 +392,11 @@ func (s *server) credentials(ctx context.Context, rs *reqState, rule *policy.Rul
 			return fmt.Sprintf("secret %s for header %s of rule %s could not be resolved", failed, h.Name, rule.Name)
 		}
 		if h.Type != policy.HeaderPlaintext {
-			values = append(values, v)
+			lk.values = append(lk.values, v)
 		}
 		rs.inject = append(rs.inject, injected{name: h.Name, value: v})
 	}
+	values = lk.values
 	if rule.Callback != nil {
 		if s.sb.Callbacks == nil {
 			return "credential callback failed"
@@ -410,8 +411,34 @@ func (s *server) credentials(ctx context.Context, rs *reqState, rule *policy.Rul
 			values = append(values, v)
 		}
 	}
-	rs.secrets = newRedactor(values)
+	if rs.red.init(values) {
+		rs.secrets = &rs.red
+	}
 	return ""
+}
+
+// secretLookup resolves the secrets of one request's headers (per request:
+// a rotated secret takes effect on the next request) and collects the
+// values for echo redaction.
+type secretLookup struct {
+	s      *server
+	ctx    context.Context
+	values []string
+	failed string // the secret that could not be resolved
+}
+
+func (l *secretLookup) lookup(name string) (string, error) {
+	if l.s.sb.Secrets == nil {
+		l.failed = name
+		return "", errors.New("no secret store")
+	}
+	val, err := l.s.sb.Secrets.Lookup(l.ctx, l.s.sb.Name, name)
+	if err != nil {
+		l.failed = name
+		return "", err
+	}
+	l.values = append(l.values, val)
+	return val, nil
 }
 
 // refuse answers 403 with a body an agent can read.

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"unsafe"
 )
 
 // Redacted replaces an injected secret value echoed back by an upstream.
@@ -17,29 +18,42 @@ const minSecretLen = 4
 
 // redactor knows the secret values injected into one request.
 type redactor struct {
-	secrets [][]byte // longest first
+	secrets []string // longest first
 	maxLen  int
+	buf     [4]string
 }
 
 func newRedactor(values []string) *redactor {
-	var r redactor
-	for _, v := range values {
-		if len(v) < minSecretLen {
-			continue
-		}
-		b := []byte(v)
-		if slices.ContainsFunc(r.secrets, func(s []byte) bool { return bytes.Equal(s, b) }) {
-			continue
-		}
-		r.secrets = append(r.secrets, b)
-		r.maxLen = max(r.maxLen, len(b))
-	}
-	if len(r.secrets) == 0 {
+	r := new(redactor)
+	if !r.init(values) {
 		return nil
 	}
-	slices.SortFunc(r.secrets, func(a, b []byte) int { return len(b) - len(a) })
-	return &r
+	return r
 }
+
+// init sets r up for values (without copying them); it reports whether any
+// value is long enough to be redacted.
+func (r *redactor) init(values []string) bool {
+	r.secrets, r.maxLen = r.buf[:0], 0
+	for _, v := range values {
+		if len(v) < minSecretLen || slices.Contains(r.secrets, v) {
+			continue
+		}
+		r.secrets = append(r.secrets, v)
+		r.maxLen = max(r.maxLen, len(v))
+	}
+	if len(r.secrets) == 0 {
+		return false
+	}
+	if len(r.secrets) > 1 {
+		slices.SortFunc(r.secrets, func(a, b string) int { return len(b) - len(a) })
+	}
+	return true
+}
+
+// bytesOf views s as bytes without copying; the result must never be
+// written to.
+func bytesOf(s string) []byte { return unsafe.Slice(unsafe.StringData(s), len(s)) }
 
 // header redacts h in place and returns the name of the first header that
 // held a secret ("" if none).
@@ -49,8 +63,8 @@ func (r *redactor) header(h http.Header) string {
 		for i, v := range vs {
 			nv := v
 			for _, s := range r.secrets {
-				if strings.Contains(nv, string(s)) {
-					nv = strings.ReplaceAll(nv, string(s), Redacted)
+				if strings.Contains(nv, s) {
+					nv = strings.ReplaceAll(nv, s, Redacted)
 				}
 			}
 			if nv != v {
@@ -71,7 +85,7 @@ func (r *redactor) replace(dst, src []byte) ([]byte, bool) {
 	for len(src) > 0 {
 		at, n := -1, 0
 		for _, s := range r.secrets {
-			if i := bytes.Index(src, s); i >= 0 && (at < 0 || i < at) {
+			if i := bytes.Index(src, bytesOf(s)); i >= 0 && (at < 0 || i < at) {
 				at, n = i, len(s)
 			}
 		}
@@ -93,7 +107,7 @@ func (r *redactor) heldTail(b []byte) int {
 	for k := min(len(b), r.maxLen-1); k > 0; k-- {
 		tail := b[len(b)-k:]
 		for _, s := range r.secrets {
-			if len(s) > k && bytes.HasPrefix(s, tail) {
+			if len(s) > k && bytes.HasPrefix(bytesOf(s), tail) {
 				return k
 			}
 		}
