@@ -44,7 +44,7 @@ func parseMountinfo(r io.Reader) (string, error) {
 		if len(f) < 5 {
 			continue
 		}
-		return unescapeMount(f[4]), nil
+		return UnescapeMount(f[4]), nil
 	}
 	if err := sc.Err(); err != nil {
 		return "", fmt.Errorf("reading mounts: %w", err)
@@ -52,8 +52,9 @@ func parseMountinfo(r io.Reader) (string, error) {
 	return "", errors.New("no cgroup2 filesystem is mounted: mount one (mount -t cgroup2 none /sys/fs/cgroup) or boot with systemd.unified_cgroup_hierarchy=1")
 }
 
-// unescapeMount undoes the octal escapes of mountinfo (\040 for space).
-func unescapeMount(s string) string {
+// UnescapeMount undoes the octal escapes of a mountinfo path (\040 for a
+// space).
+func UnescapeMount(s string) string {
 	if !strings.Contains(s, `\`) {
 		return s
 	}

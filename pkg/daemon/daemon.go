@@ -18,10 +18,8 @@ import (
 
 	"github.com/sluice-dev/sluice/pkg/audit"
 	"github.com/sluice-dev/sluice/pkg/cgroup"
-	"github.com/sluice-dev/sluice/pkg/dnsproxy"
 	"github.com/sluice-dev/sluice/pkg/enforcer"
 	"github.com/sluice-dev/sluice/pkg/policy"
-	"github.com/sluice-dev/sluice/pkg/proxy"
 	"github.com/sluice-dev/sluice/pkg/secrets"
 	"github.com/sluice-dev/sluice/pkg/tlsca"
 )
@@ -102,21 +100,10 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 	alog := audit.NewLogger(log.With("component", "audit"), audit.LoggerOptions{}, sinks...)
 	metrics.WatchLogger(alog)
 
-	upstreams := cfg.DNSUpstreams
-	if len(upstreams) == 0 {
-		if upstreams, err = dnsproxy.UpstreamsFromResolvConf("/etc/resolv.conf"); err != nil {
-			return nil, fmt.Errorf("no dns_upstreams configured and /etc/resolv.conf unusable: %w", err)
-		}
-	}
-	resolver, err := dnsproxy.New(dnsproxy.Config{Upstreams: upstreams, AllowLoopback: cfg.DNSAllowLoopback}, log.With("component", "dns"))
+	resolver, px, err := newResolverAndProxy(cfg.DNSUpstreams, cfg.DNSAllowLoopback, cfg.UpstreamCAs, log)
 	if err != nil {
 		return nil, err
 	}
-	roots, err := proxy.RootPool(cfg.UpstreamCAs...)
-	if err != nil {
-		return nil, err
-	}
-	px := proxy.New(proxy.Config{RootCAs: roots}, log.With("component", "proxy"))
 	enf, err := enforcer.Open(enforcer.Config{PinDir: cfg.PinDir}, log.With("component", "enforcer"))
 	if err != nil {
 		return nil, err

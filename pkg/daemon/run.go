@@ -18,10 +18,8 @@ import (
 
 	"github.com/sluice-dev/sluice/pkg/audit"
 	"github.com/sluice-dev/sluice/pkg/cgroup"
-	"github.com/sluice-dev/sluice/pkg/dnsproxy"
 	"github.com/sluice-dev/sluice/pkg/enforcer"
 	"github.com/sluice-dev/sluice/pkg/policy"
-	"github.com/sluice-dev/sluice/pkg/proxy"
 	"github.com/sluice-dev/sluice/pkg/secrets"
 	"github.com/sluice-dev/sluice/pkg/tlsca"
 	"golang.org/x/sys/unix"
@@ -133,21 +131,10 @@ func Run(ctx context.Context, o RunOptions) (int, error) {
 	alog := audit.NewLogger(log.With("component", "audit"), audit.LoggerOptions{}, sinks...)
 	defer alog.Close()
 
-	upstreams := o.DNSUpstreams
-	if len(upstreams) == 0 {
-		if upstreams, err = dnsproxy.UpstreamsFromResolvConf("/etc/resolv.conf"); err != nil {
-			return 0, fmt.Errorf("no --dns-upstream given and /etc/resolv.conf unusable: %w", err)
-		}
-	}
-	resolver, err := dnsproxy.New(dnsproxy.Config{Upstreams: upstreams, AllowLoopback: o.DNSAllowLoopback}, log.With("component", "dns"))
+	resolver, px, err := newResolverAndProxy(o.DNSUpstreams, o.DNSAllowLoopback, o.UpstreamCAs, log)
 	if err != nil {
 		return 0, err
 	}
-	roots, err := proxy.RootPool(o.UpstreamCAs...)
-	if err != nil {
-		return 0, err
-	}
-	px := proxy.New(proxy.Config{RootCAs: roots}, log.With("component", "proxy"))
 	defer px.Close()
 
 	enf, err := enforcer.Open(enforcer.Config{PinDir: o.PinDir}, log.With("component", "enforcer"))

@@ -295,3 +295,23 @@ func (d *dnsOrigins) QueryOrigin(client netip.AddrPort, tcp bool) (uint32, strin
 	}
 	return o.PID, o.Comm, ok
 }
+
+// newResolverAndProxy builds the resolver and the proxy every sandbox of a
+// process shares. No upstreams means those of /etc/resolv.conf.
+func newResolverAndProxy(upstreams []string, allowLoopback bool, upstreamCAs []string, log *slog.Logger) (*dnsproxy.Resolver, *proxy.Proxy, error) {
+	if len(upstreams) == 0 {
+		var err error
+		if upstreams, err = dnsproxy.UpstreamsFromResolvConf("/etc/resolv.conf"); err != nil {
+			return nil, nil, fmt.Errorf("no upstream DNS configured (--dns-upstream or dns_upstreams) and /etc/resolv.conf is unusable: %w", err)
+		}
+	}
+	resolver, err := dnsproxy.New(dnsproxy.Config{Upstreams: upstreams, AllowLoopback: allowLoopback}, log.With("component", "dns"))
+	if err != nil {
+		return nil, nil, err
+	}
+	roots, err := proxy.RootPool(upstreamCAs...)
+	if err != nil {
+		return nil, nil, err
+	}
+	return resolver, proxy.New(proxy.Config{RootCAs: roots}, log.With("component", "proxy")), nil
+}

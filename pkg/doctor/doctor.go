@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/sluice-dev/sluice/pkg/cgroup"
 	"os"
 	"strconv"
 	"strings"
@@ -229,30 +230,12 @@ func readMounts(path string) ([]mount, error) {
 		if len(a) < 5 || len(b) < 2 {
 			continue
 		}
-		out = append(out, mount{point: unescape(a[4]), fstype: b[0], source: b[1]})
+		out = append(out, mount{point: cgroup.UnescapeMount(a[4]), fstype: b[0], source: b[1]})
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("reading mounts: %w", err)
 	}
 	return out, nil
-}
-
-func unescape(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // checkCgroup classifies the mount mode: unified (only cgroup2), hybrid

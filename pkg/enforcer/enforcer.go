@@ -541,12 +541,16 @@ func (s *Sandbox) OriginalDst(client netip.AddrPort) (Origin, error) {
 		}
 		return Origin{}, fmt.Errorf("original destination lookup: %w", err)
 	}
+	return toOrigin(&o), nil
+}
+
+func toOrigin(o *sluiceOrig) Origin {
 	return Origin{
 		Dst:      netip.AddrPortFrom(netip.AddrFrom16(o.Addr).Unmap(), o.Port),
 		PID:      o.Pid,
 		Comm:     cString(o.Comm[:]),
 		CgroupID: o.Cgroup,
-	}, nil
+	}
 }
 
 func cString(b []byte) string {
@@ -596,7 +600,7 @@ func (s *Sandbox) DNSOrigin(port uint16) (Origin, bool) {
 	if err := s.e.objs.DnsOrigin.Lookup(&k, &o); err != nil {
 		return Origin{}, false
 	}
-	return Origin{Dst: netip.AddrPortFrom(netip.AddrFrom16(o.Addr).Unmap(), o.Port), PID: o.Pid, Comm: cString(o.Comm[:]), CgroupID: o.Cgroup}, true
+	return toOrigin(&o), true
 }
 
 // TCPOrigin returns, without forgetting it, what the kernel recorded about
@@ -608,5 +612,5 @@ func (s *Sandbox) TCPOrigin(client netip.AddrPort) (Origin, bool) {
 	if err := s.e.objs.OrigByTuple.Lookup(&k, &o); err != nil {
 		return Origin{}, false
 	}
-	return Origin{Dst: netip.AddrPortFrom(netip.AddrFrom16(o.Addr).Unmap(), o.Port), PID: o.Pid, Comm: cString(o.Comm[:]), CgroupID: o.Cgroup}, true
+	return toOrigin(&o), true
 }

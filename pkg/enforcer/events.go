@@ -78,16 +78,9 @@ type Blocked struct {
 // ReadBlocked reads the pinned refusal counters under pinDir (DefaultPinDir
 // when empty) read-only. It needs no daemon and no loaded programs.
 func ReadBlocked(pinDir string) ([]Blocked, error) {
-	if pinDir == "" {
-		pinDir = DefaultPinDir
-	}
-	path := filepath.Join(pinDir, "maps", "counters")
-	m, err := ebpf.LoadPinnedMap(path, &ebpf.LoadPinOptions{ReadOnly: true})
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil, nil
-		}
-		return nil, fmt.Errorf("opening %s (needs root or CAP_BPF): %w", path, err)
+	m, path, err := openPinned(pinDir, "counters")
+	if m == nil {
+		return nil, err
 	}
 	defer m.Close()
 	var out []Blocked
@@ -112,16 +105,9 @@ func ReadBlocked(pinDir string) ([]Blocked, error) {
 
 // RegisteredSandboxes lists the sandbox ids in the pinned sandbox table.
 func RegisteredSandboxes(pinDir string) ([]uint64, error) {
-	if pinDir == "" {
-		pinDir = DefaultPinDir
-	}
-	path := filepath.Join(pinDir, "maps", "sandboxes")
-	m, err := ebpf.LoadPinnedMap(path, &ebpf.LoadPinOptions{ReadOnly: true})
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil, nil
-		}
-		return nil, fmt.Errorf("opening %s (needs root or CAP_BPF): %w", path, err)
+	m, _, err := openPinned(pinDir, "sandboxes")
+	if m == nil {
+		return nil, err
 	}
 	defer m.Close()
 	var ids []uint64
@@ -132,4 +118,21 @@ func RegisteredSandboxes(pinDir string) ([]uint64, error) {
 		ids = append(ids, k)
 	}
 	return ids, it.Err()
+}
+
+// openPinned opens a pinned map read-only. A map that was never pinned
+// gives (nil, path, nil): nothing has run yet.
+func openPinned(pinDir, name string) (*ebpf.Map, string, error) {
+	if pinDir == "" {
+		pinDir = DefaultPinDir
+	}
+	path := filepath.Join(pinDir, "maps", name)
+	m, err := ebpf.LoadPinnedMap(path, &ebpf.LoadPinOptions{ReadOnly: true})
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, path, nil
+		}
+		return nil, path, fmt.Errorf("opening %s (needs root or CAP_BPF): %w", path, err)
+	}
+	return m, path, nil
 }
