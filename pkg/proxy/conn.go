@@ -32,6 +32,9 @@ type connInfo struct {
 	proto string
 	sni   string // from the ClientHello
 	host  string // the name the connection was decided on ("" if none)
+	// hostPort is host joined with the destination port, set before the
+	// connection is handed to the HTTP server (the usual upstream pool key).
+	hostPort string
 	// verdict and rule of the connection decision. In audit mode a denied
 	// connection is intercepted (or spliced) with wouldDeny set.
 	verdict   policy.Verdict

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -141,6 +140,9 @@ func (s *server) startHTTP() {
 // connection to the sandbox's HTTP server. It reports whether the connection
 // was handed off (then its Close emits the connection event).
 func (s *server) intercept(ctx context.Context, c net.Conn, peeked []byte, ci *connInfo) bool {
+	if ci.host != "" {
+		ci.hostPort = joinHostPort(ci.host, ci.port())
+	}
 	cc := &clientConn{Conn: c, prefix: peeked, ci: ci}
 	var hc net.Conn = cc
 	if ci.proto == protoTLS {
@@ -353,7 +355,11 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if rs.outHost == "" {
 		rs.outHost = upHost
 	}
-	rs.upHostPort = joinHostPort(upHost, upPort)
+	if upHost == ci.host && upPort == port && ci.hostPort != "" {
+		rs.upHostPort = ci.hostPort
+	} else {
+		rs.upHostPort = joinHostPort(upHost, upPort)
+	}
 
 	// Credentials.
 	if rule != nil {
@@ -510,25 +516,62 @@ func (p *Proxy) modifyResponse(resp *http.Response) error {
 	onHit := func() { rs.ci.s.secretEvent(rs, "injected secret echoed in response body") }
 	if resp.ContentLength >= 0 && resp.ContentLength <= maxBufferedRedact {
 		// Small and complete: redact in memory and keep a Content-Length.
-		buf := make([]byte, 0, resp.ContentLength)
-		buf, err := readAtMost(resp.Body, buf, resp.ContentLength)
+		mb := newMemBody(resp.ContentLength)
+		var err error
+		mb.b, err = readAtMost(resp.Body, mb.b, resp.ContentLength)
 		resp.Body.Close()
 		if err != nil {
+			mb.Close()
 			return fmt.Errorf("reading response body: %w", err)
 		}
-		out, hit := rs.secrets.replace(nil, buf)
-		if hit {
+		if out, hit := rs.secrets.replace(nil, mb.b); hit {
 			onHit()
-			buf = out
+			mb.Close()
+			mb = &memBody{b: out}
 		}
-		resp.Body = io.NopCloser(bytes.NewReader(buf))
-		resp.ContentLength = int64(len(buf))
-		resp.Header.Set("Content-Length", strconv.Itoa(len(buf)))
+		resp.Body = mb
+		if int64(len(mb.b)) != resp.ContentLength {
+			resp.ContentLength = int64(len(mb.b))
+			resp.Header.Set("Content-Length", strconv.Itoa(len(mb.b)))
+		}
 		return nil
 	}
 	resp.Body = rs.secrets.reader(resp.Body, onHit)
 	resp.ContentLength = -1
 	resp.Header.Del("Content-Length")
+	return nil
+}
+
+// memBody is a response body held in memory. Bodies of up to 32 KiB use a
+// pooled buffer, returned on Close.
+type memBody struct {
+	b      []byte
+	off    int
+	pooled *[32 << 10]byte
+}
+
+func newMemBody(n int64) *memBody {
+	if n <= 32<<10 {
+		p := copyBufs.Get().(*[32 << 10]byte)
+		return &memBody{b: p[:0], pooled: p}
+	}
+	return &memBody{b: make([]byte, 0, n)}
+}
+
+func (m *memBody) Read(p []byte) (int, error) {
+	if m.off >= len(m.b) {
+		return 0, io.EOF
+	}
+	n := copy(p, m.b[m.off:])
+	m.off += n
+	return n, nil
+}
+
+func (m *memBody) Close() error {
+	if m.pooled != nil {
+		copyBufs.Put(m.pooled)
+	}
+	m.b, m.off, m.pooled = nil, 0, nil
 	return nil
 }
 

@@ -351,7 +351,12 @@ func (s *server) emit(ev audit.Event) {
 // bufPool is the ReverseProxy copy buffer pool (32 KiB buffers).
 type bufPool struct{}
 
-var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+var copyBufs = sync.Pool{New: func() any { return new([32 << 10]byte) }}
 
-func (bufPool) Get() []byte  { return *copyBufs.Get().(*[]byte) }
-func (bufPool) Put(b []byte) { copyBufs.Put(&b) }
+func (bufPool) Get() []byte { return copyBufs.Get().(*[32 << 10]byte)[:] }
+
+func (bufPool) Put(b []byte) {
+	if cap(b) == 32<<10 {
+		copyBufs.Put((*[32 << 10]byte)(b[:32<<10]))
+	}
+}
