@@ -533,16 +533,26 @@ var ErrNoOrigin = errors.New("no original destination recorded for this connecti
 // OriginalDst returns and forgets the original destination of the TCP
 // connection whose client end is client.
 func (s *Sandbox) OriginalDst(client netip.AddrPort) (Origin, error) {
-	k := sluiceOrigKey{Sandbox: s.id, Addr: addrKey(client.Addr().Unmap()), Port: client.Port(), Proto: ProtoTCP}
-	var o sluiceOrig
-	if err := s.e.objs.OrigByTuple.LookupAndDelete(&k, &o); err != nil {
+	b := origBufs.Get().(*origBuf)
+	defer origBufs.Put(b)
+	b.k = sluiceOrigKey{Sandbox: s.id, Addr: addrKey(client.Addr().Unmap()), Port: client.Port(), Proto: ProtoTCP}
+	if err := s.e.objs.OrigByTuple.LookupAndDelete(&b.k, &b.o); err != nil {
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
 			return Origin{}, ErrNoOrigin
 		}
 		return Origin{}, fmt.Errorf("original destination lookup: %w", err)
 	}
-	return toOrigin(&o), nil
+	return toOrigin(&b.o), nil
 }
+
+// origBuf keeps the key and value of an origin lookup off the heap: the
+// map calls take them as interfaces.
+type origBuf struct {
+	k sluiceOrigKey
+	o sluiceOrig
+}
+
+var origBufs = sync.Pool{New: func() any { return new(origBuf) }}
 
 func toOrigin(o *sluiceOrig) Origin {
 	return Origin{
@@ -595,22 +605,24 @@ func (e *Enforcer) AllowCounts() map[uint64]int {
 // port is port (as the sandbox's resolver saw it). The entry stays: a
 // socket sends several queries.
 func (s *Sandbox) DNSOrigin(port uint16) (Origin, bool) {
-	k := sluiceOrigKey{Sandbox: s.id, Port: port, Proto: ProtoUDP}
-	var o sluiceOrig
-	if err := s.e.objs.DnsOrigin.Lookup(&k, &o); err != nil {
+	b := origBufs.Get().(*origBuf)
+	defer origBufs.Put(b)
+	b.k = sluiceOrigKey{Sandbox: s.id, Port: port, Proto: ProtoUDP}
+	if err := s.e.objs.DnsOrigin.Lookup(&b.k, &b.o); err != nil {
 		return Origin{}, false
 	}
-	return toOrigin(&o), true
+	return toOrigin(&b.o), true
 }
 
 // TCPOrigin returns, without forgetting it, what the kernel recorded about
 // the TCP connection whose client end is client (DNS over TCP: one
 // connection carries several queries).
 func (s *Sandbox) TCPOrigin(client netip.AddrPort) (Origin, bool) {
-	k := sluiceOrigKey{Sandbox: s.id, Addr: addrKey(client.Addr().Unmap()), Port: client.Port(), Proto: ProtoTCP}
-	var o sluiceOrig
-	if err := s.e.objs.OrigByTuple.Lookup(&k, &o); err != nil {
+	b := origBufs.Get().(*origBuf)
+	defer origBufs.Put(b)
+	b.k = sluiceOrigKey{Sandbox: s.id, Addr: addrKey(client.Addr().Unmap()), Port: client.Port(), Proto: ProtoTCP}
+	if err := s.e.objs.OrigByTuple.Lookup(&b.k, &b.o); err != nil {
 		return Origin{}, false
 	}
-	return toOrigin(&o), true
+	return toOrigin(&b.o), true
 }
