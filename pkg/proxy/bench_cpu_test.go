@@ -40,3 +40,17 @@ func BenchmarkInterceptCPU(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkHostOnly is the per-request Host normalisation.
+func BenchmarkHostOnly(b *testing.B) {
+	for _, h := range []string{"api.example.com", "api.example.com:443", "10.0.0.1:8080", "[::1]:443"} {
+		b.Run(h, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, ok := hostOnly(h); !ok {
+					b.Fatal("invalid")
+				}
+			}
+		})
+	}
+}

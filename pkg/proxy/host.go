@@ -41,16 +41,26 @@ func hostOnly(hostport string) (string, bool) {
 		}
 		h = h[:i]
 	}
-	if a, err := netip.ParseAddr(h); err == nil {
-		if a.Zone() != "" {
-			return "", false
+	// Without a colon only an IPv4 literal can parse (digits and dots):
+	// skip ParseAddr, and its error allocation, for DNS names.
+	if ipv4Chars(h) {
+		if a, err := netip.ParseAddr(h); err == nil {
+			return a.Unmap().String(), true
 		}
-		return a.Unmap().String(), true
 	}
 	if !validHostBytes([]byte(h)) {
 		return "", false
 	}
 	return strings.ToLower(strings.TrimSuffix(h, ".")), true
+}
+
+func ipv4Chars(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if (s[i] < '0' || s[i] > '9') && s[i] != '.' {
+			return false
+		}
+	}
+	return true
 }
 
 func allDigits(s string) bool {

@@ -513,7 +513,6 @@ func (p *Proxy) modifyResponse(resp *http.Response) error {
 	if ce := resp.Header.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
 		return nil // compressed: the secret cannot appear verbatim
 	}
-	onHit := func() { rs.ci.s.secretEvent(rs, "injected secret echoed in response body") }
 	if resp.ContentLength >= 0 && resp.ContentLength <= maxBufferedRedact {
 		// Small and complete: redact in memory and keep a Content-Length.
 		mb := newMemBody(resp.ContentLength)
@@ -525,7 +524,7 @@ func (p *Proxy) modifyResponse(resp *http.Response) error {
 			return fmt.Errorf("reading response body: %w", err)
 		}
 		if out, hit := rs.secrets.replace(nil, mb.b); hit {
-			onHit()
+			rs.bodyEcho()
 			mb.Close()
 			mb = &memBody{b: out}
 		}
@@ -536,7 +535,7 @@ func (p *Proxy) modifyResponse(resp *http.Response) error {
 		}
 		return nil
 	}
-	resp.Body = rs.secrets.reader(resp.Body, onHit)
+	resp.Body = rs.secrets.reader(resp.Body, rs.bodyEcho)
 	resp.ContentLength = -1
 	resp.Header.Del("Content-Length")
 	return nil
@@ -594,6 +593,11 @@ func readAtMost(r io.Reader, buf []byte, n int64) ([]byte, error) {
 		}
 	}
 	return buf, nil
+}
+
+// bodyEcho records an injected secret echoed in the response body.
+func (rs *reqState) bodyEcho() {
+	rs.ci.s.secretEvent(rs, "injected secret echoed in response body")
 }
 
 func (s *server) secretEvent(rs *reqState, reason string) {
