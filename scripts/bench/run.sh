@@ -111,6 +111,9 @@ POL
 SL=("$SLUICE" run --no-summary --policy "$work/bench.yaml" --dns-upstream "$DNS_ADDR" --dns-allow-loopback
 	--upstream-ca "$UP_CA" --secret-env BENCH_TOKEN --)
 sl() { "${SL[@]}" "$@"; }
+# The same with every decision written to an audit file (issue 8: audit on
+# must stay within 10% of audit off).
+SLA=("${SL[@]:0:${#SL[@]}-1}" --audit "$work/audit.jsonl" --)
 
 wait_tcp() { # port: wait until something accepts on 127.0.0.1:port
 	for _ in $(seq 150); do
@@ -233,6 +236,7 @@ hey_row() {
 	case $mode in
 	direct) cmd=(ns "${hey[@]}") ;;
 	sluice) cmd=("$B/probe" cputime "$work/cpu.outer" "${SL[@]}" "${hey[@]}") ;;
+	sluice-audit) cmd=("${SLA[@]}" "${hey[@]}") ;;
 	squid) cmd=("${hey[@]}") px0=$(proc_cpu "$squid_pid") ;;
 	mitm) cmd=("${hey[@]}") px0=$(proc_cpu "$mitm_pid") ;;
 	esac
@@ -411,6 +415,7 @@ for round in $(seq "$ROUNDS"); do
 		hey_row f.ka mitm -- -x "http://127.0.0.1:$mitm_port" "$API/"
 	# HTTP/2 end to end (informational; hey -h2 multiplexes on one connection per worker)
 	need a.h2 "$hey_ok" "hey not available" && hey_row a.h2 direct -- -h2 -host api.bench.test "$API/"
+	need c.audit "${hey_ok:+$sluice_ok}" "hey or sluice not available" && hey_row c.audit sluice-audit -- -host api.bench.test "$API/" && rm -f "$work/audit.jsonl"*
 	need c.h2 "${hey_ok:+$sluice_ok}" "hey or sluice not available" && hey_row c.h2 sluice -- -h2 -host api.bench.test "$API/"
 	need a.nc "$hey_ok" "hey not available" && hey_row a.nc direct -- -disable-keepalive -host api.bench.test "$API/"
 	need d.nc "${hey_ok:+$sluice_ok}" "hey or sluice not available" &&

@@ -50,6 +50,7 @@ var rows = []row{
 	{ID: "c", Key: "c.lat.p50", Label: "sluice intercept, p50 added latency", Unit: "us", Base: "a.lat.p50", BaseName: "a p50 (1 client)", Diff: true},
 	{ID: "c", Key: "c.lat.p99", Label: "sluice intercept, p99 added latency", Unit: "us", Base: "a.lat.p99", BaseName: "a p99 (1 client)", Diff: true, DiffMax: 1000},
 	{ID: "c", Key: "c.h2", Label: "sluice intercept + header, HTTP/2", Unit: "req/s", Base: "a.h2", BaseName: "a HTTP/2"},
+	{ID: "c", Key: "c.audit", Label: "sluice intercept + header, audit log to a file", Unit: "req/s", Base: "c.ka", BaseName: "c without audit", Target: 0.9},
 	{ID: "d", Key: "d.nc", Label: "sluice intercept + header, new conn/request", Unit: "req/s", Base: "a.nc", BaseName: "a new conn", Target: 0.5},
 	{ID: "e", Key: "e.ka", Label: "squid ssl-bump + header, keep-alive", Unit: "req/s", Base: "a.ka", BaseName: "a keep-alive"},
 	{ID: "e", Key: "e.nc", Label: "squid ssl-bump + header, new conn/request", Unit: "req/s", Base: "a.nc", BaseName: "a new conn"},
