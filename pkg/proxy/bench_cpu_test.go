@@ -1,7 +1,10 @@
 package proxy
 
 import (
+	"fmt"
+	"io"
 	"net/http"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -16,28 +19,34 @@ func cpuTime(b *testing.B) time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// BenchmarkInterceptCPU is sequential HTTPS keep-alive requests, directly
-// and through sluice (with header injection), reporting the process CPU
+// BenchmarkInterceptCPU is sequential HTTPS requests (keep-alive, and a new
+// TLS connection per request), directly and through sluice (with header
+// injection), reporting the process CPU
 // time per request (client, upstream and, for sluice, the proxy: a shared
 // machine distorts wall time, not CPU time). The difference between the
 // two cpu-µs/op (and allocs/op) is what sluice adds per request.
 func BenchmarkInterceptCPU(b *testing.B) {
-	p := newBenchPair(b, true)
-	for _, c := range []struct {
-		name string
-		cl   *http.Client
-	}{{"direct", p.direct}, {"sluice", p.sluice}} {
-		b.Run(c.name, func(b *testing.B) {
-			get(b, c.cl, p.url)
-			b.ReportAllocs()
-			c0, t0 := cpuTime(b), time.Now()
-			for b.Loop() {
+	for _, mode := range []struct {
+		name      string
+		keepAlive bool
+	}{{"keepalive", true}, {"newconn", false}} {
+		p := newBenchPair(b, mode.keepAlive)
+		for _, c := range []struct {
+			name string
+			cl   *http.Client
+		}{{"direct", p.direct}, {"sluice", p.sluice}} {
+			b.Run(mode.name+"/"+c.name, func(b *testing.B) {
 				get(b, c.cl, p.url)
-			}
-			cpu, wall := cpuTime(b)-c0, time.Since(t0)
-			b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/op")
-			b.ReportMetric(float64(b.N)/wall.Seconds(), "req/s")
-		})
+				b.ReportAllocs()
+				c0, t0 := cpuTime(b), time.Now()
+				for b.Loop() {
+					get(b, c.cl, p.url)
+				}
+				cpu, wall := cpuTime(b)-c0, time.Since(t0)
+				b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/op")
+				b.ReportMetric(float64(b.N)/wall.Seconds(), "req/s")
+			})
+		}
 	}
 }
 
@@ -53,4 +62,44 @@ func BenchmarkHostOnly(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkInterceptCIDRNewConn is a new client connection per request to
+// an address admitted by a CIDR rule with a header: each such connection has
+// its own upstream pool, so each needs an upstream TLS handshake.
+func BenchmarkInterceptCIDRNewConn(b *testing.B) {
+	var resumed atomic.Int64
+	up := newUpstream(b, "127.0.0.1", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.TLS.DidResume {
+			resumed.Add(1)
+		}
+		io.WriteString(w, "ok")
+	}))
+	dst := addrPort(b, up.URL)
+	e := newEnv(b, fmt.Sprintf(`
+version: 1
+rules:
+  - name: net
+    cidrs: [127.0.0.1/32]
+    ports: [%d]
+    headers:
+      - {name: Authorization, type: secret, value: "Bearer {TOKEN}"}
+`, dst.Port()))
+	tr := e.transport(false)
+	tr.DisableKeepAlives = true
+	tr.TLSClientConfig.ServerName = "api.test"
+	b.Cleanup(tr.CloseIdleConnections)
+	cl := &http.Client{Transport: tr}
+	url := "https://" + dst.String() + "/v1/x"
+	get(b, cl, url)
+	b.ReportAllocs()
+	resumed.Store(0)
+	c0, t0 := cpuTime(b), time.Now()
+	for b.Loop() {
+		get(b, cl, url)
+	}
+	cpu, wall := cpuTime(b)-c0, time.Since(t0)
+	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/op")
+	b.ReportMetric(float64(b.N)/wall.Seconds(), "req/s")
+	b.ReportMetric(float64(resumed.Load())/float64(b.N), "upstream-resumed/op")
 }

@@ -124,6 +124,11 @@ type Proxy struct {
 	log    *slog.Logger
 	h1, h2 *http.Transport // upstream pools: HTTP/1.1 only; HTTP/2 where offered
 	rp     *httputil.ReverseProxy
+	// sessions resumes upstream TLS sessions (keyed by server name) across
+	// the pools, notably the per-connection pools of CIDR-admitted
+	// connections. A resumed session carries the chain verified in its full
+	// handshake; crypto/tls checks it again for the server name and expiry.
+	sessions tls.ClientSessionCache
 }
 
 // New creates a Proxy. log must not be nil.
@@ -159,7 +164,7 @@ func New(cfg Config, log *slog.Logger) *Proxy {
 		d := &net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 30 * time.Second}
 		cfg.Dial = d.DialContext
 	}
-	p := &Proxy{cfg: cfg, log: log}
+	p := &Proxy{cfg: cfg, log: log, sessions: tls.NewLRUClientSessionCache(1024)}
 	p.h1 = p.newTransport(false, cfg.MaxIdleConnsPerHost)
 	p.h2 = p.newTransport(true, cfg.MaxIdleConnsPerHost)
 	p.rp = &httputil.ReverseProxy{
@@ -192,8 +197,9 @@ func (p *Proxy) newTransport(h2 bool, idlePerHost int) *http.Transport {
 		Proxy:       nil, // never an environment proxy
 		DialContext: p.dialUpstream,
 		TLSClientConfig: &tls.Config{
-			RootCAs:    cfg.RootCAs,
-			MinVersion: tls.VersionTLS12,
+			RootCAs:            cfg.RootCAs,
+			MinVersion:         tls.VersionTLS12,
+			ClientSessionCache: p.sessions,
 		},
 		ForceAttemptHTTP2:     h2,
 		DisableCompression:    true, // pass Accept-Encoding and bodies through untouched
