@@ -249,14 +249,14 @@ func (ca *CA) Leaf(serverName string) (*tls.Certificate, error) {
 	// Hot path: a shared (read) lock only. Every 32nd hit also refreshes the
 	// entry's recency, so the cache stays close to LRU without serialising
 	// concurrent handshakes on an exclusive lock.
-	if c, ok := ca.cache.Peek(name); ok && now.Add(leafRenew).Before(c.Leaf.NotAfter) {
+	if c, ok := ca.cache.Peek(name); ok && ca.fresh(c, now) {
 		if ca.hits.Add(1)%32 == 0 {
 			ca.cache.Get(name)
 		}
 		return c, nil
 	}
 	v, err, _ := ca.mint.Do(name, func() (any, error) {
-		if c, ok := ca.cache.Get(name); ok && now.Add(leafRenew).Before(c.Leaf.NotAfter) {
+		if c, ok := ca.cache.Get(name); ok && ca.fresh(c, now) {
 			return c, nil
 		}
 		c, err := ca.issue(name, now)
@@ -270,6 +270,18 @@ func (ca *CA) Leaf(serverName string) (*tls.Certificate, error) {
 		return nil, err
 	}
 	return v.(*tls.Certificate), nil
+}
+
+// fresh reports whether a cached leaf may still be served: it is more than
+// leafRenew from expiry, or it already lasts as long as the CA itself (a
+// short-lived CA, as `sluice run` makes, cannot give a longer leaf, and
+// re-minting would not help).
+func (ca *CA) fresh(c *tls.Certificate, now time.Time) bool {
+	na := c.Leaf.NotAfter
+	if !now.Before(na) {
+		return false
+	}
+	return now.Add(leafRenew).Before(na) || !na.Before(ca.cert.NotAfter)
 }
 
 func (ca *CA) issue(name string, now time.Time) (*tls.Certificate, error) {

@@ -317,3 +317,23 @@ func BenchmarkLeafMint(b *testing.B) {
 		}
 	}
 }
+
+// A CA shorter-lived than the leaf renewal margin (sluice run's 24 h CA)
+// must still serve cached leaves, not mint one per handshake.
+func TestLeafCachedUnderShortLivedCA(t *testing.T) {
+	ca, err := New("short", 24*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := ca.Leaf("api.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := ca.Leaf("api.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a != b {
+		t.Fatal("the leaf was minted again under a 24 h CA")
+	}
+}
