@@ -23,6 +23,7 @@ type runOptions struct {
 	pinDir       string
 	noSummary    bool
 	user         string
+	stateDir     string
 }
 
 func init() { register(newRunCmd) }
@@ -90,6 +91,7 @@ CMD's environment. Everything sluice run creates is removed when it exits.`,
 	f.StringVar(&o.secretsFile, "secrets-file", "", "NAME=value lines (file mode 0600 or stricter)")
 	f.StringArrayVar(&o.secretEnv, "secret-env", nil, "use $NAME of sluice's environment as secret NAME (repeatable); removed from CMD's environment")
 	f.StringVar(&o.pinDir, "pin-dir", "", "bpffs directory for pinned maps and links (default /sys/fs/bpf/sluice/v1)")
+	f.StringVar(&o.stateDir, "state-dir", "/var/lib/sluice", "secret store (used when present) and callback signing key")
 	f.StringVar(&o.user, "user", "", "run CMD as USER or UID[:GID] (recommended: a root CMD can leave its cgroup)")
 	f.BoolVar(&o.noSummary, "no-summary", false, "do not print the allowed/denied summary at exit")
 	_ = cmd.MarkFlagRequired("policy")

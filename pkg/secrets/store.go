@@ -233,6 +233,11 @@ func loadKey(dir string, ks KeySource) ([]byte, error) {
 	if err == nil || !errors.Is(err, fs.ErrNotExist) {
 		return key, err
 	}
+	// A store without its key cannot be read: never create a new key over
+	// it (that would only hide the loss).
+	if _, err := os.Stat(filepath.Join(dir, StoreFile)); err == nil {
+		return nil, fmt.Errorf("secret store key %s is missing but the store %s exists: restore the key file (or configure the key source it was created with); a new key cannot read the existing secrets", path, filepath.Join(dir, StoreFile))
+	}
 	key = make([]byte, 32)
 	if _, err := rand.Read(key); err != nil {
 		return nil, fmt.Errorf("generating secret store key: %w", err)

@@ -353,3 +353,25 @@ func TestMemoryStore(t *testing.T) {
 		t.Fatal("memory store has a path")
 	}
 }
+
+func TestStoreKeyMissingIsNotReplaced(t *testing.T) {
+	dir := t.TempDir()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	s, err := OpenStore(dir, KeySource{}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Set(Global, "TOKEN", "v"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(dir, KeyFile)); err != nil {
+		t.Fatal(err)
+	}
+	_, err = OpenStore(dir, KeySource{}, log)
+	if err == nil || !strings.Contains(err.Error(), "is missing but the store") {
+		t.Fatalf("open without the key: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, KeyFile)); !os.IsNotExist(err) {
+		t.Fatalf("a new key file was created over the store: %v", err)
+	}
+}
