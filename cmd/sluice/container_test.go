@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"github.com/spf13/cobra"
 	"net"
 	"net/http"
 	"os"
@@ -15,6 +14,8 @@ import (
 
 	"github.com/sluice-dev/sluice/pkg/cgroup"
 	"github.com/sluice-dev/sluice/pkg/containers"
+	"github.com/sluice-dev/sluice/pkg/testutil"
+	"github.com/spf13/cobra"
 )
 
 // fakeDockerSocket serves GET /containers/{id}/json for one running
@@ -59,7 +60,7 @@ func TestContainerResolveCommand(t *testing.T) {
 	pid := sleeper(t)
 	cg, err := cgroup.OfPID(pid)
 	if err != nil {
-		t.Skipf("no cgroup v2: %v", err)
+		testutil.KernelLacks(t, "no cgroup v2: %v", err)
 	}
 	const id = "4f1c2a9be0d3aa11bb22cc33dd44ee55ff66aa77bb88cc99dd00ee11ff22aa33"
 	sock := fakeDockerSocket(t, id, "agent-1", pid)
@@ -110,7 +111,7 @@ func TestContainerResolveCommand(t *testing.T) {
 func TestContainerFlagsForAttach(t *testing.T) {
 	pid := sleeper(t)
 	if _, err := cgroup.OfPID(pid); err != nil {
-		t.Skipf("no cgroup v2: %v", err)
+		testutil.KernelLacks(t, "no cgroup v2: %v", err)
 	}
 	const id = "77aa2a9be0d3aa11bb22cc33dd44ee55ff66aa77bb88cc99dd00ee11ff22aa33"
 	sock := fakeDockerSocket(t, id, "web_1", pid)

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/sluice-dev/sluice/pkg/cgroup"
+	"github.com/sluice-dev/sluice/pkg/testutil"
 )
 
 // liveProcess starts a sleeping child and returns its pid.
@@ -104,7 +105,7 @@ func TestDockerResolve(t *testing.T) {
 	zombie := zombieProcess(t)
 	wantCg, err := cgroup.OfPID(pid)
 	if err != nil {
-		t.Skipf("no cgroup v2 here: %v", err)
+		testutil.KernelLacks(t, "no cgroup v2: %v", err)
 	}
 	const idA = "4f1c2a9be0d3aa11bb22cc33dd44ee55ff66aa77bb88cc99dd00ee11ff22aa33"
 	const idB = "4f1c77777777aa11bb22cc33dd44ee55ff66aa77bb88cc99dd00ee11ff22aa33"
@@ -190,7 +191,7 @@ func TestContainerdResolve(t *testing.T) {
 	zombie := zombieProcess(t)
 	wantCg, err := cgroup.OfPID(pid)
 	if err != nil {
-		t.Skipf("no cgroup v2 here: %v", err)
+		testutil.KernelLacks(t, "no cgroup v2: %v", err)
 	}
 	const idK8s = "8d3b1c0f6a2e4b5c9d7e1f0a3b2c4d6e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b3c"
 	state := fakeContainerdState(t, map[string]string{

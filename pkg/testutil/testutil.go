@@ -3,6 +3,7 @@ package testutil
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -95,4 +96,15 @@ func Netns(t testing.TB) string {
 		t.Fatalf("ip link set lo up: %v: %s", err, out)
 	}
 	return name
+}
+
+// KernelLacks skips the test because the kernel (or host) lacks a feature
+// it needs; under CI=true it fails instead, so CI never skips silently.
+func KernelLacks(t testing.TB, format string, args ...any) {
+	t.Helper()
+	msg := "kernel or host lacks a feature this test needs: " + fmt.Sprintf(format, args...)
+	if os.Getenv("CI") == "true" {
+		t.Fatal(msg)
+	}
+	t.Skip(msg)
 }
