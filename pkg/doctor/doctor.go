@@ -5,13 +5,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/sluice-dev/sluice/pkg/cgroup"
 	"os"
 	"strconv"
 	"strings"
 	"time"
 	"unsafe"
 
+	"github.com/sluice-dev/sluice/pkg/cgroup"
 	"golang.org/x/sys/unix"
 )
 

@@ -1,10 +1,11 @@
 package proxy
 
 import (
-	"github.com/sluice-dev/sluice/pkg/audit"
 	"net"
 	"net/netip"
 	"strings"
+
+	"github.com/sluice-dev/sluice/pkg/audit"
 )
 
 // hostOnly returns the normalised host of a Host value or authority
