@@ -14,7 +14,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -82,24 +81,6 @@ func startInSandbox(t *testing.T, cg string, out io.Writer, args ...string) *exe
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	return cmd
-}
-
-// lockedBuf is a bytes.Buffer safe for a process's output and a reader.
-type lockedBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
@@ -382,7 +363,7 @@ func TestFaultUpstreamTLSWrong(t *testing.T) {
 func tryStartDaemon(t *testing.T, w *world, state string) (*daemonProc, string, bool) {
 	t.Helper()
 	d := &daemonProc{t: t, w: w, socket: filepath.Join(w.dir, fmt.Sprintf("s%d.sock", time.Now().UnixNano()%100000)), state: state}
-	log := &lockedBuf{}
+	log := &syncBuffer{}
 	d.cmd = exec.Command(sluiceBin(t), "daemon", "--socket", d.socket, "--state-dir", d.state,
 		"--pin-dir", w.pin, "--dns-upstream", w.dns.Addr, "--dns-allow-loopback",
 		"--upstream-ca", w.api.CAFile)
@@ -543,7 +524,7 @@ func TestFaultBPFFSPrivateToDaemon(t *testing.T) {
 	cmd := exec.Command("unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", sluiceBin(t), "daemon",
 		"--socket", d.socket, "--state-dir", d.state, "--pin-dir", pin, "--dns-upstream", w.dns.Addr,
 		"--dns-allow-loopback", "--upstream-ca", w.api.CAFile)
-	log := &lockedBuf{}
+	log := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -615,7 +596,7 @@ func TestFaultAuditDiskFull(t *testing.T) {
 	metricsAddr := ln.Addr().String()
 	ln.Close()
 	d := &daemonProc{t: t, w: w, socket: filepath.Join(w.dir, "full.sock"), state: filepath.Join(w.dir, "fullstate")}
-	dlog := &lockedBuf{}
+	dlog := &syncBuffer{}
 	d.cmd = exec.Command(sluiceBin(t), "daemon", "--socket", d.socket, "--state-dir", d.state,
 		"--pin-dir", w.pin, "--dns-upstream", w.dns.Addr, "--dns-allow-loopback",
 		"--upstream-ca", w.api.CAFile, "--audit", "/dev/full", "--metrics", metricsAddr)

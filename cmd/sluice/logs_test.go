@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -142,28 +141,10 @@ func TestLogsPackagesJSON(t *testing.T) {
 	}
 }
 
-// lockedBuffer is a bytes.Buffer safe to read while the command writes.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 func TestLogsFollow(t *testing.T) {
 	evs := logEvents()
 	path := writeAuditLog(t, evs[:1])
-	var stdout, stderr lockedBuffer
+	var stdout, stderr syncBuffer
 	o := &rootOptions{stdin: strings.NewReader(""), stdout: &stdout, stderr: &stderr}
 	root := newRootCmd(o)
 	root.SetArgs([]string{"logs", "agent1", "--file", path, "--follow", "--json", "--poll", "5ms"})

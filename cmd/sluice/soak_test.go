@@ -42,7 +42,7 @@ rules:
 func soakEnabled(t *testing.T) {
 	t.Helper()
 	if os.Getenv("SLUICE_SOAK") != "1" {
-		t.Skip("soak test: set SLUICE_SOAK=1 (make soak)")
+		t.Skip("soak test, not a privilege skip and not run in CI: set SLUICE_SOAK=1 (make soak)")
 	}
 }
 
@@ -81,7 +81,7 @@ func startSoakDaemon(t *testing.T, w *world) *soakDaemon {
 	metricsAddr := ln.Addr().String()
 	ln.Close()
 	d := &daemonProc{t: t, w: w, socket: filepath.Join(w.dir, "soak.sock"), state: filepath.Join(w.dir, "soakstate")}
-	log := &lockedBuf{}
+	log := &syncBuffer{}
 	d.cmd = exec.Command(sluiceBin(t), "daemon", "--socket", d.socket, "--state-dir", d.state,
 		"--pin-dir", w.pin, "--dns-upstream", w.dns.Addr, "--dns-allow-loopback",
 		"--upstream-ca", w.api.CAFile, "--metrics", metricsAddr, "--log-level", "warn",
@@ -227,7 +227,7 @@ func TestSoakConcurrentConnections(t *testing.T) {
 	}
 	time.Sleep(time.Second)
 	base := d.sample(t)
-	out := &lockedBuf{}
+	out := &syncBuffer{}
 	start := time.Now()
 	probe := exec.Command(os.Args[0], "-test.run=^$", fmt.Sprintf("127.0.0.1:%d|allowed.test|%d|/ok", w.api.Port, n))
 	probe.Env = append(os.Environ(), "SLUICE_TEST_PROBE=manyconns", "SLUICE_PROBE_HOLD=5s")
@@ -318,7 +318,7 @@ func TestSoakMixedTraffic(t *testing.T) {
 	canary := countingListener(t, "127.0.0.2:0")
 	type worker struct {
 		cg  string
-		out *lockedBuf
+		out *syncBuffer
 		cmd *exec.Cmd
 	}
 	workers := make([]*worker, nsb)
@@ -328,7 +328,7 @@ func TestSoakMixedTraffic(t *testing.T) {
 		if out, err := d.cli("attach", "--policy", pol, "--cgroup", cg, "--name", fmt.Sprintf("soak-%d", i)); err != nil {
 			t.Fatalf("attach %d: %v\n%s", i, err, out)
 		}
-		workers[i] = &worker{cg: cg, out: &lockedBuf{}}
+		workers[i] = &worker{cg: cg, out: &syncBuffer{}}
 	}
 	attachTime := time.Since(attachStart)
 	time.Sleep(time.Second)

@@ -25,6 +25,7 @@ type DNSServer struct {
 
 	mu      sync.Mutex
 	records map[string][]netip.Addr
+	ttl     uint32 // of answers and of the negative-answer SOA
 	queries []string
 	down    bool
 	servers []*dns.Server
@@ -33,7 +34,7 @@ type DNSServer struct {
 // StartDNS serves records (name → addresses; names without a trailing dot)
 // on 127.0.0.1, UDP and TCP on one port.
 func StartDNS(records map[string][]string) (*DNSServer, error) {
-	s := &DNSServer{records: map[string][]netip.Addr{}}
+	s := &DNSServer{records: map[string][]netip.Addr{}, ttl: 300}
 	for name, addrs := range records {
 		for _, a := range addrs {
 			ip, err := netip.ParseAddr(a)
@@ -129,14 +130,15 @@ func (s *DNSServer) serve(w dns.ResponseWriter, r *dns.Msg) {
 	m.Authoritative = true
 	s.mu.Lock()
 	addrs, ok := s.records[strings.ToLower(q.Name)]
+	ttl := s.ttl
 	s.mu.Unlock()
 	if !ok {
 		m.Rcode = dns.RcodeNameError
-		m.Ns = []dns.RR{&dns.SOA{Hdr: dns.RR_Header{Name: "test.", Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: 60},
-			Ns: "ns.test.", Mbox: "hostmaster.test.", Serial: 1, Refresh: 60, Retry: 60, Expire: 60, Minttl: 60}}
+		m.Ns = []dns.RR{&dns.SOA{Hdr: dns.RR_Header{Name: "test.", Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: min(ttl, 60)},
+			Ns: "ns.test.", Mbox: "hostmaster.test.", Serial: 1, Refresh: 60, Retry: 60, Expire: 60, Minttl: min(ttl, 60)}}
 	}
 	for _, a := range addrs {
-		hdr := dns.RR_Header{Name: q.Name, Class: dns.ClassINET, Ttl: 300}
+		hdr := dns.RR_Header{Name: q.Name, Class: dns.ClassINET, Ttl: ttl}
 		switch {
 		case a.Is4() && q.Qtype == dns.TypeA:
 			hdr.Rrtype = dns.TypeA
