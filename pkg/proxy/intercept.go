@@ -182,6 +182,10 @@ type reqState struct {
 	host, path string
 	rule       *policy.Rule
 	errMsg     string
+	upHost     string // the upstream's name: TLS server name and verification
+	start      time.Time
+	decision   string
+	ev         audit.Event // the request's event, completed by finish
 
 	// Inline backing arrays: a request with up to four injected headers
 	// needs no further allocation for its credentials.
@@ -200,16 +204,33 @@ type dialPlan struct {
 	port    uint16
 }
 
-// ServeHTTP handles one intercepted request.
+// ServeHTTP handles one intercepted request of an HTTP/2 client (HTTP/1.x
+// clients are served by serveH1).
 func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ci, _ := r.Context().Value(connKey{}).(*connInfo)
 	if ci == nil {
 		http.Error(w, "sluice: no connection state", http.StatusInternalServerError)
 		return
 	}
-	start := time.Now()
-	rs := &reqState{ci: ci, path: auditPath(r.URL.Path, r.URL.RawQuery)}
-	ev := audit.Event{
+	rs := &reqState{}
+	rs.begin(ci, r)
+	defer s.finish(rs)
+	if code, body := s.checkRequest(r.Context(), r, rs); code != 0 {
+		rs.status = code
+		writeText(w, code, body)
+		return
+	}
+	s.p.rp.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), reqKey{}, rs)))
+	if rs.errMsg != "" {
+		rs.decision = audit.DecisionError
+		rs.ev.Reason = rs.errMsg
+	}
+}
+
+// begin resets rs for request r on connection ci.
+func (rs *reqState) begin(ci *connInfo, r *http.Request) {
+	*rs = reqState{ci: ci, start: time.Now(), path: auditPath(r.URL.Path, r.URL.RawQuery), decision: audit.DecisionAllow}
+	rs.ev = audit.Event{
 		Kind:     audit.KindHTTP,
 		CgroupID: ci.orig.CgroupID,
 		PID:      ci.orig.PID,
@@ -217,48 +238,56 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		Method:   r.Method,
 		Path:     rs.path,
 	}
-	decision := audit.DecisionAllow
-	defer func() {
-		ev.Decision = decision
-		ev.Host = rs.host
-		if rs.rule != nil {
-			ev.Rule = rs.rule.Name
-		}
-		ev.Status = rs.status
-		if !rs.headerAt.IsZero() {
-			ev.LatencyMS = float64(rs.headerAt.Sub(start).Microseconds()) / 1000
-		}
-		if len(rs.inject) > 0 {
-			ev.Injected = make([]string, len(rs.inject))
-			for i, h := range rs.inject {
-				ev.Injected[i] = h.name
-			}
-		}
-		s.emit(ev)
-	}()
+}
 
+// finish emits the request's event.
+func (s *server) finish(rs *reqState) {
+	ev := rs.ev
+	ev.Decision = rs.decision
+	ev.Host = rs.host
+	if rs.rule != nil {
+		ev.Rule = rs.rule.Name
+	}
+	ev.Status = rs.status
+	if !rs.headerAt.IsZero() {
+		ev.LatencyMS = float64(rs.headerAt.Sub(rs.start).Microseconds()) / 1000
+	}
+	if len(rs.inject) > 0 {
+		ev.Injected = make([]string, len(rs.inject))
+		for i, h := range rs.inject {
+			ev.Injected[i] = h.name
+		}
+	}
+	s.emit(ev)
+}
+
+// checkRequest checks request r against the policy and prepares rs for
+// forwarding: upstream target and credentials. A non-zero code means the
+// request is answered locally with code and the plain-text body (403 for a
+// policy violation, 502 for credentials that cannot be resolved); rs.status,
+// rs.decision and rs.ev say why.
+func (s *server) checkRequest(ctx context.Context, r *http.Request, rs *reqState) (code int, body string) {
+	ci := rs.ci
 	reqHost := ci.host
 	if r.Host != "" {
 		h, ok := hostOnly(r.Host)
 		if !ok {
 			rs.host = r.Host
-			decision = audit.DecisionDeny
-			ev.Reason = "invalid Host"
-			s.refuse(w, r, rs, ci.host, "the Host header is not a valid host name")
-			return
+			rs.decision = audit.DecisionDeny
+			rs.ev.Reason = "invalid Host"
+			return s.refusal(r, rs, ci.host, "the Host header is not a valid host name")
 		}
 		reqHost = h
 	}
 	rs.host = reqHost
 	pol := s.sb.Policy()
 	if ci.denied != "" || pol == nil {
-		decision = audit.DecisionDeny
-		ev.Reason = ci.denied
+		rs.decision = audit.DecisionDeny
+		rs.ev.Reason = ci.denied
 		if pol == nil {
-			ev.Reason = "no policy"
+			rs.ev.Reason = "no policy"
 		}
-		s.refuse(w, r, rs, reqHost, ev.Reason)
-		return
+		return s.refusal(r, rs, reqHost, rs.ev.Reason)
 	}
 	port := ci.port()
 	audited := pol.Mode == policy.ModeAudit
@@ -309,15 +338,14 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		violation = ci.reason
 	}
 	if violation != "" {
-		ev.Reason = violation
+		rs.ev.Reason = violation
 		if !audited {
-			decision = audit.DecisionDeny
+			rs.decision = audit.DecisionDeny
 			rs.rule = rule
-			s.refuse(w, r, rs, reqHost, violation)
-			return
+			return s.refusal(r, rs, reqHost, violation)
 		}
-		decision = audit.DecisionWouldDeny
-		ev.Rule = ruleName(rule)
+		rs.decision = audit.DecisionWouldDeny
+		rs.ev.Rule = ruleName(rule)
 		rule = nil // never inject credentials into a request enforce mode refuses
 	}
 	rs.rule = rule
@@ -355,6 +383,7 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if rs.outHost == "" {
 		rs.outHost = upHost
 	}
+	rs.upHost = upHost
 	if upHost == ci.host && upPort == port && ci.hostPort != "" {
 		rs.upHostPort = ci.hostPort
 	} else {
@@ -363,19 +392,14 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	// Credentials.
 	if rule != nil {
-		if msg := s.credentials(r.Context(), rs, rule, reqHost, port); msg != "" {
-			decision = audit.DecisionError
-			ev.Reason = msg
+		if msg := s.credentials(ctx, rs, rule, reqHost, port); msg != "" {
+			rs.decision = audit.DecisionError
+			rs.ev.Reason = msg
 			rs.status = http.StatusBadGateway
-			writeText(w, http.StatusBadGateway, "sluice: "+msg+"\n")
-			return
+			return http.StatusBadGateway, "sluice: " + msg + "\n"
 		}
 	}
-	s.p.rp.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), reqKey{}, rs)))
-	if rs.errMsg != "" {
-		decision = audit.DecisionError
-		ev.Reason = rs.errMsg
-	}
+	return 0, ""
 }
 
 // credentials renders the rule's headers and callback headers into
@@ -447,16 +471,16 @@ func (l *secretLookup) lookup(name string) (string, error) {
 	return val, nil
 }
 
-// refuse answers 403 with a body an agent can read.
-func (s *server) refuse(w http.ResponseWriter, r *http.Request, rs *reqState, host, reason string) {
+// refusal is the 403 answer to a request the policy refuses, with a body
+// an agent can read.
+func (s *server) refusal(r *http.Request, rs *reqState, host, reason string) (int, string) {
 	rs.status = http.StatusForbidden
 	path := r.URL.Path
 	if path == "" {
 		path = "/"
 	}
-	body := fmt.Sprintf("sluice policy: %s %s%s refused: %s\nhost: %s\nmethod: %s\npath: %s\n",
+	return http.StatusForbidden, fmt.Sprintf("sluice policy: %s %s%s refused: %s\nhost: %s\nmethod: %s\npath: %s\n",
 		r.Method, host, path, reason, host, r.Method, path)
-	writeText(w, http.StatusForbidden, body)
 }
 
 func writeText(w http.ResponseWriter, code int, body string) {
@@ -494,7 +518,13 @@ func rewrite(pr *httputil.ProxyRequest) {
 }
 
 func (p *Proxy) modifyResponse(resp *http.Response) error {
-	rs := resp.Request.Context().Value(reqKey{}).(*reqState)
+	return filterResponse(resp.Request.Context().Value(reqKey{}).(*reqState), resp, resp.Request.Method)
+}
+
+// filterResponse records the upstream's answer to rs and filters it before
+// it reaches the sandbox: no Alt-Svc, and injected secrets echoed back
+// redacted.
+func filterResponse(rs *reqState, resp *http.Response, method string) error {
 	rs.status = resp.StatusCode
 	rs.headerAt = time.Now()
 	// HTTP/3 (QUIC) to an intercepted host would bypass interception; keep
@@ -507,7 +537,7 @@ func (p *Proxy) modifyResponse(resp *http.Response) error {
 		rs.ci.s.secretEvent(rs, "injected secret echoed in response header "+where)
 	}
 	if resp.StatusCode == http.StatusSwitchingProtocols || resp.Body == nil || resp.Body == http.NoBody ||
-		resp.Request.Method == http.MethodHead || resp.StatusCode == http.StatusNoContent || resp.StatusCode == http.StatusNotModified {
+		method == http.MethodHead || resp.StatusCode == http.StatusNoContent || resp.StatusCode == http.StatusNotModified {
 		return nil
 	}
 	if ce := resp.Header.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
@@ -621,6 +651,12 @@ func (p *Proxy) upstreamError(w http.ResponseWriter, r *http.Request, err error)
 		rs.errMsg = "client closed the request"
 		return
 	}
+	writeText(w, http.StatusBadGateway, "sluice: "+rs.upstreamFailed(err)+"\n")
+}
+
+// upstreamFailed records a failed upstream exchange (502) and returns the
+// message for the sandbox.
+func (rs *reqState) upstreamFailed(err error) string {
 	rs.status = http.StatusBadGateway
 	var msg string
 	var ve *tls.CertificateVerificationError
@@ -629,13 +665,18 @@ func (p *Proxy) upstreamError(w http.ResponseWriter, r *http.Request, err error)
 	switch {
 	case errors.As(err, &ve), errors.As(err, &he), errors.As(err, &ua):
 		msg = fmt.Sprintf("upstream %s failed TLS verification: %v", rs.upHostPort, err)
-	case errors.Is(err, context.DeadlineExceeded):
+	case errors.Is(err, context.DeadlineExceeded), isTimeout(err):
 		msg = fmt.Sprintf("upstream %s timed out", rs.upHostPort)
 	default:
 		msg = fmt.Sprintf("upstream %s: %v", rs.upHostPort, err)
 	}
 	rs.errMsg = msg
-	writeText(w, http.StatusBadGateway, "sluice: "+msg+"\n")
+	return msg
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // dialUpstream is the transport's dialer: it never resolves the request's
@@ -645,7 +686,11 @@ func (p *Proxy) dialUpstream(ctx context.Context, network, _ string) (net.Conn, 
 	if rs == nil {
 		return nil, errors.New("upstream dial without a sluice request")
 	}
-	plan := rs.plan
+	return p.dial(ctx, network, rs.plan)
+}
+
+// dial connects to a dial plan.
+func (p *Proxy) dial(ctx context.Context, network string, plan dialPlan) (net.Conn, error) {
 	if plan.resolve == "" {
 		return p.cfg.Dial(ctx, network, plan.addr.String())
 	}
