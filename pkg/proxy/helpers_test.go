@@ -44,7 +44,17 @@ func upstreamPool() *x509.CertPool {
 // whatever SNI the proxy sends (signed by upstreamCA).
 func newUpstream(t testing.TB, ip string, h http.Handler) *httptest.Server {
 	t.Helper()
+	return newUpstreamWith(t, ip, h, nil)
+}
+
+// newUpstreamWith is newUpstream with configure applied to the server
+// before it starts.
+func newUpstreamWith(t testing.TB, ip string, h http.Handler, configure func(*http.Server)) *httptest.Server {
+	t.Helper()
 	srv := httptest.NewUnstartedServer(h)
+	if configure != nil {
+		configure(srv.Config)
+	}
 	ln, err := net.Listen("tcp", ip+":0")
 	if err != nil {
 		t.Fatal(err)

@@ -136,8 +136,9 @@ func (s *server) startHTTP() {
 	}()
 }
 
-// intercept terminates TLS (when the client speaks it) and hands the
-// connection to the sandbox's HTTP server. It reports whether the connection
+// intercept terminates TLS (when the client speaks it) and serves the
+// connection: HTTP/1.x in this goroutine (serveH1), HTTP/2 by the sandbox's
+// http.Server. It reports whether the connection
 // was handed off (then its Close emits the connection event).
 func (s *server) intercept(ctx context.Context, c net.Conn, peeked []byte, ci *connInfo) bool {
 	if ci.host != "" {
@@ -157,6 +158,13 @@ func (s *server) intercept(ctx context.Context, c net.Conn, peeked []byte, ci *c
 			return false
 		}
 		hc = tc
+		if tc.ConnectionState().NegotiatedProtocol != "h2" {
+			s.serveH1(ctx, hc, ci)
+			return true
+		}
+	} else {
+		s.serveH1(ctx, hc, ci)
+		return true
 	}
 	select {
 	case s.httpLn.ch <- hc:

@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -129,6 +130,11 @@ type Proxy struct {
 	// connections. A resumed session carries the chain verified in its full
 	// handshake; crypto/tls checks it again for the server name and expiry.
 	sessions tls.ClientSessionCache
+	// idle keeps the upstream connections of HTTP/1.x clients (serveH1)
+	// between client connections; upTLS caches their TLS configurations.
+	idle       idlePool
+	upTLS      sync.Map // server name -> *tls.Config
+	upTLSCount atomic.Int64
 }
 
 // New creates a Proxy. log must not be nil.
@@ -185,6 +191,7 @@ func New(cfg Config, log *slog.Logger) *Proxy {
 
 // Close drops the idle upstream connections.
 func (p *Proxy) Close() {
+	p.idle.closeAll()
 	p.h1.CloseIdleConnections()
 	p.h2.CloseIdleConnections()
 }

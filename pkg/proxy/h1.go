@@ -1,0 +1,823 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"math"
+	"net"
+	"net/http"
+	"net/textproto"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/net/http/httpguts"
+
+	"github.com/sluice-dev/sluice/pkg/audit"
+)
+
+// HTTP/1.x clients are served by serveH1 in the connection's own goroutine:
+// one loop reads a request, checks it (checkRequest, shared with the HTTP/2
+// path), forwards it on an upstream connection pinned to this client
+// connection and writes the answer back, streaming both bodies. Against
+// http.Server + httputil.ReverseProxy + http.Transport this saves the
+// goroutine hand-offs of every request (the Transport's writeLoop and
+// readLoop, the server's background read), which dominated the keep-alive
+// profile (PERF.md). HTTP/2 clients keep the standard library path
+// (ServeHTTP).
+//
+// What the loop does that the standard library did for it:
+//   - the server's request checks: HTTP/1.x only, exactly one valid Host on
+//     HTTP/1.1, valid header names and values, headers within
+//     maxHeaderBytes, 417 for an Expect other than 100-continue;
+//   - hop-by-hop headers (RFC 9110 7.6.1) removed both ways, Te: trailers
+//     kept, WebSocket upgrades re-announced and switched to a byte copy;
+//   - 100-continue answered when the body is first read, other 1xx
+//     (103 Early Hints) relayed;
+//   - response bodies of unknown length re-chunked and flushed after every
+//     read (server-sent events arrive as written), trailers relayed;
+//   - upstream connections: pinned per client connection, returned to a
+//     shared idle pool (keyed by scheme, authority, TLS name and dial plan)
+//     when the client connection ends, checked for a peer close before
+//     reuse, and a request without a body retried once on a fresh
+//     connection when a reused one turns out dead.
+
+// maxHeaderBytes bounds a request head, as http.Server's MaxHeaderBytes.
+const maxHeaderBytes = 1 << 20
+
+// idleCheckAfter: a pinned upstream idle for longer is checked for a peer
+// close before it carries the next request.
+const idleCheckAfter = 100 * time.Millisecond
+
+var (
+	h1Readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 16<<10) }}
+	h1Writers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 16<<10) }}
+	// noUserAgent keeps Request.Write from adding its default User-Agent
+	// (an empty value is not written). Never modified.
+	noUserAgent = []string{""}
+)
+
+func getReader(r io.Reader) *bufio.Reader {
+	br := h1Readers.Get().(*bufio.Reader)
+	br.Reset(r)
+	return br
+}
+
+func getWriter(w io.Writer) *bufio.Writer {
+	bw := h1Writers.Get().(*bufio.Writer)
+	bw.Reset(w)
+	return bw
+}
+
+func putReader(br *bufio.Reader) {
+	br.Reset(nil)
+	h1Readers.Put(br)
+}
+
+func putWriter(bw *bufio.Writer) {
+	bw.Reset(nil)
+	h1Writers.Put(bw)
+}
+
+// limitReader bounds what a request head may read from the connection.
+type limitReader struct {
+	r   io.Reader
+	n   int64
+	hit bool
+}
+
+func (l *limitReader) Read(p []byte) (int, error) {
+	if l.n <= 0 {
+		l.hit = true
+		return 0, io.EOF
+	}
+	if int64(len(p)) > l.n {
+		p = p[:l.n]
+	}
+	n, err := l.r.Read(p)
+	l.n -= int64(n)
+	return n, err
+}
+
+// h1Conn is one HTTP/1.x client connection being served.
+type h1Conn struct {
+	s  *server
+	ci *connInfo
+	c  net.Conn // to the client: *tls.Conn or *clientConn
+	lr limitReader
+	br *bufio.Reader
+	bw *bufio.Writer
+	up *upConn
+	rs reqState
+}
+
+// serveH1 serves an intercepted HTTP/1.x connection until it ends, then
+// closes it.
+func (s *server) serveH1(ctx context.Context, c net.Conn, ci *connInfo) {
+	h := &h1Conn{s: s, ci: ci, c: c}
+	h.lr.r, h.lr.n = c, math.MaxInt64
+	h.br = getReader(&h.lr)
+	h.bw = getWriter(c)
+	defer func() {
+		h.releaseUp()
+		c.Close()
+		putReader(h.br)
+		putWriter(h.bw)
+	}()
+	for h.serveOne(ctx) {
+	}
+}
+
+// serveOne serves one request; it reports whether the connection stays open.
+func (h *h1Conn) serveOne(ctx context.Context) bool {
+	cfg := &h.s.p.cfg
+	h.c.SetReadDeadline(time.Now().Add(cfg.IdleTimeout))
+	if _, err := h.br.Peek(1); err != nil {
+		return false
+	}
+	h.c.SetReadDeadline(time.Now().Add(cfg.ReadHeaderTimeout))
+	h.lr.n, h.lr.hit = maxHeaderBytes+4096, false
+	req, err := http.ReadRequest(h.br)
+	h.lr.n = math.MaxInt64
+	if err != nil {
+		switch {
+		case h.lr.hit:
+			h.badRequest(http.StatusRequestHeaderFieldsTooLarge, "")
+		case isTimeout(err), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
+		default:
+			h.badRequest(http.StatusBadRequest, "")
+		}
+		return false
+	}
+	h.c.SetReadDeadline(time.Time{})
+	if code, msg := h1RequestError(req); code != 0 {
+		h.badRequest(code, msg)
+		return false
+	}
+	expect := false
+	if e, ok := req.Header["Expect"]; ok {
+		if len(e) != 1 || !strings.EqualFold(e[0], "100-continue") {
+			h.badRequest(http.StatusExpectationFailed, "")
+			return false
+		}
+		delete(req.Header, "Expect")
+		expect = req.ProtoAtLeast(1, 1) && req.ContentLength != 0
+	}
+
+	rs := &h.rs
+	rs.begin(h.ci, req)
+	keep := h.handle(ctx, req, rs, expect)
+	if rs.errMsg != "" {
+		rs.decision = audit.DecisionError
+		rs.ev.Reason = rs.errMsg
+	}
+	h.s.finish(rs)
+	return keep
+}
+
+// h1RequestError applies http.Server's checks to a request head: a status
+// and message when it is refused.
+func h1RequestError(req *http.Request) (int, string) {
+	if req.ProtoMajor != 1 {
+		return http.StatusHTTPVersionNotSupported, "unsupported protocol version"
+	}
+	// ReadRequest has refused several Host headers and moved the one
+	// left (or an absolute-form target's authority) to req.Host.
+	if req.ProtoAtLeast(1, 1) && req.Host == "" && req.Method != http.MethodConnect {
+		return http.StatusBadRequest, "missing required Host header"
+	}
+	if req.Host != "" && !httpguts.ValidHostHeader(req.Host) {
+		return http.StatusBadRequest, "malformed Host header"
+	}
+	for k, vv := range req.Header {
+		if !httpguts.ValidHeaderFieldName(k) {
+			return http.StatusBadRequest, "invalid header name"
+		}
+		for _, v := range vv {
+			if !httpguts.ValidHeaderFieldValue(v) {
+				return http.StatusBadRequest, "invalid header value"
+			}
+		}
+	}
+	return 0, ""
+}
+
+// badRequest answers a request that cannot be served and ends the
+// connection, as http.Server does.
+func (h *h1Conn) badRequest(code int, msg string) {
+	text := strconv.Itoa(code) + " " + http.StatusText(code)
+	if msg != "" {
+		text += ": " + msg
+	}
+	h.bw.WriteString("HTTP/1.1 " + strconv.Itoa(code) + " " + http.StatusText(code) +
+		"\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n" + text)
+	h.bw.Flush()
+}
+
+// handle answers one checked request.
+func (h *h1Conn) handle(ctx context.Context, req *http.Request, rs *reqState, expect bool) bool {
+	closeAfter := req.Close || !req.ProtoAtLeast(1, 1)
+	if code, body := h.s.checkRequest(ctx, req, rs); code != 0 {
+		rs.status = code
+		// Read what is left of the body, within reason, to keep the
+		// connection; a client waiting for 100-continue never sends it.
+		if expect || !discardBody(req.Body) {
+			closeAfter = true
+		}
+		return h.writeText(code, body, req, closeAfter) && !closeAfter
+	}
+	if expect {
+		req.Body = &continueReader{ReadCloser: req.Body, h: h}
+	}
+	return h.forward(ctx, req, rs, closeAfter)
+}
+
+// discardBody reads up to 256 KiB of an unread request body; it reports
+// whether the body was consumed.
+func discardBody(b io.ReadCloser) bool {
+	if b == nil || b == http.NoBody {
+		return true
+	}
+	n, err := io.CopyN(io.Discard, b, 256<<10+1)
+	b.Close()
+	return n <= 256<<10 && (err == nil || err == io.EOF)
+}
+
+// continueReader answers 100 Continue when the body is first read.
+type continueReader struct {
+	io.ReadCloser
+	h    *h1Conn
+	sent bool
+	err  error
+}
+
+func (r *continueReader) Read(p []byte) (int, error) {
+	if !r.sent {
+		r.sent = true
+		r.h.bw.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
+		r.err = r.h.bw.Flush()
+	}
+	if r.err != nil {
+		return 0, r.err
+	}
+	return r.ReadCloser.Read(p)
+}
+
+// writeText answers locally with a plain-text body.
+func (h *h1Conn) writeText(code int, body string, req *http.Request, closeAfter bool) bool {
+	bw := h.bw
+	writeStatusLine(bw, req, code, http.StatusText(code))
+	bw.WriteString("Content-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nX-Sluice: refused\r\nContent-Length: ")
+	bw.WriteString(strconv.Itoa(len(body)))
+	if closeAfter {
+		bw.WriteString("\r\nConnection: close")
+	}
+	bw.WriteString("\r\n\r\n")
+	if req.Method != http.MethodHead {
+		bw.WriteString(body)
+	}
+	return bw.Flush() == nil
+}
+
+func writeStatusLine(bw *bufio.Writer, req *http.Request, code int, text string) {
+	if req.ProtoAtLeast(1, 1) {
+		bw.WriteString("HTTP/1.1 ")
+	} else {
+		bw.WriteString("HTTP/1.0 ")
+	}
+	var b [8]byte
+	bw.Write(strconv.AppendInt(b[:0], int64(code), 10))
+	bw.WriteByte(' ')
+	bw.WriteString(text)
+	bw.WriteString("\r\n")
+}
+
+// hopHeaders are removed by proxies (RFC 9110 7.6.1), with those named in
+// Connection.
+var hopHeaders = []string{
+	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
+}
+
+func removeHopByHop(h http.Header) {
+	for _, f := range h["Connection"] {
+		for sf := range strings.SplitSeq(f, ",") {
+			if sf = textproto.TrimString(sf); sf != "" {
+				h.Del(sf)
+			}
+		}
+	}
+	for _, k := range hopHeaders {
+		delete(h, k)
+	}
+}
+
+func upgradeType(h http.Header) string {
+	if !httpguts.HeaderValuesContainsToken(h["Connection"], "Upgrade") {
+		return ""
+	}
+	return h.Get("Upgrade")
+}
+
+// forward sends req upstream and relays the answer.
+func (h *h1Conn) forward(ctx context.Context, req *http.Request, rs *reqState, closeAfter bool) bool {
+	up := upgradeType(req.Header)
+	trailers := httpguts.HeaderValuesContainsToken(req.Header["Te"], "trailers")
+	removeHopByHop(req.Header)
+	if trailers {
+		req.Header["Te"] = []string{"trailers"}
+	}
+	if up != "" {
+		req.Header["Connection"] = []string{"Upgrade"}
+		req.Header["Upgrade"] = []string{up}
+	}
+	if _, ok := req.Header["User-Agent"]; !ok {
+		req.Header["User-Agent"] = noUserAgent
+	}
+	for _, inj := range rs.inject {
+		req.Header.Del(inj.name)
+		req.Header.Set(inj.name, inj.value)
+	}
+	req.Host = rs.outHost
+	req.Close = false
+
+	var resp *http.Response
+	for attempt := 0; ; attempt++ {
+		u, err := h.upstream(ctx, rs)
+		if err != nil {
+			return h.failed(req, rs, err)
+		}
+		reused := u.used
+		u.used = true
+		wrote := false
+		if err = req.Write(u.bw); err == nil {
+			err = u.bw.Flush()
+		}
+		if err == nil {
+			wrote = true
+			resp, err = h.readResponse(u, req)
+		}
+		if err == nil {
+			break
+		}
+		h.dropUp()
+		// A reused connection the upstream closed while idle: retry a
+		// request that has no body once on a fresh one. A request that may
+		// have reached the upstream is retried only when repeating it is
+		// harmless.
+		if attempt == 0 && reused && !isTimeout(err) && ctx.Err() == nil &&
+			(req.Body == nil || req.Body == http.NoBody) && (!wrote || replayable(req)) {
+			continue
+		}
+		return h.failed(req, rs, err)
+	}
+	u := h.up
+	if err := filterResponse(rs, resp, req.Method); err != nil {
+		resp.Body.Close()
+		h.dropUp()
+		return h.failed(req, rs, err)
+	}
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		return h.switchProtocols(req, resp, rs, up)
+	}
+	keep, upOK := h.writeResponse(req, resp, closeAfter)
+	resp.Body.Close()
+	if !upOK || resp.Close || u.br.Buffered() > 0 {
+		h.dropUp()
+	} else {
+		u.idleAt = time.Now()
+	}
+	return keep
+}
+
+func replayable(req *http.Request) bool {
+	switch req.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+		return true
+	}
+	return false
+}
+
+// readResponse reads the upstream's answer to req, relaying 1xx
+// informational responses other than 100 and 101.
+func (h *h1Conn) readResponse(u *upConn, req *http.Request) (*http.Response, error) {
+	if d := h.s.p.cfg.ResponseHeaderTimeout; d > 0 {
+		u.c.SetReadDeadline(time.Now().Add(d))
+		defer u.c.SetReadDeadline(time.Time{})
+	}
+	for {
+		resp, err := http.ReadResponse(u.br, req)
+		if err != nil {
+			return nil, err
+		}
+		code := resp.StatusCode
+		if code < 100 || code > 199 || code == http.StatusSwitchingProtocols {
+			return resp, nil
+		}
+		if code != http.StatusContinue && req.ProtoAtLeast(1, 1) {
+			removeHopByHop(resp.Header)
+			writeStatusLine(h.bw, req, code, statusText(resp))
+			resp.Header.Write(h.bw)
+			h.bw.WriteString("\r\n")
+			if err := h.bw.Flush(); err != nil {
+				return nil, err
+			}
+		}
+	}
+}
+
+// statusText is the reason phrase of resp's status line.
+func statusText(resp *http.Response) string {
+	if _, text, ok := strings.Cut(resp.Status, " "); ok {
+		return text
+	}
+	return http.StatusText(resp.StatusCode)
+}
+
+// failed answers 502 for an upstream failure and ends the connection (the
+// request body may be half read).
+func (h *h1Conn) failed(req *http.Request, rs *reqState, err error) bool {
+	msg := rs.upstreamFailed(err)
+	h.writeText(http.StatusBadGateway, "sluice: "+msg+"\n", req, true)
+	return false
+}
+
+// writeResponse relays resp to the client. keep reports whether the client
+// connection stays open, upOK whether the upstream body was read to its end.
+func (h *h1Conn) writeResponse(req *http.Request, resp *http.Response, closeAfter bool) (keep, upOK bool) {
+	bw := h.bw
+	hdr := resp.Header
+	removeHopByHop(hdr)
+	code := resp.StatusCode
+	noBody := req.Method == http.MethodHead || code == http.StatusNoContent || code == http.StatusNotModified
+	chunked := false
+	switch {
+	case noBody:
+	case resp.ContentLength >= 0:
+		hdr["Content-Length"] = []string{strconv.FormatInt(resp.ContentLength, 10)}
+	case req.ProtoAtLeast(1, 1):
+		chunked = true
+		delete(hdr, "Content-Length")
+	default:
+		delete(hdr, "Content-Length")
+		closeAfter = true // the end of the body is the end of the connection
+	}
+	writeStatusLine(bw, req, code, statusText(resp))
+	hdr.Write(bw)
+	if chunked {
+		bw.WriteString("Transfer-Encoding: chunked\r\n")
+		if len(resp.Trailer) > 0 {
+			keys := make([]string, 0, len(resp.Trailer))
+			for k := range resp.Trailer {
+				keys = append(keys, k)
+			}
+			bw.WriteString("Trailer: " + strings.Join(keys, ", ") + "\r\n")
+		}
+	}
+	if closeAfter {
+		bw.WriteString("Connection: close\r\n")
+	}
+	bw.WriteString("\r\n")
+	if noBody {
+		_, err := io.Copy(io.Discard, resp.Body)
+		return bw.Flush() == nil && !closeAfter, err == nil
+	}
+	buf := copyBufs.Get().(*[32 << 10]byte)
+	defer copyBufs.Put(buf)
+	var werr, rerr error
+	for werr == nil {
+		n, err := resp.Body.Read(buf[:])
+		if n > 0 {
+			if chunked {
+				var hb [20]byte
+				bw.Write(strconv.AppendInt(hb[:0], int64(n), 16))
+				bw.WriteString("\r\n")
+				bw.Write(buf[:n])
+				bw.WriteString("\r\n")
+				// Unknown length (event streams, chunked): every read
+				// reaches the client at once.
+				werr = bw.Flush()
+			} else {
+				_, werr = bw.Write(buf[:n])
+			}
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			rerr = err
+			break
+		}
+	}
+	if werr != nil {
+		h.rs.status, h.rs.errMsg = 499, "client closed the request"
+		return false, false
+	}
+	if rerr != nil {
+		// The upstream failed mid-body: the client sees a truncated body
+		// (no terminating chunk, or fewer bytes than announced).
+		bw.Flush()
+		h.rs.errMsg = "upstream " + h.rs.upHostPort + " failed mid-body: " + rerr.Error()
+		return false, false
+	}
+	if chunked {
+		bw.WriteString("0\r\n")
+		for k, vv := range resp.Trailer {
+			for _, v := range vv {
+				bw.WriteString(k + ": " + v + "\r\n")
+			}
+		}
+		bw.WriteString("\r\n")
+	}
+	return bw.Flush() == nil && !closeAfter, true
+}
+
+// switchProtocols relays a 101 answer to a WebSocket upgrade and then the
+// bytes both ways until either side ends.
+func (h *h1Conn) switchProtocols(req *http.Request, resp *http.Response, rs *reqState, reqUp string) bool {
+	u := h.up
+	h.up = nil // the connection belongs to this exchange now
+	defer u.close()
+	respUp := upgradeType(resp.Header)
+	if reqUp == "" || !strings.EqualFold(reqUp, respUp) {
+		return h.failed(req, rs, errors.New("switched to protocol "+strconv.Quote(respUp)+" when "+strconv.Quote(reqUp)+" was requested"))
+	}
+	removeHopByHop(resp.Header)
+	resp.Header["Connection"] = []string{"Upgrade"}
+	resp.Header["Upgrade"] = []string{respUp}
+	writeStatusLine(h.bw, req, resp.StatusCode, statusText(resp))
+	resp.Header.Write(h.bw)
+	h.bw.WriteString("\r\n")
+	if h.bw.Flush() != nil {
+		return false
+	}
+	done := make(chan struct{}, 2)
+	go func() {
+		copyWith(u.c, h.br) // buffered client bytes first
+		done <- struct{}{}
+	}()
+	go func() {
+		copyWith(h.c, u.br)
+		done <- struct{}{}
+	}()
+	<-done
+	// Either side ended: end both, as ReverseProxy does.
+	u.c.Close()
+	h.c.Close()
+	<-done
+	return false
+}
+
+func copyWith(dst io.Writer, src io.Reader) {
+	buf := copyBufs.Get().(*[32 << 10]byte)
+	defer copyBufs.Put(buf)
+	io.CopyBuffer(dst, src, buf[:])
+}
+
+// upKey identifies upstream connections that may carry each other's
+// requests.
+type upKey struct {
+	scheme, hostPort, serverName string
+	plan                         dialPlan
+}
+
+// upConn is one upstream connection.
+type upConn struct {
+	key    upKey
+	raw    net.Conn // the TCP connection (under TLS for https)
+	c      net.Conn
+	br     *bufio.Reader
+	bw     *bufio.Writer
+	used   bool
+	idleAt time.Time
+	timer  *time.Timer // removes it from the idle pool
+}
+
+func (u *upConn) close() {
+	u.c.Close()
+	if u.br != nil {
+		putReader(u.br)
+		putWriter(u.bw)
+		u.br, u.bw = nil, nil
+	}
+}
+
+// alive reports whether an idle upstream connection can carry a request:
+// the peer has not closed it and sent nothing unasked (one MSG_PEEK).
+func (u *upConn) alive() bool {
+	if u.br.Buffered() > 0 {
+		return false
+	}
+	sc, ok := u.raw.(syscall.Conn)
+	if !ok {
+		return true
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	alive := false
+	err = rc.Read(func(fd uintptr) bool {
+		var b [1]byte
+		n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		alive = n < 0 && (err == syscall.EAGAIN || err == syscall.EWOULDBLOCK)
+		return true
+	})
+	return err == nil && alive
+}
+
+// upstream returns the connection for rs: the pinned one if it fits, else
+// an idle pooled one, else a new one.
+func (h *h1Conn) upstream(ctx context.Context, rs *reqState) (*upConn, error) {
+	key := upKey{scheme: rs.scheme, hostPort: rs.upHostPort, plan: rs.plan}
+	if rs.scheme == "https" {
+		key.serverName = rs.upHost
+	}
+	if u := h.up; u != nil {
+		if u.key == key && (time.Since(u.idleAt) < idleCheckAfter || u.alive()) {
+			return u, nil
+		}
+		h.releaseUp()
+	}
+	p := h.s.p
+	if !h.ci.viaCIDR {
+		for {
+			u := p.idle.get(key)
+			if u == nil {
+				break
+			}
+			if u.alive() {
+				h.up = u
+				return u, nil
+			}
+			u.close()
+		}
+	}
+	u, err := p.dialUp(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	h.up = u
+	return u, nil
+}
+
+// dropUp closes the pinned upstream connection.
+func (h *h1Conn) dropUp() {
+	if h.up != nil {
+		h.up.close()
+		h.up = nil
+	}
+}
+
+// releaseUp returns the pinned upstream connection to the idle pool (never
+// one of a connection admitted by a CIDR rule: those keep their own).
+func (h *h1Conn) releaseUp() {
+	u := h.up
+	if u == nil {
+		return
+	}
+	h.up = nil
+	if h.ci.viaCIDR || !h.s.p.idle.put(u, h.s.p.cfg.MaxIdleConnsPerHost) {
+		u.close()
+	}
+}
+
+// dialUp connects to key's upstream and, for https, verifies its
+// certificate for the server name against the configured roots.
+func (p *Proxy) dialUp(ctx context.Context, key upKey) (*upConn, error) {
+	raw, err := p.dial(ctx, "tcp", key.plan)
+	if err != nil {
+		return nil, err
+	}
+	c := raw
+	if key.scheme == "https" {
+		tc := tls.Client(raw, p.upstreamTLS(key.serverName))
+		hctx, cancel := context.WithTimeout(ctx, p.cfg.HandshakeTimeout)
+		err := tc.HandshakeContext(hctx)
+		cancel()
+		if err != nil {
+			raw.Close()
+			return nil, err
+		}
+		c = tc
+	}
+	return &upConn{key: key, raw: raw, c: c, br: getReader(c), bw: getWriter(c)}, nil
+}
+
+// upstreamTLS is the client configuration for an upstream name (cached:
+// one per name).
+func (p *Proxy) upstreamTLS(name string) *tls.Config {
+	if c, ok := p.upTLS.Load(name); ok {
+		return c.(*tls.Config)
+	}
+	c := &tls.Config{
+		ServerName:         name,
+		RootCAs:            p.cfg.RootCAs,
+		MinVersion:         tls.VersionTLS12,
+		ClientSessionCache: p.sessions,
+	}
+	if n := p.upTLSCount.Add(1); n > 4096 {
+		p.upTLS.Clear() // bound the cache; configurations are cheap to make
+		p.upTLSCount.Store(0)
+	}
+	p.upTLS.Store(name, c)
+	return c
+}
+
+// idlePool keeps upstream connections between client connections.
+type idlePool struct {
+	mu     sync.Mutex
+	conns  map[upKey][]*upConn
+	closed bool
+}
+
+// get takes the most recently idle connection for key, or nil.
+func (ip *idlePool) get(key upKey) *upConn {
+	ip.mu.Lock()
+	defer ip.mu.Unlock()
+	l := ip.conns[key]
+	if len(l) == 0 {
+		return nil
+	}
+	u := l[len(l)-1]
+	l[len(l)-1] = nil
+	if len(l) == 1 {
+		delete(ip.conns, key)
+	} else {
+		ip.conns[key] = l[:len(l)-1]
+	}
+	u.timer.Stop()
+	return u
+}
+
+// put keeps u for reuse; false when the pool is full or closed.
+func (ip *idlePool) put(u *upConn, max int) bool {
+	ip.mu.Lock()
+	defer ip.mu.Unlock()
+	if ip.closed || len(ip.conns[u.key]) >= max {
+		return false
+	}
+	if ip.conns == nil {
+		ip.conns = make(map[upKey][]*upConn)
+	}
+	ip.conns[u.key] = append(ip.conns[u.key], u)
+	u.idleAt = time.Now()
+	if u.timer == nil {
+		u.timer = time.AfterFunc(idleConnTimeout, func() { ip.expire(u) })
+	} else {
+		u.timer.Reset(idleConnTimeout)
+	}
+	return true
+}
+
+// idleConnTimeout closes pooled upstream connections idle for longer.
+const idleConnTimeout = 90 * time.Second
+
+func (ip *idlePool) expire(u *upConn) {
+	ip.mu.Lock()
+	l := ip.conns[u.key]
+	for i, x := range l {
+		if x == u {
+			l = append(l[:i], l[i+1:]...)
+			if len(l) == 0 {
+				delete(ip.conns, u.key)
+			} else {
+				ip.conns[u.key] = l
+			}
+			ip.mu.Unlock()
+			u.close()
+			return
+		}
+	}
+	ip.mu.Unlock()
+}
+
+// len is the number of idle connections.
+func (ip *idlePool) len() int {
+	ip.mu.Lock()
+	defer ip.mu.Unlock()
+	n := 0
+	for _, l := range ip.conns {
+		n += len(l)
+	}
+	return n
+}
+
+// closeAll closes every idle connection; later puts are refused.
+func (ip *idlePool) closeAll() {
+	ip.mu.Lock()
+	all := ip.conns
+	ip.conns, ip.closed = nil, true
+	ip.mu.Unlock()
+	for _, l := range all {
+		for _, u := range l {
+			u.timer.Stop()
+			u.close()
+		}
+	}
+}
