@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -136,11 +137,14 @@ func (s *server) serveH1(ctx context.Context, c net.Conn, ci *connInfo) {
 // serveOne serves one request; it reports whether the connection stays open.
 func (h *h1Conn) serveOne(ctx context.Context) bool {
 	cfg := &h.s.p.cfg
-	h.c.SetReadDeadline(time.Now().Add(cfg.IdleTimeout))
+	now := time.Now()
+	h.c.SetReadDeadline(now.Add(cfg.IdleTimeout))
 	if _, err := h.br.Peek(1); err != nil {
 		return false
 	}
-	h.c.SetReadDeadline(time.Now().Add(cfg.ReadHeaderTimeout))
+	if h.br.Buffered() < 4 || !bytesContainsHeadEnd(h.br) {
+		h.c.SetReadDeadline(time.Now().Add(cfg.ReadHeaderTimeout))
+	}
 	h.lr.n, h.lr.hit = maxHeaderBytes+4096, false
 	req, err := http.ReadRequest(h.br)
 	h.lr.n = math.MaxInt64
@@ -154,7 +158,11 @@ func (h *h1Conn) serveOne(ctx context.Context) bool {
 		}
 		return false
 	}
-	h.c.SetReadDeadline(time.Time{})
+	if req.Body != http.NoBody || upgradeType(req.Header) != "" {
+		// The body (or the upgraded stream) has no deadline; a request
+		// without one leaves the head's, replaced before the next read.
+		h.c.SetReadDeadline(time.Time{})
+	}
 	if code, msg := h1RequestError(req); code != 0 {
 		h.badRequest(code, msg)
 		return false
@@ -179,6 +187,15 @@ func (h *h1Conn) serveOne(ctx context.Context) bool {
 	h.s.finish(rs)
 	return keep
 }
+
+// bytesContainsHeadEnd reports whether br's buffer holds a whole request
+// head already (then no read of the head can block).
+func bytesContainsHeadEnd(br *bufio.Reader) bool {
+	b, _ := br.Peek(br.Buffered())
+	return bytes.Contains(b, crlfcrlf)
+}
+
+var crlfcrlf = []byte("\r\n\r\n")
 
 // h1RequestError applies http.Server's checks to a request head: a status
 // and message when it is refused.
@@ -290,8 +307,12 @@ func writeStatusLine(bw *bufio.Writer, req *http.Request, code int, text string)
 	} else {
 		bw.WriteString("HTTP/1.0 ")
 	}
-	var b [8]byte
-	bw.Write(strconv.AppendInt(b[:0], int64(code), 10))
+	if code < 100 || code > 999 {
+		code = http.StatusBadGateway // ReadResponse accepts only 3 digits
+	}
+	bw.WriteByte(byte('0' + code/100))
+	bw.WriteByte(byte('0' + code/10%10))
+	bw.WriteByte(byte('0' + code%10))
 	bw.WriteByte(' ')
 	bw.WriteString(text)
 	bw.WriteString("\r\n")
@@ -355,7 +376,7 @@ func (h *h1Conn) forward(ctx context.Context, req *http.Request, rs *reqState, c
 		reused := u.used
 		u.used = true
 		wrote := false
-		if err = req.Write(u.bw); err == nil {
+		if err = writeRequest(u.bw, req); err == nil {
 			err = u.bw.Flush()
 		}
 		if err == nil {
@@ -395,6 +416,106 @@ func (h *h1Conn) forward(ctx context.Context, req *http.Request, rs *reqState, c
 	return keep
 }
 
+// writeRequest writes req's head and body for an HTTP/1.1 upstream, as
+// Request.Write would for a client request (origin-form target, Host,
+// framing from ContentLength, request trailers), without adding a
+// User-Agent. The caller flushes.
+func writeRequest(bw *bufio.Writer, req *http.Request) error {
+	bw.WriteString(req.Method)
+	bw.WriteByte(' ')
+	bw.WriteString(req.URL.RequestURI())
+	bw.WriteString(" HTTP/1.1\r\n")
+	writeField(bw, "Host", req.Host)
+	delete(req.Header, "Content-Length")
+	delete(req.Header, "Transfer-Encoding")
+	body := req.Body
+	if body == http.NoBody {
+		body = nil
+	}
+	chunked := body != nil && req.ContentLength < 0
+	switch {
+	case chunked:
+		bw.WriteString("Transfer-Encoding: chunked\r\n")
+		if len(req.Trailer) > 0 {
+			keys := make([]string, 0, len(req.Trailer))
+			for k := range req.Trailer {
+				keys = append(keys, k)
+			}
+			writeField(bw, "Trailer", strings.Join(keys, ", "))
+		}
+	case req.ContentLength > 0:
+		var b [20]byte
+		bw.WriteString("Content-Length: ")
+		bw.Write(strconv.AppendInt(b[:0], req.ContentLength, 10))
+		bw.WriteString("\r\n")
+	case req.Method == http.MethodPost || req.Method == http.MethodPut || req.Method == http.MethodPatch:
+		bw.WriteString("Content-Length: 0\r\n")
+	}
+	writeHeader(bw, req.Header)
+	bw.WriteString("\r\n")
+	if body == nil {
+		return nil
+	}
+	if !chunked {
+		n, err := bw.ReadFrom(io.LimitReader(body, req.ContentLength))
+		if err == nil && n != req.ContentLength {
+			err = io.ErrUnexpectedEOF
+		}
+		return err
+	}
+	buf := copyBufs.Get().(*[32 << 10]byte)
+	defer copyBufs.Put(buf)
+	for {
+		n, err := body.Read(buf[:])
+		if n > 0 {
+			var hb [20]byte
+			bw.Write(strconv.AppendInt(hb[:0], int64(n), 16))
+			bw.WriteString("\r\n")
+			bw.Write(buf[:n])
+			bw.WriteString("\r\n")
+			// Streamed request bodies reach the upstream as they come.
+			if ferr := bw.Flush(); ferr != nil {
+				return ferr
+			}
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+	}
+	bw.WriteString("0\r\n")
+	for k, vv := range req.Trailer {
+		for _, v := range vv {
+			writeField(bw, k, v)
+		}
+	}
+	bw.WriteString("\r\n")
+	return nil
+}
+
+// writeHeader writes the fields of h (in map order).
+func writeHeader(bw *bufio.Writer, h http.Header) {
+	for k, vv := range h {
+		for _, v := range vv {
+			writeField(bw, k, v)
+		}
+	}
+}
+
+// writeField writes one header field; CR and LF in the value become
+// spaces, as in Header.Write, so no value can add a field.
+func writeField(bw *bufio.Writer, k, v string) {
+	bw.WriteString(k)
+	bw.WriteString(": ")
+	if strings.ContainsAny(v, "\r\n") {
+		v = strings.NewReplacer("\r", " ", "\n", " ").Replace(v)
+	}
+	bw.WriteString(strings.TrimSpace(v))
+	bw.WriteString("\r\n")
+}
+
 func replayable(req *http.Request) bool {
 	switch req.Method {
 	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
@@ -422,7 +543,7 @@ func (h *h1Conn) readResponse(u *upConn, req *http.Request) (*http.Response, err
 		if code != http.StatusContinue && req.ProtoAtLeast(1, 1) {
 			removeHopByHop(resp.Header)
 			writeStatusLine(h.bw, req, code, statusText(resp))
-			resp.Header.Write(h.bw)
+			writeHeader(h.bw, resp.Header)
 			h.bw.WriteString("\r\n")
 			if err := h.bw.Flush(); err != nil {
 				return nil, err
@@ -468,7 +589,7 @@ func (h *h1Conn) writeResponse(req *http.Request, resp *http.Response, closeAfte
 		closeAfter = true // the end of the body is the end of the connection
 	}
 	writeStatusLine(bw, req, code, statusText(resp))
-	hdr.Write(bw)
+	writeHeader(bw, hdr)
 	if chunked {
 		bw.WriteString("Transfer-Encoding: chunked\r\n")
 		if len(resp.Trailer) > 0 {
@@ -529,7 +650,7 @@ func (h *h1Conn) writeResponse(req *http.Request, resp *http.Response, closeAfte
 		bw.WriteString("0\r\n")
 		for k, vv := range resp.Trailer {
 			for _, v := range vv {
-				bw.WriteString(k + ": " + v + "\r\n")
+				writeField(bw, k, v)
 			}
 		}
 		bw.WriteString("\r\n")
@@ -551,7 +672,7 @@ func (h *h1Conn) switchProtocols(req *http.Request, resp *http.Response, rs *req
 	resp.Header["Connection"] = []string{"Upgrade"}
 	resp.Header["Upgrade"] = []string{respUp}
 	writeStatusLine(h.bw, req, resp.StatusCode, statusText(resp))
-	resp.Header.Write(h.bw)
+	writeHeader(h.bw, resp.Header)
 	h.bw.WriteString("\r\n")
 	if h.bw.Flush() != nil {
 		return false

@@ -70,6 +70,9 @@ func TestH1ProtocolEdges(t *testing.T) {
 			w.Header().Set("X-Private", "upstream-only")
 			w.Header().Set("Keep-Alive", "timeout=5")
 			io.WriteString(w, "hop")
+		case "/rtrailer":
+			b, _ := io.ReadAll(r.Body)
+			fmt.Fprintf(w, "body=%s trailer=%s", b, r.Trailer.Get("X-Sum"))
 		case "/te":
 			fmt.Fprintf(w, "te=%q", r.Header.Values("Te"))
 		default:
@@ -147,6 +150,10 @@ func TestH1ProtocolEdges(t *testing.T) {
 		resp, body = s.do("GET", "GET /hop HTTP/1.1\r\nHost: api.test\r\n\r\n")
 		if body != "hop" || resp.Header.Get("X-Private") != "" || resp.Header.Get("Keep-Alive") != "" {
 			t.Fatalf("hop-by-hop response headers relayed: %v", resp.Header)
+		}
+		_, body = s.do("POST", "POST /rtrailer HTTP/1.1\r\nHost: api.test\r\nTrailer: X-Sum\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-Sum: 42\r\n\r\n")
+		if body != "body=abc trailer=42" {
+			t.Fatalf("request trailer: %s", body)
 		}
 		_, body = s.do("GET", "GET /te HTTP/1.1\r\nHost: api.test\r\nTe: trailers, deflate\r\nConnection: Te\r\n\r\n")
 		if body != `te=["trailers"]` {
@@ -230,5 +237,15 @@ func countNew(n *atomic.Int64) func(net.Conn, http.ConnState) {
 		if st == http.StateNew {
 			n.Add(1)
 		}
+	}
+}
+
+func TestWriteFieldKeepsOneLine(t *testing.T) {
+	var b strings.Builder
+	bw := bufio.NewWriter(&b)
+	writeField(bw, "Authorization", "Bearer x\r\nX-Evil: 1\n")
+	bw.Flush()
+	if got := b.String(); got != "Authorization: Bearer x  X-Evil: 1\r\n" {
+		t.Fatalf("got %q", got)
 	}
 }

@@ -36,7 +36,7 @@ type Env struct {
 // Secret implements Provider.
 func (e Env) Secret(_ context.Context, scope Scope, name string) (string, error) {
 	if scope != Global || !ValidName(name) {
-		return "", fmt.Errorf("secret %s (%s) in environment: %w", name, scope, ErrNotFound)
+		return "", ErrNotFound // the chain names the secret and the scopes
 	}
 	get := e.Getenv
 	if get == nil {
@@ -63,7 +63,7 @@ const maxSecretFile = 1 << 20
 // Secret implements Provider.
 func (d Dir) Secret(_ context.Context, scope Scope, name string) (string, error) {
 	if scope != Global {
-		return "", fmt.Errorf("secret %s (%s) in %s: %w", name, scope, d.Path, ErrNotFound)
+		return "", ErrNotFound // the chain names the secret and the scopes
 	}
 	if name == "" || strings.Contains(name, "/") || strings.Contains(name, "..") || strings.ContainsRune(name, 0) || !ValidName(name) {
 		return "", fmt.Errorf("secret name %q is not allowed for a file provider", name)
@@ -106,7 +106,9 @@ func (m Static) Secret(_ context.Context, scope Scope, name string) (string, err
 	if v, ok := m[name]; ok && scope == Global {
 		return v, nil
 	}
-	return "", fmt.Errorf("secret %s (%s): %w", name, scope, ErrNotFound)
+	// Plain ErrNotFound: the chain asks every provider for the sandbox's
+	// scope first on every request, and names the secret when nothing has it.
+	return "", ErrNotFound
 }
 
 // Chain resolves a secret for a sandbox: the sandbox's scope first, then the
@@ -128,11 +130,12 @@ func (c *Chain) Lookup(ctx context.Context, sandbox, name string) (string, error
 	if !ValidName(name) {
 		return "", fmt.Errorf("invalid secret name %q", name)
 	}
-	scopes := []Scope{Global}
-	if sandbox != "" {
-		scopes = []Scope{SandboxScope(sandbox), Global}
+	scopes := [2]Scope{SandboxScope(sandbox), Global}
+	from := 0
+	if sandbox == "" {
+		from = 1
 	}
-	for _, sc := range scopes {
+	for _, sc := range scopes[from:] {
 		for _, p := range c.providers {
 			if err := ctx.Err(); err != nil {
 				return "", fmt.Errorf("resolving secret %s: %w", name, err)
