@@ -55,9 +55,15 @@ const maxHeaderBytes = 1 << 20
 // close before it carries the next request.
 const idleCheckAfter = 100 * time.Millisecond
 
+// Buffers. An idle client connection holds only its 4 KiB reader (as with
+// http.Server); the 16 KiB writer and the upstream connection's reader and
+// writer are taken from pools for the length of one exchange, so thousands
+// of idle keep-alive connections stay cheap. Large body reads and writes
+// bypass the buffers.
 var (
-	h1Readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 16<<10) }}
-	h1Writers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 16<<10) }}
+	clientReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4<<10) }}
+	h1Readers     = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 16<<10) }}
+	h1Writers     = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 16<<10) }}
 	// noUserAgent keeps Request.Write from adding its default User-Agent
 	// (an empty value is not written). Never modified.
 	noUserAgent = []string{""}
@@ -122,26 +128,36 @@ type h1Conn struct {
 func (s *server) serveH1(ctx context.Context, c net.Conn, ci *connInfo) {
 	h := &h1Conn{s: s, ci: ci, c: c}
 	h.lr.r, h.lr.n = c, math.MaxInt64
-	h.br = getReader(&h.lr)
-	h.bw = getWriter(c)
+	h.br = clientReaders.Get().(*bufio.Reader)
+	h.br.Reset(&h.lr)
 	defer func() {
 		h.releaseUp()
 		c.Close()
-		putReader(h.br)
-		putWriter(h.bw)
+		h.br.Reset(nil)
+		clientReaders.Put(h.br)
 	}()
-	for h.serveOne(ctx) {
+	for {
+		now := time.Now()
+		c.SetReadDeadline(now.Add(h.s.p.cfg.IdleTimeout))
+		if _, err := h.br.Peek(1); err != nil {
+			return
+		}
+		h.bw = getWriter(c)
+		keep := h.serveOne(ctx)
+		putWriter(h.bw)
+		h.bw = nil
+		if h.up != nil {
+			h.up.idle()
+		}
+		if !keep {
+			return
+		}
 	}
 }
 
-// serveOne serves one request; it reports whether the connection stays open.
+// serveOne serves one request that has started to arrive; it reports whether the connection stays open.
 func (h *h1Conn) serveOne(ctx context.Context) bool {
 	cfg := &h.s.p.cfg
-	now := time.Now()
-	h.c.SetReadDeadline(now.Add(cfg.IdleTimeout))
-	if _, err := h.br.Peek(1); err != nil {
-		return false
-	}
 	if h.br.Buffered() < 4 || !bytesContainsHeadEnd(h.br) {
 		h.c.SetReadDeadline(time.Now().Add(cfg.ReadHeaderTimeout))
 	}
@@ -373,6 +389,7 @@ func (h *h1Conn) forward(ctx context.Context, req *http.Request, rs *reqState, c
 		if err != nil {
 			return h.failed(req, rs, err)
 		}
+		u.busy()
 		reused := u.used
 		u.used = true
 		wrote := false
@@ -721,6 +738,19 @@ type upConn struct {
 
 func (u *upConn) close() {
 	u.c.Close()
+	u.idle()
+}
+
+// busy gives u its buffers for an exchange.
+func (u *upConn) busy() {
+	if u.br == nil {
+		u.br, u.bw = getReader(u.c), getWriter(u.c)
+	}
+}
+
+// idle returns u's buffers between exchanges (the caller has made sure
+// nothing is buffered: see forward).
+func (u *upConn) idle() {
 	if u.br != nil {
 		putReader(u.br)
 		putWriter(u.bw)
@@ -731,7 +761,7 @@ func (u *upConn) close() {
 // alive reports whether an idle upstream connection can carry a request:
 // the peer has not closed it and sent nothing unasked (one MSG_PEEK).
 func (u *upConn) alive() bool {
-	if u.br.Buffered() > 0 {
+	if u.br != nil && u.br.Buffered() > 0 {
 		return false
 	}
 	sc, ok := u.raw.(syscall.Conn)
@@ -827,7 +857,7 @@ func (p *Proxy) dialUp(ctx context.Context, key upKey) (*upConn, error) {
 		}
 		c = tc
 	}
-	return &upConn{key: key, raw: raw, c: c, br: getReader(c), bw: getWriter(c)}, nil
+	return &upConn{key: key, raw: raw, c: c}, nil
 }
 
 // upstreamTLS is the client configuration for an upstream name (cached:
