@@ -13,8 +13,12 @@
 //   - intercept: TLS is terminated with a leaf of the sandbox CA (ALPN h2 and
 //     http/1.1), every request is checked with MatchRequest, credentials are
 //     injected (replacing same-named client headers), and the request is
-//     forwarded over a pooled transport (HTTP/2 where the upstream offers it)
-//     that verifies the upstream certificate for the real host name.
+//     forwarded over an upstream connection verified for the real host
+//     name. HTTP/1.x clients are served by one loop per connection (h1.go:
+//     read, check, forward on a pinned upstream connection, relay, with no
+//     goroutine hand-off per request); HTTP/2 clients by http.Server and
+//     httputil.ReverseProxy over a pooled transport (HTTP/2 where the
+//     upstream offers it).
 //
 // Decision with names. A name from SNI or Host is trusted only when the
 // sandbox's resolver bound it to the original address (NameLookup), or bound
@@ -42,12 +46,18 @@
 // compressed bodies are not scanned for echoed secrets.
 //
 // Upstream connections. Requests of connections admitted by name share
-// pooled upstream connections keyed by the upstream name and port (across
-// client connections and sandboxes: every such connection was verified for
-// that name, and each request carries its own credentials); HTTP/2 clients
-// are forwarded over HTTP/2 where the upstream offers it, HTTP/1.1 clients
-// over HTTP/1.1. A connection admitted by a CIDR rule gets its own upstream
-// pool that only ever dials its original destination.
+// upstream connections keyed by the scheme, upstream name and port and dial
+// plan (across client connections and sandboxes: every such connection was
+// verified for that name, and each request carries its own credentials).
+// An HTTP/1.x client connection keeps the upstream connection its first
+// request used while the next requests go to the same upstream, and returns
+// it to an idle pool when it ends; an idle connection is checked for a peer
+// close before reuse (one MSG_PEEK), and a request without a body is
+// retried once on a fresh connection when a reused one turns out dead.
+// HTTP/2 clients are forwarded over HTTP/2 where the upstream offers it,
+// HTTP/1.1 clients over HTTP/1.1. A connection admitted by a CIDR rule
+// never shares: its upstream connections only ever dial its original
+// destination and are closed with it.
 //
 // Invariants:
 //   - No upstream request is sent before the upstream certificate verified
