@@ -121,6 +121,26 @@ type h1Conn struct {
 	bw *bufio.Writer
 	up *upConn
 	rs reqState
+	// linger: the connection ends with part of a request body unread, so
+	// it is closed gently (lingeringClose).
+	linger bool
+}
+
+// lingerTime bounds lingeringClose.
+const lingerTime = 500 * time.Millisecond
+
+// lingeringClose ends the sending side and reads what the client still
+// sends for a moment: closing a socket with unread data makes the kernel
+// reset the connection, and a client still uploading could lose the
+// answer it has been sent (http.Server does the same).
+func lingeringClose(c net.Conn, br *bufio.Reader) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	}
+	c.SetReadDeadline(time.Now().Add(lingerTime))
+	buf := copyBufs.Get().(*[32 << 10]byte)
+	defer copyBufs.Put(buf)
+	io.CopyBuffer(io.Discard, br, buf[:])
 }
 
 // serveH1 serves an intercepted HTTP/1.x connection until it ends, then
@@ -132,6 +152,9 @@ func (s *server) serveH1(ctx context.Context, c net.Conn, ci *connInfo) {
 	h.br.Reset(&h.lr)
 	defer func() {
 		h.releaseUp()
+		if h.linger {
+			lingeringClose(c, h.br)
+		}
 		c.Close()
 		h.br.Reset(nil)
 		clientReaders.Put(h.br)
@@ -261,6 +284,7 @@ func (h *h1Conn) handle(ctx context.Context, req *http.Request, rs *reqState, ex
 		// connection; a client waiting for 100-continue never sends it.
 		if expect || !discardBody(req.Body) {
 			closeAfter = true
+			h.linger = !expect
 		}
 		return h.writeText(code, body, req, closeAfter) && !closeAfter
 	}
@@ -396,6 +420,28 @@ func (h *h1Conn) forward(ctx context.Context, req *http.Request, rs *reqState, c
 		if err = writeRequest(u.bw, req); err == nil {
 			err = u.bw.Flush()
 		}
+		var be bodyError
+		if errors.As(err, &be) {
+			// The client's body failed (it went away, or its chunking is
+			// broken): nothing sensible reaches the upstream.
+			h.dropUp()
+			h.linger = true
+			rs.status, rs.errMsg = http.StatusBadRequest, "reading the request body: "+be.err.Error()
+			h.writeText(http.StatusBadRequest, "sluice: "+rs.errMsg+"\n", req, true)
+			return false
+		}
+		if err != nil && req.Body != nil && req.Body != http.NoBody {
+			// An upstream may answer early and stop reading a body it
+			// refuses (401, 413): relay that answer rather than a 502.
+			u.c.SetReadDeadline(time.Now().Add(earlyAnswerWait))
+			if r, rerr := http.ReadResponse(u.br, req); rerr == nil && r.StatusCode >= 200 {
+				u.c.SetReadDeadline(time.Time{})
+				resp, err, closeAfter = r, nil, true
+				r.Close = true // the upstream connection is spent
+				h.linger = true
+				break
+			}
+		}
 		if err == nil {
 			wrote = true
 			resp, err = h.readResponse(u, req)
@@ -474,9 +520,13 @@ func writeRequest(bw *bufio.Writer, req *http.Request) error {
 		return nil
 	}
 	if !chunked {
-		n, err := bw.ReadFrom(io.LimitReader(body, req.ContentLength))
+		br := bodyReader{r: io.LimitReader(body, req.ContentLength)}
+		n, err := bw.ReadFrom(&br)
+		if br.err != nil {
+			return bodyError{br.err}
+		}
 		if err == nil && n != req.ContentLength {
-			err = io.ErrUnexpectedEOF
+			err = bodyError{io.ErrUnexpectedEOF}
 		}
 		return err
 	}
@@ -484,6 +534,9 @@ func writeRequest(bw *bufio.Writer, req *http.Request) error {
 	defer copyBufs.Put(buf)
 	for {
 		n, err := body.Read(buf[:])
+		if err != nil && err != io.EOF {
+			return bodyError{err}
+		}
 		if n > 0 {
 			var hb [20]byte
 			bw.Write(strconv.AppendInt(hb[:0], int64(n), 16))
@@ -498,9 +551,6 @@ func writeRequest(bw *bufio.Writer, req *http.Request) error {
 		if err == io.EOF {
 			break
 		}
-		if err != nil {
-			return err
-		}
 	}
 	bw.WriteString("0\r\n")
 	for k, vv := range req.Trailer {
@@ -511,6 +561,32 @@ func writeRequest(bw *bufio.Writer, req *http.Request) error {
 	bw.WriteString("\r\n")
 	return nil
 }
+
+// bodyError is a failure to read the client's request body.
+type bodyError struct{ err error }
+
+func (e bodyError) Error() string { return "reading the request body: " + e.err.Error() }
+
+func (e bodyError) Unwrap() error { return e.err }
+
+// bodyReader records the error of the client's body apart from those of
+// the upstream write.
+type bodyReader struct {
+	r   io.Reader
+	err error
+}
+
+func (b *bodyReader) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if err != nil && err != io.EOF {
+		b.err = err
+	}
+	return n, err
+}
+
+// earlyAnswerWait bounds the wait for an upstream's answer after it
+// stopped reading a request body.
+const earlyAnswerWait = 2 * time.Second
 
 // writeHeader writes the fields of h (in map order).
 func writeHeader(bw *bufio.Writer, h http.Header) {
@@ -580,6 +656,7 @@ func statusText(resp *http.Response) string {
 // failed answers 502 for an upstream failure and ends the connection (the
 // request body may be half read).
 func (h *h1Conn) failed(req *http.Request, rs *reqState, err error) bool {
+	h.linger = req.Body != nil && req.Body != http.NoBody
 	msg := rs.upstreamFailed(err)
 	h.writeText(http.StatusBadGateway, "sluice: "+msg+"\n", req, true)
 	return false

@@ -249,3 +249,52 @@ func TestWriteFieldKeepsOneLine(t *testing.T) {
 		t.Fatalf("got %q", got)
 	}
 }
+
+// TestH1EarlyUpstreamAnswer: an upstream that refuses a large upload
+// without reading it: the sandbox gets the upstream's answer, not a 502.
+func TestH1EarlyUpstreamAnswer(t *testing.T) {
+	up := newUpstream(t, "127.0.0.1", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/upload" {
+			w.WriteHeader(http.StatusRequestEntityTooLarge)
+			io.WriteString(w, "too large")
+			return
+		}
+		io.WriteString(w, "ok")
+	}))
+	dst := addrPort(t, up.URL)
+	e := newEnv(t, fmt.Sprintf(`
+version: 1
+rules:
+  - name: api
+    hosts: [api.test]
+    ports: [%d]
+    paths: ["/upload"]
+    headers: [{name: Authorization, type: secret, value: "Bearer {TOKEN}"}]
+`, dst.Port()))
+	e.bind("api.test", dst)
+	c := e.client(false)
+	for _, tt := range []struct {
+		path, want string
+		code       int
+	}{
+		{"/upload", "too large", http.StatusRequestEntityTooLarge}, // the upstream's answer
+		{"/elsewhere", "sluice policy", http.StatusForbidden},      // sluice's, body unread
+	} {
+		resp, err := c.Post(fmt.Sprintf("https://api.test:%d%s", dst.Port(), tt.path), "application/octet-stream",
+			io.LimitReader(zeroReader{}, 64<<20))
+		if err != nil {
+			t.Fatalf("%s: %v", tt.path, err)
+		}
+		body := readAll(t, resp)
+		if resp.StatusCode != tt.code || !strings.Contains(body, tt.want) {
+			t.Fatalf("%s: got %d %q, want %d with %q", tt.path, resp.StatusCode, body, tt.code, tt.want)
+		}
+	}
+}
+
+type zeroReader struct{}
+
+func (zeroReader) Read(p []byte) (int, error) {
+	clear(p)
+	return len(p), nil
+}
