@@ -51,7 +51,7 @@
 // verified for that name, and each request carries its own credentials).
 // An HTTP/1.x client connection keeps the upstream connection its first
 // request used while the next requests go to the same upstream, and returns
-// it to an idle pool when it ends; an idle connection is checked for a peer
+// it to an idle pool when it ends or sits idle for a second; an idle connection is checked for a peer
 // close before reuse (one MSG_PEEK), and a request without a body is
 // retried once on a fresh connection when a reused one turns out dead.
 // HTTP/2 clients are forwarded over HTTP/2 where the upstream offers it,

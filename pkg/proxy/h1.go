@@ -51,6 +51,10 @@ import (
 // maxHeaderBytes bounds a request head, as http.Server's MaxHeaderBytes.
 const maxHeaderBytes = 1 << 20
 
+// pinnedIdle: a client connection idle for longer returns its upstream
+// connection to the pool.
+const pinnedIdle = time.Second
+
 // idleCheckAfter: a pinned upstream idle for longer is checked for a peer
 // close before it carries the next request.
 const idleCheckAfter = 100 * time.Millisecond
@@ -159,11 +163,22 @@ func (s *server) serveH1(ctx context.Context, c net.Conn, ci *connInfo) {
 		h.br.Reset(nil)
 		clientReaders.Put(h.br)
 	}()
+	idleTimeout := h.s.p.cfg.IdleTimeout
 	for {
+		// Wait for the next request; a client idle for longer than
+		// pinnedIdle gives its upstream connection back to the pool, so
+		// idle keep-alive clients do not hold upstream connections open.
 		now := time.Now()
-		c.SetReadDeadline(now.Add(h.s.p.cfg.IdleTimeout))
+		c.SetReadDeadline(now.Add(min(pinnedIdle, idleTimeout)))
 		if _, err := h.br.Peek(1); err != nil {
-			return
+			if !isTimeout(err) || idleTimeout <= pinnedIdle {
+				return
+			}
+			h.releaseUp()
+			c.SetReadDeadline(now.Add(idleTimeout))
+			if _, err := h.br.Peek(1); err != nil {
+				return
+			}
 		}
 		h.bw = getWriter(c)
 		keep := h.serveOne(ctx)

@@ -298,3 +298,35 @@ func (zeroReader) Read(p []byte) (int, error) {
 	clear(p)
 	return len(p), nil
 }
+
+// TestH1IdleClientReleasesUpstream: a keep-alive client that goes quiet
+// gives its upstream connection back to the pool, and its next request
+// still works.
+func TestH1IdleClientReleasesUpstream(t *testing.T) {
+	up := newUpstream(t, "127.0.0.1", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "ok")
+	}))
+	dst := addrPort(t, up.URL)
+	e := newEnv(t, apiPolicy(dst.Port()))
+	e.bind("api.test", dst)
+	s := newRawSession(t, e, dst, "api.test")
+	for i := range 2 {
+		resp, body := s.do("GET", "GET /x HTTP/1.1\r\nHost: api.test\r\n\r\n")
+		if resp.StatusCode != 200 || body != "ok" {
+			t.Fatalf("request %d: %d %q", i, resp.StatusCode, body)
+		}
+		if i == 1 {
+			break
+		}
+		if n := e.p.idle.len(); n != 0 {
+			t.Fatalf("%d idle upstream connections right after a request; want the connection pinned", n)
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for e.p.idle.len() == 0 {
+			if time.Now().After(deadline) {
+				t.Fatal("the idle client's upstream connection never reached the pool")
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+}
