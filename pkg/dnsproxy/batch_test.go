@@ -1,0 +1,136 @@
+package dnsproxy
+
+import (
+	"context"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/sluice-dev/sluice/pkg/audit"
+)
+
+// TestUDPBatches sends bursts of queries without waiting, so that the
+// reader gets them in batches, on IPv4 and IPv6 loopback: fast path hits,
+// refused names and malformed messages mixed. Every query gets exactly one
+// answer with its id and the right rcode and exactly one audit event, and
+// nothing disallowed reaches the upstream.
+func TestUDPBatches(t *testing.T) {
+	up := startUpstream(t, zone("allowed.test. 300 IN A 192.0.2.10"))
+	for _, host := range []string{"127.0.0.1", "::1"} {
+		t.Run(host, func(t *testing.T) {
+			e := newEnv(t, Config{Upstreams: []string{up.addr}}, newTestPolicy("allowed.test"))
+			pc, err := net.ListenPacket("udp", net.JoinHostPort(host, "0"))
+			if err != nil {
+				t.Skipf("no %s: %v", host, err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- e.r.Serve(ctx, e.sb, pc, nil) }()
+			defer func() {
+				cancel()
+				if err := <-done; err != nil {
+					t.Errorf("Serve: %v", err)
+				}
+			}()
+			c, err := net.Dial("udp", pc.LocalAddr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+
+			kinds := []struct {
+				name  string
+				rcode int // -1: no answer expected
+			}{
+				{"allowed.test.", dns.RcodeSuccess},
+				{"ALLOWED.test.", dns.RcodeSuccess},
+				{"denied.test.", dns.RcodeNameError},
+				{"", dns.RcodeFormatError}, // header only, no question
+				{"short", -1},              // not a DNS header: dropped
+			}
+			const rounds, burst = 4, 100
+			want := map[uint16]int{}
+			sent := 0
+			id := uint16(1)
+			for range rounds {
+				for i := range burst {
+					k := kinds[i%len(kinds)]
+					var wire []byte
+					switch k.name {
+					case "short":
+						wire = []byte{0, 0, 1}
+					case "":
+						wire = []byte{byte(id >> 8), byte(id), 1, 0, 0, 0, 0, 0, 0, 0, 0, 0}
+					default:
+						q := new(dns.Msg)
+						q.SetQuestion(k.name, dns.TypeA)
+						q.Id = id
+						if i%2 == 0 {
+							q.SetEdns0(1232, false)
+						}
+						if wire, err = q.Pack(); err != nil {
+							t.Fatal(err)
+						}
+					}
+					if k.rcode >= 0 {
+						want[id] = k.rcode
+					}
+					id++
+					sent++
+					if _, err := c.Write(wire); err != nil {
+						t.Fatal(err)
+					}
+				}
+				// Collect this burst's answers before the next one, so the
+				// socket buffers never overflow.
+				buf := make([]byte, 4096)
+				c.SetReadDeadline(time.Now().Add(3 * time.Second))
+				for got := 0; got < burst/len(kinds)*(len(kinds)-1); got++ {
+					n, err := c.Read(buf)
+					if err != nil {
+						t.Fatalf("%d answers missing: %v", len(want), err)
+					}
+					m := new(dns.Msg)
+					if err := m.Unpack(buf[:n]); err != nil {
+						t.Fatalf("answer does not unpack: %v", err)
+					}
+					rcode, ok := want[m.Id]
+					if !ok {
+						t.Fatalf("unexpected or second answer to id %d", m.Id)
+					}
+					delete(want, m.Id)
+					if m.Rcode != rcode {
+						t.Errorf("id %d: rcode %s, want %s", m.Id, dns.RcodeToString[m.Rcode], dns.RcodeToString[rcode])
+					}
+					if rcode == dns.RcodeSuccess && len(m.Answer) != 1 {
+						t.Errorf("id %d: answer %v", m.Id, m)
+					}
+				}
+			}
+			if len(want) != 0 {
+				t.Fatalf("%d queries unanswered", len(want))
+			}
+			deadline := time.Now().Add(2 * time.Second)
+			for len(e.ev.all()) < sent && time.Now().Before(deadline) {
+				time.Sleep(10 * time.Millisecond)
+			}
+			evs := e.ev.all()
+			if len(evs) != sent {
+				t.Fatalf("%d events for %d queries", len(evs), sent)
+			}
+			for _, ev := range evs {
+				if ev.Kind != audit.KindDNS || ev.Sandbox != "sb1" {
+					t.Fatalf("event %+v", ev)
+				}
+			}
+			for _, l := range up.queries() {
+				if !strings.HasPrefix(l, "allowed.test. ") {
+					t.Errorf("upstream saw %q", l)
+				}
+			}
+		})
+	}
+}
