@@ -3,7 +3,9 @@ package dnsproxy
 import (
 	"context"
 	"net"
+	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -22,6 +24,8 @@ func TestUDPBatches(t *testing.T) {
 	for _, host := range []string{"127.0.0.1", "::1"} {
 		t.Run(host, func(t *testing.T) {
 			e := newEnv(t, Config{Upstreams: []string{up.addr}}, newTestPolicy("allowed.test"))
+			origins := &originRec{}
+			e.sb.Origins = origins
 			pc, err := net.ListenPacket("udp", net.JoinHostPort(host, "0"))
 			if err != nil {
 				t.Skipf("no %s: %v", host, err)
@@ -122,9 +126,20 @@ func TestUDPBatches(t *testing.T) {
 				t.Fatalf("%d events for %d queries", len(evs), sent)
 			}
 			for _, ev := range evs {
-				if ev.Kind != audit.KindDNS || ev.Sandbox != "sb1" {
+				if ev.Kind != audit.KindDNS || ev.Sandbox != "sb1" || ev.PID != 7 {
 					t.Fatalf("event %+v", ev)
 				}
+			}
+			// The origin of every query was looked up by the client's
+			// address (the kernel's record is keyed by its port).
+			client := c.LocalAddr().(*net.UDPAddr).AddrPort()
+			for _, ap := range origins.all() {
+				if ap.Port() != client.Port() || ap.Addr().Unmap() != client.Addr().Unmap() {
+					t.Fatalf("origin looked up for %v, client is %v", ap, client)
+				}
+			}
+			if n := len(origins.all()); n != sent {
+				t.Fatalf("%d origin lookups for %d queries", n, sent)
 			}
 			for _, l := range up.queries() {
 				if !strings.HasPrefix(l, "allowed.test. ") {
@@ -133,4 +148,23 @@ func TestUDPBatches(t *testing.T) {
 			}
 		})
 	}
+}
+
+// originRec answers every origin lookup with pid 7 and records the client.
+type originRec struct {
+	mu      sync.Mutex
+	clients []netip.AddrPort
+}
+
+func (o *originRec) QueryOrigin(client netip.AddrPort, tcp bool) (uint32, string, bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.clients = append(o.clients, client)
+	return 7, "dig", true
+}
+
+func (o *originRec) all() []netip.AddrPort {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return append([]netip.AddrPort(nil), o.clients...)
 }
