@@ -3,6 +3,7 @@ package dnsproxy
 import (
 	"net"
 	"net/netip"
+	"runtime"
 	"sync"
 )
 
@@ -74,6 +75,12 @@ func (h *handler) readBatches(uc *net.UDPConn, wg *sync.WaitGroup, sem chan stru
 			ev.Time = now
 			h.emit(ev, b.peers[i], false)
 		}
+		// The reader gives up its P only when the socket is empty (its
+		// system calls are raw), so under sustained load the goroutines
+		// it wakes, the audit logger's above all, would wait for
+		// preemption and its sink queues overflow. A yield per batch
+		// costs a few nanoseconds per query.
+		runtime.Gosched()
 		if n == len(b.n) && n < maxBatch {
 			b.grow(2 * n)
 			bc.grow(2 * n)

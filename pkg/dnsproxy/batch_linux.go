@@ -1,6 +1,7 @@
 package dnsproxy
 
 import (
+	"encoding/binary"
 	"errors"
 	"net"
 	"net/netip"
@@ -33,10 +34,12 @@ type batchConn struct {
 	riovs  []unix.Iovec
 	rnames []unix.RawSockaddrInet6 // room for either family
 
-	whdrs []unix.Mmsghdr
-	wiovs []unix.Iovec
-	widx  []int          // query index of each message in whdrs
-	whs   []unix.Mmsghdr // the messages left to send
+	whdrs  []unix.Mmsghdr
+	wiovs  []unix.Iovec   // wiovs[j] holds the answer to b.hits[j]
+	wstart []int          // message m sends b.hits[wstart[m]:wstart[m+1]]
+	whs    []unix.Mmsghdr // the messages left to send
+	cmsgs  []byte         // a UDP_SEGMENT control message per message
+	gso    bool           // group answers with UDP_SEGMENT
 
 	n      int
 	errno  syscall.Errno
@@ -49,7 +52,7 @@ func newBatchConn(uc *net.UDPConn) (*batchConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &batchConn{rc: rc}
+	c := &batchConn{rc: rc, gso: true}
 	c.readF = func(fd uintptr) bool { return c.mmsg(unix.SYS_RECVMMSG, fd, c.rhdrs) }
 	c.writeF = func(fd uintptr) bool { return c.mmsg(unix.SYS_SENDMMSG, fd, c.whs) }
 	return c, nil
@@ -76,7 +79,8 @@ func (c *batchConn) grow(n int) {
 	c.rnames = make([]unix.RawSockaddrInet6, n)
 	c.whdrs = make([]unix.Mmsghdr, n)
 	c.wiovs = make([]unix.Iovec, n)
-	c.widx = make([]int, 0, n)
+	c.wstart = make([]int, 0, n+1)
+	c.cmsgs = make([]byte, n*gsoCmsgSpace)
 }
 
 // read fills b with up to len(b.n) datagrams, waiting for the first.
@@ -121,31 +125,83 @@ func sockaddrPeer(sa *unix.RawSockaddrInet6, l uint32) netip.AddrPort {
 	return netip.AddrPort{}
 }
 
+// maxGSOBytes bounds the payload of one UDP_SEGMENT send (a UDP
+// datagram's limit, less room for headers).
+const maxGSOBytes = 60000
+
 // write sends b.outs[i] for every i in b.hits to the address b.bufs[i] came
-// from, as few sendmmsg calls as the kernel takes. A message sendmmsg
-// refuses is handed to alone (one write that logs why it failed).
+// from, in as few sendmmsg calls as the kernel takes. Consecutive answers
+// of one size to one peer (a client with many queries in flight) go as one
+// message with UDP_SEGMENT: the kernel cuts it into datagrams after the
+// loopback hop, so the output path runs once for the group. A message
+// sendmmsg refuses has its answers handed to alone (one write each, which
+// logs why it failed); a refused group also turns segmentation off for the
+// socket, for kernels or devices without it.
 func (c *batchConn) write(b *udpBatch, alone func(i int)) {
-	c.widx = c.widx[:0]
-	for j, i := range b.hits {
-		c.wiovs[j].Base = &b.outs[i][0]
-		c.wiovs[j].SetLen(len(b.outs[i]))
-		h := &c.whdrs[j].Hdr
+	hits := b.hits
+	c.wstart = c.wstart[:0]
+	for j := 0; j < len(hits); {
+		i := hits[j]
+		size := len(b.outs[i])
+		k := j + 1
+		if c.gso {
+			for k < len(hits) && (k-j+1)*size <= maxGSOBytes &&
+				len(b.outs[hits[k]]) == size && c.samePeer(i, hits[k]) {
+				k++
+			}
+		}
+		for x := j; x < k; x++ {
+			c.wiovs[x].Base = &b.outs[hits[x]][0]
+			c.wiovs[x].SetLen(size)
+		}
+		m := len(c.wstart)
+		h := &c.whdrs[m].Hdr
 		*h = unix.Msghdr{Name: (*byte)(unsafe.Pointer(&c.rnames[i])), Namelen: c.rhdrs[i].Hdr.Namelen, Iov: &c.wiovs[j]}
-		h.SetIovlen(1)
-		c.widx = append(c.widx, i)
+		h.SetIovlen(k - j)
+		if k-j > 1 {
+			cm := c.cmsgs[m*gsoCmsgSpace : (m+1)*gsoCmsgSpace]
+			ch := (*unix.Cmsghdr)(unsafe.Pointer(&cm[0]))
+			ch.Level, ch.Type = unix.SOL_UDP, unix.UDP_SEGMENT
+			ch.SetLen(unix.CmsgLen(2))
+			binary.NativeEndian.PutUint16(cm[unix.CmsgLen(0):], uint16(size))
+			h.Control = &cm[0]
+			h.SetControllen(gsoCmsgSpace)
+		}
+		c.wstart = append(c.wstart, j)
+		j = k
 	}
-	c.whs = c.whdrs[:len(c.widx)]
-	for len(c.whs) > 0 {
+	c.wstart = append(c.wstart, len(hits))
+	c.whs = c.whdrs[:len(c.wstart)-1]
+	for m := 0; len(c.whs) > 0; {
 		c.n, c.errno = 0, 0
 		err := c.rc.Write(c.writeF)
 		if err == nil && c.errno == 0 && c.n > 0 {
-			c.whs, c.widx = c.whs[c.n:], c.widx[c.n:]
+			c.whs, m = c.whs[c.n:], m+c.n
 			continue
 		}
 		if errors.Is(err, net.ErrClosed) {
 			return
 		}
-		alone(c.widx[0])
-		c.whs, c.widx = c.whs[1:], c.widx[1:]
+		if c.wstart[m+1]-c.wstart[m] > 1 {
+			c.gso = false
+		}
+		for x := c.wstart[m]; x < c.wstart[m+1]; x++ {
+			alone(hits[x])
+		}
+		c.whs, m = c.whs[1:], m+1
 	}
+}
+
+// gsoCmsgSpace is the room for one UDP_SEGMENT control message.
+var gsoCmsgSpace = unix.CmsgSpace(2)
+
+// samePeer reports whether queries a and b came from the same sockaddr.
+func (c *batchConn) samePeer(a, b int) bool {
+	la, lb := c.rhdrs[a].Hdr.Namelen, c.rhdrs[b].Hdr.Namelen
+	if la != lb || la > unix.SizeofSockaddrInet6 {
+		return false
+	}
+	na := (*[unix.SizeofSockaddrInet6]byte)(unsafe.Pointer(&c.rnames[a]))
+	nb := (*[unix.SizeofSockaddrInet6]byte)(unsafe.Pointer(&c.rnames[b]))
+	return string(na[:la]) == string(nb[:lb])
 }
