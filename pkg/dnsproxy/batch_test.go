@@ -18,7 +18,8 @@ import (
 // reader gets them in batches, on IPv4 and IPv6 loopback: fast path hits,
 // refused names and malformed messages mixed. Every query gets exactly one
 // answer with its id and the right rcode and exactly one audit event, and
-// nothing disallowed reaches the upstream.
+// nothing disallowed reaches the upstream. Two clients take turns, so
+// answers grouped for UDP_SEGMENT must stay with their own peer.
 func TestUDPBatches(t *testing.T) {
 	up := startUpstream(t, zone("allowed.test. 300 IN A 192.0.2.10"))
 	for _, host := range []string{"127.0.0.1", "::1"} {
@@ -39,11 +40,17 @@ func TestUDPBatches(t *testing.T) {
 					t.Errorf("Serve: %v", err)
 				}
 			}()
-			c, err := net.Dial("udp", pc.LocalAddr().String())
-			if err != nil {
-				t.Fatal(err)
+			// Two clients, taking turns: adjacent answers of one size go to
+			// different peers and must not be sent as one group.
+			var clients [2]net.Conn
+			for ci := range clients {
+				c, err := net.Dial("udp", pc.LocalAddr().String())
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
+				clients[ci] = c
 			}
-			defer c.Close()
 
 			kinds := []struct {
 				name  string
@@ -56,12 +63,15 @@ func TestUDPBatches(t *testing.T) {
 				{"short", -1},              // not a DNS header: dropped
 			}
 			const rounds, burst = 4, 100
-			want := map[uint16]int{}
+			type answer struct{ rcode, client int }
+			want := map[uint16]answer{}
 			sent := 0
 			id := uint16(1)
 			for range rounds {
+				var expect [2]int
 				for i := range burst {
 					k := kinds[i%len(kinds)]
+					ci := i % 2
 					var wire []byte
 					switch k.name {
 					case "short":
@@ -72,7 +82,7 @@ func TestUDPBatches(t *testing.T) {
 						q := new(dns.Msg)
 						q.SetQuestion(k.name, dns.TypeA)
 						q.Id = id
-						if i%2 == 0 {
+						if i/len(kinds)%2 == 0 {
 							q.SetEdns0(1232, false)
 						}
 						if wire, err = q.Pack(); err != nil {
@@ -80,37 +90,40 @@ func TestUDPBatches(t *testing.T) {
 						}
 					}
 					if k.rcode >= 0 {
-						want[id] = k.rcode
+						want[id] = answer{k.rcode, ci}
+						expect[ci]++
 					}
 					id++
 					sent++
-					if _, err := c.Write(wire); err != nil {
+					if _, err := clients[ci].Write(wire); err != nil {
 						t.Fatal(err)
 					}
 				}
 				// Collect this burst's answers before the next one, so the
 				// socket buffers never overflow.
 				buf := make([]byte, 4096)
-				c.SetReadDeadline(time.Now().Add(3 * time.Second))
-				for got := 0; got < burst/len(kinds)*(len(kinds)-1); got++ {
-					n, err := c.Read(buf)
-					if err != nil {
-						t.Fatalf("%d answers missing: %v", len(want), err)
-					}
-					m := new(dns.Msg)
-					if err := m.Unpack(buf[:n]); err != nil {
-						t.Fatalf("answer does not unpack: %v", err)
-					}
-					rcode, ok := want[m.Id]
-					if !ok {
-						t.Fatalf("unexpected or second answer to id %d", m.Id)
-					}
-					delete(want, m.Id)
-					if m.Rcode != rcode {
-						t.Errorf("id %d: rcode %s, want %s", m.Id, dns.RcodeToString[m.Rcode], dns.RcodeToString[rcode])
-					}
-					if rcode == dns.RcodeSuccess && len(m.Answer) != 1 {
-						t.Errorf("id %d: answer %v", m.Id, m)
+				for ci, c := range clients {
+					c.SetReadDeadline(time.Now().Add(3 * time.Second))
+					for range expect[ci] {
+						n, err := c.Read(buf)
+						if err != nil {
+							t.Fatalf("client %d: %d answers missing: %v", ci, len(want), err)
+						}
+						m := new(dns.Msg)
+						if err := m.Unpack(buf[:n]); err != nil {
+							t.Fatalf("answer does not unpack: %v", err)
+						}
+						a, ok := want[m.Id]
+						if !ok || a.client != ci {
+							t.Fatalf("client %d: unexpected or second answer to id %d (%+v)", ci, m.Id, a)
+						}
+						delete(want, m.Id)
+						if m.Rcode != a.rcode {
+							t.Errorf("id %d: rcode %s, want %s", m.Id, dns.RcodeToString[m.Rcode], dns.RcodeToString[a.rcode])
+						}
+						if a.rcode == dns.RcodeSuccess && len(m.Answer) != 1 {
+							t.Errorf("id %d: answer %v", m.Id, m)
+						}
 					}
 				}
 			}
@@ -132,10 +145,11 @@ func TestUDPBatches(t *testing.T) {
 			}
 			// The origin of every query was looked up by the client's
 			// address (the kernel's record is keyed by its port).
-			client := c.LocalAddr().(*net.UDPAddr).AddrPort()
 			for _, ap := range origins.all() {
-				if ap.Port() != client.Port() || ap.Addr().Unmap() != client.Addr().Unmap() {
-					t.Fatalf("origin looked up for %v, client is %v", ap, client)
+				c0 := clients[0].LocalAddr().(*net.UDPAddr).AddrPort()
+				c1 := clients[1].LocalAddr().(*net.UDPAddr).AddrPort()
+				if ap.Addr().Unmap() != c0.Addr().Unmap() || ap.Port() != c0.Port() && ap.Port() != c1.Port() {
+					t.Fatalf("origin looked up for %v, clients are %v and %v", ap, c0, c1)
 				}
 			}
 			if n := len(origins.all()); n != sent {
