@@ -18,8 +18,8 @@ import (
 // reader gets them in batches, on IPv4 and IPv6 loopback: fast path hits,
 // refused names and malformed messages mixed. Every query gets exactly one
 // answer with its id and the right rcode and exactly one audit event, and
-// nothing disallowed reaches the upstream. Two clients take turns, so
-// answers grouped for UDP_SEGMENT must stay with their own peer.
+// nothing disallowed reaches the upstream. Answers grouped for
+// UDP_SEGMENT arrive as datagrams of their own, at their own peer.
 func TestUDPBatches(t *testing.T) {
 	up := startUpstream(t, zone("allowed.test. 300 IN A 192.0.2.10"))
 	for _, host := range []string{"127.0.0.1", "::1"} {
@@ -49,8 +49,10 @@ func testUDPBatches(t *testing.T, up *upstream, host string, setup func(*testing
 			t.Errorf("Serve: %v", err)
 		}
 	}()
-	// Two clients, taking turns: adjacent answers of one size go to
-	// different peers and must not be sent as one group.
+	// Two clients. In the first half of a burst they take turns, so
+	// adjacent answers of one size go to different peers and must not be
+	// sent as one group; in the second half client 0 sends alone, all
+	// without EDNS, so its answers are one size and do form groups.
 	var clients [2]net.Conn
 	for ci := range clients {
 		c, err := net.Dial("udp", pc.LocalAddr().String())
@@ -80,7 +82,10 @@ func testUDPBatches(t *testing.T, up *upstream, host string, setup func(*testing
 		var expect [2]int
 		for i := range burst {
 			k := kinds[i%len(kinds)]
-			ci := i % 2
+			ci, edns := i%2, i/len(kinds)%2 == 0
+			if i >= burst/2 {
+				ci, edns = 0, false
+			}
 			var wire []byte
 			switch k.name {
 			case "short":
@@ -91,7 +96,7 @@ func testUDPBatches(t *testing.T, up *upstream, host string, setup func(*testing
 				q := new(dns.Msg)
 				q.SetQuestion(k.name, dns.TypeA)
 				q.Id = id
-				if i/len(kinds)%2 == 0 {
+				if edns {
 					q.SetEdns0(1232, false)
 				}
 				if wire, err = q.Pack(); err != nil {
