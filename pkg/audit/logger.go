@@ -368,8 +368,13 @@ func (w *sinkWorker) run() {
 	defer close(w.done)
 	fl, _ := w.sink.(Flusher)
 	var pending, pendingOK uint64
+	// One Event for the worker's life: WriteEvent takes a pointer, which
+	// would move an Event declared in the loop to the heap once per event.
+	// Sinks do not retain ev, so reusing it is safe.
+	var ev Event
 	for {
-		ev, ok := <-w.queue
+		var ok bool
+		ev, ok = <-w.queue
 		if ok {
 			if err := w.sink.WriteEvent(&ev); err != nil {
 				w.fail(err, 1)

@@ -51,6 +51,22 @@
 //   - Audit mode (policy mode: audit) resolves everything, including other
 //     types, and marks what enforce mode would refuse "would_deny".
 //
+// Serving UDP (Serve): each listener has one reader goroutine. It reads up
+// to 32 queries per recvmmsg and answers the cached ones inline from wire
+// templates (fastpath.go), sends those answers with one sendmmsg, and then
+// emits their audit events. Consecutive answers of one size to one client
+// (a resolver library or load generator with queries in flight) go as one
+// UDP_SEGMENT message that the kernel cuts into datagrams; where the
+// kernel refuses that, the socket falls back to one datagram per answer.
+// Every other query gets a goroutine of its own (at most 512 waiting for
+// upstreams; past that a query is dropped with an audit event), so slow
+// names never stall cached ones. The reader's buffers start at one query
+// and grow only while reads come back full: an idle listener holds 4 KiB.
+// On loopback a cached answer costs mostly the system calls and the
+// loopback delivery, which is what the batches and the segmentation cut.
+// Other PacketConns than *net.UDPConn are served one datagram at a time.
+// TCP is served by miekg/dns.
+//
 // Resolver, Bindings and the handlers are safe for concurrent use. A
 // Resolver holds no goroutines or sockets outside Serve.
 package dnsproxy

@@ -219,7 +219,7 @@ func FuzzServeUDP(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		pc := &packetRec{}
-		if _, _, fast := h.fastUDP(pc, nil, peer, data, time.Now(), nil, nil); !fast {
+		if _, _, fast := h.fastUDP(pc, peer, data, time.Now(), nil, nil); !fast {
 			h.slowUDP(pc, nil, peer, append([]byte(nil), data...))
 		}
 		if len(pc.writes) > 1 {

@@ -126,8 +126,8 @@ func (r *Resolver) Handler(sb *Sandbox) (dns.Handler, error) {
 // Serve answers sb's queries arriving on pc (UDP) and ln (TCP), either of
 // which may be nil, until ctx is done or a listener fails. pc should be
 // bound to one address (replies leave from it). Repeated UDP queries are
-// answered from per-sandbox wire templates without unpacking (see
-// fastpath.go); everything else goes through the Handler. It closes pc and
+// answered in batches from per-sandbox wire templates without unpacking
+// (see batch.go and fastpath.go); everything else goes through the Handler. It closes pc and
 // ln and waits for the queries in flight before returning. It returns nil
 // when ctx ended it or the listeners were closed.
 func (r *Resolver) Serve(ctx context.Context, sb *Sandbox, pc net.PacketConn, ln net.Listener) error {

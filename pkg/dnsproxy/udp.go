@@ -21,16 +21,30 @@ const maxSlowUDP = 512
 // serveUDP answers queries on pc until pc is closed. Readers answer fast
 // path hits inline; other queries get a goroutine each. It returns when pc
 // is closed and every query it started has been answered.
+//
+// A *net.UDPConn gets one reader that moves batches of datagrams per
+// system call (readBatches): on loopback the cost of a query is mostly the
+// system calls and the scheduler, and one reader with batches beat
+// several readers contending for the socket with one datagram each. Other
+// PacketConns get min(GOMAXPROCS, 4) readers of one datagram at a time.
 func (h *handler) serveUDP(pc net.PacketConn) error {
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, maxSlowUDP)
-	readers := min(runtime.GOMAXPROCS(0), 4)
+	uc, _ := pc.(*net.UDPConn)
+	readers := 1
+	if uc == nil {
+		readers = min(runtime.GOMAXPROCS(0), 4)
+	}
 	errc := make(chan error, readers)
 	for range readers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errc <- h.readUDP(pc, &wg, sem)
+			if uc != nil {
+				errc <- h.readBatches(uc, &wg, sem)
+			} else {
+				errc <- h.readUDP(pc, &wg, sem)
+			}
 		}()
 	}
 	wg.Wait()
@@ -60,8 +74,8 @@ func (p udpPeer) addrPort() netip.AddrPort {
 // maxQuerySize bounds a UDP query read.
 const maxQuerySize = 4096
 
+// readUDP serves a PacketConn that is not a *net.UDPConn (no batches).
 func (h *handler) readUDP(pc net.PacketConn, wg *sync.WaitGroup, sem chan struct{}) error {
-	uc, _ := pc.(*net.UDPConn)
 	// Queries are small (a name, a question, an OPT record): a 4 KiB
 	// buffer per listener instead of 64 KiB keeps an idle sandbox cheap.
 	// A longer datagram is truncated by the read and answered FORMERR.
@@ -70,66 +84,77 @@ func (h *handler) readUDP(pc net.PacketConn, wg *sync.WaitGroup, sem chan struct
 	key := make([]byte, 0, 300)
 	for {
 		var peer udpPeer
-		var n int
-		var err error
-		if uc != nil {
-			n, peer.ap, err = uc.ReadFromUDPAddrPort(buf)
-		} else {
-			n, peer.addr, err = pc.ReadFrom(buf)
-		}
+		n, addr, err := pc.ReadFrom(buf)
 		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
+			if isTimeout(err) {
 				continue
 			}
 			return err
 		}
+		peer.addr = addr
 		p := buf[:n]
 		now := h.r.now()
 		var fast bool
-		out, key, fast = h.fastUDP(pc, uc, peer, p, now, out, key)
+		out, key, fast = h.fastUDP(pc, peer, p, now, out, key)
 		if fast {
 			continue
 		}
-		select {
-		case sem <- struct{}{}:
-		default:
-			// Too many queries waiting for upstreams: drop this one (the
-			// client retries) rather than stall the fast path.
-			h.emit(audit.Event{
-				V: audit.SchemaVersion, Time: now, Kind: audit.KindDNS,
-				Sandbox: h.sb.Name, CgroupID: h.sb.ID,
-				Decision: audit.DecisionError, Reason: "resolver overloaded, query dropped",
-			}, peer.addrPort(), false)
-			continue
-		}
-		pkt := append([]byte(nil), p...)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			h.slowUDP(pc, uc, peer, pkt)
-		}()
+		h.startSlow(pc, nil, peer, p, now, wg, sem)
 	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// startSlow answers p off the reader in a goroutine of its own, or drops it
+// when maxSlowUDP queries are already waiting.
+func (h *handler) startSlow(pc net.PacketConn, uc *net.UDPConn, peer udpPeer, p []byte, now time.Time, wg *sync.WaitGroup, sem chan struct{}) {
+	select {
+	case sem <- struct{}{}:
+	default:
+		// Too many queries waiting for upstreams: drop this one (the
+		// client retries) rather than stall the fast path.
+		h.emit(audit.Event{
+			V: audit.SchemaVersion, Time: now, Kind: audit.KindDNS,
+			Sandbox: h.sb.Name, CgroupID: h.sb.ID,
+			Decision: audit.DecisionError, Reason: "resolver overloaded, query dropped",
+		}, peer.addrPort(), false)
+		return
+	}
+	pkt := append([]byte(nil), p...)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer func() { <-sem }()
+		h.slowUDP(pc, uc, peer, pkt)
+	}()
 }
 
 // fastUDP answers p from a template if it can, reusing out and key as
 // buffers; it reports whether it answered.
-func (h *handler) fastUDP(pc net.PacketConn, uc *net.UDPConn, peer udpPeer, p []byte, now time.Time, out, key []byte) ([]byte, []byte, bool) {
-	q, ok := parseQuery(p, key)
-	key = q.key
-	if !ok {
-		return out, key, false
-	}
-	ans, t := h.fastAnswer(p, q, now, out)
+func (h *handler) fastUDP(pc net.PacketConn, peer udpPeer, p []byte, now time.Time, out, key []byte) ([]byte, []byte, bool) {
+	ans, t, key := h.fastHit(p, now, out, key)
 	if ans == nil {
 		return out, key, false
 	}
-	h.writeUDP(pc, uc, peer, ans)
+	h.writeUDP(pc, nil, peer, ans)
 	ev := t.ev
 	ev.Time = now
 	h.emit(ev, peer.addrPort(), false)
 	return ans, key, true
+}
+
+// fastHit writes into out the answer to p from a template, with key as
+// scratch space; ans is nil when the slow path must answer.
+func (h *handler) fastHit(p []byte, now time.Time, out, key []byte) (ans []byte, t *template, keyBuf []byte) {
+	q, ok := parseQuery(p, key)
+	if !ok {
+		return nil, nil, q.key
+	}
+	ans, t = h.fastAnswer(p, q, now, out)
+	return ans, t, q.key
 }
 
 func (h *handler) writeUDP(pc net.PacketConn, uc *net.UDPConn, peer udpPeer, b []byte) {
