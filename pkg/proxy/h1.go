@@ -770,9 +770,8 @@ func (h *h1Conn) writeResponse(req *http.Request, resp *http.Response, closeAfte
 // switchProtocols relays a 101 answer to a WebSocket upgrade and then the
 // bytes both ways until either side ends.
 func (h *h1Conn) switchProtocols(req *http.Request, resp *http.Response, rs *reqState, reqUp string) bool {
-	u := h.up
-	h.up = nil // the connection belongs to this exchange now
-	defer u.close()
+	u := h.up // the connection belongs to this exchange now: never pooled
+	defer h.dropUp()
 	respUp := upgradeType(resp.Header)
 	if reqUp == "" || !strings.EqualFold(reqUp, respUp) {
 		return h.failed(req, rs, errors.New("switched to protocol "+strconv.Quote(respUp)+" when "+strconv.Quote(reqUp)+" was requested"))
@@ -895,8 +894,7 @@ func (h *h1Conn) upstream(ctx context.Context, rs *reqState) (*upConn, error) {
 				break
 			}
 			if u.alive() {
-				h.up = u
-				return u, nil
+				return h.pin(u)
 			}
 			u.close()
 		}
@@ -905,26 +903,45 @@ func (h *h1Conn) upstream(ctx context.Context, rs *reqState) (*upConn, error) {
 	if err != nil {
 		return nil, err
 	}
+	return h.pin(u)
+}
+
+// pin makes u this connection's upstream, tracked by the server so that
+// stopping Serve closes it (a request waiting on a silent upstream must not
+// hold Serve up).
+func (h *h1Conn) pin(u *upConn) (*upConn, error) {
+	if !h.s.track(u.raw) {
+		u.close()
+		return nil, net.ErrClosed
+	}
 	h.up = u
 	return u, nil
 }
 
+// unpin detaches the pinned upstream connection and returns it.
+func (h *h1Conn) unpin() *upConn {
+	u := h.up
+	if u != nil {
+		h.s.untrack(u.raw)
+		h.up = nil
+	}
+	return u
+}
+
 // dropUp closes the pinned upstream connection.
 func (h *h1Conn) dropUp() {
-	if h.up != nil {
-		h.up.close()
-		h.up = nil
+	if u := h.unpin(); u != nil {
+		u.close()
 	}
 }
 
 // releaseUp returns the pinned upstream connection to the idle pool (never
 // one of a connection admitted by a CIDR rule: those keep their own).
 func (h *h1Conn) releaseUp() {
-	u := h.up
+	u := h.unpin()
 	if u == nil {
 		return
 	}
-	h.up = nil
 	if h.ci.viaCIDR || !h.s.p.idle.put(u, h.s.p.cfg.MaxIdleConnsPerHost) {
 		u.close()
 	}

@@ -330,3 +330,41 @@ func TestH1IdleClientReleasesUpstream(t *testing.T) {
 		}
 	}
 }
+
+// TestH1ServeStopsDuringSilentStream: stopping Serve ends an intercepted
+// stream whose upstream has gone quiet (an idle event stream); nothing
+// waits for the upstream's next byte.
+func TestH1ServeStopsDuringSilentStream(t *testing.T) {
+	release := make(chan struct{})
+	defer close(release)
+	up := newUpstream(t, "127.0.0.1", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		io.WriteString(w, "data: first\n\n")
+		w.(http.Flusher).Flush()
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	dst := addrPort(t, up.URL)
+	e := newEnv(t, apiPolicy(dst.Port()))
+	e.bind("api.test", dst)
+	s := newRawSession(t, e, dst, "api.test")
+	if _, err := io.WriteString(s.tc, "GET /events HTTP/1.1\r\nHost: api.test\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(s.br, nil)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("stream: %v %v", err, resp)
+	}
+	line, err := bufio.NewReader(resp.Body).ReadString('\n')
+	if err != nil || line != "data: first\n" {
+		t.Fatalf("first event: %q %v", line, err)
+	}
+	e.stop()
+	select {
+	case <-e.stopped:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Serve did not return while an upstream stream was silent")
+	}
+}

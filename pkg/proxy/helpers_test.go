@@ -228,6 +228,11 @@ type env struct {
 	pol     *policy.Policy
 	hosts   map[string]netip.AddrPort // name:port the client asks → real upstream
 	sandbox *x509.CertPool
+	// stop cancels Serve; stopped is closed when it has returned, with
+	// serveErr set.
+	stop     context.CancelFunc
+	stopped  chan struct{}
+	serveErr error
 }
 
 type envOpt func(*env, *Config)
@@ -281,14 +286,17 @@ func newEnv(t testing.TB, pol string, opts ...envOpt) *env {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- e.p.Serve(ctx, e.sb, e.ln) }()
+	e.stop, e.stopped = cancel, make(chan struct{})
+	go func() {
+		e.serveErr = e.p.Serve(ctx, e.sb, e.ln)
+		close(e.stopped)
+	}()
 	t.Cleanup(func() {
 		cancel()
 		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Serve: %v", err)
+		case <-e.stopped:
+			if e.serveErr != nil {
+				t.Errorf("Serve: %v", e.serveErr)
 			}
 		case <-time.After(5 * time.Second):
 			t.Errorf("Serve did not return")
