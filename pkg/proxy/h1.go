@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -128,6 +129,85 @@ type h1Conn struct {
 	// linger: the connection ends with part of a request body unread, so
 	// it is closed gently (lingeringClose).
 	linger bool
+	watch  clientWatch
+}
+
+// watchAfter: a wait on the upstream (response head, known-length body)
+// longer than this starts watching the client for a close; streamed
+// bodies of unknown length are watched from the start.
+const watchAfter = time.Second
+
+// aLongTimeAgo is a read deadline that has passed: it wakes a blocked read.
+var aLongTimeAgo = time.Unix(1, 0)
+
+// clientWatch notices a client that goes away while sluice waits on the
+// upstream (a long poll, a quiet event stream), and closes the upstream
+// connection so the wait ends, as http.Server's background read did. It
+// costs a goroutine only for waits that last.
+type clientWatch struct {
+	h       *h1Conn
+	mu      sync.Mutex
+	u       *upConn // armed: the upstream connection to close
+	running bool
+	done    chan struct{}
+	gone    atomic.Bool
+	timer   *time.Timer
+}
+
+// arm watches the client for the wait on u, after the given delay.
+func (w *clientWatch) arm(u *upConn, after time.Duration) {
+	w.mu.Lock()
+	w.u = u
+	w.mu.Unlock()
+	if after == 0 {
+		w.start()
+		return
+	}
+	if w.timer == nil {
+		w.timer = time.AfterFunc(after, w.start)
+	} else {
+		w.timer.Reset(after)
+	}
+}
+
+func (w *clientWatch) start() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.u == nil || w.running {
+		return
+	}
+	w.running = true
+	w.done = make(chan struct{})
+	u, done, h := w.u, w.done, w.h
+	// The request's head deadline may still be set; the watch has none
+	// (disarm sets one in the past, after this, under the same lock).
+	h.c.SetReadDeadline(time.Time{})
+	go func() {
+		defer close(done)
+		// Data (a pipelined request) or a timeout from disarm end the
+		// watch; an EOF or a reset means the client is gone.
+		if _, err := h.br.Peek(1); err != nil && !isTimeout(err) {
+			w.gone.Store(true)
+			u.c.Close()
+		}
+	}()
+}
+
+// disarm ends the watch; the client connection is the caller's again.
+func (w *clientWatch) disarm() {
+	if w.timer != nil {
+		w.timer.Stop()
+	}
+	w.mu.Lock()
+	w.u = nil
+	running, done := w.running, w.done
+	w.running = false
+	w.mu.Unlock()
+	if running {
+		w.h.c.SetReadDeadline(aLongTimeAgo)
+		<-done
+		w.h.c.SetReadDeadline(time.Time{})
+	}
 }
 
 // lingerTime bounds lingeringClose.
@@ -151,6 +231,7 @@ func lingeringClose(c net.Conn, br *bufio.Reader) {
 // closes it.
 func (s *server) serveH1(ctx context.Context, c net.Conn, ci *connInfo) {
 	h := &h1Conn{s: s, ci: ci, c: c}
+	h.watch.h = h
 	h.lr.r, h.lr.n = c, math.MaxInt64
 	h.br = clientReaders.Get().(*bufio.Reader)
 	h.br.Reset(&h.lr)
@@ -465,6 +546,10 @@ func (h *h1Conn) forward(ctx context.Context, req *http.Request, rs *reqState, c
 			break
 		}
 		h.dropUp()
+		if h.watch.gone.Load() {
+			rs.status, rs.errMsg = 499, "client closed the request"
+			return false
+		}
 		// A reused connection the upstream closed while idle: retry a
 		// request that has no body once on a fresh one. A request that may
 		// have reached the upstream is retried only when repeating it is
@@ -639,6 +724,8 @@ func (h *h1Conn) readResponse(u *upConn, req *http.Request) (*http.Response, err
 		u.c.SetReadDeadline(time.Now().Add(d))
 		defer u.c.SetReadDeadline(time.Time{})
 	}
+	h.watch.arm(u, watchAfter)
+	defer h.watch.disarm()
 	for {
 		resp, err := http.ReadResponse(u.br, req)
 		if err != nil {
@@ -719,6 +806,11 @@ func (h *h1Conn) writeResponse(req *http.Request, resp *http.Response, closeAfte
 	}
 	buf := copyBufs.Get().(*[32 << 10]byte)
 	defer copyBufs.Put(buf)
+	if chunked || closeAfter {
+		h.watch.arm(h.up, 0) // a stream: it may be quiet for long
+	} else {
+		h.watch.arm(h.up, watchAfter)
+	}
 	var werr, rerr error
 	for werr == nil {
 		n, err := resp.Body.Read(buf[:])
@@ -744,7 +836,8 @@ func (h *h1Conn) writeResponse(req *http.Request, resp *http.Response, closeAfte
 			break
 		}
 	}
-	if werr != nil {
+	h.watch.disarm()
+	if werr != nil || h.watch.gone.Load() {
 		h.rs.status, h.rs.errMsg = 499, "client closed the request"
 		return false, false
 	}

@@ -368,3 +368,55 @@ func TestH1ServeStopsDuringSilentStream(t *testing.T) {
 		t.Fatal("Serve did not return while an upstream stream was silent")
 	}
 }
+
+// TestH1ClientGoneWhileUpstreamQuiet: a client that goes away during a
+// quiet event stream or a long poll ends the upstream request too.
+func TestH1ClientGoneWhileUpstreamQuiet(t *testing.T) {
+	ended := make(chan string, 2)
+	up := newUpstream(t, "127.0.0.1", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/events" {
+			w.Header().Set("Content-Type", "text/event-stream")
+			io.WriteString(w, "data: first\n\n")
+			w.(http.Flusher).Flush()
+		}
+		select {
+		case <-r.Context().Done():
+			ended <- r.URL.Path
+		case <-time.After(20 * time.Second):
+		}
+	}))
+	dst := addrPort(t, up.URL)
+	e := newEnv(t, apiPolicy(dst.Port()))
+	e.bind("api.test", dst)
+	for _, path := range []string{"/events", "/poll"} {
+		s := newRawSession(t, e, dst, "api.test")
+		if _, err := io.WriteString(s.tc, "GET "+path+" HTTP/1.1\r\nHost: api.test\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		if path == "/events" {
+			resp, err := http.ReadResponse(s.br, nil)
+			if err != nil || resp.StatusCode != 200 {
+				t.Fatalf("stream: %v %v", err, resp)
+			}
+			if line, err := bufio.NewReader(resp.Body).ReadString('\n'); err != nil || line != "data: first\n" {
+				t.Fatalf("first event: %q %v", line, err)
+			}
+		} else {
+			time.Sleep(watchAfter + 200*time.Millisecond) // past the head wait's watch delay
+		}
+		s.tc.Close()
+		select {
+		case got := <-ended:
+			if got != path {
+				t.Fatalf("upstream request %s ended, want %s", got, path)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: the upstream request outlived the client by 10 s", path)
+		}
+	}
+	for _, ev := range e.rec.waitKind(t, "http", 2) {
+		if ev.Status != 499 {
+			t.Errorf("event for %s: status %d, want 499", ev.Path, ev.Status)
+		}
+	}
+}
