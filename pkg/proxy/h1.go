@@ -274,7 +274,8 @@ func (s *server) serveH1(ctx context.Context, c net.Conn, ci *connInfo) {
 	}
 }
 
-// serveOne serves one request that has started to arrive; it reports whether the connection stays open.
+// serveOne serves one request that has started to arrive; it reports
+// whether the connection stays open.
 func (h *h1Conn) serveOne(ctx context.Context) bool {
 	cfg := &h.s.p.cfg
 	if h.br.Buffered() < 4 || !bytesContainsHeadEnd(h.br) {
