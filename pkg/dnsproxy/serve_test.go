@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/sluice-dev/sluice/pkg/testutil"
 )
 
 // TestServeListeners: Serve works with either listener alone, on IPv4 and
@@ -35,12 +37,12 @@ func TestServeListeners(t *testing.T) {
 			var err error
 			if tt.udp {
 				if pc, err = net.ListenPacket("udp", net.JoinHostPort(tt.host, "0")); err != nil {
-					t.Skipf("no %s: %v", tt.host, err)
+					testutil.KernelLacks(t, "no %s to listen on: %v", tt.host, err)
 				}
 			}
 			if tt.tcp {
 				if ln, err = net.Listen("tcp", net.JoinHostPort(tt.host, "0")); err != nil {
-					t.Skipf("no %s: %v", tt.host, err)
+					testutil.KernelLacks(t, "no %s to listen on: %v", tt.host, err)
 				}
 			}
 			done := make(chan error, 1)
