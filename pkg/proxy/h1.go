@@ -69,9 +69,6 @@ var (
 	clientReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4<<10) }}
 	h1Readers     = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 16<<10) }}
 	h1Writers     = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 16<<10) }}
-	// noUserAgent keeps Request.Write from adding its default User-Agent
-	// (an empty value is not written). Never modified.
-	noUserAgent = []string{""}
 )
 
 func getReader(r io.Reader) *bufio.Reader {
@@ -493,9 +490,6 @@ func (h *h1Conn) forward(ctx context.Context, req *http.Request, rs *reqState, c
 	if up != "" {
 		req.Header["Connection"] = []string{"Upgrade"}
 		req.Header["Upgrade"] = []string{up}
-	}
-	if _, ok := req.Header["User-Agent"]; !ok {
-		req.Header["User-Agent"] = noUserAgent
 	}
 	for _, inj := range rs.inject {
 		req.Header.Del(inj.name)

@@ -75,6 +75,8 @@ func TestH1ProtocolEdges(t *testing.T) {
 			fmt.Fprintf(w, "body=%s trailer=%s", b, r.Trailer.Get("X-Sum"))
 		case "/te":
 			fmt.Fprintf(w, "te=%q", r.Header.Values("Te"))
+		case "/ua":
+			fmt.Fprintf(w, "ua=%q", r.Header.Values("User-Agent"))
 		default:
 			w.Header().Set("Content-Length", "5")
 			io.WriteString(w, "hello")
@@ -158,6 +160,13 @@ func TestH1ProtocolEdges(t *testing.T) {
 		_, body = s.do("GET", "GET /te HTTP/1.1\r\nHost: api.test\r\nTe: trailers, deflate\r\nConnection: Te\r\n\r\n")
 		if body != `te=["trailers"]` {
 			t.Fatalf("Te upstream: %s", body)
+		}
+		// Transparent: no User-Agent of sluice's own, none added when absent.
+		if _, body = s.do("GET", "GET /ua HTTP/1.1\r\nHost: api.test\r\n\r\n"); body != "ua=[]" {
+			t.Fatalf("User-Agent upstream: %s", body)
+		}
+		if _, body = s.do("GET", "GET /ua HTTP/1.1\r\nHost: api.test\r\nUser-Agent: agent/1\r\n\r\n"); body != `ua=["agent/1"]` {
+			t.Fatalf("User-Agent upstream: %s", body)
 		}
 	})
 }
