@@ -801,7 +801,7 @@ func (h *h1Conn) writeResponse(req *http.Request, resp *http.Response, closeAfte
 	}
 	buf := copyBufs.Get().(*[32 << 10]byte)
 	defer copyBufs.Put(buf)
-	if chunked || closeAfter {
+	if resp.ContentLength < 0 {
 		h.watch.arm(h.up, 0) // a stream: it may be quiet for long
 	} else {
 		h.watch.arm(h.up, watchAfter)
