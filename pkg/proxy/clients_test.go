@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluice-dev/sluice/pkg/testutil"
 	"github.com/sluice-dev/sluice/pkg/tlsca"
 )
 
@@ -66,7 +67,7 @@ https.get({host: "api.test", port: %d, path: "/v1/x",
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			if _, err := exec.LookPath(tt.bin); err != nil {
-				t.Skipf("%s not installed", tt.bin)
+				testutil.KernelLacks(t, "%s is not installed (scripts/deps.sh installs it)", tt.bin)
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
