@@ -336,7 +336,7 @@ type ruleSrc struct {
 	envNodes  map[string]*yaml.Node
 }
 
-var ruleFields = []string{"name", "hosts", "paths", "methods", "ports", "cidrs", "action", "direct", "headers", "remap", "callback", "env"}
+var ruleFields = append([]string{"name", "hosts", "paths", "methods", "ports", "cidrs", "action", "direct", "headers", "remap", "callback", "env"}, gateFields...)
 
 func (ps *parser) rule(i int, n *yaml.Node) (*Rule, *ruleSrc) {
 	path := fmt.Sprintf("rules[%d]", i)
@@ -483,6 +483,8 @@ func (ps *parser) rule(i int, n *yaml.Node) (*Rule, *ruleSrc) {
 		case "env":
 			envNode = f.val
 			r.Env, src.envNodes = ps.env(fp, f.val)
+		case "insecure_http", "case_insensitive_paths":
+			ps.gateField(r, f, fp)
 		}
 	}
 	if !haveName && clean {
@@ -526,6 +528,7 @@ func (ps *parser) rule(i int, n *yaml.Node) (*Rule, *ruleSrc) {
 	if r.Remap != nil && !hasField(fields, "hosts") {
 		ps.errf(src.remapNode, join(path, "remap"), "remap works through DNS and needs hosts")
 	}
+	ps.gateChecks(r, path, fields)
 	return r, src
 }
 

@@ -98,6 +98,12 @@ type Rule struct {
 	Remap    *Remap
 	Callback *Callback
 	Env      map[string]string
+	// InsecureHTTP lets the rule inject credentials into cleartext HTTP
+	// (insecure_http: true); see CleartextRefusal.
+	InsecureHTTP bool
+	// CaseInsensitivePaths folds ASCII case in paths patterns and request
+	// paths (case_insensitive_paths: true).
+	CaseInsensitivePaths bool
 }
 
 // NeedsIntercept reports whether traffic for the rule must be terminated at

@@ -299,6 +299,7 @@ func (s *server) checkRequest(ctx context.Context, r *http.Request, rs *reqState
 	}
 	port := ci.port()
 	audited := pol.Mode == policy.ModeAudit
+	prep, perr := prepare(r)
 	violation := ""
 	var rule *policy.Rule
 	switch {
@@ -310,11 +311,12 @@ func (s *server) checkRequest(ctx context.Context, r *http.Request, rs *reqState
 		violation = "only WebSocket protocol upgrades are allowed"
 	case ci.proto == protoTLS && r.URL.Scheme == "http":
 		violation = "an http:// absolute URI on a TLS connection is not allowed"
-	case hasDotSegment(r.URL.Path):
-		violation = "paths with . or .. segments are not allowed"
+	case perr != nil:
+		// Ambiguous target or method: refused in audit mode too.
+		return s.badTarget(r, rs, reqHost, perr)
 	case ci.viaCIDR:
 		// Admitted by address: the CIDR rules decide, whatever the Host says.
-		rm := pol.MatchRequest(ci.orig.Dst.Addr().String(), port, r.Method, r.URL.Path)
+		rm := pol.MatchPrepared(ci.orig.Dst.Addr().String(), port, &prep)
 		rule = rm.Rule
 		if !rm.Allowed {
 			violation = rm.Reason
@@ -333,7 +335,7 @@ func (s *server) checkRequest(ctx context.Context, r *http.Request, rs *reqState
 				break
 			}
 		}
-		rm := pol.MatchRequest(reqHost, port, r.Method, r.URL.Path)
+		rm := pol.MatchPrepared(reqHost, port, &prep)
 		rule = rm.Rule
 		if !rm.Allowed {
 			violation = rm.Reason
@@ -341,6 +343,9 @@ func (s *server) checkRequest(ctx context.Context, r *http.Request, rs *reqState
 				violation = "no rule allows this request"
 			}
 		}
+	}
+	if violation == "" && ci.proto != protoTLS {
+		violation = rule.CleartextRefusal()
 	}
 	if ci.wouldDeny && violation == "" {
 		violation = ci.reason
@@ -357,6 +362,7 @@ func (s *server) checkRequest(ctx context.Context, r *http.Request, rs *reqState
 		rule = nil // never inject credentials into a request enforce mode refuses
 	}
 	rs.rule = rule
+	forwardTarget(r, &prep)
 
 	// Upstream target.
 	rs.scheme = "http"
