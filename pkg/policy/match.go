@@ -47,7 +47,8 @@ func (e *entry) methodOK(m string) bool {
 // pattern (0 for a rule without paths), or -1 when no pattern matches.
 // lower is path in lower case, for a case_insensitive_paths rule. A deny
 // rule also matches a path with one trailing '/' removed: "/admin/" is
-// not "/admin" for an allow rule, but a deny on /admin refuses it too.
+// not "/admin" for an allow rule, but a deny on /admin refuses it too,
+// even against an allow rule for "/admin/".
 func (e *entry) pathSpec(path string, lower func() string) int {
 	if len(e.globs) == 0 {
 		return 0
@@ -57,7 +58,11 @@ func (e *entry) pathSpec(path string, lower func() string) int {
 	}
 	best := e.globSpec(path)
 	if e.deny && len(path) > 1 && path[len(path)-1] == '/' {
-		best = max(best, e.globSpec(path[:len(path)-1]))
+		// Ranked as if the pattern had the '/' too (2 per literal byte),
+		// so it ties with an allow pattern for the exact path and wins.
+		if s := e.globSpec(path[:len(path)-1]); s >= 0 {
+			best = max(best, s+2)
+		}
 	}
 	return best
 }
