@@ -115,6 +115,13 @@ func NormalizeTarget(target, host string) (Target, error) {
 	if err := checkEscapes(query); err != nil {
 		return Target{}, targetErr("query: %s", err.(*TargetError).Reason)
 	}
+	if clean(raw) {
+		// Nothing to decode or escape (the common case): no copy.
+		if err := checkSegments(raw); err != nil {
+			return Target{}, err
+		}
+		return Target{Path: raw, Match: raw, Query: query}, nil
+	}
 	var path, match strings.Builder
 	path.Grow(len(raw))
 	match.Grow(len(raw))
@@ -186,6 +193,38 @@ func NormalizeTarget(target, host string) (Target, error) {
 		return Target{}, err
 	}
 	return Target{Path: path.String(), Match: match.String(), Query: query}, nil
+}
+
+// clean reports whether a path needs no decoding or escaping: a '/'
+// followed by raw path characters only.
+func clean(raw string) bool {
+	if raw == "" || raw[0] != '/' {
+		return false
+	}
+	for i := 1; i < len(raw); i++ {
+		if c := raw[i]; c != '/' && !pathRaw(c) {
+			return false
+		}
+	}
+	return true
+}
+
+// checkSegments refuses empty (but for a trailing '/') and dot segments
+// of a clean path.
+func checkSegments(p string) error {
+	for rest := p[1:]; ; {
+		seg, next, more := strings.Cut(rest, "/")
+		switch {
+		case seg == "" && more:
+			return targetErr("empty path segment (\"//\")")
+		case seg == "." || seg == "..":
+			return targetErr("%q path segment", seg)
+		}
+		if !more {
+			return nil
+		}
+		rest = next
+	}
 }
 
 func isHex(c byte) bool { _, ok := unhex(c); return ok }
@@ -319,7 +358,13 @@ func Prepare(req Request) (Prepared, error) {
 			}
 		}
 	}
-	for _, kv := range strings.FieldsFunc(t.Query, func(r rune) bool { return r == '&' || r == ';' }) {
+	for q := t.Query; q != ""; {
+		var kv string
+		if i := strings.IndexAny(q, "&;"); i >= 0 {
+			kv, q = q[:i], q[i+1:]
+		} else {
+			kv, q = q, ""
+		}
 		k, v, _ := strings.Cut(kv, "=")
 		if !strings.EqualFold(decodeQuery(k), "_method") {
 			continue

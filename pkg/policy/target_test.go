@@ -278,3 +278,23 @@ func hasDoubleEscape(s string) bool {
 	}
 	return false
 }
+
+// TestPrepareAllocs: a clean request costs the proxy no allocation in the
+// gate.
+func TestPrepareAllocs(t *testing.T) {
+	p := mustParse(t, `version: 1
+rules:
+  - {name: a, hosts: [api.test], paths: ["/repos/*"], methods: [GET]}
+  - {name: b, hosts: [api.test], paths: ["/repos/private"], action: deny}
+`)
+	h := map[string][]string{"Accept": {"*/*"}}
+	n := testing.AllocsPerRun(100, func() {
+		pr, err := Prepare(Request{Method: "GET", Target: "/repos/x?a=1&b=2", Host: "api.test", Header: h})
+		if err != nil || !p.MatchPrepared("api.test", 443, &pr).Allowed {
+			t.Fatal("refused")
+		}
+	})
+	if n != 0 {
+		t.Fatalf("%v allocations", n)
+	}
+}
