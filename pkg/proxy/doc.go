@@ -34,8 +34,12 @@
 //
 // Per request, a Host that differs from the connection's name (domain
 // fronting) is refused unless one rule allows both; CONNECT, protocol
-// upgrades other than WebSocket (h2c would tunnel past the checks),
-// dot-segment paths and http:// absolute URIs on TLS are refused. Alt-Svc is
+// upgrades other than WebSocket (h2c would tunnel past the checks) and
+// http:// absolute URIs on TLS are refused. The method and target go
+// through policy.Prepare (gate.go): an ambiguous target or a method not in
+// upper case is refused with 400, method overrides are matched too, and
+// the upstream receives the canonical target, never the bytes as sent. A
+// rule's credentials go only over TLS unless it sets insecure_http. Alt-Svc is
 // dropped from intercepted responses (HTTP/3 would go around interception).
 //
 // Known limits: a spliced TLS connection is opaque, so a client can send one
