@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"encoding/json"
 	"strings"
 	"testing"
 )
@@ -72,5 +73,29 @@ func TestGateFields(t *testing.T) {
 	}
 	if _, err := Parse("f.yaml", []byte("version: 1\nrules: [{name: a, hosts: [a.test], case_insensitive_paths: yes-please}]\n")); err == nil || !strings.Contains(err.Error(), "rules[0].case_insensitive_paths: expect true or false") {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+// TestGateSchema: schema.json describes the two gate fields as booleans
+// defaulting to false (TestSchemaMatchesParser checks the field names).
+func TestGateSchema(t *testing.T) {
+	t.Parallel()
+	var s struct {
+		Defs map[string]struct {
+			Properties map[string]struct {
+				Type        string `json:"type"`
+				Default     *bool  `json:"default"`
+				Description string `json:"description"`
+			} `json:"properties"`
+		} `json:"$defs"`
+	}
+	if err := json.Unmarshal(Schema, &s); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range gateFields {
+		p, ok := s.Defs["rule"].Properties[f]
+		if !ok || p.Type != "boolean" || p.Default == nil || *p.Default || p.Description == "" {
+			t.Errorf("schema rule.%s = %+v", f, p)
+		}
 	}
 }

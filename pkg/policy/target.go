@@ -17,7 +17,8 @@ import (
 //     decoded, other escapes get upper-case hex, and bytes that may not
 //     appear raw in a path (space excepted: refused) are escaped;
 //   - refused (400): empty segments ("//"), "." and ".." segments (also
-//     encoded, "%2e"), ';' (raw or %3B), '\' (raw or %5C), %2F, %3F and
+//     encoded, "%2e"), segments that begin or end with a space (%20),
+//     ';' (raw or %3B), '\' (raw or %5C), %2F, %3F and
 //     %23 inside a segment, %25 followed by two hex digits (double
 //     encoding), invalid escapes, control bytes and NUL (raw or encoded),
 //     a raw '#', the asterisk form and any target that is neither
@@ -133,6 +134,9 @@ func NormalizeTarget(target, host string) (Target, error) {
 			return targetErr("empty path segment (\"//\")")
 		case seg == "." || seg == "..":
 			return targetErr("%q path segment", seg)
+		case seg != "" && (seg[0] == ' ' || seg[len(seg)-1] == ' '):
+			// Spring (trimTokens) and others trim segments: "/admin%20" is "/admin" there.
+			return targetErr("path segment %q begins or ends with a space", seg)
 		}
 		return nil
 	}

@@ -57,6 +57,8 @@ func TestNormalizeTarget(t *testing.T) {
 		{name: "encoded NUL in query", target: "/a?b=%00", wantErr: "control byte"},
 		{name: "encoded DEL", target: "/a%7f", wantErr: "control byte"},
 		{name: "raw space", target: "/a b", wantErr: "space or control"},
+		{name: "trailing encoded space", target: "/admin%20/x", wantErr: "begins or ends with a space"},
+		{name: "leading encoded space", target: "/%20admin", wantErr: "begins or ends with a space"},
 		{name: "tab", target: "/a\tb", wantErr: "control"},
 	}
 	for _, tt := range tests {
