@@ -83,9 +83,9 @@ func TestGateSchema(t *testing.T) {
 	var s struct {
 		Defs map[string]struct {
 			Properties map[string]struct {
-				Type        string `json:"type"`
-				Default     *bool  `json:"default"`
-				Description string `json:"description"`
+				Type        string          `json:"type"`
+				Default     json.RawMessage `json:"default"`
+				Description string          `json:"description"`
 			} `json:"properties"`
 		} `json:"$defs"`
 	}
@@ -94,7 +94,7 @@ func TestGateSchema(t *testing.T) {
 	}
 	for _, f := range gateFields {
 		p, ok := s.Defs["rule"].Properties[f]
-		if !ok || p.Type != "boolean" || p.Default == nil || *p.Default || p.Description == "" {
+		if !ok || p.Type != "boolean" || string(p.Default) != "false" || p.Description == "" {
 			t.Errorf("schema rule.%s = %+v", f, p)
 		}
 	}
