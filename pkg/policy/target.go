@@ -180,8 +180,6 @@ func NormalizeTarget(target, host string) (Target, error) {
 			return Target{}, targetErr("%s (encoded %q) inside a path segment", raw[i-2:i+1], b)
 		case ctl(b) && b != ' ':
 			return Target{}, targetErr("encoded control byte %s in the path", raw[i-2:i+1])
-		case b == '%' && i+2 < len(raw) && isHex(raw[i+1]) && isHex(raw[i+2]):
-			return Target{}, targetErr("double percent-encoding %s", raw[i-2:i+3])
 		default:
 			path.WriteByte('%')
 			path.WriteByte(upperHex[b>>4])
@@ -196,7 +194,23 @@ func NormalizeTarget(target, host string) (Target, error) {
 	} else if err := endSeg(true); err != nil {
 		return Target{}, err
 	}
-	return Target{Path: path.String(), Match: match.String(), Query: query}, nil
+	p := path.String()
+	if i := doubleEscape(p); i >= 0 {
+		// On the canonical form: "%25%34%31" is "%2541" once decoded.
+		return Target{}, targetErr("double percent-encoding %s", p[i:i+5])
+	}
+	return Target{Path: p, Match: match.String(), Query: query}, nil
+}
+
+// doubleEscape returns the index of the first "%25" followed by two hex
+// digits in s, or -1.
+func doubleEscape(s string) int {
+	for i := 0; i+4 < len(s); i++ {
+		if s[i] == '%' && s[i+1] == '2' && s[i+2] == '5' && isHex(s[i+3]) && isHex(s[i+4]) {
+			return i
+		}
+	}
+	return -1
 }
 
 // clean reports whether a path needs no decoding or escaping: a '/'
