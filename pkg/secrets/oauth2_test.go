@@ -9,8 +9,8 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
-	"encoding/pem"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -309,7 +309,6 @@ func TestOAuth2Failures(t *testing.T) {
 		})
 	}
 }
-
 
 // TestOAuth2RotationSurvivesRestart: a rotated refresh token is in the
 // store file, so a new minter over a reopened store (a restarted daemon)
