@@ -3,6 +3,7 @@ package audit
 import (
 	"errors"
 	"math"
+	"slices"
 	"strconv"
 	"time"
 	"unicode/utf8"
@@ -26,6 +27,7 @@ func appendLine(b []byte, ev *Event) ([]byte, error) {
 	b = optUint(b, `,"cgroup_id":`, ev.CgroupID)
 	b = optUint(b, `,"pid":`, uint64(ev.PID))
 	b = optString(b, `,"comm":`, ev.Comm)
+	b = optLabels(b, `,"labels":`, ev.Labels)
 	b = append(b, `,"decision":`...)
 	b = appendString(b, ev.Decision)
 	b = optString(b, `,"rule":`, ev.Rule)
@@ -103,6 +105,29 @@ func optStrings(b []byte, key string, ss []string) []byte {
 		b = appendString(b, s)
 	}
 	return append(b, ']')
+}
+
+// optLabels writes a string map with sorted keys, as encoding/json does.
+func optLabels(b []byte, key string, m map[string]string) []byte {
+	if len(m) == 0 {
+		return b
+	}
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	b = append(b, key...)
+	b = append(b, '{')
+	for i, k := range keys {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendString(b, k)
+		b = append(b, ':')
+		b = appendString(b, m[k])
+	}
+	return append(b, '}')
 }
 
 // appendFloat formats like encoding/json's float64 encoder.

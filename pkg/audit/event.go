@@ -42,9 +42,12 @@ type Event struct {
 	CgroupID uint64    `json:"cgroup_id,omitempty"`
 	PID      uint32    `json:"pid,omitempty"`
 	Comm     string    `json:"comm,omitempty"`
-	Decision string    `json:"decision"`
-	Rule     string    `json:"rule,omitempty"`
-	Reason   string    `json:"reason,omitempty"`
+	// Labels are the sandbox's labels (`--label k=v`, pod labels); the
+	// map is shared between events and must not be modified.
+	Labels   map[string]string `json:"labels,omitempty"`
+	Decision string            `json:"decision"`
+	Rule     string            `json:"rule,omitempty"`
+	Reason   string            `json:"reason,omitempty"`
 
 	// DNS
 	QName   string   `json:"qname,omitempty"`
