@@ -64,8 +64,8 @@ type Sandbox struct {
 	Orig      OriginalDst
 	Names     NameLookup // nil: no bindings (only CIDR rules admit unbound addresses)
 	CA        *tlsca.CA
-	Secrets   Secrets   // nil: any secret header fails the request (502)
-	Callbacks Callbacks // nil: any callback rule fails the request (502)
+	Secrets   Secrets       // nil: any secret header fails the request (502)
+	Callbacks Callbacks     // nil: any callback rule fails the request (502)
 	Tokens    Tokens        // nil: any oauth2 rule fails the request (502)
 	Signer    RequestSigner // nil: any aws_sigv4 rule fails the request (502)
 	Audit     audit.Emitter
