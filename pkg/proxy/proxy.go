@@ -64,11 +64,14 @@ type Sandbox struct {
 	Orig      OriginalDst
 	Names     NameLookup // nil: no bindings (only CIDR rules admit unbound addresses)
 	CA        *tlsca.CA
-	Secrets   Secrets       // nil: any secret header fails the request (502)
-	Callbacks Callbacks     // nil: any callback rule fails the request (502)
-	Tokens    Tokens        // nil: any oauth2 rule fails the request (502)
-	Signer    RequestSigner // nil: any aws_sigv4 rule fails the request (502)
+	Secrets   Secrets   // nil: any secret header fails the request (502)
+	Callbacks Callbacks // nil: any callback rule fails the request (502)
 	Audit     audit.Emitter
+
+	// Tokens and Signer serve oauth2 and aws_sigv4 rules (authn.go); nil
+	// fails such a rule's requests (502).
+	Tokens Tokens
+	Signer RequestSigner
 }
 
 // Config holds what all sandboxes served by one Proxy share. Zero values
