@@ -27,7 +27,6 @@ func appendLine(b []byte, ev *Event) ([]byte, error) {
 	b = optUint(b, `,"cgroup_id":`, ev.CgroupID)
 	b = optUint(b, `,"pid":`, uint64(ev.PID))
 	b = optString(b, `,"comm":`, ev.Comm)
-	b = optLabels(b, `,"labels":`, ev.Labels)
 	b = append(b, `,"decision":`...)
 	b = appendString(b, ev.Decision)
 	b = optString(b, `,"rule":`, ev.Rule)
@@ -57,6 +56,7 @@ func appendLine(b []byte, ev *Event) ([]byte, error) {
 	b = optUint(b, `,"dropped":`, ev.Dropped)
 	b = optUint(b, `,"sink_errors":`, ev.SinkErrors)
 	b = optString(b, `,"sink":`, ev.Sink)
+	b = optLabels(b, `,"labels":`, ev.Labels)
 	return append(b, "}\n"...), nil
 }
 

@@ -42,12 +42,9 @@ type Event struct {
 	CgroupID uint64    `json:"cgroup_id,omitempty"`
 	PID      uint32    `json:"pid,omitempty"`
 	Comm     string    `json:"comm,omitempty"`
-	// Labels are the sandbox's labels (`--label k=v`, pod labels); the
-	// map is shared between events and must not be modified.
-	Labels   map[string]string `json:"labels,omitempty"`
-	Decision string            `json:"decision"`
-	Rule     string            `json:"rule,omitempty"`
-	Reason   string            `json:"reason,omitempty"`
+	Decision string    `json:"decision"`
+	Rule     string    `json:"rule,omitempty"`
+	Reason   string    `json:"reason,omitempty"`
 
 	// DNS
 	QName   string   `json:"qname,omitempty"`
@@ -81,6 +78,11 @@ type Event struct {
 	Dropped    uint64 `json:"dropped,omitempty"`     // events dropped since the previous report
 	SinkErrors uint64 `json:"sink_errors,omitempty"` // sink write errors since the previous report
 	Sink       string `json:"sink,omitempty"`        // the sink concerned, if any
+
+	// Labels are the sandbox's labels (`--label k=v`, pod labels,
+	// container annotations); the map is shared between events and must
+	// not be modified.
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
 // Emitter receives audit events. Implementations must not block the caller

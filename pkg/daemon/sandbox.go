@@ -35,8 +35,8 @@ type Runtime struct {
 	Proxy     *proxy.Proxy
 	Secrets   proxy.Secrets
 	Callbacks proxy.Callbacks
-	Tokens    proxy.Tokens        // oauth2 rules (newCredentials)
-	Signer    proxy.RequestSigner // aws_sigv4 rules (newCredentials)
+	Tokens    proxy.Tokens        // oauth2 rules (setCredentials)
+	Signer    proxy.RequestSigner // aws_sigv4 rules (setCredentials)
 	Audit     audit.Emitter
 
 	mu    sync.Mutex
