@@ -2,8 +2,6 @@ package secrets
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -23,12 +21,6 @@ const UnsignedPayload = "UNSIGNED-PAYLOAD"
 
 // EmptyPayloadHash is the hex SHA-256 of an empty body.
 const EmptyPayloadHash = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-
-// PayloadHash returns the hex SHA-256 of a buffered body.
-func PayloadHash(body []byte) string {
-	sum := sha256.Sum256(body)
-	return hex.EncodeToString(sum[:])
-}
 
 // sandboxSignatureHeaders are dropped from every request an aws_sigv4 rule
 // signs: whatever signature or token the sandbox sent is never forwarded.
