@@ -53,9 +53,13 @@ func (o *OAuth2) Endpoint() string {
 }
 
 // Redacted is the display form of the injected value, without secrets:
-// "Bearer <oauth2:agent@auth.corp.example>".
+// "Bearer <oauth2:agent@auth.corp.example>" (the client id, else the name
+// of the private key's secret, else the grant).
 func (o *OAuth2) Redacted() string {
 	id := o.ClientID
+	if id == "" {
+		id = o.PrivateKey
+	}
 	if id == "" {
 		id = o.Grant
 	}

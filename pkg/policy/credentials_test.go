@@ -47,7 +47,7 @@ func TestExplainCredentials(t *testing.T) {
 	}
 	for _, c := range []struct{ url, typ, value string }{
 		{"https://api.corp.example/v1/x", "oauth2", "Bearer <oauth2:agent@auth.corp.example>"},
-		{"https://storage.googleapis.com/b/o", "oauth2", "Bearer <oauth2:jwt_bearer@oauth2.googleapis.com>"},
+		{"https://storage.googleapis.com/b/o", "oauth2", "Bearer <oauth2:GCP_SA_KEY@oauth2.googleapis.com>"},
 		{"https://bucket.s3.us-east-1.amazonaws.com/key", "aws_sigv4", "<aws_sigv4:s3/us-east-1>"},
 	} {
 		e, err := p.Explain("GET", c.url)
