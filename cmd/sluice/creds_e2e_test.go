@@ -28,6 +28,7 @@ const (
 	e2eClientSecret = "cs-E2E-CANARY-client-5e1f"
 	e2eRefresh      = "rt-E2E-CANARY-refresh-0a9c"
 	e2eAWSKey       = "aws-E2E-CANARY-secret-77d2"
+	e2eEndpointBody = "token-endpoint-E2E-CANARY-body"
 )
 
 // credsAPI is one loopback HTTPS server (its CA given to sluice as
@@ -39,6 +40,7 @@ type credsAPI struct {
 	*testutil.HTTPSServer
 	mu      sync.Mutex
 	refresh string // the refresh token the endpoint accepts now
+	fail    bool   // answer 500 with a body that must not leak
 	issued  int
 	forms   []string
 	sigErrs []string
@@ -65,6 +67,16 @@ func (a *credsAPI) serve(w http.ResponseWriter, r *http.Request) {
 		form, _ := urlValues(string(body))
 		a.forms = append(a.forms, string(body))
 		user, pass, _ := r.BasicAuth()
+		if a.fail {
+			w.WriteHeader(500)
+			io.WriteString(w, `{"error":"server_error","error_description":"`+e2eEndpointBody+`"}`)
+			return
+		}
+		if user == "agent" && pass == e2eClientSecret && form["grant_type"] == "client_credentials" {
+			a.issued++
+			json.NewEncoder(w).Encode(map[string]any{"access_token": fmt.Sprintf("at-%d", a.issued), "token_type": "Bearer", "expires_in": 3600})
+			return
+		}
 		if user != "agent" || pass != e2eClientSecret || form["grant_type"] != "refresh_token" || form["refresh_token"] != a.refresh {
 			w.WriteHeader(400)
 			io.WriteString(w, `{"error":"invalid_grant"}`)
@@ -218,6 +230,70 @@ rules:
 	api.mu.Lock()
 	lc.add("upstream requests", api.saw.Bytes())
 	api.mu.Unlock()
+	lc.check(t)
+}
+
+// TestRunOAuth2ClientCredentials (acceptance 1 end to end): under sluice
+// run, two requests reuse one token from the endpoint (whose host the
+// sandbox cannot reach); the form has the grant and the scopes; the client
+// secret is nowhere in the sandbox or the output; a failing endpoint gives
+// 502 and the upstream sees nothing.
+func TestRunOAuth2ClientCredentials(t *testing.T) {
+	w := newWorld(t)
+	api := startCredsAPI(t)
+	w.api = api.HTTPSServer
+	secretsFile := filepath.Join(w.dir, "secrets.env")
+	if err := os.WriteFile(secretsFile, []byte("CORP_CLIENT_SECRET="+e2eClientSecret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pol := writePolicy(t, w.dir, "cc.yaml", fmt.Sprintf(`version: 1
+rules:
+  - name: corp
+    hosts: [allowed.test]
+    oauth2:
+      token_url: https://127.0.0.1:%d/token
+      grant: client_credentials
+      client_id: agent
+      client_secret: "{CORP_CLIENT_SECRET}"
+      scopes: [read, write]
+`, api.Port))
+	url := fmt.Sprintf("https://allowed.test:%d/v1/x", api.Port)
+	script := fmt.Sprintf(`curl -sS --max-time 10 %[1]s; echo; curl -sS --max-time 10 %[1]s; echo; curl -sS --max-time 3 -k https://127.0.0.1:%[2]d/token; echo; echo ---env; env; cat /proc/self/environ`, url, api.Port)
+	out, code := w.run(t, pol, "--secrets-file", secretsFile, "--", "sh", "-c", script)
+	if code != 0 || strings.Count(out, "auth=BEARER AT-1") != 2 {
+		t.Fatalf("exit %d\n%s", code, out)
+	}
+	api.mu.Lock()
+	if api.issued != 1 || len(api.forms) != 1 || !strings.Contains(api.forms[0], "grant_type=client_credentials") || !strings.Contains(api.forms[0], "scope=read+write") {
+		t.Errorf("token requests %q", api.forms)
+	}
+	if strings.Contains(out, "error\":") {
+		t.Errorf("the sandbox reached the token endpoint:\n%s", out)
+	}
+	api.fail = true
+	sawBefore := api.saw.Len()
+	api.mu.Unlock()
+	failOut, _ := w.run(t, pol, "--secrets-file", secretsFile, "--", "curl", "-sS", "--max-time", "10", "-w", "status=%{http_code}", url)
+	if !strings.Contains(failOut, "status=502") || !strings.Contains(failOut, "oauth2 token for rule corp") {
+		t.Fatalf("failing endpoint:\n%s", failOut)
+	}
+	failed := false
+	for _, ev := range w.events(t) {
+		if ev.Kind == audit.KindHTTP && ev.Decision == audit.DecisionError && strings.Contains(ev.Reason, "non-2xx status 500") {
+			failed = true
+		}
+	}
+	if !failed {
+		t.Error("no audit event for the failed token request")
+	}
+	api.mu.Lock()
+	if api.saw.Len() != sawBefore {
+		t.Error("the upstream received a request without its token")
+	}
+	api.mu.Unlock()
+	lc := &leakCheck{values: []string{e2eClientSecret, e2eEndpointBody}}
+	lc.add("sluice run output and sandbox environment", []byte(out+failOut))
+	lc.addFile(t, w.auth)
 	lc.check(t)
 }
 
