@@ -405,7 +405,7 @@ func netnsName(path string) string {
 }
 
 func (d *Daemon) emitPolicy(m *managed, what string) {
-	d.audit.Emit(audit.Event{Kind: audit.KindSandbox, Sandbox: m.rec.Name, CgroupID: m.rec.CgroupID, Decision: what})
+	d.audit.Emit(audit.Event{Kind: audit.KindSandbox, Sandbox: m.rec.Name, CgroupID: m.rec.CgroupID, Decision: what, Labels: m.sb.Labels()})
 }
 
 func (d *Daemon) policyPath(name string) string {
