@@ -14,7 +14,7 @@ import (
 // setCredentials gives rt the OAuth2 token minter and the SigV4 signer of
 // the policies' oauth2 and aws_sigv4 blocks. Their secrets come from
 // lookup; rotated refresh tokens are written to store (nil: kept in
-// memory, as `sluice run` without a secret store does). The token
+// memory, as `sluice run` does without a secret store). The token
 // endpoints are dialled by sluice itself (the sandbox need not reach
 // them) and verified against the system roots plus upstreamCAs, like
 // every upstream.

@@ -100,11 +100,11 @@ func Run(ctx context.Context, o RunOptions) (int, error) {
 	if stateDir == "" {
 		stateDir = DefaultStateDir
 	}
+	var store *secrets.Store // receives rotated oauth2 refresh tokens
 	if ok, err := secrets.StoreExists(stateDir); err != nil {
 		return 0, err
 	} else if ok {
-		store, err := secrets.OpenStore(stateDir, secrets.KeySource{}, log.With("component", "secrets"))
-		if err != nil {
+		if store, err = secrets.OpenStore(stateDir, secrets.KeySource{}, log.With("component", "secrets")); err != nil {
 			return 0, err
 		}
 		providers = append(providers, store)
@@ -195,7 +195,7 @@ func Run(ctx context.Context, o RunOptions) (int, error) {
 
 	rt := &Runtime{Log: log, Enforcer: enf, Resolver: resolver, Proxy: px, Secrets: chain,
 		Callbacks: secrets.NewCallbacks(signer, nil, log.With("component", "callback")), Audit: alog}
-	if err := rt.setCredentials(chain, nil, o.UpstreamCAs); err != nil {
+	if err := rt.setCredentials(chain, store, o.UpstreamCAs); err != nil {
 		return 0, err
 	}
 	evCtx, stopEvents := context.WithCancel(ctx)
