@@ -349,6 +349,20 @@ func (o *OAuth2) fetch(ctx context.Context, ck, target, sandbox string, cfg *pol
 		o.mu.Unlock()
 	}
 	o.mu.Lock()
+	if len(o.cache) >= maxCallbackCache {
+		// Entries of rotated client secrets or detached sandboxes: drop
+		// the expired ones, or all (tokens are minted again on demand;
+		// in-memory refresh rotations are lost only with no store).
+		now := o.now()
+		for k, old := range o.cache {
+			if !now.Before(old.expires) && old.refresh == "" {
+				delete(o.cache, k)
+			}
+		}
+		if len(o.cache) >= maxCallbackCache {
+			clear(o.cache)
+		}
+	}
 	o.cache[ck] = e
 	o.mu.Unlock()
 	o.log.Debug("oauth2 token minted", "sandbox", sandbox, "endpoint", target, "grant", cfg.Grant,
