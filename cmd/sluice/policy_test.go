@@ -157,6 +157,14 @@ var explainCases = map[string][]struct {
 		{"GET", "https://wiki.corp.internal/pages%2Fadmin", false, 3},
 		{"POST", "https://wiki.corp.internal/pages/x?_method=DELETE", true, 3},
 	},
+	"cloud-credentials.yaml": {
+		{"GET", "https://api.corp.example/v1/items", false, 0},
+		{"GET", "https://calendar.example.com/events", false, 0},
+		{"GET", "https://storage.googleapis.com/bucket/object", false, 0},
+		{"PUT", "https://bucket.s3.us-east-1.amazonaws.com/key", false, 0},
+		{"GET", "https://auth.corp.example/token", false, 3},
+		{"GET", "https://s3.us-east-1.amazonaws.com/", true, 0},
+	},
 	"ci-locked-down.yaml": {
 		{"GET", "https://proxy.golang.org/github.com/spf13/cobra/@v/list", false, 0},
 		{"POST", "https://proxy.golang.org/github.com/spf13/cobra/@v/list", false, 3},

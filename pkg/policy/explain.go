@@ -209,6 +209,7 @@ func (p *Policy) ExplainRequest(method, rawURL string, header map[string][]strin
 			for _, h := range r.Headers {
 				e.Headers = append(e.Headers, ExplainHeader{Name: h.Name, Type: h.Type.String(), Value: h.Redacted()})
 			}
+			e.Headers = append(e.Headers, explainCredentials(r)...)
 			if r.Callback != nil {
 				e.Callback = &ExplainCallback{URL: r.Callback.URL, TTL: r.Callback.TTL.String(), Timeout: r.Callback.Timeout.String()}
 			}

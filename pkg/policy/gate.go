@@ -44,19 +44,20 @@ func (ps *parser) gateChecks(r *Rule, path string, fields []field) {
 	case r.Direct:
 		ps.errf(n, fp, "a direct rule bypasses the proxy and injects nothing; drop insecure_http")
 	case !r.InjectsCredentials():
-		ps.warnf(n, fp, "has no effect: the rule injects no secret, opaque or callback header")
+		ps.warnf(n, fp, "has no effect: the rule injects no secret, opaque or callback header, oauth2 token or aws_sigv4 signature")
 	default:
 		ps.warnf(n, fp, "the rule's credentials are sent in cleartext over http://, readable by anyone on the path to the upstream; drop insecure_http and use https")
 	}
 }
 
 // InjectsCredentials reports whether the rule adds a header whose value
-// is not written in the policy: a secret, opaque or callback header.
+// is not written in the policy: a secret, opaque or callback header, an
+// OAuth2 bearer token or an AWS SigV4 signature.
 func (r *Rule) InjectsCredentials() bool {
 	if r == nil {
 		return false
 	}
-	if r.Callback != nil {
+	if r.Callback != nil || r.OAuth2 != nil || r.AWSSigV4 != nil {
 		return true
 	}
 	for _, h := range r.Headers {

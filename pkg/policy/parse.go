@@ -336,7 +336,7 @@ type ruleSrc struct {
 	envNodes  map[string]*yaml.Node
 }
 
-var ruleFields = append([]string{"name", "hosts", "paths", "methods", "ports", "cidrs", "action", "direct", "headers", "remap", "callback", "env"}, gateFields...)
+var ruleFields = append([]string{"name", "hosts", "paths", "methods", "ports", "cidrs", "action", "direct", "headers", "remap", "callback", "env", "oauth2", "aws_sigv4"}, gateFields...)
 
 func (ps *parser) rule(i int, n *yaml.Node) (*Rule, *ruleSrc) {
 	path := fmt.Sprintf("rules[%d]", i)
@@ -357,6 +357,8 @@ func (ps *parser) rule(i int, n *yaml.Node) (*Rule, *ruleSrc) {
 		methodsNode  *yaml.Node
 		portsNode    *yaml.Node
 		envNode      *yaml.Node
+		oauthNode    *yaml.Node
+		sigNode      *yaml.Node
 	)
 	for _, f := range fields {
 		fp := join(path, f.key.Value)
@@ -485,8 +487,13 @@ func (ps *parser) rule(i int, n *yaml.Node) (*Rule, *ruleSrc) {
 			r.Env, src.envNodes = ps.env(fp, f.val)
 		case "insecure_http", "case_insensitive_paths":
 			ps.gateField(r, f, fp)
+		case "oauth2":
+			oauthNode, r.OAuth2 = f.val, ps.oauth2(fp, f.val)
+		case "aws_sigv4":
+			sigNode, r.AWSSigV4 = f.val, ps.awsSigV4(fp, f.val)
 		}
 	}
+	ps.credentialChecks(r, path, oauthNode, sigNode, headersNode)
 	if !haveName && clean {
 		ps.errf(n, join(path, "name"), "required; every rule needs a unique name")
 	}

@@ -78,6 +78,12 @@
 //   - One "conn" event per connection and one "http" event per intercepted
 //     request; no event carries a secret, a query value or a body.
 //
+// A rule's oauth2 block injects "Authorization: Bearer" with a token from
+// Sandbox.Tokens (a failed token request: 502, nothing forwarded); an
+// aws_sigv4 block has Sandbox.Signer drop the sandbox's signature and sign
+// the request as forwarded, its body hashed up to 1 MiB when the length is
+// known, else UNSIGNED-PAYLOAD (authn.go).
+//
 // A Proxy is safe for concurrent use; Serve returns after every connection
 // it accepted is closed.
 package proxy

@@ -372,6 +372,7 @@ func (h *h1Conn) badRequest(code int, msg string) {
 // handle answers one checked request.
 func (h *h1Conn) handle(ctx context.Context, req *http.Request, rs *reqState, expect bool) bool {
 	closeAfter := req.Close || !req.ProtoAtLeast(1, 1)
+	rs.expect = expect
 	if code, body := h.s.checkRequest(ctx, req, rs); code != 0 {
 		rs.status = code
 		// Read what is left of the body, within reason, to keep the

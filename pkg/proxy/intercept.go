@@ -190,6 +190,7 @@ type reqState struct {
 	host, path string
 	rule       *policy.Rule
 	errMsg     string
+	expect     bool   // HTTP/1.1 Expect: 100-continue (the body comes after the check)
 	upHost     string // the upstream's name: TLS server name and verification
 	start      time.Time
 	decision   string
@@ -406,7 +407,11 @@ func (s *server) checkRequest(ctx context.Context, r *http.Request, rs *reqState
 
 	// Credentials.
 	if rule != nil {
-		if msg := s.credentials(ctx, rs, rule, reqHost, port); msg != "" {
+		msg := s.credentials(ctx, rs, rule, reqHost, port)
+		if msg == "" && (rule.OAuth2 != nil || rule.AWSSigV4 != nil) {
+			msg = s.ruleAuth(ctx, r, rs, rule) // authn.go
+		}
+		if msg != "" {
 			rs.decision = audit.DecisionError
 			rs.ev.Reason = msg
 			rs.status = http.StatusBadGateway

@@ -67,6 +67,11 @@ type Sandbox struct {
 	Secrets   Secrets   // nil: any secret header fails the request (502)
 	Callbacks Callbacks // nil: any callback rule fails the request (502)
 	Audit     audit.Emitter
+
+	// Tokens and Signer serve oauth2 and aws_sigv4 rules (authn.go); nil
+	// fails such a rule's requests (502).
+	Tokens Tokens
+	Signer RequestSigner
 }
 
 // Config holds what all sandboxes served by one Proxy share. Zero values
