@@ -495,6 +495,7 @@ func (h *h1Conn) forward(ctx context.Context, req *http.Request, rs *reqState, c
 		req.Header.Del(inj.name)
 		req.Header.Set(inj.name, inj.value)
 	}
+	rs.upstreamRequest(req.Header)
 	req.Host = rs.outHost
 	req.Close = false
 
@@ -732,6 +733,7 @@ func (h *h1Conn) readResponse(u *upConn, req *http.Request) (*http.Response, err
 		}
 		if code != http.StatusContinue && req.ProtoAtLeast(1, 1) {
 			removeHopByHop(resp.Header)
+			h.rs.filterInformational(resp.Header)
 			writeStatusLine(h.bw, req, code, statusText(resp))
 			writeHeader(h.bw, resp.Header)
 			h.bw.WriteString("\r\n")
@@ -879,7 +881,7 @@ func (h *h1Conn) switchProtocols(req *http.Request, resp *http.Response, rs *req
 		done <- struct{}{}
 	}()
 	go func() {
-		copyWith(h.c, u.br)
+		copyWith(h.c, rs.upgradeReader(u.br))
 		done <- struct{}{}
 	}()
 	<-done
