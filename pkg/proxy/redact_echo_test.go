@@ -1,0 +1,513 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"compress/flate"
+	"compress/gzip"
+	"compress/zlib"
+	"context"
+	"crypto/sha1"
+	"crypto/tls"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptrace"
+	"net/netip"
+	"net/textproto"
+	"net/url"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/andybalholm/brotli"
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/sluice-dev/sluice/pkg/audit"
+)
+
+// echoSecret is injected as "Bearer echoSecret": it holds characters that
+// percent-encoding and JSON escape, so each encoding differs from the value.
+const echoSecret = `s3cr3t/tok+en"v&l<ue>~x`
+
+func echoEnv(t *testing.T, port uint16) *env {
+	return newEnv(t, apiPolicy(port), func(e *env, _ *Config) {
+		e.sb.Secrets = fakeSecrets{"TOKEN": echoSecret}
+	})
+}
+
+// echoPayload is every way the echo upstream repeats the Authorization
+// header it received: as it is, base64 (standard and URL alphabets, padded
+// and not, of the value and of the header line at each alignment), hex,
+// percent-encoded, JSON-escaped.
+func echoPayload(auth string) string {
+	secret := strings.TrimPrefix(auth, "Bearer ")
+	var b strings.Builder
+	add := func(name, v string) { fmt.Fprintf(&b, "%s: %s\n", name, v) }
+	add("raw", auth)
+	for _, v := range []string{auth, secret} {
+		add("b64", base64.StdEncoding.EncodeToString([]byte(v)))
+		add("b64url", base64.URLEncoding.EncodeToString([]byte(v)))
+		add("b64raw", base64.RawStdEncoding.EncodeToString([]byte(v)))
+		add("b64rawurl", base64.RawURLEncoding.EncodeToString([]byte(v)))
+		add("hex", hex.EncodeToString([]byte(v)))
+		add("HEX", strings.ToUpper(hex.EncodeToString([]byte(v))))
+		add("query", url.QueryEscape(v))
+		add("path", url.PathEscape(v))
+		add("pct20", strings.ReplaceAll(url.QueryEscape(v), "+", "%20"))
+	}
+	for _, prefix := range []string{"", "x", "xy"} {
+		line := prefix + "GET / HTTP/1.1\r\nAuthorization: " + auth + "\r\nAccept: */*\r\n"
+		add("line", base64.StdEncoding.EncodeToString([]byte(line)))
+		add("lineurl", base64.RawURLEncoding.EncodeToString([]byte(line)))
+	}
+	j, _ := json.Marshal(map[string]string{"authorization": auth})
+	add("json", string(j))
+	add("json-slash", strings.ReplaceAll(string(j), "/", `\/`))
+	var ju strings.Builder
+	for _, r := range auth {
+		fmt.Fprintf(&ju, `\u%04x`, r)
+	}
+	add("json-u", `{"a":"`+ju.String()+`"}`)
+	add("json-U", `{"a":"`+strings.ToUpper(strings.ReplaceAll(ju.String(), `\u`, `@`))+`"}`)
+	return strings.ReplaceAll(b.String(), "@", `\u`)
+}
+
+var (
+	hexRun = regexp.MustCompile(`[0-9a-fA-F]{8,}`)
+	b64Run = regexp.MustCompile(`[A-Za-z0-9+/\-_]{6,}`)
+	jsonU  = regexp.MustCompile(`\\[uU]([0-9a-fA-F]{4})`)
+)
+
+// reveals says how s reveals secret, or "": as it is, or after decoding
+// hex or base64 runs (at every offset), percent-encoding or JSON escapes.
+// The first and last byte of the secret are left out of the decoded
+// checks: a redacted base64 run may keep the bits next to its edges.
+func reveals(s, secret string) string {
+	if strings.Contains(s, secret) {
+		return "raw"
+	}
+	mid := secret[1 : len(secret)-1]
+	for _, run := range hexRun.FindAllString(s, -1) {
+		for off := 0; off < 2 && off < len(run); off++ {
+			r := run[off:]
+			if b, err := hex.DecodeString(r[:len(r)/2*2]); err == nil && bytes.Contains(b, []byte(mid)) {
+				return "hex"
+			}
+		}
+	}
+	for _, run := range b64Run.FindAllString(s, -1) {
+		std := strings.NewReplacer("-", "+", "_", "/").Replace(run)
+		for off := 0; off < 4 && off < len(std); off++ {
+			r := std[off:]
+			n := len(r)
+			if n%4 == 1 {
+				n--
+			}
+			if b, err := base64.RawStdEncoding.DecodeString(r[:n]); err == nil && bytes.Contains(b, []byte(mid)) {
+				return "base64"
+			}
+		}
+	}
+	if u, err := url.QueryUnescape(s); err == nil && strings.Contains(u, secret) {
+		return "query-escaped"
+	}
+	if u, err := url.PathUnescape(s); err == nil && strings.Contains(u, secret) {
+		return "percent-encoded"
+	}
+	j := jsonU.ReplaceAllStringFunc(s, func(m string) string {
+		n, _ := strconv.ParseUint(m[2:], 16, 32)
+		return string(rune(n))
+	})
+	j = strings.NewReplacer(`\/`, `/`, `\"`, `"`, `\\`, `\`).Replace(j)
+	if strings.Contains(j, secret) {
+		return "json-escaped"
+	}
+	return ""
+}
+
+func TestRevealsOracle(t *testing.T) {
+	// The oracle itself must see every encoding of the echo payload.
+	for _, line := range strings.Split(echoPayload("Bearer "+echoSecret), "\n") {
+		if line == "" {
+			continue
+		}
+		if reveals(line, echoSecret) == "" {
+			t.Errorf("oracle misses %q", line)
+		}
+	}
+}
+
+// echoUpstream repeats the Authorization header it receives in the way
+// the path says: /body/CODING (the echo payload, content-coded), /trailer
+// and /trailer-cl (in trailers, chunked or after a Content-Length), /early
+// (in a 103 Early Hints header), /ws (in WebSocket frames).
+func echoUpstream(t *testing.T) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		auth := r.Header.Get("Authorization")
+		payload := echoPayload(auth)
+		switch {
+		case strings.HasPrefix(r.URL.Path, "/body/"):
+			coding := strings.TrimPrefix(r.URL.Path, "/body/")
+			// Encoded whatever the request's Accept-Encoding says.
+			var buf bytes.Buffer
+			var wc io.WriteCloser
+			switch coding {
+			case "gzip":
+				wc = gzip.NewWriter(&buf)
+			case "deflate":
+				wc = zlib.NewWriter(&buf)
+			case "rawdeflate":
+				wc, _ = flate.NewWriter(&buf, flate.BestSpeed)
+				coding = "deflate"
+			case "br":
+				wc = brotli.NewWriter(&buf)
+			case "zstd":
+				wc, _ = zstd.NewWriter(&buf)
+			case "identity", "compress", "gzip,br":
+				wc = nopWC{&buf}
+			}
+			if coding == "gzip,br" { // gzip first, then br
+				buf.Reset()
+				bw := brotli.NewWriter(&buf)
+				gw := gzip.NewWriter(bw)
+				io.WriteString(gw, payload)
+				gw.Close()
+				bw.Close()
+			} else {
+				io.WriteString(wc, payload)
+				wc.Close()
+			}
+			w.Header().Set("Content-Encoding", coding)
+			w.Header().Set("X-Echo", base64.StdEncoding.EncodeToString([]byte(auth)))
+			w.Write(buf.Bytes())
+		case r.URL.Path == "/trailer", r.URL.Path == "/trailer-cl":
+			w.Header().Set("Trailer", "X-Echo, X-Echo-Hex")
+			body := "trailers follow\n"
+			if r.URL.Path == "/trailer-cl" {
+				w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+			}
+			io.WriteString(w, body)
+			w.(http.Flusher).Flush()
+			w.Header().Set("X-Echo", auth)
+			w.Header().Set("X-Echo-Hex", hex.EncodeToString([]byte(auth)))
+			w.Header().Set(http.TrailerPrefix+"X-Undeclared", base64.RawURLEncoding.EncodeToString([]byte(auth)))
+		case r.URL.Path == "/early":
+			w.Header().Set("Link", "</style.css>; rel=preload; as=style; token="+url.QueryEscape(auth))
+			w.Header().Set("X-Early", auth)
+			w.WriteHeader(http.StatusEarlyHints)
+			w.Header().Del("Link")
+			w.Header().Del("X-Early")
+			io.WriteString(w, "final answer\n")
+		case r.URL.Path == "/ws" || r.URL.Path == "/ws-deflate":
+			serveEchoWS(t, w, r, auth, payload)
+		default:
+			http.NotFound(w, r)
+		}
+	})
+}
+
+type nopWC struct{ io.Writer }
+
+func (nopWC) Close() error { return nil }
+
+// serveEchoWS switches to WebSocket by hand and sends frames that echo
+// auth: a text message, a binary message fragmented across three frames
+// with the secret split between them and a ping carrying it in the middle,
+// a masked frame (not allowed from a server; sluice must still redact it),
+// a frame of more than 64 KiB, and a close frame with the secret as reason.
+func serveEchoWS(t *testing.T, w http.ResponseWriter, r *http.Request, auth, payload string) {
+	if !strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+		http.Error(w, "not a websocket request", 400)
+		return
+	}
+	sum := sha1.Sum([]byte(r.Header.Get("Sec-Websocket-Key") + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))
+	c, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		t.Errorf("hijack: %v", err)
+		return
+	}
+	defer c.Close()
+	ext := ""
+	if r.URL.Path == "/ws-deflate" {
+		ext = "Sec-WebSocket-Extensions: permessage-deflate\r\n"
+	}
+	fmt.Fprintf(brw, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: %s\r\nX-Echo: %s\r\n%s\r\n",
+		base64.StdEncoding.EncodeToString(sum[:]), auth, ext)
+	frame := func(fin bool, op byte, mask []byte, p string) {
+		b0 := op
+		if fin {
+			b0 |= 0x80
+		}
+		hdr := []byte{b0, 0}
+		switch n := len(p); {
+		case n < 126:
+			hdr[1] = byte(n)
+		case n < 1<<16:
+			hdr[1] = 126
+			hdr = binary.BigEndian.AppendUint16(hdr, uint16(n))
+		default:
+			hdr[1] = 127
+			hdr = binary.BigEndian.AppendUint64(hdr, uint64(n))
+		}
+		pb := []byte(p)
+		if mask != nil {
+			hdr[1] |= 0x80
+			hdr = append(hdr, mask...)
+			for i := range pb {
+				pb[i] ^= mask[i%4]
+			}
+		}
+		brw.Write(hdr)
+		brw.Write(pb)
+		brw.Flush() // each frame its own write: the proxy sees them apart
+	}
+	frame(true, 1, nil, payload)
+	cut := len(auth) - 5
+	frame(false, 2, nil, "binary start "+auth[:cut])
+	frame(true, 9, nil, "ping "+auth)
+	frame(false, 0, nil, auth[cut:cut+2])
+	frame(true, 0, nil, auth[cut+2:]+" binary end")
+	frame(true, 1, []byte{1, 2, 3, 4}, "masked "+payload)
+	frame(true, 2, nil, strings.Repeat("x", 70000)+auth+strings.Repeat("y", 100))
+	frame(true, 8, nil, "\x03\xe8bye "+auth)
+	brw.Flush()
+	io.Copy(io.Discard, io.LimitReader(c, 1<<20)) // until the proxy closes
+}
+
+// wsFrame is a frame the sandbox received (payload unmasked).
+type wsFrame struct {
+	fin     bool
+	op      byte
+	masked  bool
+	payload string
+}
+
+func readWSFrames(t *testing.T, r io.Reader) []wsFrame {
+	t.Helper()
+	br := bufio.NewReader(r)
+	var frames []wsFrame
+	for {
+		var h [2]byte
+		if _, err := io.ReadFull(br, h[:]); err != nil {
+			return frames
+		}
+		n := uint64(h[1] & 0x7f)
+		switch n {
+		case 126:
+			var b [2]byte
+			io.ReadFull(br, b[:])
+			n = uint64(binary.BigEndian.Uint16(b[:]))
+		case 127:
+			var b [8]byte
+			io.ReadFull(br, b[:])
+			n = binary.BigEndian.Uint64(b[:])
+		}
+		var mask [4]byte
+		masked := h[1]&0x80 != 0
+		if masked {
+			io.ReadFull(br, mask[:])
+		}
+		p := make([]byte, n)
+		if _, err := io.ReadFull(br, p); err != nil {
+			t.Fatalf("frame payload cut short: %v", err)
+		}
+		if masked {
+			for i := range p {
+				p[i] ^= mask[i%4]
+			}
+		}
+		frames = append(frames, wsFrame{fin: h[0]&0x80 != 0, op: h[0] & 0x0f, masked: masked, payload: string(p)})
+		if h[0]&0x0f == 8 {
+			return frames
+		}
+	}
+}
+
+// TestEchoEveryPath: over HTTP/1.1 and HTTP/2, an upstream that echoes the
+// injected Authorization header in every encoding, in compressed bodies,
+// trailers, 103 headers and WebSocket frames never gets the secret or any
+// encoding of it to the sandbox.
+func TestEchoEveryPath(t *testing.T) {
+	t.Parallel()
+	up := newUpstream(t, "127.0.0.1", echoUpstream(t))
+	dst := addrPort(t, up.URL)
+	e := echoEnv(t, dst.Port())
+	e.bind("api.test", dst)
+	base := fmt.Sprintf("https://api.test:%d", dst.Port())
+	auth := "Bearer " + echoSecret
+	check := func(t *testing.T, where, s string) {
+		t.Helper()
+		if how := reveals(s, echoSecret); how != "" {
+			t.Errorf("%s reveals the secret (%s):\n%s", where, how, s)
+		}
+	}
+	for _, h2 := range []bool{false, true} {
+		c := e.client(h2)
+		t.Run(fmt.Sprintf("h2=%v", h2), func(t *testing.T) {
+			for _, coding := range []string{"identity", "gzip", "deflate", "rawdeflate", "br", "zstd", "gzip,br"} {
+				resp, err := c.Get(base + "/body/" + coding)
+				if err != nil {
+					t.Fatal(err)
+				}
+				body := readAll(t, resp)
+				if resp.StatusCode != 200 {
+					t.Fatalf("%s: status %d: %s", coding, resp.StatusCode, body)
+				}
+				if ce := resp.Header.Get("Content-Encoding"); ce != "" {
+					t.Errorf("%s: forwarded with Content-Encoding %q", coding, ce)
+				}
+				// The payload arrives decoded, line by line, each redacted.
+				lines := strings.Split(strings.TrimSuffix(body, "\n"), "\n")
+				if want := strings.Count(echoPayload(auth), "\n"); len(lines) != want || !strings.Contains(body, Redacted) {
+					t.Fatalf("%s: %d lines, want %d:\n%s", coding, len(lines), want, body)
+				}
+				for _, l := range lines {
+					check(t, coding+" body line", l)
+				}
+				check(t, coding+" header", fmt.Sprint(resp.Header))
+			}
+
+			// An unknown coding cannot be scanned: 502, nothing of the body.
+			resp, err := c.Get(base + "/body/compress")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if body := readAll(t, resp); resp.StatusCode != http.StatusBadGateway || reveals(body, echoSecret) != "" {
+				t.Fatalf("unknown coding: %d %q", resp.StatusCode, body)
+			}
+
+			for _, path := range []string{"/trailer", "/trailer-cl"} {
+				resp, err := c.Get(base + path)
+				if err != nil {
+					t.Fatal(err)
+				}
+				body := readAll(t, resp)
+				if body != "trailers follow\n" {
+					t.Fatalf("%s body %q", path, body)
+				}
+				if h2 || path == "/trailer" { // HTTP/1.1 carries trailers only when chunked
+					for _, k := range []string{"X-Echo", "X-Echo-Hex", "X-Undeclared"} {
+						if v := resp.Trailer.Get(k); !strings.Contains(v, Redacted) {
+							t.Errorf("%s: trailer %s = %q, want it delivered and redacted", path, k, v)
+						}
+					}
+				}
+				check(t, path+" trailer", fmt.Sprint(resp.Trailer))
+			}
+
+			var early []textproto.MIMEHeader
+			ctx := httptrace.WithClientTrace(context.Background(), &httptrace.ClientTrace{
+				Got1xxResponse: func(code int, h textproto.MIMEHeader) error {
+					early = append(early, h)
+					return nil
+				},
+			})
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+"/early", nil)
+			resp, err = c.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if body := readAll(t, resp); body != "final answer\n" {
+				t.Fatalf("early: body %q", body)
+			}
+			if len(early) != 1 || !strings.Contains(early[0].Get("X-Early"), Redacted) || !strings.Contains(early[0].Get("Link"), "rel=preload") {
+				t.Fatalf("103 headers: %v", early)
+			}
+			check(t, "103 header", fmt.Sprint(early))
+		})
+	}
+
+	// WebSocket: upgrades exist on HTTP/1.1 only (an HTTP/2 client would
+	// need extended CONNECT, which sluice refuses with every CONNECT).
+	t.Run("websocket", func(t *testing.T) {
+		frames, head := wsExchange(t, e, dst, "/ws")
+		if !strings.Contains(head, "101") || reveals(head, echoSecret) != "" {
+			t.Fatalf("101 head: %q", head)
+		}
+		payload := echoPayload(auth)
+		want := []struct {
+			fin    bool
+			op     byte
+			masked bool
+			n      int
+		}{
+			{true, 1, false, len(payload)}, {false, 2, false, len("binary start ") + len(auth) - 5}, {true, 9, false, 5 + len(auth)},
+			{false, 0, false, 2}, {true, 0, false, 3 + len(" binary end")},
+			{true, 1, true, len("masked ") + len(payload)}, {true, 2, false, 70000 + len(auth) + 100},
+			{true, 8, false, 2 + 4 + len(auth)},
+		}
+		if len(frames) != len(want) {
+			t.Fatalf("%d frames, want %d: %+v", len(frames), len(want), frames)
+		}
+		var msg strings.Builder
+		for i, f := range frames {
+			w := want[i]
+			if f.fin != w.fin || f.op != w.op || f.masked != w.masked || len(f.payload) != w.n {
+				t.Errorf("frame %d: fin %v op %d masked %v len %d; want %+v", i, f.fin, f.op, f.masked, len(f.payload), w)
+			}
+			check(t, fmt.Sprintf("frame %d", i), f.payload)
+			if f.op == 2 || f.op == 0 && i < 5 {
+				msg.WriteString(f.payload)
+			}
+			if !strings.Contains(f.payload, "*") && !strings.Contains(f.payload, Redacted[:4]) {
+				t.Errorf("frame %d carries no redaction: %q", i, f.payload)
+			}
+		}
+		check(t, "fragmented message", msg.String())
+		if !strings.HasPrefix(frames[1].payload+frames[3].payload+frames[4].payload, "binary start ") ||
+			!strings.HasSuffix(frames[4].payload, " binary end") {
+			t.Errorf("fragmented message mangled: %q", msg.String())
+		}
+
+		// An upstream that compresses its frames anyway: refused.
+		_, head = wsExchange(t, e, dst, "/ws-deflate")
+		if !strings.HasPrefix(head, "HTTP/1.1 502") {
+			t.Fatalf("permessage-deflate upgrade: %q", head)
+		}
+	})
+
+	ev := e.rec.waitKind(t, audit.KindSecret, 1)
+	for _, x := range e.rec.kind(audit.KindSecret) {
+		if reveals(fmt.Sprint(x), echoSecret) != "" {
+			t.Fatal("secret value in an event")
+		}
+	}
+	if len(ev) == 0 {
+		t.Fatal("no secret event")
+	}
+}
+
+// wsExchange opens a WebSocket on path through the proxy (offering
+// permessage-deflate) and reads the frames until the close frame.
+func wsExchange(t *testing.T, e *env, dst netip.AddrPort, path string) ([]wsFrame, string) {
+	t.Helper()
+	c, err := e.dial(context.Background(), dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	tc := tls.Client(c, &tls.Config{ServerName: "api.test", RootCAs: e.sandbox, NextProtos: []string{"http/1.1"}})
+	fmt.Fprintf(tc, "GET %s HTTP/1.1\r\nHost: api.test:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n", path, dst.Port())
+	br := bufio.NewReader(tc)
+	var head strings.Builder
+	for {
+		line, err := br.ReadString('\n')
+		head.WriteString(line)
+		if err != nil || line == "\r\n" {
+			break
+		}
+	}
+	if !strings.Contains(head.String(), " 101 ") {
+		return nil, head.String()
+	}
+	return readWSFrames(t, br), head.String()
+}
