@@ -511,3 +511,53 @@ func wsExchange(t *testing.T, e *env, dst netip.AddrPort, path string) ([]wsFram
 	}
 	return readWSFrames(t, br), head.String()
 }
+
+// TestTrailersDelivered: trailers reach the sandbox over HTTP/1.1 (chunked)
+// and HTTP/2, with and without injected credentials.
+func TestTrailersDelivered(t *testing.T) {
+	t.Parallel()
+	up := newUpstream(t, "127.0.0.1", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Trailer", "Grpc-Status")
+		if r.URL.Path == "/cl" {
+			w.Header().Set("Content-Length", "500")
+		}
+		io.WriteString(w, strings.Repeat("data ", 100))
+		w.(http.Flusher).Flush()
+		w.Header().Set("Grpc-Status", "0")
+		w.Header().Set(http.TrailerPrefix+"X-Late", "late")
+	}))
+	dst := addrPort(t, up.URL)
+	e := newEnv(t, fmt.Sprintf(`
+version: 1
+rules:
+  - name: api
+    hosts: [api.test]
+    ports: [%d]
+    headers:
+      - {name: Authorization, type: secret, value: "Bearer {TOKEN}"}
+  - name: plain
+    hosts: [plain.test]
+    ports: [%d]
+    headers:
+      - {name: X-Plain, type: plaintext, value: "not a secret"}
+`, dst.Port(), dst.Port()))
+	e.bind("api.test", dst)
+	e.bind("plain.test", dst)
+	for _, h2 := range []bool{false, true} {
+		for _, host := range []string{"api.test", "plain.test"} {
+			for _, path := range []string{"/", "/cl"} {
+				resp, err := e.client(h2).Get(fmt.Sprintf("https://%s:%d%s", host, dst.Port(), path))
+				if err != nil {
+					t.Fatal(err)
+				}
+				readAll(t, resp)
+				if !h2 && path == "/cl" {
+					continue // HTTP/1.1 has no trailers after a Content-Length body
+				}
+				if resp.Trailer.Get("Grpc-Status") != "0" || resp.Trailer.Get("X-Late") != "late" {
+					t.Errorf("h2=%v %s%s: trailers %v", h2, host, path, resp.Trailer)
+				}
+			}
+		}
+	}
+}
