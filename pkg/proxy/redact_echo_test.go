@@ -20,9 +20,15 @@ import (
 	"net/netip"
 	"net/textproto"
 	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -559,5 +565,159 @@ rules:
 				}
 			}
 		}
+	}
+}
+
+// TestRedactStreamsBoundedMemory: a 1 GiB response of unknown length, with
+// the secret at its start, split across the upstream's writes and at its
+// end, is redacted as it streams: the heap stays bounded and the client
+// sees the first bytes before the upstream has sent the rest. With -short
+// it streams 64 MiB. Under the race detector, which makes streaming 1 GiB
+// take minutes, it streams 64 MiB itself and has the 1 GiB measured by an
+// uninstrumented run of itself.
+func TestRedactStreamsBoundedMemory(t *testing.T) {
+	size := int64(1 << 30)
+	if testing.Short() {
+		size = 64 << 20
+	}
+	if mb, err := strconv.Atoi(os.Getenv("SLUICE_BIG_BODY_MB")); err == nil && mb > 0 {
+		size = int64(mb) << 20
+	}
+	if raceEnabled && size > 64<<20 {
+		t.Run("uninstrumented", func(t *testing.T) { runUninstrumented(t, "TestRedactStreamsBoundedMemory", size) })
+		size = 64 << 20
+	}
+	auth := "Bearer " + echoSecret
+	release := make(chan struct{}, 2)
+	up := newUpstream(t, "127.0.0.1", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got := r.Header.Get("Authorization")
+		w.Header().Set("Content-Type", "application/octet-stream")
+		io.WriteString(w, got+"\n")
+		w.(http.Flusher).Flush()
+		<-release // the client has the start: the body streams
+		block := []byte(strings.Repeat("0123456789abcdef", 2048)) // 32 KiB
+		left := size - int64(len(got)+1) - int64(len(got))
+		split := len(block) - 7
+		for i := 0; left > 0; i++ {
+			b := block
+			if int64(len(b)) > left {
+				b = b[:left]
+			}
+			if i == 3 { // a secret split across two writes
+				copy(b[split:], got[:7])
+				w.Write(b)
+				w.Write([]byte(got[7:]))
+				left -= int64(len(b) + len(got) - 7)
+				continue
+			}
+			if _, err := w.Write(b); err != nil {
+				return
+			}
+			left -= int64(len(b))
+		}
+		io.WriteString(w, got)
+	}))
+	dst := addrPort(t, up.URL)
+	e := echoEnv(t, dst.Port())
+	e.bind("api.test", dst)
+
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	base := ms.HeapInuse
+	var peak atomic.Uint64
+	stop := make(chan struct{})
+	var sampler sync.WaitGroup
+	sampler.Add(1)
+	go func() {
+		defer sampler.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			var m runtime.MemStats
+			runtime.ReadMemStats(&m)
+			if m.HeapInuse > peak.Load() {
+				peak.Store(m.HeapInuse)
+			}
+		}
+	}()
+	// Each of the three echoes of auth becomes Redacted.
+	want := size + 3*int64(len(Redacted)-len(auth))
+	for _, h2 := range []bool{false, true} {
+		start := time.Now()
+		c := e.client(h2)
+		c.Timeout = 5 * time.Minute
+		resp, err := c.Get(fmt.Sprintf("https://api.test:%d/big", dst.Port()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		br := bufio.NewReaderSize(resp.Body, 64<<10)
+		first, err := br.ReadString('\n')
+		if err != nil || first != Redacted+"\n" {
+			t.Fatalf("h2=%v: first line %q, %v", h2, first, err)
+		}
+		release <- struct{}{}
+		tail := &tailWriter{n: 4096}
+		n, err := io.Copy(tail, br)
+		resp.Body.Close()
+		n += int64(len(first))
+		if err != nil || n != want {
+			t.Fatalf("h2=%v: %d bytes (%v), want %d", h2, n, err, want)
+		}
+		if !strings.HasSuffix(string(tail.b), Redacted) || reveals(string(tail.b), echoSecret) != "" {
+			t.Fatalf("h2=%v: body ends %q", h2, tail.b[len(tail.b)-64:])
+		}
+		t.Logf("h2=%v: %d MiB in %v", h2, size>>20, time.Since(start))
+	}
+	close(stop)
+	sampler.Wait()
+	growth := int64(peak.Load()) - int64(base)
+	t.Logf("heap in use: base %d MiB, peak %d MiB", base>>20, peak.Load()>>20)
+	if growth > 64<<20 {
+		t.Fatalf("heap grew by %d MiB while streaming %d MiB", growth>>20, size>>20)
+	}
+	if ev := e.rec.waitKind(t, audit.KindSecret, 2); len(ev) < 2 {
+		t.Fatalf("%d secret events, want one per request", len(ev))
+	}
+}
+
+// tailWriter keeps (at least) the last n bytes written.
+type tailWriter struct {
+	n int
+	b []byte
+}
+
+func (w *tailWriter) Write(p []byte) (int, error) {
+	w.b = append(w.b, p...)
+	if len(w.b) > 2*w.n {
+		w.b = append(w.b[:0], w.b[len(w.b)-w.n:]...)
+	}
+	return len(p), nil
+}
+
+// runUninstrumented runs test (of this package) without the race detector,
+// streaming size bytes.
+func runUninstrumented(t *testing.T, test string, size int64) {
+	goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
+	if _, err := os.Stat(goBin); err != nil {
+		if goBin, err = exec.LookPath("go"); err != nil {
+			t.Fatalf("no go command to run %s without -race: %v", test, err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, goBin, "test", "-count=1", "-v", "-run", "^"+test+"$", ".")
+	cmd.Env = append(os.Environ(), fmt.Sprintf("SLUICE_BIG_BODY_MB=%d", size>>20))
+	out, err := cmd.CombinedOutput()
+	for _, l := range strings.Split(string(out), "\n") {
+		if strings.Contains(l, ".go:") || strings.HasPrefix(l, "---") {
+			t.Log(strings.TrimSpace(l))
+		}
+	}
+	if err != nil {
+		t.Fatalf("%s without -race: %v\n%s", test, err, out)
 	}
 }
