@@ -594,7 +594,8 @@ func TestRedactStreamsBoundedMemory(t *testing.T) {
 		w.Header().Set("Content-Type", "application/octet-stream")
 		io.WriteString(w, got+"\n")
 		w.(http.Flusher).Flush()
-		<-release                                                 // the client has the start: the body streams
+		// The rest only once the client has the start: the body streams.
+		<-release
 		block := []byte(strings.Repeat("0123456789abcdef", 2048)) // 32 KiB
 		left := size - int64(len(got)+1) - int64(len(got))
 		split := len(block) - 7
