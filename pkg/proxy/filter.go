@@ -36,9 +36,13 @@ func (rs *reqState) upstreamRequest(h http.Header) {
 	if rs.secrets == nil {
 		return
 	}
-	h["Accept-Encoding"] = []string{"identity"}
+	h["Accept-Encoding"] = identity
 	delete(h, "Sec-Websocket-Extensions")
 }
+
+// identity is the Accept-Encoding of a request carrying secrets (shared:
+// never appended to).
+var identity = []string{"identity"}
 
 // filterResponse records the upstream's answer to rs and filters it before
 // it reaches the sandbox: no Alt-Svc, and injected secrets echoed back
@@ -71,7 +75,7 @@ func filterResponse(rs *reqState, resp *http.Response, method string) error {
 		return rs.bufferBody(resp)
 	}
 	rr := rs.secrets.reader(resp.Body, rs.bodyEcho)
-	rr.atEOF = func() { rs.filterTrailer(resp) }
+	rr.rs, rr.resp = rs, resp
 	resp.Body = rr
 	resp.ContentLength = -1
 	resp.Header.Del("Content-Length")

@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"hash/maphash"
 	"io"
 	"net/http"
 	"net/url"
@@ -54,27 +55,21 @@ func newRedactor(values []string) *redactor {
 // so a request whose credentials did not change builds nothing.
 func (r *redactor) init(values []string) bool {
 	r.ps = nil
-	n, key := 0, ""
+	var h maphash.Hash
+	h.SetSeed(patternSeed)
+	n := 0
 	for _, v := range values {
 		if len(v) >= minSecretLen {
 			n++
-			key = v
+			h.WriteString(v)
+			h.WriteByte(0)
 		}
 	}
 	if n == 0 {
 		return false
 	}
-	if n > 1 {
-		var sb strings.Builder
-		for _, v := range values {
-			if len(v) >= minSecretLen {
-				sb.WriteString(v)
-				sb.WriteByte(0)
-			}
-		}
-		key = sb.String()
-	}
-	if ps, ok := patternCache.Load(key); ok {
+	key := h.Sum64()
+	if ps, ok := patternCache.Load(key); ok && ps.(*patternSet).built(values) {
 		r.ps = ps.(*patternSet)
 		return true
 	}
@@ -91,13 +86,15 @@ func (r *redactor) init(values []string) bool {
 const maxCachedPatternSets = 512
 
 var (
-	patternCache sync.Map // string(values) → *patternSet
+	patternCache sync.Map // hash of the values → *patternSet
 	patternCount atomic.Int64
+	patternSeed  = maphash.MakeSeed()
 )
 
 // patternSet is the compiled set of patterns of some secret values; it is
 // immutable and shared.
 type patternSet struct {
+	values  []string      // the values it was built from (those long enough)
 	pats    []string      // every pattern, longest first
 	byFirst [256][]string // patterns by first byte, longest first
 	// pair has bit (b0<<8 | b1) set when some pattern starts with b0 b1.
@@ -112,6 +109,7 @@ func newPatternSet(values []string) *patternSet {
 		if len(v) < minSecretLen {
 			continue
 		}
+		ps.values = append(ps.values, v)
 		for _, p := range encodings(v) {
 			if len(p) >= minPatternLen && !seen[p] {
 				seen[p] = true
@@ -127,6 +125,21 @@ func newPatternSet(values []string) *patternSet {
 		ps.maxLen = max(ps.maxLen, len(p))
 	}
 	return ps
+}
+
+// built reports whether ps was built from values.
+func (ps *patternSet) built(values []string) bool {
+	i := 0
+	for _, v := range values {
+		if len(v) < minSecretLen {
+			continue
+		}
+		if i == len(ps.values) || ps.values[i] != v {
+			return false
+		}
+		i++
+	}
+	return i == len(ps.values)
 }
 
 // encodings lists v and the forms in which an upstream commonly echoes it:
@@ -355,8 +368,8 @@ func (r *redactor) replace(dst, src []byte) ([]byte, bool) {
 // reader wraps a response body. It passes data through as soon as it is
 // read (streaming is preserved), holding back only a tail that could begin a
 // secret until the next read decides it; onHit runs once on the first
-// redaction. atEOF, when set, runs once when the body ends (before the
-// reader returns io.EOF): trailers are read by then.
+// redaction. When resp is set, its trailers (read by then) are filtered
+// for rs when the body ends, before the reader returns io.EOF.
 func (r *redactor) reader(body io.ReadCloser, onHit func()) *redactReader {
 	return &redactReader{body: body, ps: r.ps, onHit: onHit}
 }
@@ -365,8 +378,9 @@ type redactReader struct {
 	body  io.ReadCloser
 	ps    *patternSet
 	onHit func()
-	atEOF func()
 	hit   bool
+	rs    *reqState
+	resp  *http.Response
 
 	in   []byte // held tail + new data
 	out  []byte // redacted, ready to return
@@ -382,9 +396,9 @@ func (rr *redactReader) Read(p []byte) (int, error) {
 				rr.decide(true)
 				continue
 			}
-			if rr.atEOF != nil && rr.err == io.EOF {
-				rr.atEOF()
-				rr.atEOF = nil
+			if rr.resp != nil && rr.err == io.EOF {
+				rr.rs.filterTrailer(rr.resp)
+				rr.resp = nil
 			}
 			return 0, rr.err
 		}
