@@ -15,7 +15,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log"
 	"net/http"
+	"net/http/httptest"
 	"net/http/httptrace"
 	"net/netip"
 	"net/textproto"
@@ -532,32 +534,45 @@ func TestTrailersDelivered(t *testing.T) {
 		w.Header().Set("Grpc-Status", "0")
 		w.Header().Set(http.TrailerPrefix+"X-Late", "late")
 	}))
-	dst := addrPort(t, up.URL)
+	// The same handler on an HTTP/1.1-only upstream (chunked trailers).
+	up1 := httptest.NewUnstartedServer(up.Config.Handler)
+	up1.Config.ErrorLog = log.New(io.Discard, "", 0)
+	up1.TLS = upstreamCA.TLSConfig()
+	up1.TLS.NextProtos = []string{"http/1.1"}
+	up1.StartTLS()
+	t.Cleanup(up1.Close)
+	dst, dst1 := addrPort(t, up.URL), addrPort(t, up1.URL)
 	e := newEnv(t, fmt.Sprintf(`
 version: 1
 rules:
   - name: api
-    hosts: [api.test]
-    ports: [%d]
+    hosts: [api.test, api1.test]
+    ports: [%d, %d]
     headers:
       - {name: Authorization, type: secret, value: "Bearer {TOKEN}"}
   - name: plain
-    hosts: [plain.test]
-    ports: [%d]
+    hosts: [plain.test, plain1.test]
+    ports: [%d, %d]
     headers:
       - {name: X-Plain, type: plaintext, value: "not a secret"}
-`, dst.Port(), dst.Port()))
+`, dst.Port(), dst1.Port(), dst.Port(), dst1.Port()))
 	e.bind("api.test", dst)
 	e.bind("plain.test", dst)
+	e.bind("api1.test", dst1)
+	e.bind("plain1.test", dst1)
 	for _, h2 := range []bool{false, true} {
-		for _, host := range []string{"api.test", "plain.test"} {
+		for _, host := range []string{"api.test", "plain.test", "api1.test", "plain1.test"} {
+			port := dst.Port()
+			if strings.Contains(host, "1") {
+				port = dst1.Port()
+			}
 			for _, path := range []string{"/", "/cl"} {
-				resp, err := e.client(h2).Get(fmt.Sprintf("https://%s:%d%s", host, dst.Port(), path))
+				resp, err := e.client(h2).Get(fmt.Sprintf("https://%s:%d%s", host, port, path))
 				if err != nil {
 					t.Fatal(err)
 				}
 				readAll(t, resp)
-				if !h2 && path == "/cl" {
+				if (!h2 || strings.Contains(host, "1")) && path == "/cl" {
 					continue // HTTP/1.1 has no trailers after a Content-Length body
 				}
 				if resp.Trailer.Get("Grpc-Status") != "0" || resp.Trailer.Get("X-Late") != "late" {
