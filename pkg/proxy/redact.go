@@ -97,8 +97,10 @@ type patternSet struct {
 	values  []string      // the values it was built from (those long enough)
 	pats    []string      // every pattern, longest first
 	byFirst [256][]string // patterns by first byte, longest first
-	// pair has bit (b0<<8 | b1) set when some pattern starts with b0 b1.
+	// pair has bit (b0<<8 | b1) set when some pattern starts with b0 b1,
+	// inner when some pattern has b0 b1 at offset 0, 1 or 2.
 	pair   [1 << 10]uint64
+	inner  [1 << 10]uint64
 	maxLen int
 }
 
@@ -122,6 +124,10 @@ func newPatternSet(values []string) *patternSet {
 		ps.byFirst[p[0]] = append(ps.byFirst[p[0]], p)
 		x := uint16(p[0])<<8 | uint16(p[1])
 		ps.pair[x>>6] |= 1 << (x & 63)
+		for j := 0; j < 3; j++ {
+			x := uint16(p[j])<<8 | uint16(p[j+1])
+			ps.inner[x>>6] |= 1 << (x & 63)
+		}
 		ps.maxLen = max(ps.maxLen, len(p))
 	}
 	return ps
@@ -255,22 +261,44 @@ func jsonEscape(v string, all, upper bool) string {
 // found there, so the answer depends on the bytes that follow (never when
 // final). With no pattern, at is len(src).
 //
+// Every pattern is at least minPatternLen (4) bytes long, so one that
+// starts at q holds the byte pairs at q, q+1 and q+2: probing every third
+// pair against ps.inner (the pairs at offsets 0 to 2 of every pattern)
+// finds every candidate start, and a probe that misses clears three.
+//
 //go:norace
 func (ps *patternSet) next(src []byte, from int, final bool) (at, n int, pending bool) {
-	i := from
-	for ; i+1 < len(src); i++ {
+	i := from + 2
+	for ; i+1 < len(src); i += 3 {
 		x := uint16(src[i])<<8 | uint16(src[i+1])
-		if ps.pair[x>>6]&(1<<(x&63)) == 0 {
+		if ps.inner[x>>6]&(1<<(x&63)) == 0 {
 			continue
 		}
-		if n, pending := ps.at(src[i:], final); n > 0 || pending {
-			return i, n, pending
+		for q := i - 2; q <= i; q++ {
+			if at, n, pending := ps.start(src, q, final); n > 0 || pending {
+				return at, n, pending
+			}
 		}
 	}
-	if i < len(src) && !final && len(ps.byFirst[src[i]]) > 0 {
-		return i, 0, true
+	for q := max(from, i-2); q < len(src); q++ {
+		if at, n, pending := ps.start(src, q, final); n > 0 || pending {
+			return at, n, pending
+		}
 	}
 	return len(src), 0, false
+}
+
+// start checks for a pattern (or the beginning of one) at src[q:].
+func (ps *patternSet) start(src []byte, q int, final bool) (int, int, bool) {
+	if q+1 < len(src) {
+		x := uint16(src[q])<<8 | uint16(src[q+1])
+		if ps.pair[x>>6]&(1<<(x&63)) == 0 {
+			return q, 0, false
+		}
+		n, pending := ps.at(src[q:], final)
+		return q, n, pending
+	}
+	return q, 0, !final && len(ps.byFirst[src[q]]) > 0
 }
 
 // at reports the longest pattern at the start of rest, or that rest is a
