@@ -163,6 +163,9 @@ func echoUpstream(t *testing.T) http.Handler {
 		switch {
 		case strings.HasPrefix(r.URL.Path, "/body/"):
 			coding := strings.TrimPrefix(r.URL.Path, "/body/")
+			if ae := r.Header.Get("Accept-Encoding"); ae != "identity" {
+				t.Errorf("a request with a secret asked for Accept-Encoding %q, want identity", ae)
+			}
 			// Encoded whatever the request's Accept-Encoding says.
 			var buf bytes.Buffer
 			var wc io.WriteCloser
@@ -234,6 +237,9 @@ func serveEchoWS(t *testing.T, w http.ResponseWriter, r *http.Request, auth, pay
 	if !strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
 		http.Error(w, "not a websocket request", 400)
 		return
+	}
+	if ext := r.Header.Get("Sec-Websocket-Extensions"); ext != "" {
+		t.Errorf("a WebSocket request with a secret offered extensions %q", ext)
 	}
 	sum := sha1.Sum([]byte(r.Header.Get("Sec-Websocket-Key") + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))
 	c, brw, err := http.NewResponseController(w).Hijack()
