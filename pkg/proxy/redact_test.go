@@ -162,12 +162,16 @@ func FuzzRedactStream(f *testing.F) {
 			t.Fatalf("same-length redaction changed the length: %d → %d", len(in), len(fixed))
 		}
 		var wire []byte
+		var mask []byte // data frames masked too when the first split is odd
+		if len(splits) > 0 && splits[0]%2 == 1 {
+			mask = []byte{splits[0], 0x5a, 0xa5, 0x33}
+		}
 		for i, c := range chunks {
 			op := byte(0)
 			if i == 0 {
 				op = 2
 			}
-			wire = appendWSFrame(wire, i == len(chunks)-1, op, nil, []byte(c))
+			wire = appendWSFrame(wire, i == len(chunks)-1, op, mask, []byte(c))
 			if i == 0 {
 				wire = appendWSFrame(wire, true, 9, []byte{9, 8, 7, 6}, []byte("ping "+secret))
 			}
