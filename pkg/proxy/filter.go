@@ -60,6 +60,7 @@ func filterResponse(rs *reqState, resp *http.Response, method string) error {
 	if where := rs.secrets.header(resp.Header); where != "" {
 		rs.ci.s.secretEvent(rs, "injected secret echoed in response header "+where)
 	}
+	rs.filterStatus(resp)
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		return rs.filterUpgrade(resp)
 	}
@@ -134,6 +135,25 @@ func (rs *reqState) filterInformational(h http.Header) {
 	}
 	if where := rs.secrets.header(h); where != "" {
 		rs.ci.s.secretEvent(rs, "injected secret echoed in informational response header "+where)
+	}
+}
+
+// filterInformationalResponse redacts a 1xx answer the HTTP/1.x loop
+// relays: header and reason phrase.
+func (rs *reqState) filterInformationalResponse(resp *http.Response) {
+	if rs.secrets == nil {
+		return
+	}
+	rs.filterInformational(resp.Header)
+	rs.filterStatus(resp)
+}
+
+// filterStatus redacts the reason phrase of resp's status line (HTTP/1.x
+// relays it; HTTP/2 has none).
+func (rs *reqState) filterStatus(resp *http.Response) {
+	if s, hit := rs.secrets.ps.string(resp.Status); hit {
+		resp.Status = s
+		rs.ci.s.secretEvent(rs, "injected secret echoed in the response status line")
 	}
 }
 

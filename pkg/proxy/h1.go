@@ -733,7 +733,7 @@ func (h *h1Conn) readResponse(u *upConn, req *http.Request) (*http.Response, err
 		}
 		if code != http.StatusContinue && req.ProtoAtLeast(1, 1) {
 			removeHopByHop(resp.Header)
-			h.rs.filterInformational(resp.Header)
+			h.rs.filterInformationalResponse(resp)
 			writeStatusLine(h.bw, req, code, statusText(resp))
 			writeHeader(h.bw, resp.Header)
 			h.bw.WriteString("\r\n")

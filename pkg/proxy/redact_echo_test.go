@@ -216,6 +216,17 @@ func echoUpstream(t *testing.T) http.Handler {
 			w.Header().Del("Link")
 			w.Header().Del("X-Early")
 			io.WriteString(w, "final answer\n")
+		case r.URL.Path == "/reason":
+			// Reason phrases (HTTP/1.1 only) carrying the value.
+			c, brw, err := http.NewResponseController(w).Hijack()
+			if err != nil {
+				t.Errorf("hijack: %v", err)
+				return
+			}
+			defer c.Close()
+			fmt.Fprintf(brw, "HTTP/1.1 103 Early %s\r\nLink: </a>\r\n\r\n", auth)
+			fmt.Fprintf(brw, "HTTP/1.1 200 OK %s\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n", auth)
+			brw.Flush()
 		case r.URL.Path == "/ws" || r.URL.Path == "/ws-deflate":
 			serveEchoWS(t, w, r, auth, payload)
 		default:
@@ -435,6 +446,25 @@ func TestEchoEveryPath(t *testing.T) {
 				t.Fatalf("103 headers: %v", early)
 			}
 			check(t, "103 header", fmt.Sprint(early))
+
+			if !h2 { // HTTP/2 has no reason phrase
+				early = nil
+				req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+"/reason", nil)
+				resp, err = c.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				readAll(t, resp)
+				if !strings.Contains(resp.Status, Redacted) || len(early) != 1 {
+					t.Fatalf("reason: status %q, %d 1xx", resp.Status, len(early))
+				}
+				check(t, "status line", resp.Status)
+				raw := rawGet(t, e, dst, "/reason")
+				if !strings.Contains(raw, "HTTP/1.1 103 Early "+Redacted) || !strings.Contains(raw, "HTTP/1.1 200 OK "+Redacted) {
+					t.Errorf("raw answer:\n%s", raw)
+				}
+				check(t, "raw answer", raw)
+			}
 		})
 	}
 
@@ -742,4 +772,20 @@ func runUninstrumented(t *testing.T, test string, size int64) {
 	if err != nil {
 		t.Fatalf("%s without -race: %v\n%s", test, err, out)
 	}
+}
+
+// rawGet sends GET path over HTTP/1.1 through the proxy and returns every
+// byte of the answer.
+func rawGet(t *testing.T, e *env, dst netip.AddrPort, path string) string {
+	t.Helper()
+	c, err := e.dial(context.Background(), dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	tc := tls.Client(c, &tls.Config{ServerName: "api.test", RootCAs: e.sandbox, NextProtos: []string{"http/1.1"}})
+	fmt.Fprintf(tc, "GET %s HTTP/1.1\r\nHost: api.test:%d\r\nConnection: close\r\n\r\n", path, dst.Port())
+	b, _ := io.ReadAll(tc)
+	return string(b)
 }
