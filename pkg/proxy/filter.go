@@ -120,6 +120,16 @@ func (rs *reqState) bufferBody(resp *http.Response) error {
 	return nil
 }
 
+// redactMessage redacts an error message that may quote the upstream's
+// bytes (a malformed header line) before the sandbox or the audit log sees
+// it.
+func (rs *reqState) redactMessage(msg string) string {
+	if rs.secrets != nil {
+		msg, _ = rs.secrets.ps.string(msg)
+	}
+	return msg
+}
+
 // filterTrailer redacts resp's trailers (read once the body has ended).
 func (rs *reqState) filterTrailer(resp *http.Response) {
 	if where := rs.secrets.header(resp.Trailer); where != "" {

@@ -842,7 +842,7 @@ func (h *h1Conn) writeResponse(req *http.Request, resp *http.Response, closeAfte
 		// The upstream failed mid-body: the client sees a truncated body
 		// (no terminating chunk, or fewer bytes than announced).
 		bw.Flush()
-		h.rs.errMsg = "upstream " + h.rs.upHostPort + " failed mid-body: " + rerr.Error()
+		h.rs.errMsg = h.rs.redactMessage("upstream " + h.rs.upHostPort + " failed mid-body: " + rerr.Error())
 		return false, false
 	}
 	if chunked {

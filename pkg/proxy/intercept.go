@@ -628,6 +628,7 @@ func (rs *reqState) upstreamFailed(err error) string {
 	default:
 		msg = fmt.Sprintf("upstream %s: %v", rs.upHostPort, err)
 	}
+	msg = rs.redactMessage(msg)
 	rs.errMsg = msg
 	return msg
 }

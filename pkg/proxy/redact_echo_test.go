@@ -227,6 +227,17 @@ func echoUpstream(t *testing.T) http.Handler {
 			fmt.Fprintf(brw, "HTTP/1.1 103 Early %s\r\nLink: </a>\r\n\r\n", auth)
 			fmt.Fprintf(brw, "HTTP/1.1 200 OK %s\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n", auth)
 			brw.Flush()
+		case r.URL.Path == "/badhead":
+			// A malformed header line quoting the value: Go's parser
+			// quotes the line in its error.
+			c, brw, err := http.NewResponseController(w).Hijack()
+			if err != nil {
+				t.Errorf("hijack: %v", err)
+				return
+			}
+			defer c.Close()
+			fmt.Fprintf(brw, "HTTP/1.1 200 OK\r\nBad Header Line %s\r\n\r\n", auth)
+			brw.Flush()
 		case r.URL.Path == "/ws" || r.URL.Path == "/ws-deflate":
 			serveEchoWS(t, w, r, auth, payload)
 		default:
@@ -464,6 +475,16 @@ func TestEchoEveryPath(t *testing.T) {
 					t.Errorf("raw answer:\n%s", raw)
 				}
 				check(t, "raw answer", raw)
+
+				resp, err = c.Get(base + "/badhead")
+				if err != nil {
+					t.Fatal(err)
+				}
+				body := readAll(t, resp)
+				if resp.StatusCode != http.StatusBadGateway || !strings.Contains(body, Redacted) {
+					t.Errorf("malformed head: %d %q", resp.StatusCode, body)
+				}
+				check(t, "502 body", body)
 			}
 		})
 	}
@@ -518,7 +539,7 @@ func TestEchoEveryPath(t *testing.T) {
 	})
 
 	ev := e.rec.waitKind(t, audit.KindSecret, 1)
-	for _, x := range e.rec.kind(audit.KindSecret) {
+	for _, x := range append(e.rec.kind(audit.KindSecret), e.rec.kind(audit.KindHTTP)...) {
 		if reveals(fmt.Sprint(x), echoSecret) != "" {
 			t.Fatal("secret value in an event")
 		}
