@@ -44,8 +44,8 @@ const maxSignedBody = 1 << 20
 // answer) on failure.
 func (s *server) ruleAuth(ctx context.Context, r *http.Request, rs *reqState, rule *policy.Rule) string {
 	var values []string
-	if rs.secrets != nil {
-		values = slices.Clone(rs.red.secrets)
+	if rs.secrets != nil && rs.red.ps != nil {
+		values = slices.Clone(rs.red.ps.values)
 	}
 	n := len(values)
 	values, msg := s.ruleAuthValues(ctx, r, rs, rule, values)

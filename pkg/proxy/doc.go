@@ -46,8 +46,8 @@
 // allowed SNI and another Host inside it to a shared (CDN) address; rules
 // without HTTP-level needs are never intercepted (pinned certificates keep
 // working), so this is accepted: put HTTP-level conditions on a rule to have
-// its Host checked per request. WebSocket frames after the upgrade and
-// compressed bodies are not scanned for echoed secrets.
+// its Host checked per request. Echo redaction knows the encodings listed
+// in redact.go, no others.
 //
 // Upstream connections. Requests of connections admitted by name share
 // upstream connections keyed by the scheme, upstream name and port and dial
@@ -71,8 +71,12 @@
 //   - A secret that cannot be resolved or a failing callback fails the
 //     request with 502; nothing is forwarded without its credentials.
 //   - Secret values never appear in logs, errors or events; injected values
-//     echoed by an upstream in response headers or (uncompressed) bodies are
-//     replaced with Redacted and a "secret" event is emitted.
+//     echoed by an upstream, as they are or encoded (redact.go), are
+//     redacted in every part of the answer the sandbox reads: headers, 1xx
+//     headers, bodies (decoded from gzip, deflate, br, zstd), trailers and
+//     WebSocket frames (filter.go, websocket.go), and a "secret" event is
+//     emitted. An answer that cannot be scanned (an unknown content coding,
+//     a WebSocket extension) is refused with 502.
 //   - Audit mode (policy.ModeAudit): what enforce would refuse is forwarded
 //     (without credentials) and recorded with decision "would_deny".
 //   - One "conn" event per connection and one "http" event per intercepted

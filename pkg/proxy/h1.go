@@ -496,6 +496,7 @@ func (h *h1Conn) forward(ctx context.Context, req *http.Request, rs *reqState, c
 		req.Header.Del(inj.name)
 		req.Header.Set(inj.name, inj.value)
 	}
+	rs.upstreamRequest(req.Header)
 	req.Host = rs.outHost
 	req.Close = false
 
@@ -733,6 +734,7 @@ func (h *h1Conn) readResponse(u *upConn, req *http.Request) (*http.Response, err
 		}
 		if code != http.StatusContinue && req.ProtoAtLeast(1, 1) {
 			removeHopByHop(resp.Header)
+			h.rs.filterInformationalResponse(resp)
 			writeStatusLine(h.bw, req, code, statusText(resp))
 			writeHeader(h.bw, resp.Header)
 			h.bw.WriteString("\r\n")
@@ -841,7 +843,7 @@ func (h *h1Conn) writeResponse(req *http.Request, resp *http.Response, closeAfte
 		// The upstream failed mid-body: the client sees a truncated body
 		// (no terminating chunk, or fewer bytes than announced).
 		bw.Flush()
-		h.rs.errMsg = "upstream " + h.rs.upHostPort + " failed mid-body: " + rerr.Error()
+		h.rs.errMsg = h.rs.redactMessage("upstream " + h.rs.upHostPort + " failed mid-body: " + rerr.Error())
 		return false, false
 	}
 	if chunked {
@@ -880,7 +882,7 @@ func (h *h1Conn) switchProtocols(req *http.Request, resp *http.Response, rs *req
 		done <- struct{}{}
 	}()
 	go func() {
-		copyWith(h.c, u.br)
+		copyWith(h.c, rs.upgradeReader(u.br))
 		done <- struct{}{}
 	}()
 	<-done

@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/netip"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -534,60 +533,11 @@ func rewrite(pr *httputil.ProxyRequest) {
 		pr.Out.Header.Del(h.name)
 		pr.Out.Header.Set(h.name, h.value)
 	}
+	rs.upstreamRequest(pr.Out.Header)
 }
 
 func (p *Proxy) modifyResponse(resp *http.Response) error {
 	return filterResponse(resp.Request.Context().Value(reqKey{}).(*reqState), resp, resp.Request.Method)
-}
-
-// filterResponse records the upstream's answer to rs and filters it before
-// it reaches the sandbox: no Alt-Svc, and injected secrets echoed back
-// redacted.
-func filterResponse(rs *reqState, resp *http.Response, method string) error {
-	rs.status = resp.StatusCode
-	rs.headerAt = time.Now()
-	// HTTP/3 (QUIC) to an intercepted host would bypass interception; keep
-	// clients on TCP.
-	resp.Header.Del("Alt-Svc")
-	if rs.secrets == nil {
-		return nil
-	}
-	if where := rs.secrets.header(resp.Header); where != "" {
-		rs.ci.s.secretEvent(rs, "injected secret echoed in response header "+where)
-	}
-	if resp.StatusCode == http.StatusSwitchingProtocols || resp.Body == nil || resp.Body == http.NoBody ||
-		method == http.MethodHead || resp.StatusCode == http.StatusNoContent || resp.StatusCode == http.StatusNotModified {
-		return nil
-	}
-	if ce := resp.Header.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
-		return nil // compressed: the secret cannot appear verbatim
-	}
-	if resp.ContentLength >= 0 && resp.ContentLength <= maxBufferedRedact {
-		// Small and complete: redact in memory and keep a Content-Length.
-		mb := newMemBody(resp.ContentLength)
-		var err error
-		mb.b, err = readAtMost(resp.Body, mb.b, resp.ContentLength)
-		resp.Body.Close()
-		if err != nil {
-			mb.Close()
-			return fmt.Errorf("reading response body: %w", err)
-		}
-		if out, hit := rs.secrets.replace(nil, mb.b); hit {
-			rs.bodyEcho()
-			mb.Close()
-			mb = &memBody{b: out}
-		}
-		resp.Body = mb
-		if int64(len(mb.b)) != resp.ContentLength {
-			resp.ContentLength = int64(len(mb.b))
-			resp.Header.Set("Content-Length", strconv.Itoa(len(mb.b)))
-		}
-		return nil
-	}
-	resp.Body = rs.secrets.reader(resp.Body, rs.bodyEcho)
-	resp.ContentLength = -1
-	resp.Header.Del("Content-Length")
-	return nil
 }
 
 // memBody is a response body held in memory. Bodies of up to 32 KiB use a
@@ -689,6 +639,7 @@ func (rs *reqState) upstreamFailed(err error) string {
 	default:
 		msg = fmt.Sprintf("upstream %s: %v", rs.upHostPort, err)
 	}
+	msg = rs.redactMessage(msg)
 	rs.errMsg = msg
 	return msg
 }

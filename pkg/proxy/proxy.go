@@ -238,7 +238,9 @@ type protoRouter struct{ p *Proxy }
 
 func (pr protoRouter) RoundTrip(r *http.Request) (*http.Response, error) {
 	p := pr.p
-	if rs, _ := r.Context().Value(reqKey{}).(*reqState); rs != nil && rs.ci.viaCIDR {
+	rs, _ := r.Context().Value(reqKey{}).(*reqState)
+	r = rs.traceInformational(r)
+	if rs != nil && rs.ci.viaCIDR {
 		return rs.ci.ownTransport(p, r.ProtoMajor == 2).RoundTrip(r)
 	}
 	if r.ProtoMajor == 2 {
