@@ -340,7 +340,7 @@ func (p *Policy) MatchConn(host string, port uint16) ConnMatch {
 		return ConnMatch{}
 	}
 	c := p.m.hostCands(buf[:n])
-	return connWalk(c, port)
+	return p.procConn(connWalk(c, port), host, netip.Addr{}, port)
 }
 
 // MatchAddr answers the proxy (and the kernel allowlist) for a connection
@@ -351,7 +351,7 @@ func (p *Policy) MatchAddr(addr netip.Addr, port uint16) ConnMatch {
 	if p == nil || p.m == nil || !addr.IsValid() {
 		return ConnMatch{}
 	}
-	return connWalk(p.m.addrCands(addr), port)
+	return p.procConn(connWalk(p.m.addrCands(addr), port), "", addr, port)
 }
 
 // better reports whether unconditional entry a outranks b at one level:
@@ -458,7 +458,7 @@ func (p *Policy) MatchRequest(host string, port uint16, method, path string) Req
 		}
 		return RequestMatch{Allowed: true, Rule: best.rule}
 	}
-	return RequestMatch{Reason: noMatchReason(start, host, port, method, path)}
+	return RequestMatch{Reason: p.procRequest(noMatchReason(start, host, port, method, path), host, port, method, path)}
 }
 
 func outranks(a *entry, as int, b *entry, bs int) bool {

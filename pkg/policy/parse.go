@@ -49,6 +49,7 @@ func Parse(file string, data []byte) (*Policy, error) {
 	p.Warnings = ps.probs
 	p.File = file
 	p.m = compile(p)
+	p.procs = newProcCache(p)
 	return p, nil
 }
 
@@ -336,7 +337,7 @@ type ruleSrc struct {
 	envNodes  map[string]*yaml.Node
 }
 
-var ruleFields = []string{"name", "hosts", "paths", "methods", "ports", "cidrs", "action", "direct", "headers", "remap", "callback", "env"}
+var ruleFields = []string{"name", "hosts", "paths", "methods", "ports", "cidrs", "action", "direct", "headers", "remap", "callback", "env", "request", "processes"}
 
 func (ps *parser) rule(i int, n *yaml.Node) (*Rule, *ruleSrc) {
 	path := fmt.Sprintf("rules[%d]", i)
@@ -357,6 +358,8 @@ func (ps *parser) rule(i int, n *yaml.Node) (*Rule, *ruleSrc) {
 		methodsNode  *yaml.Node
 		portsNode    *yaml.Node
 		envNode      *yaml.Node
+		requestNode  *yaml.Node
+		procsNode    *yaml.Node
 	)
 	for _, f := range fields {
 		fp := join(path, f.key.Value)
@@ -483,8 +486,15 @@ func (ps *parser) rule(i int, n *yaml.Node) (*Rule, *ruleSrc) {
 		case "env":
 			envNode = f.val
 			r.Env, src.envNodes = ps.env(fp, f.val)
+		case "request":
+			requestNode = f.val
+			r.Request = ps.request(fp, f.val)
+		case "processes":
+			procsNode = f.val
+			r.Processes = ps.processes(fp, f.val)
 		}
 	}
+	ps.checkShaping(r, path, requestNode, procsNode)
 	if !haveName && clean {
 		ps.errf(n, join(path, "name"), "required; every rule needs a unique name")
 	}
@@ -923,6 +933,10 @@ func matchShape(r *Rule) string {
 		b.WriteString(strconv.Itoa(int(p)))
 		b.WriteByte(1)
 	}
+	b.WriteByte(0)
+	procs := slices.Clone(r.Processes)
+	slices.Sort(procs)
+	b.WriteString(strings.Join(procs, "\x01"))
 	return b.String()
 }
 
