@@ -248,6 +248,7 @@ func (rs *reqState) begin(ci *connInfo, r *http.Request) {
 		CgroupID: ci.orig.CgroupID,
 		PID:      ci.orig.PID,
 		Comm:     ci.orig.Comm,
+		Exe:      ci.exe,
 		Method:   r.Method,
 		Path:     rs.path,
 	}
@@ -294,7 +295,7 @@ func (s *server) checkRequest(ctx context.Context, r *http.Request, rs *reqState
 		reqHost = h
 	}
 	rs.host = reqHost
-	pol := s.sb.Policy()
+	pol := s.sb.Policy().ForProcess(ci.exe)
 	if ci.denied != "" || pol == nil {
 		rs.decision = audit.DecisionDeny
 		rs.ev.Reason = ci.denied
