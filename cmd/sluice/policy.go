@@ -31,7 +31,7 @@ func newPolicyCmd(o *rootOptions) *cobra.Command {
 		Args:         cobra.NoArgs,
 		SilenceUsage: true,
 	}
-	c.AddCommand(newPolicyCheckCmd(o), newPolicyExplainCmd(o), newPolicyDiffCmd(o))
+	c.AddCommand(newPolicyCheckCmd(o), newPolicyExplainCmd(o), newPolicyDiffCmd(o), newPolicySuggestCmd(o))
 	return c
 }
 

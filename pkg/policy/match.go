@@ -287,6 +287,9 @@ func ipLiteral(host string) (netip.Addr, bool) {
 // its name resolved); a deny rule without ports, paths or methods at a
 // more specific level refuses it. Invalid names match nothing.
 func (p *Policy) MatchName(name string) NameMatch {
+	if p != nil && p.proc != nil {
+		p = p.proc.base // DNS answers are per sandbox, never per process
+	}
 	if p == nil || p.m == nil {
 		return NameMatch{}
 	}
