@@ -2,8 +2,8 @@ package proxy
 
 import (
 	"fmt"
-	"os"
 	"net/http"
+	"os"
 	"strings"
 	"sync/atomic"
 	"testing"
