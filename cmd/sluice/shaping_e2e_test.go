@@ -1,0 +1,191 @@
+package main
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/sluice-dev/sluice/pkg/audit"
+	"github.com/sluice-dev/sluice/pkg/testutil"
+)
+
+// Issue 22: per-process rules and policies written from what ran, with
+// real clients inside `sluice run`.
+
+// gitWorld serves demo.git (and a plain answer elsewhere) as allowed.test
+// and plain.test.
+func gitWorld(t *testing.T) (*world, string) {
+	w := newWorld(t)
+	requireTools(t, "curl", "git")
+	repos := t.TempDir()
+	if err := os.Chmod(repos, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := testutil.GitRepo(repos, "demo.git", "cloned through sluice\n"); err != nil {
+		t.Fatal(err)
+	}
+	git, err := testutil.GitHTTPBackend(repos)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/demo.git/", git)
+	mux.HandleFunc("/", func(rw http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(rw, "hello from upstream %s\n", r.URL.Path)
+	})
+	useAPI(t, w, []string{"allowed.test", "plain.test"}, mux)
+	return w, fmt.Sprintf("https://allowed.test:%d", w.api.Port)
+}
+
+func writeShapingPolicy(t *testing.T, dir, text string) string {
+	t.Helper()
+	f := filepath.Join(dir, fmt.Sprintf("policy-%d.yaml", len(text)))
+	if err := os.WriteFile(f, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// gitClone is the sandbox command that clones url into dir and prints the
+// README.
+func gitClone(url, dir string) []string {
+	return []string{"env", "GIT_TERMINAL_PROMPT=0", "GIT_CONFIG_NOSYSTEM=1", "sh", "-c",
+		`git clone -q "$0" "$1" && cat "$1/README"`, url, dir}
+}
+
+// TestProcessesGitOnly: processes: [git] on the git host lets git clone,
+// while curl, and a Python process that renamed itself "git" with
+// prctl(PR_SET_NAME), are refused at the proxy and reach nothing.
+func TestProcessesGitOnly(t *testing.T) {
+	w, base := gitWorld(t)
+	requireTools(t, "python3")
+	pol := writeShapingPolicy(t, w.dir, `version: 1
+rules:
+  - name: git-host
+    hosts: [allowed.test]
+    methods: [GET, POST]
+    processes: [git]
+`)
+	out, code := w.run(t, pol, gitClone(base+"/demo.git", filepath.Join(w.dir, "clone"))...)
+	if code != 0 || !strings.Contains(out, "cloned through sluice") {
+		t.Fatalf("git clone: exit %d:\n%s", code, out)
+	}
+	var gitExe string
+	for _, ev := range w.events(t) {
+		if ev.Kind == audit.KindConn && ev.Decision == audit.DecisionIntercept {
+			gitExe = ev.Exe
+		}
+	}
+	if !strings.Contains(gitExe, "git") {
+		t.Fatalf("the clone's connection was not attributed to git (exe %q)", gitExe)
+	}
+
+	out, code = w.run(t, pol, "curl", "-sS", "--max-time", "10", "-o", "/dev/stdout", "-w", "\nstatus=%{http_code}\n", base+"/demo.git/curl-probe")
+	if !strings.Contains(out, "status=403") || !strings.Contains(out, "applies only to processes git") || !strings.Contains(out, "curl") {
+		t.Fatalf("curl was not refused naming the process: exit %d:\n%s", code, out)
+	}
+
+	// A process whose comm is "git" (prctl) but whose executable is Python.
+	script := `import ctypes, sys, urllib.request, urllib.error
+libc = ctypes.CDLL(None)
+libc.prctl(15, b"git", 0, 0, 0)
+print("comm=" + open("/proc/self/comm").read().strip())
+try:
+    urllib.request.urlopen(sys.argv[1], timeout=10)
+    print("status=200")
+except urllib.error.HTTPError as e:
+    print("status=%d" % e.code)
+    print(e.read().decode())
+`
+	out, code = w.run(t, pol, "/usr/bin/python3", "-c", script, base+"/demo.git/python-probe")
+	if !strings.Contains(out, "comm=git") || !strings.Contains(out, "status=403") || !strings.Contains(out, "python") {
+		t.Fatalf("the renamed process was not refused naming its executable: exit %d:\n%s", code, out)
+	}
+	var sawComm bool
+	for _, ev := range w.events(t) {
+		if ev.Kind == audit.KindHTTP && ev.Comm == "git" && strings.Contains(ev.Exe, "python") && ev.Decision == audit.DecisionDeny {
+			sawComm = true
+		}
+	}
+	if !sawComm {
+		t.Fatal("no refused request with comm git and a python executable in the audit log")
+	}
+	for _, r := range w.api.Requests() {
+		if strings.HasSuffix(r.Path, "-probe") {
+			t.Fatalf("the upstream received %s %s from a refused process", r.Method, r.Path)
+		}
+	}
+}
+
+// TestPolicySuggestRoundTrip: a workload run under mode: audit, a policy
+// suggested from its log, and the same workload under that policy in
+// enforce mode: it succeeds, and a host it never used is refused.
+func TestPolicySuggestRoundTrip(t *testing.T) {
+	w, base := gitWorld(t)
+	plain := fmt.Sprintf("https://plain.test:%d", w.api.Port)
+	workload := func(clone string) []string {
+		return []string{"sh", "-c", `set -e
+for i in 1 2 3 4; do curl -sS --max-time 10 "$0/v1/items/$i"; done
+curl -sS --max-time 10 --http1.1 -X POST -d x=1 "$0/v1/upload"
+GIT_TERMINAL_PROMPT=0 GIT_CONFIG_NOSYSTEM=1 git clone -q "$1/demo.git" "$2" && cat "$2/README"`, base, plain, clone}
+	}
+	auditPol := writeShapingPolicy(t, w.dir, "version: 1\nmode: audit\nrules: []\n")
+	out, code := w.run(t, auditPol, workload(filepath.Join(w.dir, "clone1"))...)
+	if code != 0 || !strings.Contains(out, "hello from upstream /v1/items/4") || !strings.Contains(out, "cloned through sluice") {
+		t.Fatalf("workload under mode: audit: exit %d:\n%s", code, out)
+	}
+	auditLog := w.auth
+
+	suggested := filepath.Join(w.dir, "suggested.yaml")
+	code, sout, serr := runSluice(t, "policy", "suggest", "--from", auditLog, "--sandbox", "e2e", "-o", suggested)
+	if code != 0 {
+		t.Fatalf("policy suggest: exit %d: %s%s", code, sout, serr)
+	}
+	text, err := os.ReadFile(suggested)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("suggested policy:\n%s", text)
+	for _, want := range []string{`hosts: ["allowed.test"]`, `"/v1/items/*"`, `methods: [GET, POST]`, `hosts: ["plain.test"]`, `processes: ["/usr/lib/git-core/git-remote-http"]`} {
+		if !strings.Contains(string(text), want) {
+			t.Errorf("the suggestion lacks %s", want)
+		}
+	}
+	if code, out, errs := runSluice(t, "policy", "check", suggested); code != 0 {
+		t.Fatalf("policy check refuses the suggestion: %s%s", out, errs)
+	}
+	// Replayed against the log, the suggestion allows everything the audit
+	// policy let through.
+	code, diff, derr := runSluice(t, "policy", "diff", auditPol, suggested, "--audit", auditLog, "--json")
+	if code != 0 || strings.Contains(diff, "newly_denied") {
+		t.Fatalf("policy diff: exit %d: %s%s", code, diff, derr)
+	}
+
+	out, code = w.run(t, suggested, workload(filepath.Join(w.dir, "clone2"))...)
+	if code != 0 || !strings.Contains(out, "hello from upstream /v1/items/4") || !strings.Contains(out, "cloned through sluice") {
+		t.Fatalf("the same workload under the suggestion: exit %d:\n%s", code, out)
+	}
+	for _, ev := range w.events(t) {
+		if ev.Decision == audit.DecisionDeny || ev.Decision == audit.DecisionWouldDeny {
+			t.Errorf("refused under the suggestion: %+v", ev)
+		}
+	}
+	// A host the workload never used.
+	out, code = w.run(t, suggested, "curl", "-sS", "--max-time", "10", fmt.Sprintf("https://forbidden.test:%d/never", w.api.Port))
+	if code == 0 {
+		t.Fatalf("a host the workload never used was reached:\n%s", out)
+	}
+	// And a path the workload never used, on a host it did.
+	out, _ = w.run(t, suggested, "curl", "-sS", "--max-time", "10", "-w", "\nstatus=%{http_code}\n", base+"/admin/never")
+	if !strings.Contains(out, "status=403") {
+		t.Fatalf("a path the workload never used was allowed:\n%s", out)
+	}
+	for _, r := range w.api.Requests() {
+		if strings.HasSuffix(r.Path, "/never") {
+			t.Fatalf("the upstream received %s %s", r.Method, r.Path)
+		}
+	}
+}
