@@ -162,6 +162,12 @@ func writePolicyExplanation(w io.Writer, e *policy.Explanation) error {
 	if e.Remap != "" {
 		fmt.Fprintf(tw, "remap:\t%s\n", e.Remap)
 	}
+	if len(e.Processes) > 0 {
+		fmt.Fprintf(tw, "processes:\tonly %s\n", strings.Join(e.Processes, ", "))
+	}
+	if e.Request != "" {
+		fmt.Fprintf(tw, "shaping:\t%s\n", e.Request)
+	}
 	if e.Callback != nil {
 		fmt.Fprintf(tw, "callback:\tPOST %s (ttl %s, timeout %s)\n", e.Callback.URL, e.Callback.TTL, e.Callback.Timeout)
 	}

@@ -38,6 +38,10 @@ type Explanation struct {
 	Remap    string           `json:"remap,omitempty"`
 	Callback *ExplainCallback `json:"callback,omitempty"`
 	Direct   bool             `json:"direct,omitempty"`
+	// Processes limits the deciding rule to these executables.
+	Processes []string `json:"processes,omitempty"`
+	// Request describes the deciding rule's request shaping.
+	Request string `json:"request,omitempty"`
 }
 
 // ExplainDNS is the resolver's view of a name.
@@ -162,6 +166,8 @@ func (p *Policy) Explain(method, rawURL string) (*Explanation, error) {
 		r := decider
 		e.Direct = r.Direct
 		e.Remap = r.Remap.String()
+		e.Processes = r.Processes
+		e.Request = r.Request.String()
 		if cm.Verdict == VerdictIntercept {
 			for _, h := range r.Headers {
 				e.Headers = append(e.Headers, ExplainHeader{Name: h.Name, Type: h.Type.String(), Value: h.Redacted()})

@@ -283,3 +283,24 @@ func (ps *parser) checkShaping(r *Rule, path string, requestNode, processesNode 
 		ps.errf(requestNode, join(path, "request"), "a direct rule bypasses the proxy, so it cannot shape requests; drop direct: true or the request")
 	}
 }
+
+// String summarises the shaping for `sluice policy explain` ("" for nil).
+func (q *Request) String() string {
+	if q == nil {
+		return ""
+	}
+	var parts []string
+	if q.MaxBody > 0 {
+		parts = append(parts, "max_body "+strconv.FormatInt(q.MaxBody, 10)+" bytes")
+	}
+	if len(q.DenyBody) > 0 {
+		parts = append(parts, fmt.Sprintf("deny_body %d patterns", len(q.DenyBody)))
+	}
+	if len(q.Redact) > 0 {
+		parts = append(parts, fmt.Sprintf("redact_body %d patterns", len(q.Redact)))
+	}
+	if q.JSON {
+		parts = append(parts, "json")
+	}
+	return strings.Join(parts, ", ")
+}
