@@ -129,7 +129,12 @@ func (s *server) shapeRequest(r *http.Request, rs *reqState) (int, string) {
 			pre, n = replaceAll(red, pre)
 			sh.counts[i].Add(int64(n))
 		}
-		r.Body = &shapedBody{Reader: bytes.NewReader(pre), orig: r.Body}
+		if len(pre) == 0 {
+			r.Body.Close()
+			r.Body = http.NoBody // an empty body stays one (no chunked GET upstream)
+		} else {
+			r.Body = &shapedBody{Reader: bytes.NewReader(pre), orig: r.Body}
+		}
 		r.ContentLength = int64(len(pre))
 		r.TransferEncoding = nil
 		r.Header.Del("Content-Length")

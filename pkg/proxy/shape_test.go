@@ -312,3 +312,30 @@ func TestFindAllPrefilter(t *testing.T) {
 		}
 	}
 }
+
+// TestShapingEmptyBodies: requests without a body (GET, an empty POST) go
+// through a shaping rule unchanged.
+func TestShapingEmptyBodies(t *testing.T) {
+	t.Parallel()
+	e, sink, base := shapeEnv(t, "1KiB")
+	for _, h2 := range []bool{false, true} {
+		c := e.client(h2)
+		for _, m := range []string{"GET", "POST", "DELETE"} {
+			var body io.Reader
+			if m == "POST" {
+				body = strings.NewReader("")
+			}
+			req, _ := http.NewRequest(m, base+"/e", body)
+			req.Header.Set("Content-Type", "application/json")
+			resp, err := c.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := readAll(t, resp)
+			if resp.StatusCode != 200 || !strings.Contains(got, "got 0 bytes") || strings.Contains(got, "te=[chunked]") {
+				t.Fatalf("h2=%v %s: %d %s", h2, m, resp.StatusCode, got)
+			}
+		}
+	}
+	_ = sink
+}
