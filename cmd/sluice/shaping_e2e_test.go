@@ -1,12 +1,17 @@
 package main
 
 import (
+	"bytes"
 	"fmt"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/sluice-dev/sluice/pkg/audit"
 	"github.com/sluice-dev/sluice/pkg/testutil"
@@ -188,4 +193,113 @@ GIT_TERMINAL_PROMPT=0 GIT_CONFIG_NOSYSTEM=1 git clone -q "$1/demo.git" "$2" && c
 			t.Fatalf("the upstream received %s %s", r.Method, r.Path)
 		}
 	}
+}
+
+// TestRequestShapingGiBThroughRun: a 1 GiB upload from curl inside `sluice
+// run` through a redact_body rule streams: every SSN reaches the upstream
+// as [ssn], and the sluice process (which hosts the proxy) keeps a bounded
+// resident set while it does.
+func TestRequestShapingGiBThroughRun(t *testing.T) {
+	if testing.Short() {
+		t.Skip("1 GiB upload; skipped with -short")
+	}
+	w := newWorld(t)
+	requireTools(t, "curl", "python3")
+	const blocks = 1024 // of 1 MiB, each ending with one SSN
+	var total, marks, leaks atomic.Int64
+	useAPI(t, w, []string{"allowed.test"}, http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		buf := make([]byte, 256<<10)
+		var carry []byte
+		for {
+			n, err := r.Body.Read(buf)
+			total.Add(int64(n))
+			// Count across reads: keep the last bytes of the previous one.
+			chunk := append(carry, buf[:n]...)
+			marks.Add(int64(bytes.Count(chunk, []byte("[ssn]")) - bytes.Count(carry, []byte("[ssn]"))))
+			leaks.Add(int64(bytes.Count(chunk, []byte("6789")) - bytes.Count(carry, []byte("6789"))))
+			carry = append(carry[:0], chunk[max(0, len(chunk)-8):]...)
+			if err != nil {
+				break
+			}
+		}
+		fmt.Fprintf(rw, "received %d\n", total.Load())
+	}))
+	pol := writeShapingPolicy(t, w.dir, `version: 1
+rules:
+  - name: upload
+    hosts: [allowed.test]
+    request:
+      max_body: 2GiB
+      redact_body:
+        - {pattern: '\b\d{3}-\d{2}-\d{4}\b', with: "[ssn]"}
+`)
+	gen := `import sys
+line = b"lorem ipsum dolor sit amet, consectetur adipiscing elit. "
+blk = (line * (1048576 // len(line) + 1))[:1048576 - 13] + b" 123-45-6789 "
+out = sys.stdout.buffer
+for _ in range(int(sys.argv[1])):
+    out.write(blk)
+`
+	script := `/usr/bin/python3 -c "$0" "$1" | curl -sS --max-time 600 --http1.1 -T - "$2"`
+	url := fmt.Sprintf("https://allowed.test:%d/upload", w.api.Port)
+	cmd := exec.Command(sluiceBin(t), w.runArgs(pol, nil, "sh", "-c", script, gen, fmt.Sprint(blocks), url)...)
+	cmd.Env = append(os.Environ(), "DEMO_TOKEN="+demoSecret)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	var peak uint64 // the sluice process's VmHWM, sampled until it exits
+	var err error
+	for running := true; running; {
+		select {
+		case err = <-done:
+			running = false
+		case <-time.After(50 * time.Millisecond):
+			if v := procStatusKB(cmd.Process.Pid, "VmHWM"); v > peak {
+				peak = v
+			}
+		}
+	}
+	if err != nil {
+		t.Fatalf("sluice run: %v\n%s", err, out.String())
+	}
+	want := int64(blocks)*(1<<20) - int64(blocks)*int64(len("123-45-6789")-len("[ssn]"))
+	if total.Load() != want || marks.Load() != blocks || leaks.Load() != 0 {
+		t.Fatalf("upstream received %d bytes (want %d), %d [ssn] (want %d), %d unredacted:\n%s",
+			total.Load(), want, marks.Load(), blocks, leaks.Load(), out.String())
+	}
+	t.Logf("1 GiB through sluice run in %v; sluice peak RSS %d MiB", time.Since(start).Round(time.Millisecond), peak>>10)
+	if peak == 0 {
+		t.Fatal("could not sample the sluice process's memory")
+	}
+	if peak > 200<<10 {
+		t.Fatalf("sluice peak RSS %d MiB for a 1 GiB upload: the body was not streamed", peak>>10)
+	}
+	var redacted int
+	for _, ev := range w.events(t) {
+		redacted += ev.Redacted[`\b\d{3}-\d{2}-\d{4}\b`]
+	}
+	if redacted != blocks {
+		t.Fatalf("the audit log counts %d redactions, want %d", redacted, blocks)
+	}
+}
+
+// procStatusKB reads one "Name: N kB" field of /proc/PID/status (0 if
+// unknown).
+func procStatusKB(pid int, field string) uint64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, field+":"); ok {
+			v, _ := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			return v
+		}
+	}
+	return 0
 }
