@@ -172,3 +172,31 @@ rules:
     processes: [curl]
 `)
 }
+
+// TestProcessesSchema: the schema's pattern for processes entries agrees
+// with the parser.
+func TestProcessesSchema(t *testing.T) {
+	var s struct {
+		Defs map[string]struct {
+			Properties map[string]struct {
+				Items struct {
+					Pattern string `json:"pattern"`
+				} `json:"items"`
+			} `json:"properties"`
+		} `json:"$defs"`
+	}
+	if err := json.Unmarshal(Schema, &s); err != nil {
+		t.Fatal(err)
+	}
+	re := regexp.MustCompile(s.Defs["rule"].Properties["processes"].Items.Pattern)
+	for _, c := range []struct {
+		v  string
+		ok bool
+	}{{"git", true}, {"/usr/bin/git", true}, {"git-remote-http", true}, {"bin/git", false}, {"git*", false}, {"/usr/bin/", false}, {"", false}} {
+		y := "version: 1\nrules:\n  - name: a\n    hosts: [a.test]\n    processes: [\"" + c.v + "\"]\n"
+		_, err := Parse("t.yaml", []byte(y))
+		if (err == nil) != c.ok || re.MatchString(c.v) != c.ok {
+			t.Errorf("%q: parser error %v, schema match %v; want ok=%v", c.v, err, re.MatchString(c.v), c.ok)
+		}
+	}
+}

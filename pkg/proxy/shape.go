@@ -54,6 +54,8 @@ type bodyShape struct {
 	counts []atomic.Int64
 	// violation is the first refusal found (also in audit mode).
 	violation atomic.Pointer[shapeError]
+	// reader is the streaming reader, nil when the body was prebuffered.
+	reader *shapeReader
 }
 
 func (b *bodyShape) fail(code int, format string, args ...any) *shapeError {
@@ -141,6 +143,7 @@ func (s *server) shapeRequest(r *http.Request, rs *reqState) (int, string) {
 		return 0, ""
 	}
 	sr := newShapeReader(sh, io.MultiReader(bytes.NewReader(pre), r.Body), wantJSON)
+	sh.reader = sr
 	r.Body = &shapedBody{Reader: sr, orig: r.Body, close: sr.close}
 	if q.Rewrites() {
 		r.ContentLength = -1 // chunked: the length changes with redaction
@@ -183,11 +186,15 @@ func (s *server) shapeFailed(r *http.Request, rs *reqState, err error) (code int
 }
 
 // shapeEvent completes a request's event with what shaping did: the
-// redaction counts, and a violation recorded in audit mode.
+// redaction counts, and a violation recorded in audit mode. The request is
+// over: a streaming check still waiting for the body is stopped.
 func (rs *reqState) shapeEvent(ev *audit.Event) {
 	sh := rs.shape
 	if sh == nil {
 		return
+	}
+	if sh.reader != nil {
+		sh.reader.close()
 	}
 	for i := range sh.counts {
 		if n := sh.counts[i].Load(); n > 0 {

@@ -228,6 +228,43 @@ func TestRequestShapingStreams(t *testing.T) {
 	}
 }
 
+// TestRequestShapingStreamsJSON: a JSON body past the prebuffer is
+// validated while streaming; an invalid one never completes upstream.
+func TestRequestShapingStreamsJSON(t *testing.T) {
+	t.Parallel()
+	e, sink, base := shapeEnv(t, "8MiB")
+	filler := strings.Repeat("lorem ipsum ", (policy.PrebufferBody+50_000)/12)
+	for _, h2 := range []bool{false, true} {
+		c := e.client(h2)
+		for _, tt := range []struct {
+			body string
+			ok   bool
+		}{
+			{`{"a": "` + filler + `", "b": [1, 2, {"c": null}]}`, true},
+			{`{"a": "` + filler + `", "b": [1, 2, {"c": null}]`, false},
+			{`{"a": "` + filler + `"} {"second": 1}`, false},
+		} {
+			before := len(sink.complete())
+			req, _ := http.NewRequest("POST", base+"/json", chunked{strings.NewReader(tt.body)})
+			req.Header.Set("Content-Type", "application/json")
+			resp, err := c.Do(req)
+			if err != nil {
+				if tt.ok {
+					t.Fatal(err)
+				}
+			} else {
+				got := readAll(t, resp)
+				if want := map[bool]int{true: 200, false: 400}[tt.ok]; resp.StatusCode != want {
+					t.Fatalf("h2=%v: status %d, want %d: %.200s", h2, resp.StatusCode, want, got)
+				}
+			}
+			if n := len(sink.complete()) - before; n != map[bool]int{true: 1, false: 0}[tt.ok] {
+				t.Fatalf("h2=%v ok=%v: %d complete bodies upstream", h2, tt.ok, n)
+			}
+		}
+	}
+}
+
 // TestRedactStageSplits feeds a body in two reads at every split point: the
 // matches and the output are those of the whole body.
 func TestRedactStageSplits(t *testing.T) {
