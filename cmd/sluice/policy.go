@@ -263,7 +263,7 @@ func policyObservation(ev audit.Event) (policy.Observation, bool) {
 		if host == "" && !addr.IsValid() {
 			return policy.Observation{}, false
 		}
-		return policy.Observation{Kind: "conn", Host: host, Addr: addr, Port: port}, true
+		return policy.Observation{Kind: "conn", Host: host, Addr: addr, Port: port, Exe: ev.Exe}, true
 	case audit.KindHTTP:
 		if ev.Host == "" || ev.Method == "" {
 			return policy.Observation{}, false
@@ -275,7 +275,7 @@ func policyObservation(ev audit.Event) (policy.Observation, bool) {
 		if i := strings.IndexAny(path, "?#"); i >= 0 {
 			path = path[:i]
 		}
-		return policy.Observation{Kind: "http", Host: ev.Host, Port: port, Method: ev.Method, Path: path}, true
+		return policy.Observation{Kind: "http", Host: ev.Host, Port: port, Method: ev.Method, Path: path, Exe: ev.Exe}, true
 	}
 	return policy.Observation{}, false
 }

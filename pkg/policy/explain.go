@@ -197,6 +197,9 @@ type Observation struct {
 	Port   uint16
 	Method string
 	Path   string
+	// Exe is the executable that made it ("" unknown): rules with
+	// processes: apply only to theirs, as in the proxy.
+	Exe string
 }
 
 // Decision is a policy's answer for an Observation.
@@ -209,6 +212,9 @@ type Decision struct {
 
 // Decide answers obs with p (enforce-mode answers).
 func (p *Policy) Decide(obs Observation) Decision {
+	if obs.Kind != "dns" {
+		p = p.ForProcess(obs.Exe)
+	}
 	switch obs.Kind {
 	case "dns":
 		m := p.MatchName(obs.Host)

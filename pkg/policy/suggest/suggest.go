@@ -33,15 +33,9 @@ type Result struct {
 	// Events is how many events were used; Skipped how many were not
 	// (refused, other kinds, other sandboxes).
 	Events, Skipped int
-	// Observations are the recorded decisions the policy allows, with the
-	// executable that made each (for replay).
-	Observations []Observed
-}
-
-// Observed is one recorded, allowed decision and the executable behind it.
-type Observed struct {
-	policy.Observation
-	Exe string
+	// Observations are the recorded decisions the policy allows (with the
+	// executable that made each), as replayed by Decide.
+	Observations []policy.Observation
 }
 
 // hostUse is everything the log says about one host (or address).
@@ -113,7 +107,7 @@ func Suggest(evs []audit.Event, o Options) (*Result, error) {
 				continue
 			}
 			get(name)
-			res.Observations = append(res.Observations, Observed{Observation: policy.Observation{Kind: "dns", Host: name}, Exe: ev.Exe})
+			res.Observations = append(res.Observations, policy.Observation{Kind: "dns", Host: name, Exe: ev.Exe})
 		case audit.KindConn:
 			host := ev.SNI
 			if host == "" {
@@ -134,11 +128,11 @@ func Suggest(evs []audit.Event, o Options) (*Result, error) {
 				h.ports[port] = true
 			}
 			h.touch(ev.Exe)
-			obs := policy.Observation{Kind: "conn", Host: host, Port: port}
+			obs := policy.Observation{Kind: "conn", Host: host, Port: port, Exe: ev.Exe}
 			if h.addr.IsValid() {
-				obs = policy.Observation{Kind: "conn", Addr: h.addr, Port: port}
+				obs = policy.Observation{Kind: "conn", Addr: h.addr, Port: port, Exe: ev.Exe}
 			}
-			res.Observations = append(res.Observations, Observed{Observation: obs, Exe: ev.Exe})
+			res.Observations = append(res.Observations, obs)
 		case audit.KindHTTP:
 			host, ok := policy.NormalizeName(ev.Host)
 			if ev.Host == "" || ev.Method == "" {
@@ -172,7 +166,7 @@ func Suggest(evs []audit.Event, o Options) (*Result, error) {
 				h.injected[n] = true
 			}
 			h.touch(ev.Exe)
-			res.Observations = append(res.Observations, Observed{Observation: policy.Observation{Kind: "http", Host: host, Port: port, Method: strings.ToUpper(ev.Method), Path: path}, Exe: ev.Exe})
+			res.Observations = append(res.Observations, policy.Observation{Kind: "http", Host: host, Port: port, Method: strings.ToUpper(ev.Method), Path: path, Exe: ev.Exe})
 		default:
 			res.Skipped++
 			continue
@@ -190,8 +184,7 @@ func Suggest(evs []audit.Event, o Options) (*Result, error) {
 	res.Policy = p
 	// Every observation must be allowed by what was written: the policy
 	// is checked against the log before it is handed out.
-	for _, ob := range res.Observations {
-		obs := ob.Observation
+	for _, obs := range res.Observations {
 		ports := []uint16{obs.Port}
 		if obs.Port == 0 {
 			// An http event without a destination: the ports its host's
@@ -206,7 +199,7 @@ func Suggest(evs []audit.Event, o Options) (*Result, error) {
 		}
 		for _, port := range ports {
 			obs.Port = port
-			if d := p.ForProcess(ob.Exe).Decide(obs); !d.Allowed {
+			if d := p.Decide(obs); !d.Allowed {
 				return nil, fmt.Errorf("the suggested policy refuses a recorded %s %s%s port %d (a bug): %s", obs.Kind, obs.Host, obs.Path, port, d.Reason)
 			}
 		}
