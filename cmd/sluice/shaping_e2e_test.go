@@ -105,7 +105,7 @@ except urllib.error.HTTPError as e:
     print("status=%d" % e.code)
     print(e.read().decode())
 `
-	out, code = w.run(t, pol, "/usr/bin/python3", "-c", script, base+"/demo.git/python-probe")
+	out, code = w.run(t, pol, sysPython(t), "-c", script, base+"/demo.git/python-probe")
 	if !strings.Contains(out, "comm=git") || !strings.Contains(out, "status=403") || !strings.Contains(out, "python") {
 		t.Fatalf("the renamed process was not refused naming its executable: exit %d:\n%s", code, out)
 	}
@@ -240,7 +240,7 @@ out = sys.stdout.buffer
 for _ in range(int(sys.argv[1])):
     out.write(blk)
 `
-	script := `/usr/bin/python3 -c "$0" "$1" | curl -sS --max-time 600 --http1.1 -T - "$2"`
+	script := sysPython(t) + ` -c "$0" "$1" | curl -sS --max-time 600 --http1.1 -T - "$2"`
 	url := fmt.Sprintf("https://allowed.test:%d/upload", w.api.Port)
 	cmd := exec.Command(sluiceBin(t), w.runArgs(pol, nil, "sh", "-c", script, gen, fmt.Sprint(blocks), url)...)
 	cmd.Env = append(os.Environ(), "DEMO_TOKEN="+demoSecret)
@@ -302,4 +302,17 @@ func procStatusKB(pid int, field string) uint64 {
 		}
 	}
 	return 0
+}
+
+// sysPython is the system's python3 (a version manager's shim in root's
+// home may not run as the sandbox's user).
+func sysPython(t *testing.T) string {
+	if _, err := os.Stat("/usr/bin/python3"); err == nil {
+		return "/usr/bin/python3"
+	}
+	p, err := exec.LookPath("python3")
+	if err != nil {
+		t.Fatal("python3 is not installed: apt-get install python3")
+	}
+	return p
 }
