@@ -3,12 +3,14 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -315,4 +317,60 @@ func sysPython(t *testing.T) string {
 		t.Fatal("python3 is not installed: apt-get install python3")
 	}
 	return p
+}
+
+// TestRequestShapingCurl: curl inside `sluice run` against a request:
+// rule: an upload over max_body gets 413 and a private key 403, neither
+// reaching the upstream; an SSN arrives as [ssn].
+func TestRequestShapingCurl(t *testing.T) {
+	w := newWorld(t)
+	requireTools(t, "curl")
+	var bodies []string
+	var mu sync.Mutex
+	useAPI(t, w, []string{"allowed.test"}, http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		bodies = append(bodies, string(b))
+		mu.Unlock()
+		fmt.Fprintf(rw, "got %d bytes\n", len(b))
+	}))
+	pol := writeShapingPolicy(t, w.dir, `version: 1
+rules:
+  - name: upload
+    hosts: [allowed.test]
+    request:
+      max_body: 1KiB
+      deny_body: ["-----BEGIN [A-Z ]*PRIVATE KEY-----"]
+      redact_body:
+        - {pattern: '\b\d{3}-\d{2}-\d{4}\b', with: "[ssn]"}
+      json: true
+`)
+	url := fmt.Sprintf("https://allowed.test:%d/upload", w.api.Port)
+	script := `set -e
+u="$0"
+head -c 2000 /dev/zero | tr '\0' a | curl -sS --max-time 10 -o /dev/null -w "big=%{http_code}\n" --data-binary @- "$u"
+printf -- '-----BEGIN OPENSSH PRIVATE KEY-----\nMIIEpQIBAAKCAQEAzz\n' | curl -sS --max-time 10 -o /dev/null -w "key=%{http_code}\n" --data-binary @- "$u"
+curl -sS --max-time 10 -o /dev/null -w "json=%{http_code}\n" -H 'Content-Type: application/json' --data-binary '{"a":' "$u"
+curl -sS --max-time 10 -w "ssn=%{http_code}\n" -H 'Content-Type: application/json' --data-binary '{"ssn":"123-45-6789"}' "$u"`
+	out, code := w.run(t, pol, "sh", "-c", script, url)
+	for _, want := range []string{"big=413", "key=403", "json=400", "ssn=200"} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("want %s (exit %d):\n%s", want, code, out)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(bodies) != 1 || bodies[0] != `{"ssn":"[ssn]"}` {
+		t.Fatalf("the upstream received %q, want only the redacted JSON", bodies)
+	}
+	var redactions int
+	for _, ev := range w.events(t) {
+		if strings.Contains(fmt.Sprint(ev), "123-45-6789") || strings.Contains(fmt.Sprint(ev), "MIIEpQ") {
+			t.Fatalf("an event holds a body value: %+v", ev)
+		}
+		redactions += ev.Redacted[`\b\d{3}-\d{2}-\d{4}\b`]
+	}
+	if redactions != 1 {
+		t.Fatalf("the audit log counts %d redactions, want 1", redactions)
+	}
 }
