@@ -1,6 +1,7 @@
 package suggest
 
 import (
+	"net/netip"
 	"os"
 	"strings"
 	"testing"
@@ -121,5 +122,36 @@ func TestCollapse(t *testing.T) {
 		if strings.Join(got, " ") != strings.Join(c.want, " ") {
 			t.Errorf("collapse(%v) = %v, want %v", c.in, got, c.want)
 		}
+	}
+}
+
+// TestSuggestAddressAndPorts: a connection without a name becomes a cidrs
+// rule for its address and port; a name used on two ports keeps both.
+func TestSuggestAddressAndPorts(t *testing.T) {
+	evs := []audit.Event{
+		{Kind: audit.KindConn, Decision: audit.DecisionWouldDeny, Dst: "10.0.0.5:5432", Proto: "tcp", Exe: "/usr/bin/psql"},
+		{Kind: audit.KindConn, Decision: audit.DecisionSplice, Dst: "192.0.2.1:443", SNI: "api.test"},
+		{Kind: audit.KindConn, Decision: audit.DecisionSplice, Dst: "192.0.2.1:8443", SNI: "api.test"},
+	}
+	res, err := Suggest(evs, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	y := string(res.YAML)
+	for _, want := range []string{`cidrs: ["10.0.0.5"]`, `ports: [5432]`, `ports: [443, 8443]`, `processes: ["/usr/bin/psql"]`} {
+		if !strings.Contains(y, want) {
+			t.Errorf("missing %s in\n%s", want, y)
+		}
+	}
+	p := res.Policy
+	if m := p.ForProcess("/usr/bin/psql").MatchAddr(netip.MustParseAddr("10.0.0.5"), 5432); m.Verdict == policy.VerdictDeny {
+		t.Errorf("10.0.0.5:5432 refused: %+v", m)
+	}
+	if m := p.ForProcess("/usr/bin/psql").MatchAddr(netip.MustParseAddr("10.0.0.5"), 22); m.Verdict != policy.VerdictDeny {
+		t.Errorf("10.0.0.5:22 allowed: %+v", m)
+	}
+	// api.test has no executable recorded: no processes: for it.
+	if strings.Count(y, "processes:") != 1 {
+		t.Errorf("processes: for a host without a recorded executable:\n%s", y)
 	}
 }
