@@ -38,8 +38,9 @@ import (
 //     files, name allowed programs by absolute path (/usr/bin/git), in a
 //     directory the sandbox cannot write.
 
-// procExe is the default Config.Exe: the executable of pid, "" when it
-// cannot be read (the process exited, or no permission).
+// procExe is the default Config.Exe: the executable of pid, read through
+// a pidfd (an error when it cannot be read: the process exited, or no
+// permission).
 func procExe(pid uint32) (string, error) {
 	if pid == 0 {
 		return "", os.ErrNotExist
@@ -60,11 +61,25 @@ func procExe(pid uint32) (string, error) {
 	return exe, nil
 }
 
+// procExeQuick reads the executable of pid without the pidfd check: for
+// the events only, when no rule depends on it.
+func procExeQuick(pid uint32) (string, error) {
+	if pid == 0 {
+		return "", os.ErrNotExist
+	}
+	return os.Readlink("/proc/" + strconv.FormatUint(uint64(pid), 10) + "/exe")
+}
+
 // exeOf resolves the executable of the process that opened a connection.
+// Without processes: rules in the policy it is only recorded in events, and
+// read with one readlink.
 func (s *server) exeOf(pid uint32) string {
 	f := s.p.cfg.Exe
 	if f == nil {
 		f = procExe
+		if !s.sb.Policy().HasProcesses() {
+			f = procExeQuick
+		}
 	}
 	exe, err := f(pid)
 	if err != nil {
