@@ -31,7 +31,7 @@ func newPolicyCmd(o *rootOptions) *cobra.Command {
 		Args:         cobra.NoArgs,
 		SilenceUsage: true,
 	}
-	c.AddCommand(newPolicyCheckCmd(o), newPolicyExplainCmd(o), newPolicyDiffCmd(o))
+	c.AddCommand(newPolicyCheckCmd(o), newPolicyExplainCmd(o), newPolicyDiffCmd(o), newPolicySuggestCmd(o))
 	return c
 }
 
@@ -179,6 +179,12 @@ func writePolicyExplanation(w io.Writer, e *policy.Explanation) error {
 	if e.Remap != "" {
 		fmt.Fprintf(tw, "remap:\t%s\n", e.Remap)
 	}
+	if len(e.Processes) > 0 {
+		fmt.Fprintf(tw, "processes:\tonly %s\n", strings.Join(e.Processes, ", "))
+	}
+	if e.Request != "" {
+		fmt.Fprintf(tw, "shaping:\t%s\n", e.Request)
+	}
 	if e.Callback != nil {
 		fmt.Fprintf(tw, "callback:\tPOST %s (ttl %s, timeout %s)\n", e.Callback.URL, e.Callback.TTL, e.Callback.Timeout)
 	}
@@ -274,7 +280,7 @@ func policyObservation(ev audit.Event) (policy.Observation, bool) {
 		if host == "" && !addr.IsValid() {
 			return policy.Observation{}, false
 		}
-		return policy.Observation{Kind: "conn", Host: host, Addr: addr, Port: port}, true
+		return policy.Observation{Kind: "conn", Host: host, Addr: addr, Port: port, Exe: ev.Exe}, true
 	case audit.KindHTTP:
 		if ev.Host == "" || ev.Method == "" {
 			return policy.Observation{}, false
@@ -286,7 +292,7 @@ func policyObservation(ev audit.Event) (policy.Observation, bool) {
 		if i := strings.IndexAny(path, "?#"); i >= 0 {
 			path = path[:i]
 		}
-		return policy.Observation{Kind: "http", Host: ev.Host, Port: port, Method: ev.Method, Path: path}, true
+		return policy.Observation{Kind: "http", Host: ev.Host, Port: port, Method: ev.Method, Path: path, Exe: ev.Exe}, true
 	}
 	return policy.Observation{}, false
 }

@@ -165,6 +165,16 @@ var explainCases = map[string][]struct {
 		{"GET", "https://auth.corp.example/token", false, 3},
 		{"GET", "https://s3.us-east-1.amazonaws.com/", true, 0},
 	},
+	"request-shaping.yaml": {
+		{"POST", "https://upload.example.com/v1/files", false, 0},
+		{"POST", "https://other.example.com/v1/files", false, 3},
+		{"PUT", "https://upload.example.com/v1/files", true, 0},
+	},
+	"per-process.yaml": {
+		{"GET", "https://git.example.com/acme/app.git/info/refs", false, 0},
+		{"POST", "https://api.openai.com/v1/chat/completions", false, 0},
+		{"GET", "https://pypi.org/simple/requests/", true, 0},
+	},
 	"ci-locked-down.yaml": {
 		{"GET", "https://proxy.golang.org/github.com/spf13/cobra/@v/list", false, 0},
 		{"POST", "https://proxy.golang.org/github.com/spf13/cobra/@v/list", false, 3},

@@ -27,6 +27,7 @@ func appendLine(b []byte, ev *Event) ([]byte, error) {
 	b = optUint(b, `,"cgroup_id":`, ev.CgroupID)
 	b = optUint(b, `,"pid":`, uint64(ev.PID))
 	b = optString(b, `,"comm":`, ev.Comm)
+	b = optString(b, `,"exe":`, ev.Exe)
 	b = append(b, `,"decision":`...)
 	b = appendString(b, ev.Decision)
 	b = optString(b, `,"rule":`, ev.Rule)
@@ -46,6 +47,7 @@ func appendLine(b []byte, ev *Event) ([]byte, error) {
 	b = optString(b, `,"path":`, ev.Path)
 	b = optInt(b, `,"status":`, int64(ev.Status))
 	b = optStrings(b, `,"injected":`, ev.Injected)
+	b = optCounts(b, `,"redacted":`, ev.Redacted)
 	if ev.LatencyMS != 0 {
 		b = append(b, `,"latency_ms":`...)
 		b = appendFloat(b, ev.LatencyMS)
@@ -203,4 +205,27 @@ func appendString(b []byte, s string) []byte {
 	}
 	b = append(b, s[start:]...)
 	return append(b, '"')
+}
+
+// optCounts encodes a map of counts with sorted keys, as encoding/json does.
+func optCounts(b []byte, key string, m map[string]int) []byte {
+	if len(m) == 0 {
+		return b
+	}
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	b = append(b, key...)
+	b = append(b, '{')
+	for i, k := range keys {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendString(b, k)
+		b = append(b, ':')
+		b = strconv.AppendInt(b, int64(m[k]), 10)
+	}
+	return append(b, '}')
 }

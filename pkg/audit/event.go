@@ -42,9 +42,12 @@ type Event struct {
 	CgroupID uint64    `json:"cgroup_id,omitempty"`
 	PID      uint32    `json:"pid,omitempty"`
 	Comm     string    `json:"comm,omitempty"`
-	Decision string    `json:"decision"`
-	Rule     string    `json:"rule,omitempty"`
-	Reason   string    `json:"reason,omitempty"`
+	// Exe is the executable of the process (its /proc/PID/exe when the
+	// proxy accepted the connection).
+	Exe      string `json:"exe,omitempty"`
+	Decision string `json:"decision"`
+	Rule     string `json:"rule,omitempty"`
+	Reason   string `json:"reason,omitempty"`
 
 	// DNS
 	QName   string   `json:"qname,omitempty"`
@@ -66,6 +69,9 @@ type Event struct {
 	Path     string   `json:"path,omitempty"` // query values stripped
 	Status   int      `json:"status,omitempty"`
 	Injected []string `json:"injected,omitempty"` // header names only
+	// Redacted counts the request-body matches replaced, per redact_body
+	// pattern (the pattern's text); never the matched values.
+	Redacted map[string]int `json:"redacted,omitempty"`
 	// LatencyMS is the time to the upstream's response headers.
 	LatencyMS float64 `json:"latency_ms,omitempty"`
 

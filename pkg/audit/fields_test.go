@@ -17,6 +17,7 @@ var fieldConsts = []string{
 	FieldDst, FieldProto, FieldSNI, FieldHost, FieldBytesUp, FieldBytesDown, FieldDuration,
 	FieldMethod, FieldPath, FieldStatus, FieldInjected, FieldLatency, FieldEcosystem,
 	FieldPackage, FieldVersionOf, FieldDropped, FieldSinkErrs, FieldSink,
+	FieldExe, FieldRedacted,
 }
 
 func jsonTags() []string {

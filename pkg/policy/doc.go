@@ -21,6 +21,13 @@
 //   - No secret value ever appears in an error, a warning or a Redacted
 //     header: the policy only names secrets ({NAME}).
 //
+// Rules with processes: apply only to connections of matching executables:
+// ForProcess returns the view of a policy for one executable (cached, safe
+// for concurrent use); MatchName ignores views, because DNS answers are per
+// sandbox. A rule's request: (shape.go) is data for the proxy, which shapes
+// bodies; the policy only validates and compiles it. Package suggest writes
+// a policy from an audit log.
+//
 // Explain and Diff answer `sluice policy explain` and `sluice policy diff`
 // from the same matchers the resolver and the proxy use, so what they print
 // is what enforcement does. Schema is the JSON Schema of the format.

@@ -47,6 +47,10 @@ type Explanation struct {
 	Remap    string           `json:"remap,omitempty"`
 	Callback *ExplainCallback `json:"callback,omitempty"`
 	Direct   bool             `json:"direct,omitempty"`
+	// Processes limits the deciding rule to these executables.
+	Processes []string `json:"processes,omitempty"`
+	// Request describes the deciding rule's request shaping.
+	Request string `json:"request,omitempty"`
 }
 
 // ExplainDNS is the resolver's view of a name.
@@ -205,6 +209,8 @@ func (p *Policy) ExplainRequest(method, rawURL string, header map[string][]strin
 		r := decider
 		e.Direct = r.Direct
 		e.Remap = r.Remap.String()
+		e.Processes = r.Processes
+		e.Request = r.Request.String()
 		if cm.Verdict == VerdictIntercept {
 			for _, h := range r.Headers {
 				e.Headers = append(e.Headers, ExplainHeader{Name: h.Name, Type: h.Type.String(), Value: h.Redacted()})
@@ -235,6 +241,9 @@ type Observation struct {
 	Port   uint16
 	Method string
 	Path   string
+	// Exe is the executable that made it ("" unknown): rules with
+	// processes: apply only to theirs, as in the proxy.
+	Exe string
 }
 
 // Decision is a policy's answer for an Observation.
@@ -247,6 +256,9 @@ type Decision struct {
 
 // Decide answers obs with p (enforce-mode answers).
 func (p *Policy) Decide(obs Observation) Decision {
+	if obs.Kind != "dns" {
+		p = p.ForProcess(obs.Exe)
+	}
 	switch obs.Kind {
 	case "dns":
 		m := p.MatchName(obs.Host)

@@ -310,6 +310,9 @@ func ipLiteral(host string) (netip.Addr, bool) {
 // its name resolved); a deny rule without ports, paths or methods at a
 // more specific level refuses it. Invalid names match nothing.
 func (p *Policy) MatchName(name string) NameMatch {
+	if p != nil && p.proc != nil {
+		p = p.proc.base // DNS answers are per sandbox, never per process
+	}
 	if p == nil || p.m == nil {
 		return NameMatch{}
 	}
@@ -363,7 +366,7 @@ func (p *Policy) MatchConn(host string, port uint16) ConnMatch {
 		return ConnMatch{}
 	}
 	c := p.m.hostCands(buf[:n])
-	return connWalk(c, port)
+	return p.procConn(connWalk(c, port), host, netip.Addr{}, port)
 }
 
 // MatchAddr answers the proxy (and the kernel allowlist) for a connection
@@ -374,7 +377,7 @@ func (p *Policy) MatchAddr(addr netip.Addr, port uint16) ConnMatch {
 	if p == nil || p.m == nil || !addr.IsValid() {
 		return ConnMatch{}
 	}
-	return connWalk(p.m.addrCands(addr), port)
+	return p.procConn(connWalk(p.m.addrCands(addr), port), "", addr, port)
 }
 
 // better reports whether unconditional entry a outranks b at one level:
@@ -490,7 +493,7 @@ func (p *Policy) MatchRequest(host string, port uint16, method, path string) Req
 		}
 		return RequestMatch{Allowed: true, Rule: best.rule}
 	}
-	return RequestMatch{Reason: noMatchReason(start, host, port, method, path)}
+	return RequestMatch{Reason: p.procRequest(noMatchReason(start, host, port, method, path), host, port, method, path)}
 }
 
 func outranks(a *entry, as int, b *entry, bs int) bool {

@@ -49,6 +49,7 @@ func Parse(file string, data []byte) (*Policy, error) {
 	p.Warnings = ps.probs
 	p.File = file
 	p.m = compile(p)
+	p.procs = newProcCache(p)
 	return p, nil
 }
 
@@ -336,7 +337,7 @@ type ruleSrc struct {
 	envNodes  map[string]*yaml.Node
 }
 
-var ruleFields = append([]string{"name", "hosts", "paths", "methods", "ports", "cidrs", "action", "direct", "headers", "remap", "callback", "env", "oauth2", "aws_sigv4"}, gateFields...)
+var ruleFields = append([]string{"name", "hosts", "paths", "methods", "ports", "cidrs", "action", "direct", "headers", "remap", "callback", "env", "oauth2", "aws_sigv4", "request", "processes"}, gateFields...)
 
 func (ps *parser) rule(i int, n *yaml.Node) (*Rule, *ruleSrc) {
 	path := fmt.Sprintf("rules[%d]", i)
@@ -359,6 +360,8 @@ func (ps *parser) rule(i int, n *yaml.Node) (*Rule, *ruleSrc) {
 		envNode      *yaml.Node
 		oauthNode    *yaml.Node
 		sigNode      *yaml.Node
+		requestNode  *yaml.Node
+		procsNode    *yaml.Node
 	)
 	for _, f := range fields {
 		fp := join(path, f.key.Value)
@@ -491,9 +494,16 @@ func (ps *parser) rule(i int, n *yaml.Node) (*Rule, *ruleSrc) {
 			oauthNode, r.OAuth2 = f.val, ps.oauth2(fp, f.val)
 		case "aws_sigv4":
 			sigNode, r.AWSSigV4 = f.val, ps.awsSigV4(fp, f.val)
+		case "request":
+			requestNode = f.val
+			r.Request = ps.request(fp, f.val)
+		case "processes":
+			procsNode = f.val
+			r.Processes = ps.processes(fp, f.val)
 		}
 	}
 	ps.credentialChecks(r, path, oauthNode, sigNode, headersNode)
+	ps.checkShaping(r, path, requestNode, procsNode)
 	if !haveName && clean {
 		ps.errf(n, join(path, "name"), "required; every rule needs a unique name")
 	}
@@ -933,6 +943,10 @@ func matchShape(r *Rule) string {
 		b.WriteString(strconv.Itoa(int(p)))
 		b.WriteByte(1)
 	}
+	b.WriteByte(0)
+	procs := slices.Clone(r.Processes)
+	slices.Sort(procs)
+	b.WriteString(strings.Join(procs, "\x01"))
 	return b.String()
 }
 

@@ -40,6 +40,8 @@ func TestSchemaMatchesParser(t *testing.T) {
 		{"rule", keys(s.Defs["rule"].Properties), sorted(ruleFields...)},
 		{"header", keys(s.Defs["header"].Properties), sorted("name", "type", "value")},
 		{"callback", keys(s.Defs["callback"].Properties), sorted("url", "ttl", "timeout")},
+		{"request", keys(s.Defs["request"].Properties), sorted("max_body", "deny_body", "redact_body", "json")},
+		{"redaction", keys(s.Defs["redaction"].Properties), sorted("pattern", "with")},
 	} {
 		if !slices.Equal(c.got, c.want) {
 			t.Errorf("%s fields: schema %v, parser %v", c.level, c.got, c.want)

@@ -81,6 +81,10 @@ type Policy struct {
 	Warnings []Problem
 
 	m *matcher
+	// procs caches the per-process views (nil without processes: rules);
+	// proc is set on a view (ForProcess).
+	procs *procCache
+	proc  *procView
 }
 
 // Rule is one compiled entry of rules[].
@@ -106,13 +110,18 @@ type Rule struct {
 	CaseInsensitivePaths bool
 	OAuth2               *OAuth2   // mint a bearer token (credentials.go)
 	AWSSigV4             *AWSSigV4 // sign with AWS SigV4 (credentials.go)
+	// Request shapes request bodies (nil: none); see shape.go.
+	Request *RequestShaping
+	// Processes limits the rule to connections opened by these
+	// executables (empty: any process); see ProcessMatches.
+	Processes []string
 }
 
 // NeedsIntercept reports whether traffic for the rule must be terminated at
 // HTTP level (headers, paths, methods, remap or a callback).
 func (r *Rule) NeedsIntercept() bool {
 	return len(r.Headers) > 0 || len(r.Paths) > 0 || len(r.Methods) > 0 || r.Remap != nil || r.Callback != nil ||
-		r.OAuth2 != nil || r.AWSSigV4 != nil
+		r.OAuth2 != nil || r.AWSSigV4 != nil || r.Request != nil
 }
 
 // Header is one header to inject.
@@ -186,6 +195,9 @@ func (v Verdict) String() string {
 type ConnMatch struct {
 	Verdict Verdict
 	Rule    *Rule // nil when no rule matched
+	// Reason explains a refusal when the policy has more to say than "no
+	// rule matched" (a rule that applies to other processes only).
+	Reason string
 }
 
 // RequestMatch is the proxy's per-request decision in enforce mode.

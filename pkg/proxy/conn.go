@@ -29,6 +29,7 @@ const (
 type connInfo struct {
 	s     *server
 	orig  Origin
+	exe   string // executable of orig.PID at accept ("" if unknown)
 	proto string
 	sni   string // from the ClientHello
 	host  string // the name the connection was decided on ("" if none)
@@ -96,6 +97,7 @@ func (s *server) handle(ctx context.Context, c net.Conn) {
 	}
 	orig.Dst = netip.AddrPortFrom(orig.Dst.Addr().Unmap(), orig.Dst.Port())
 	ci.orig = orig
+	ci.exe = s.exeOf(orig.PID)
 
 	buf, err := s.peek(c, ci)
 	if err != nil {
@@ -190,7 +192,7 @@ func (s *server) needsClientFirst(ci *connInfo) bool {
 	if pol == nil || pol.Mode == policy.ModeAudit {
 		return false
 	}
-	probe := &connInfo{s: s, orig: ci.orig, proto: protoTCP, start: ci.start}
+	probe := &connInfo{s: s, orig: ci.orig, exe: ci.exe, proto: protoTCP, start: ci.start}
 	s.decide(pol, probe)
 	return probe.verdict == policy.VerdictDeny && probe.rule != nil && probe.rule.NeedsIntercept()
 }
@@ -252,6 +254,7 @@ func (s *server) finishPeek(buf []byte, ci *connInfo, final bool) error {
 // then the CIDR rules. In audit mode a denial becomes would_deny and the
 // connection is intercepted (TLS with a name, plain HTTP) or spliced.
 func (s *server) decide(pol *policy.Policy, ci *connInfo) {
+	pol = pol.ForProcess(ci.exe)
 	addr, port := ci.orig.Dst.Addr(), ci.orig.Dst.Port()
 	var names []string
 	if s.sb.Names != nil {
@@ -308,6 +311,9 @@ func (s *server) decide(pol *policy.Policy, ci *connInfo) {
 		}
 	}
 	ci.verdict, ci.rule = m.Verdict, m.Rule
+	if m.Verdict == policy.VerdictDeny && m.Reason != "" {
+		ci.reason = ci.processReason(m.Reason)
+	}
 	if ci.verdict == policy.VerdictIntercept && ci.proto == protoTCP {
 		ci.verdict = policy.VerdictDeny
 		ci.reason = "rule " + ruleName(ci.rule) + " needs HTTP-level handling but the connection is neither TLS nor HTTP"
@@ -364,6 +370,7 @@ func (s *server) connEvent(ci *connInfo) {
 		CgroupID:   ci.orig.CgroupID,
 		PID:        ci.orig.PID,
 		Comm:       ci.orig.Comm,
+		Exe:        ci.exe,
 		Rule:       ruleName(ci.rule),
 		Reason:     ci.reason,
 		Proto:      ci.proto,

@@ -42,6 +42,19 @@
 // rule's credentials go only over TLS unless it sets insecure_http. Alt-Svc is
 // dropped from intercepted responses (HTTP/3 would go around interception).
 //
+// Request shaping (shape.go): a rule's request: section caps, refuses,
+// validates (JSON) and redacts request bodies on both the HTTP/1.x loop and
+// the HTTP/2 path. Bodies up to policy.PrebufferBody are checked whole
+// before anything is forwarded (a refusal reaches the upstream as nothing);
+// longer ones stream through a window of policy.MaxMatchLen bytes with
+// bounded memory, and a violation found late aborts the upstream request
+// before it completes. Events count redactions per pattern, never values.
+//
+// Per-process rules (process.go): the executable of the kernel-recorded pid
+// is read from /proc/PID/exe when a connection is accepted; the connection
+// and its requests are decided on policy.ForProcess's view for it, and
+// refusals name the process. DNS answers stay per sandbox.
+//
 // Known limits: a spliced TLS connection is opaque, so a client can send one
 // allowed SNI and another Host inside it to a shared (CDN) address; rules
 // without HTTP-level needs are never intercepted (pinned certificates keep

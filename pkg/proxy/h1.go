@@ -386,6 +386,9 @@ func (h *h1Conn) handle(ctx context.Context, req *http.Request, rs *reqState, ex
 	if expect {
 		req.Body = &continueReader{ReadCloser: req.Body, h: h}
 	}
+	if code, body := h.s.shapeRequest(req, rs); code != 0 {
+		return h.shapeRefused(code, body, req, expect, closeAfter)
+	}
 	return h.forward(ctx, req, rs, closeAfter)
 }
 
@@ -514,6 +517,14 @@ func (h *h1Conn) forward(ctx context.Context, req *http.Request, rs *reqState, c
 			err = u.bw.Flush()
 		}
 		var be bodyError
+		if code, body, ok := h.s.shapeFailed(req, rs, err); ok {
+			// Shaping refused the body while streaming: the upstream
+			// connection is dropped before the request completes.
+			h.dropUp()
+			h.linger = true
+			h.writeText(code, body, req, true)
+			return false
+		}
 		if errors.As(err, &be) {
 			// The client's body failed (it went away, or its chunking is
 			// broken): nothing sensible reaches the upstream.

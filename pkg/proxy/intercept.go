@@ -194,6 +194,7 @@ type reqState struct {
 	start      time.Time
 	decision   string
 	ev         audit.Event // the request's event, completed by finish
+	shape      *bodyShape  // request: shaping of the body (shape.go)
 
 	// Inline backing arrays: a request with up to four injected headers
 	// needs no further allocation for its credentials.
@@ -228,6 +229,10 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeText(w, code, body)
 		return
 	}
+	if code, body := s.shapeRequest(r, rs); code != 0 {
+		writeText(w, code, body)
+		return
+	}
 	s.p.rp.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), reqKey{}, rs)))
 	if rs.errMsg != "" {
 		rs.decision = audit.DecisionError
@@ -243,6 +248,7 @@ func (rs *reqState) begin(ci *connInfo, r *http.Request) {
 		CgroupID: ci.orig.CgroupID,
 		PID:      ci.orig.PID,
 		Comm:     ci.orig.Comm,
+		Exe:      ci.exe,
 		Method:   r.Method,
 		Path:     rs.path,
 	}
@@ -256,6 +262,7 @@ func (s *server) finish(rs *reqState) {
 	if rs.rule != nil {
 		ev.Rule = rs.rule.Name
 	}
+	rs.shapeEvent(&ev)
 	ev.Status = rs.status
 	if !rs.headerAt.IsZero() {
 		ev.LatencyMS = float64(rs.headerAt.Sub(rs.start).Microseconds()) / 1000
@@ -288,7 +295,7 @@ func (s *server) checkRequest(ctx context.Context, r *http.Request, rs *reqState
 		reqHost = h
 	}
 	rs.host = reqHost
-	pol := s.sb.Policy()
+	pol := s.sb.Policy().ForProcess(ci.exe)
 	if ci.denied != "" || pol == nil {
 		rs.decision = audit.DecisionDeny
 		rs.ev.Reason = ci.denied
@@ -618,6 +625,10 @@ func (p *Proxy) upstreamError(w http.ResponseWriter, r *http.Request, err error)
 	if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
 		rs.status = 499 // the client went away
 		rs.errMsg = "client closed the request"
+		return
+	}
+	if code, body, ok := rs.ci.s.shapeFailed(r, rs, err); ok {
+		writeText(w, code, body)
 		return
 	}
 	writeText(w, http.StatusBadGateway, "sluice: "+rs.upstreamFailed(err)+"\n")

@@ -101,6 +101,10 @@ type Config struct {
 	MaxIdleConnsPerHost int
 	// MaxConcurrentStreams per HTTP/2 client connection; default 250.
 	MaxConcurrentStreams int
+	// Exe resolves the executable of a connecting process from its pid
+	// (for processes: rules and the events). nil: /proc/PID/exe through a
+	// pidfd (process.go).
+	Exe func(pid uint32) (string, error)
 }
 
 // RootPool returns the system roots plus the certificates in the given PEM
