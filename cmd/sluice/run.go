@@ -2,12 +2,9 @@ package main
 
 import (
 	"context"
-	"fmt"
-	"os/user"
-	"strconv"
-	"strings"
 
 	"github.com/sluice-dev/sluice/pkg/daemon"
+	"github.com/sluice-dev/sluice/pkg/sandbox"
 	"github.com/spf13/cobra"
 )
 
@@ -50,13 +47,16 @@ CMD's environment. Everything sluice run creates is removed when it exits.`,
 		Args:         cobra.MinimumNArgs(1),
 		SilenceUsage: true,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			uid, gid, err := parseUser(o.user)
+			// Before anything else: the --secret-env variables leave
+			// sluice's own environment (a re-exec), their values kept.
+			lookupEnv, err := sandbox.HideSecretEnv(o.secretEnv)
 			if err != nil {
 				return err
 			}
 			code, err := daemon.Run(context.Background(), daemon.RunOptions{
-				UID:              uid,
-				GID:              gid,
+				User:             o.user,
+				LookupEnv:        lookupEnv,
+				StateDir:         o.stateDir,
 				PolicyFile:       o.policy,
 				Name:             o.name,
 				Command:          args,
@@ -91,34 +91,9 @@ CMD's environment. Everything sluice run creates is removed when it exits.`,
 	f.StringVar(&o.secretsFile, "secrets-file", "", "NAME=value lines (file mode 0600 or stricter)")
 	f.StringArrayVar(&o.secretEnv, "secret-env", nil, "use $NAME of sluice's environment as secret NAME (repeatable); removed from CMD's environment")
 	f.StringVar(&o.pinDir, "pin-dir", "", "bpffs directory for pinned maps and links (default /sys/fs/bpf/sluice/v1)")
-	f.StringVar(&o.stateDir, "state-dir", "/var/lib/sluice", "secret store (used when present) and callback signing key")
-	f.StringVar(&o.user, "user", "", "run CMD as USER or UID[:GID] (recommended: a root CMD can leave its cgroup)")
+	f.StringVar(&o.stateDir, "state-dir", "/var/lib/sluice", "secret store (used when present), callback signing key and sandbox uid locks")
+	f.StringVar(&o.user, "user", "", "run CMD as USER, UID[:GID] or root (default: the user behind sudo, else a fresh uid from 2100000000-2100065535)")
 	f.BoolVar(&o.noSummary, "no-summary", false, "do not print the allowed/denied summary at exit")
 	_ = cmd.MarkFlagRequired("policy")
 	return cmd
-}
-
-// parseUser turns "name", "uid" or "uid:gid" into ids; "" means unchanged
-// (-1).
-func parseUser(s string) (int, int, error) {
-	if s == "" {
-		return -1, -1, nil
-	}
-	us, gs, hasG := strings.Cut(s, ":")
-	uid, err := strconv.Atoi(us)
-	gid := -1
-	if err != nil {
-		u, lerr := user.Lookup(us)
-		if lerr != nil {
-			return 0, 0, fmt.Errorf("--user %q: %w", s, lerr)
-		}
-		uid, _ = strconv.Atoi(u.Uid)
-		gid, _ = strconv.Atoi(u.Gid)
-	}
-	if hasG {
-		if gid, err = strconv.Atoi(gs); err != nil {
-			return 0, 0, fmt.Errorf("--user %q: group must be numeric", s)
-		}
-	}
-	return uid, gid, nil
 }
