@@ -1,0 +1,116 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/sluice-dev/sluice/pkg/testutil"
+)
+
+// Issue 15: `sluice run` is a boundary. These tests attack it from inside,
+// as the default (unprivileged, per-sandbox) uid and as --user root.
+
+// debianPython is the system python3 (the one on PATH here may be a pyenv
+// shim under /root, which an unprivileged sandbox cannot read).
+const debianPython = "/usr/bin/python3"
+
+// publicDir returns a fresh directory every sandbox user can read, removed
+// at the end of the test.
+func publicDir(t *testing.T) string {
+	t.Helper()
+	d, err := os.MkdirTemp("", "sluice-boundary-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(d) })
+	if err := os.Chmod(d, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// publicCopy copies testdata/name into a publicDir.
+func publicCopy(t *testing.T, name string) string {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join("testdata", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(publicDir(t), name)
+	if err := os.WriteFile(p, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// attackNames are the attacks testdata/boundary_attacks.py makes; each
+// must be reported blocked and followed by a refused probe.
+var attackNames = []string{
+	"cgroup-procs", "mount-cgroup2", "mount-cgroup1", "mount-bpffs", "mount-proc",
+	"remount-rw-sys", "remount-rw-proc-sys", "remount-rw-sys-fs-cgroup",
+	"umount-sys-fs-bpf", "umount-var-lib-sluice", "umount-proc", "umount-etc-ssl-certs-ca-certificates.crt",
+	"bpf-prog-get-next-id", "bpf-link-detach", "bpffs-pins-visible",
+	"kill-sluice", "ptrace-sluice", "pidfd-getfd-sluice", "ptrace-init", "pidfd-getfd-init", "see-sluice",
+	"read-proc-1-environ", "read-proc-1-mem",
+	"write-proc-sys-kernel-core_pattern", "write-proc-sysrq-trigger", "write-sys-kernel-mm-transparent_hugepage-enabled",
+	"devices", "state-dir",
+	"socket-af-packet", "socket-af-vsock", "socket-af-packet-dgram", "socket-af-alg", "socket-af-xdp", "socket-af-inet-raw",
+	"unshare-user", "unshare-net", "unshare-mnt", "io-uring", "capabilities", "no-new-privs", "kill-all",
+}
+
+func TestBoundaryAttacks(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	requireTools(t, debianPython)
+	for _, user := range []string{"default", "root"} {
+		t.Run(user, func(t *testing.T) {
+			t.Parallel()
+			w := newWorld(t)
+			if user == "default" {
+				w.user = ""
+			}
+			canary := testutil.TCPCanary(t, "tcp4")
+			script := publicCopy(t, "boundary_attacks.py")
+			// The "sluice" the script aims at is this test process: a
+			// host process outside the sandbox it must not reach.
+			out, code := w.run(t, "", debianPython, script, canary.Addr, strconv.Itoa(os.Getpid()))
+			if code != 0 || !strings.Contains(out, "\nDONE\n") {
+				t.Fatalf("attack battery: exit %d, want 0 and DONE:\n%s", code, out)
+			}
+			if !strings.Contains(out, "sluice: ") {
+				t.Errorf("sluice run printed no summary: did it survive?\n%s", out)
+			}
+			results, probes := map[string]string{}, map[string]string{}
+			for _, line := range strings.Split(out, "\n") {
+				f := strings.Fields(line)
+				switch {
+				case len(f) >= 3 && f[0] == "RESULT":
+					results[f[1]] = strings.Join(f[2:], " ")
+				case len(f) >= 3 && f[0] == "PROBE":
+					probes[f[1]] = f[2]
+				}
+			}
+			for _, n := range attackNames {
+				r, ok := results[n]
+				if !ok {
+					t.Errorf("attack %s did not run", n)
+					continue
+				}
+				if !strings.HasPrefix(r, "blocked") {
+					t.Errorf("attack %s: %s", n, r)
+				}
+				if p := probes[n]; p != "EPERM" {
+					t.Errorf("after attack %s the forbidden listener probe gave %q, want EPERM", n, p)
+				}
+			}
+			if n := canary.Hits(); n != 0 {
+				t.Errorf("the forbidden listener received %d connections", n)
+			}
+			if t.Failed() {
+				t.Logf("output:\n%s", out)
+			}
+		})
+	}
+}
