@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sluice-dev/sluice/pkg/testutil"
 )
@@ -113,4 +114,104 @@ func TestBoundaryAttacks(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestBoundaryTwoSandboxes: two concurrent sandboxes (default users). A
+// cannot see B's processes, read its environment, take its proxied socket
+// (pidfd_getfd) or signal it, even given B's host pids; B's credential
+// never reaches an upstream through A.
+func TestBoundaryTwoSandboxes(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	requireTools(t, debianPython)
+	pub := publicDir(t)
+	if err := os.Chmod(pub, 0o1777); err != nil {
+		t.Fatal(err)
+	}
+	a, b := publicCopy(t, "boundary_two_a.py"), publicCopy(t, "boundary_two_b.py")
+	marker := "sandbox-b-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	secretB := leakValue(t, "two")
+	wa, wb := newWorld(t), newWorld(t)
+	wa.user, wb.user = "", ""
+	polB := writePolicy(t, wb.dir, "b.yaml", leakPolicy)
+	sf := filepath.Join(wb.dir, "b.env")
+	if err := os.WriteFile(sf, []byte("LEAK_TOKEN="+secretB+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	// The host side: once B is ready, hand A every host pid of B.
+	found := make(chan int, 1)
+	go func() {
+		n := 0
+		defer func() { found <- n }()
+		deadline := time.Now().Add(60 * time.Second)
+		for time.Now().Before(deadline) {
+			if _, err := os.Stat(filepath.Join(pub, "b-ready")); err == nil {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		var pids []string
+		ents, _ := os.ReadDir("/proc")
+		for _, e := range ents {
+			if _, err := strconv.Atoi(e.Name()); err != nil {
+				continue
+			}
+			cl, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+			if strings.Contains(string(cl), marker) && strings.HasPrefix(string(cl), debianPython+"\x00") {
+				pids = append(pids, e.Name())
+			}
+		}
+		n = len(pids)
+		_ = os.WriteFile(filepath.Join(pub, "b-pids"), []byte(strings.Join(pids, " ")+"\n"), 0o644)
+	}()
+
+	var outA, outB string
+	var codeA, codeB int
+	t.Run("pair", func(t *testing.T) {
+		t.Run("B", func(t *testing.T) {
+			t.Parallel()
+			outB, codeB = wb.run(t, polB, "--secrets-file", sf, "--", debianPython, b, strconv.Itoa(wb.api.Port), pub, marker)
+		})
+		t.Run("A", func(t *testing.T) {
+			t.Parallel()
+			outA, codeA = wa.run(t, "", debianPython, a, strconv.Itoa(wa.api.Port), pub, reverse(marker))
+		})
+	})
+	if n := <-found; n == 0 {
+		t.Fatalf("the host found no process of sandbox B (the check could not fail)\nA:\n%s\nB:\n%s", outA, outB)
+	}
+	if codeA != 0 || codeB != 0 || !strings.Contains(outA, "A1 hello from upstream /a1") ||
+		!strings.Contains(outB, "B2 hello from upstream /b2") || !strings.Contains(outA, "TRIED") {
+		t.Fatalf("sandboxes: A exit %d, B exit %d\nA:\n%s\nB:\n%s", codeA, codeB, outA, outB)
+	}
+	if strings.Contains(outA, "SEEN") {
+		t.Errorf("sandbox A reached sandbox B:\n%s", outA)
+	}
+	if strings.Contains(outA, secretB) {
+		t.Error("sandbox A's output holds B's secret")
+	}
+	for _, r := range wa.api.Requests() {
+		if strings.Contains(r.Header.Get("Authorization"), secretB) {
+			t.Errorf("B's credential reached A's upstream on %s", r.Path)
+		}
+	}
+	var bReqs int
+	for _, r := range wb.api.Requests() {
+		if r.Header.Get("Authorization") != "Bearer "+secretB || !strings.HasPrefix(r.Path, "/b") {
+			t.Errorf("B's upstream got %s with an unexpected credential", r.Path)
+		}
+		bReqs++
+	}
+	if bReqs != 2 {
+		t.Errorf("B's upstream got %d requests, want 2", bReqs)
+	}
+}
+
+// reverse gives A the marker without A's own command line containing it.
+func reverse(s string) string {
+	r := []byte(s)
+	for i, j := 0, len(r)-1; i < j; i, j = i+1, j-1 {
+		r[i], r[j] = r[j], r[i]
+	}
+	return string(r)
 }
