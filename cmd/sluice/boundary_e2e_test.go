@@ -1,7 +1,9 @@
 package main
 
 import (
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -214,4 +216,104 @@ func reverse(s string) string {
 		r[i], r[j] = r[j], r[i]
 	}
 	return string(r)
+}
+
+// TestBoundaryNoSecretInProcesses: for each way of supplying a secret
+// (--secret-env, --secrets-file, the store), while the sandbox runs, no
+// process on the host (sluice included) and none in the sandbox holds the
+// value in its environ or cmdline, and the command's environment has
+// neither the secret's name nor a variable of the caller whose value
+// equals it.
+func TestBoundaryNoSecretInProcesses(t *testing.T) {
+	w := newWorld(t)
+	w.user = ""
+	pol := writePolicy(t, w.dir, "leak.yaml", leakPolicy)
+	url := fmt.Sprintf("https://allowed.test:%d/leak", w.api.Port)
+	for _, source := range []string{"secret-env", "secrets-file", "store"} {
+		t.Run(source, func(t *testing.T) {
+			v := leakValue(t, strings.ReplaceAll(source, "-", ""))
+			pub := publicDir(t)
+			if err := os.Chmod(pub, 0o1777); err != nil {
+				t.Fatal(err)
+			}
+			// The caller's environment: the secret's name, and an
+			// innocent-looking variable holding the value.
+			t.Setenv("LEAK_TOKEN", v)
+			t.Setenv("INNOCENT_LOOKING", v)
+			var flags []string
+			switch source {
+			case "secret-env":
+				flags = []string{"--secret-env", "LEAK_TOKEN"}
+			case "secrets-file":
+				sf := filepath.Join(w.dir, "leak.env")
+				if err := os.WriteFile(sf, []byte("LEAK_TOKEN="+v+"\n"), 0o600); err != nil {
+					t.Fatal(err)
+				}
+				flags = []string{"--secrets-file", sf}
+			case "store":
+				state := t.TempDir()
+				cmd := exec.Command(sluiceBin(t), "secret", "set", "LEAK_TOKEN", "--state-dir", state)
+				cmd.Stdin = strings.NewReader(v)
+				if out, err := cmd.CombinedOutput(); err != nil {
+					t.Fatalf("secret set: %v\n%s", err, out)
+				}
+				flags = []string{"--state-dir", state}
+			}
+			ready, done := filepath.Join(pub, "ready"), filepath.Join(pub, "done")
+			hostHits := make(chan []string, 1)
+			go func() {
+				var hits []string
+				defer func() { hostHits <- hits }()
+				deadline := time.Now().Add(60 * time.Second)
+				for time.Now().Before(deadline) {
+					if _, err := os.Stat(ready); err == nil {
+						break
+					}
+					time.Sleep(20 * time.Millisecond)
+				}
+				self := strconv.Itoa(os.Getpid())
+				ents, _ := os.ReadDir("/proc")
+				for _, e := range ents {
+					if _, err := strconv.Atoi(e.Name()); err != nil || e.Name() == self {
+						continue // this test process set the variables itself
+					}
+					for _, f := range []string{"environ", "cmdline"} {
+						if b, err := os.ReadFile(filepath.Join("/proc", e.Name(), f)); err == nil && strings.Contains(string(b), v) {
+							cl, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+							hits = append(hits, fmt.Sprintf("/proc/%s/%s (%q)", e.Name(), f, strings.ReplaceAll(string(cl), "\x00", " ")))
+						}
+					}
+				}
+				_ = os.WriteFile(done, nil, 0o644)
+			}()
+			script := `curl -sS --max-time 10 "$0"; echo
+echo ---env; env
+echo ---procs; for p in /proc/[0-9]*; do echo "$p"; tr '\0' '\n' < "$p/environ"; tr '\0' ' ' < "$p/cmdline"; echo; done
+touch "$1"; i=0; while [ ! -e "$2" ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; echo ---end`
+			args := append(append(flags, "--"), "sh", "-c", script, url, ready, done)
+			out, code := w.run(t, pol, args...)
+			hits := <-hostHits
+			if code != 0 || !strings.Contains(out, "hello from upstream /leak") || !strings.Contains(out, "---end") {
+				t.Fatalf("%s: exit %d\n%s", source, code, strings.ReplaceAll(out, v, "[the secret]"))
+			}
+			reqs := w.api.Requests()
+			if len(reqs) == 0 || reqs[len(reqs)-1].Header.Get("Authorization") != "Bearer "+v {
+				t.Fatal("the upstream did not get the injected secret")
+			}
+			if !strings.Contains(out, "PATH=") || !strings.Contains(out, "/proc/1\n") {
+				t.Fatalf("the listing from inside is incomplete (the check could not fail):\n%.2000s", out)
+			}
+			if strings.Contains(out, v) {
+				t.Errorf("the secret is visible inside the sandbox (environ, cmdline or env)")
+			}
+			for _, n := range []string{"LEAK_TOKEN=", "INNOCENT_LOOKING="} {
+				if strings.Contains(out, n) {
+					t.Errorf("the sandbox's environment has %s", n)
+				}
+			}
+			for _, h := range hits {
+				t.Errorf("the secret is on the host at %s while the sandbox runs", h)
+			}
+		})
+	}
 }

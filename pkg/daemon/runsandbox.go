@@ -59,6 +59,13 @@ func sandboxConfig(ctx context.Context, o RunOptions, pol *policy.Policy, static
 		}
 	}
 
+	// Our own /proc/PID/environ too: the caller may have handed us a
+	// variable named like a secret or holding one.
+	if err := sandbox.ScrubOwnEnviron(names, values); err != nil {
+		id.Release()
+		return nil, err
+	}
+
 	set := sandbox.CAEnv(bundle, caOnly, sandbox.SystemCertDir(tmp))
 	keys := make([]string, 0, len(pol.Env))
 	for k := range pol.Env {

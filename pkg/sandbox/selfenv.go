@@ -1,6 +1,7 @@
 package sandbox
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -82,4 +83,72 @@ func lookupIn(vals map[string]string) func(string) (string, bool) {
 		}
 		return os.LookupEnv(name)
 	}
+}
+
+// ScrubOwnEnviron removes from this process's environment, including what
+// /proc/PID/environ shows, every variable named in names or whose value is
+// one of values: they are unset, and their entries in the initial
+// environment block (which the kernel shows and unsetenv leaves alone) are
+// overwritten with NUL bytes through /proc/self/mem. For values sluice only
+// learns after start (a secrets file, the store), where HideSecretEnv's
+// re-exec cannot help. Call it once, early: Go's runtime no longer reads
+// the block after start.
+func ScrubOwnEnviron(names, values []string) error {
+	dropName := map[string]bool{}
+	for _, n := range names {
+		dropName[n] = true
+	}
+	dropValue := map[string]bool{}
+	for _, v := range values {
+		if v != "" {
+			dropValue[v] = true
+		}
+	}
+	drop := func(kv string) bool {
+		k, v, _ := strings.Cut(kv, "=")
+		return dropName[k] || dropValue[v]
+	}
+	for _, kv := range os.Environ() {
+		if drop(kv) {
+			k, _, _ := strings.Cut(kv, "=")
+			os.Unsetenv(k)
+		}
+	}
+	stat, err := os.ReadFile("/proc/self/stat")
+	if err != nil {
+		return err
+	}
+	// Fields 50 and 51 of /proc/self/stat: env_start, env_end.
+	fields := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+2:]))
+	if len(fields) < 49 {
+		return fmt.Errorf("/proc/self/stat has %d fields", len(fields)+2)
+	}
+	start, err1 := strconv.ParseInt(fields[47], 10, 64)
+	end, err2 := strconv.ParseInt(fields[48], 10, 64)
+	if err1 != nil || err2 != nil || end <= start {
+		return fmt.Errorf("/proc/self/stat: bad environment bounds")
+	}
+	mem, err := os.OpenFile("/proc/self/mem", os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("scrubbing our environment: %w", err)
+	}
+	defer mem.Close()
+	block := make([]byte, end-start)
+	if _, err := mem.ReadAt(block, start); err != nil {
+		return fmt.Errorf("scrubbing our environment: %w", err)
+	}
+	off := 0
+	for off < len(block) {
+		n := bytes.IndexByte(block[off:], 0)
+		if n < 0 {
+			n = len(block) - off
+		}
+		if n > 0 && drop(string(block[off:off+n])) {
+			if _, err := mem.WriteAt(make([]byte, n), start+int64(off)); err != nil {
+				return fmt.Errorf("scrubbing our environment: %w", err)
+			}
+		}
+		off += n + 1
+	}
+	return nil
 }
