@@ -100,7 +100,12 @@ func sandboxConfig(ctx context.Context, o RunOptions, pol *policy.Policy, static
 	if o.PinDir != "" {
 		hide = append(hide, o.PinDir)
 	}
+	// The command starts in our directory when it may enter it, else in
+	// its home.
 	cwd, _ := os.Getwd()
+	if !id.CanEnter(cwd) {
+		cwd = home
+	}
 	rs.Config = sandbox.Config{
 		Argv: o.Command, Env: env, Dir: cwd,
 		UID: id.UID, GID: id.GID, Groups: id.Groups,

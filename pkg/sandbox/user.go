@@ -163,3 +163,44 @@ func (id *Identity) MakeHome(parent string) (string, error) {
 	}
 	return h, nil
 }
+
+// CanEnter reports whether id may search every directory on the way to dir
+// (and dir itself): the command starts there, or in its home if not.
+func (id *Identity) CanEnter(dir string) bool {
+	if id.UID == 0 {
+		return true
+	}
+	if !filepath.IsAbs(dir) {
+		return false
+	}
+	p := dir
+	for {
+		var st unix.Stat_t
+		if err := unix.Stat(p, &st); err != nil {
+			return false
+		}
+		var bit uint32 = 0o001
+		switch {
+		case st.Uid == id.UID:
+			bit = 0o100
+		case st.Gid == id.GID || containsGID(id.Groups, st.Gid):
+			bit = 0o010
+		}
+		if st.Mode&bit == 0 {
+			return false
+		}
+		if p == "/" {
+			return true
+		}
+		p = filepath.Dir(p)
+	}
+}
+
+func containsGID(gs []uint32, g uint32) bool {
+	for _, x := range gs {
+		if x == g {
+			return true
+		}
+	}
+	return false
+}
