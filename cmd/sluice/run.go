@@ -36,10 +36,22 @@ a resolver and a proxy serving it, and exit with CMD's status.
 Default deny: anything the policy does not name is refused (EPERM in the
 kernel, NXDOMAIN at DNS, HTTP 403 at the proxy). Secrets named with
 --secret-env or --secrets-file are injected by the proxy and never reach
-CMD's environment. Everything sluice run creates is removed when it exits.`,
+CMD's environment. Everything sluice run creates is removed when it exits.
+
+CMD runs unprivileged: as the user behind sudo, else as a fresh uid from
+2100000000-2100065535 (--user picks another, root included). Whoever it is,
+CMD has its own PID, mount and cgroup namespaces, no CAP_SYS_ADMIN,
+CAP_NET_ADMIN, CAP_BPF, CAP_PERFMON, CAP_NET_RAW, CAP_SYS_PTRACE or
+CAP_SYS_MODULE, no_new_privs, and a seccomp filter that allows only unix,
+inet, inet6 and netlink sockets. The sandbox CA is bind-mounted over the
+system's trust files (PEM bundles and Java's cacerts), so clients trust
+intercepted hosts without flags.`,
 		Example: `  # curl an allowed API; the proxy adds Authorization from $DEMO_TOKEN
   DEMO_TOKEN=s3cr3t sluice run --policy testdata/policies/demo.yaml \
       --secret-env DEMO_TOKEN -- curl https://allowed.test/
+
+  # installs inside the sandbox, still contained
+  sluice run --policy p.yaml --user root -- apt-get install -y jq
 
   # tests: a loopback upstream resolver and a private CA for upstream TLS
   sluice run --policy p.yaml --dns-upstream 127.0.0.1:5353 \

@@ -66,6 +66,8 @@ func childFilter() int {
 	fmt.Println("io_uring", errnoText(e))
 	_, _, e = unix.RawSyscall(unix.SYS_BPF, 0, 0, 0)
 	fmt.Println("bpf", errnoText(e))
+	_, _, e = unix.RawSyscall(unix.SYS_PERF_EVENT_OPEN, 0, 0, 0)
+	fmt.Println("perf", errnoText(e))
 	_, _, e = unix.RawSyscall(unix.SYS_CLONE3, 0, 0, 0)
 	fmt.Println("clone3", errnoText(e))
 	_, _, e = unix.RawSyscall(unix.SYS_IOCTL, 0, unix.TIOCSTI, 0)
@@ -94,7 +96,7 @@ func TestFilter(t *testing.T) {
 	for _, want := range []string{
 		"packet " + afno, "vsock " + afno, "alg " + afno, "socketpair-packet " + afno,
 		"unix ok", "inet ok", "inet6 ok", "netlink ok",
-		"unshare-user " + unix.EPERM.Error(), "io_uring " + unix.EPERM.Error(), "bpf " + unix.EPERM.Error(),
+		"unshare-user " + unix.EPERM.Error(), "io_uring " + unix.EPERM.Error(), "bpf " + unix.EPERM.Error(), "perf " + unix.EPERM.Error(),
 		"clone3 " + unix.ENOSYS.Error(), "tiocsti " + unix.EPERM.Error(), "getpid ok",
 	} {
 		if !strings.Contains(string(out), want+"\n") {

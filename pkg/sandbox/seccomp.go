@@ -19,6 +19,7 @@ type seccompArch struct {
 	socket, socketpair, ioctl, clone, unshare   uint32
 	clone3, bpf, ioUringSetup, ioUringEnter     uint32
 	ioUringRegister, keyctl, addKey, requestKey uint32
+	perfEventOpen                               uint32
 	x32                                         bool // refuse nr >= __X32_SYSCALL_BIT
 }
 
@@ -27,11 +28,11 @@ func archFilter() (seccompArch, error) {
 	case "amd64":
 		return seccompArch{audit: unix.AUDIT_ARCH_X86_64, socket: 41, socketpair: 53, ioctl: 16, clone: 56,
 			unshare: 272, clone3: 435, bpf: 321, ioUringSetup: 425, ioUringEnter: 426, ioUringRegister: 427,
-			keyctl: 250, addKey: 248, requestKey: 249, x32: true}, nil
+			keyctl: 250, addKey: 248, requestKey: 249, perfEventOpen: 298, x32: true}, nil
 	case "arm64":
 		return seccompArch{audit: unix.AUDIT_ARCH_AARCH64, socket: 198, socketpair: 199, ioctl: 29, clone: 220,
 			unshare: 97, clone3: 435, bpf: 280, ioUringSetup: 425, ioUringEnter: 426, ioUringRegister: 427,
-			keyctl: 219, addKey: 217, requestKey: 218}, nil
+			keyctl: 219, addKey: 217, requestKey: 218, perfEventOpen: 241}, nil
 	}
 	return seccompArch{}, fmt.Errorf("no seccomp filter for %s", runtime.GOARCH)
 }
@@ -52,7 +53,8 @@ func retErrno(e unix.Errno) uint32 { return unix.SECCOMP_RET_ERRNO | uint32(e)&u
 //   - socket, socketpair: domains other than unix, inet, inet6, netlink:
 //     EAFNOSUPPORT (AF_PACKET, AF_VSOCK, AF_ALG, AF_XDP, ...)
 //   - io_uring_*: EPERM (IORING_OP_SOCKET would bypass the socket check)
-//   - bpf: EPERM (pinned programs and links are out of reach anyway)
+//   - bpf, perf_event_open: EPERM (pinned programs and links are out of
+//     reach anyway; perf events read kernel state)
 //   - clone and unshare with CLONE_NEWUSER: EPERM (a user namespace gives
 //     back every capability inside it); clone3: ENOSYS, so libc falls back
 //     to clone, whose flags the filter can read
@@ -89,7 +91,7 @@ func Filter() ([]unix.SockFilter, error) {
 		stmt(ret, retErrno(unix.EPERM))
 	}
 	// Syscalls refused outright.
-	for _, nr := range []uint32{a.ioUringSetup, a.ioUringEnter, a.ioUringRegister, a.bpf, a.keyctl, a.addKey, a.requestKey} {
+	for _, nr := range []uint32{a.ioUringSetup, a.ioUringEnter, a.ioUringRegister, a.bpf, a.perfEventOpen, a.keyctl, a.addKey, a.requestKey} {
 		jump(jeq, nr, 0, 1)
 		stmt(ret, retErrno(unix.EPERM))
 	}
