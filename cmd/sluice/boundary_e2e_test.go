@@ -317,3 +317,27 @@ touch "$1"; i=0; while [ ! -e "$2" ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1))
 		})
 	}
 }
+
+// TestRunDefaultUser: without --user, CMD runs as the user behind sudo, or
+// else as a uid from the documented range; either way with a writable home.
+func TestRunDefaultUser(t *testing.T) {
+	w := newWorld(t)
+	w.user = ""
+	script := `echo "uid=$(id -u) gid=$(id -g) home=$HOME"; touch "$HOME/.x" && echo HOME-WRITABLE`
+	t.Setenv("SUDO_UID", "65534")
+	t.Setenv("SUDO_GID", "65534")
+	out, code := w.run(t, "", "sh", "-c", script)
+	if code != 0 || !strings.Contains(out, "uid=65534 gid=65534 home=/") || !strings.Contains(out, "HOME-WRITABLE") ||
+		strings.Contains(out, "home=/root") {
+		t.Fatalf("behind sudo as 65534: exit %d\n%s", code, out)
+	}
+	t.Setenv("SUDO_UID", "")
+	out, code = w.run(t, "", "sh", "-c", script)
+	var uid int
+	if i := strings.Index(out, "uid="); i >= 0 {
+		fmt.Sscanf(out[i:], "uid=%d", &uid)
+	}
+	if code != 0 || uid < 2100000000 || uid >= 2100000000+65536 || !strings.Contains(out, "HOME-WRITABLE") {
+		t.Fatalf("no sudo: exit %d, uid %d, want one from 2100000000-2100065535 with a writable home\n%s", code, uid, out)
+	}
+}

@@ -161,7 +161,7 @@ func TestSandboxSeesNoSecretAnywhere(t *testing.T) {
 	secret := leakValue(t, "scan")
 	t.Setenv("LEAK_TOKEN", secret)
 	pol := writePolicy(t, w.dir, "scan.yaml", leakPolicy)
-	ready := filepath.Join(w.dir, "ready")
+	ready, scanned := filepath.Join(w.dir, "ready"), filepath.Join(w.dir, "scanned")
 	type scanResult struct {
 		hits    []string
 		scanned int
@@ -181,7 +181,24 @@ func TestSandboxSeesNoSecretAnywhere(t *testing.T) {
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
+		// The sandbox's processes: sluice-run-* cgroups below ours.
+		self, err := cgroup.Self()
+		if err != nil {
+			return
+		}
 		needle := []byte(secret)
+		cgs, _ := filepath.Glob(filepath.Join(self, "sluice-run-*", "cgroup.procs"))
+		for _, procs := range cgs {
+			data, _ := os.ReadFile(procs)
+			for _, pid := range strings.Fields(string(data)) {
+				r.procs++
+				for _, f := range []string{"environ", "cmdline"} {
+					if b, err := os.ReadFile(filepath.Join("/proc", pid, f)); err == nil && bytes.Contains(b, needle) {
+						r.hits = append(r.hits, "/proc/"+pid+"/"+f)
+					}
+				}
+			}
+		}
 		for _, root := range []string{"/tmp", "/var/tmp", "/dev/shm", "/run"} {
 			_ = filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
 				if err != nil || !d.Type().IsRegular() {
@@ -201,27 +218,12 @@ func TestSandboxSeesNoSecretAnywhere(t *testing.T) {
 				return nil
 			})
 		}
-		// The sandbox's processes: sluice-run-* cgroups below ours.
-		self, err := cgroup.Self()
-		if err != nil {
-			return
-		}
-		cgs, _ := filepath.Glob(filepath.Join(self, "sluice-run-*", "cgroup.procs"))
-		for _, procs := range cgs {
-			data, _ := os.ReadFile(procs)
-			for _, pid := range strings.Fields(string(data)) {
-				r.procs++
-				for _, f := range []string{"environ", "cmdline"} {
-					if b, err := os.ReadFile(filepath.Join("/proc", pid, f)); err == nil && bytes.Contains(b, needle) {
-						r.hits = append(r.hits, "/proc/"+pid+"/"+f)
-					}
-				}
-			}
-		}
+		_ = os.WriteFile(scanned, nil, 0o644)
 	}()
 	url := fmt.Sprintf("https://allowed.test:%d/scan", w.api.Port)
 	out, code := w.run(t, pol, "--secret-env", "LEAK_TOKEN", "--",
-		"sh", "-c", `curl -sS --max-time 10 "$0" && touch "$1" && sleep 3`, url, ready)
+		"sh", "-c", `curl -sS --max-time 10 "$0" && touch "$1" && i=0 && while [ ! -e "$2" ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done`,
+		url, ready, scanned)
 	r := <-done
 	if code != 0 || !strings.Contains(out, "hello from upstream /scan") {
 		t.Fatalf("curl: exit %d\n%s", code, out)
@@ -433,8 +435,7 @@ public class Get {
 // variable, real clients run as the default unprivileged sandbox user reach
 // an intercepted loopback HTTPS upstream, which sees the injected header.
 func TestRealClients(t *testing.T) {
-	w := newWorld(t)
-	w.user = ""
+	testutil.RequirePrivileged(t)
 	tools := []string{"curl", "wget", "php", "ruby", "git", "node", "java", debianPython}
 	for _, tool := range tools {
 		if _, err := os.Stat(tool); err == nil {
@@ -448,17 +449,24 @@ func TestRealClients(t *testing.T) {
 	if err := testutil.GitRepo(repos, "demo.git", "cloned through sluice\n"); err != nil {
 		t.Fatal(err)
 	}
-	git, err := testutil.GitHTTPBackend(repos)
-	if err != nil {
-		t.Fatal(err)
+	// Each client gets its own world (upstream, resolver, audit log), so
+	// that they run in parallel; base is replaced by the world's URL.
+	const base = "https://BASE"
+	newClientWorld := func(t *testing.T) (*world, *testutil.HTTPSServer, string) {
+		w := newWorld(t)
+		w.user = ""
+		git, err := testutil.GitHTTPBackend(repos)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/demo.git/", git)
+		mux.HandleFunc("/", func(rw http.ResponseWriter, r *http.Request) {
+			fmt.Fprintf(rw, "hello from upstream %s\n", r.URL.Path)
+		})
+		api := useAPI(t, w, []string{"allowed.test"}, mux)
+		return w, api, fmt.Sprintf("https://allowed.test:%d", api.Port)
 	}
-	mux := http.NewServeMux()
-	mux.Handle("/demo.git/", git)
-	mux.HandleFunc("/", func(rw http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(rw, "hello from upstream %s\n", r.URL.Path)
-	})
-	api := useAPI(t, w, []string{"allowed.test"}, mux)
-	base := fmt.Sprintf("https://allowed.test:%d", api.Port)
 	pub := publicDir(t)
 	javaFile := filepath.Join(pub, "Get.java")
 	if err := os.WriteFile(javaFile, []byte(javaGet), 0o644); err != nil {
@@ -497,6 +505,12 @@ $r = curl_exec($c); if ($r === false) { fwrite(STDERR, curl_error($c)); exit(1);
 	}
 	for _, c := range clients {
 		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			w, api, url := newClientWorld(t)
+			cmd := make([]string, len(c.cmd))
+			for i, a := range c.cmd {
+				cmd[i] = strings.ReplaceAll(a, base, url)
+			}
 			want := "hello from upstream /" + c.name
 			prefix := "/" + c.name
 			if c.name == "git" {
@@ -506,7 +520,7 @@ $r = curl_exec($c); if ($r === false) { fwrite(STDERR, curl_error($c)); exit(1);
 			if strings.HasPrefix(c.name, "node") {
 				keep = "NODE_EXTRA_CA_CERTS"
 			}
-			out, code := w.run(t, "", withoutCAEnv(keep, c.cmd...)...)
+			out, code := w.run(t, "", withoutCAEnv(keep, cmd...)...)
 			if code != 0 || !strings.Contains(out, want) {
 				t.Fatalf("%s through sluice without CA variables: exit %d, want %q in:\n%s", c.name, code, want, out)
 			}
