@@ -100,6 +100,15 @@ func sandboxConfig(ctx context.Context, o RunOptions, pol *policy.Policy, static
 	if o.PinDir != "" {
 		hide = append(hide, o.PinDir)
 	}
+	// Files only sluice should touch: a root command (DAC_OVERRIDE) could
+	// otherwise read the secrets file or rewrite the audit log.
+	for _, f := range []string{o.SecretsFile, o.AuditPath} {
+		if f != "" && f != "-" {
+			if abs, err := filepath.Abs(f); err == nil {
+				hide = append(hide, abs)
+			}
+		}
+	}
 	// The command starts in our directory when it may enter it, else in
 	// its home.
 	cwd, _ := os.Getwd()
