@@ -49,6 +49,43 @@ func publicCopy(t *testing.T, name string) string {
 	return p
 }
 
+// writeSluicePID finds the process running script, takes its grandparent
+// (the sluice run process), checks it is sluice and writes its pid to
+// pidFile. It returns the pid, or 0 after a minute.
+func writeSluicePID(script, pidFile string) int {
+	ppid := func(pid string) string {
+		b, _ := os.ReadFile(filepath.Join("/proc", pid, "stat"))
+		s := string(b)
+		if i := strings.LastIndexByte(s, ')'); i >= 0 {
+			if f := strings.Fields(s[i+1:]); len(f) > 1 {
+				return f[1]
+			}
+		}
+		return ""
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		ents, _ := os.ReadDir("/proc")
+		for _, e := range ents {
+			cl, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+			if !strings.HasPrefix(string(cl), debianPython+"\x00"+script+"\x00") {
+				continue
+			}
+			sl := ppid(ppid(e.Name()))
+			slCl, _ := os.ReadFile(filepath.Join("/proc", sl, "cmdline"))
+			if !strings.Contains(string(slCl), "\x00run\x00") {
+				continue
+			}
+			n, _ := strconv.Atoi(sl)
+			if os.WriteFile(pidFile+".tmp", []byte(sl), 0o644) == nil && os.Rename(pidFile+".tmp", pidFile) == nil {
+				return n
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return 0
+}
+
 // attackNames are the attacks testdata/boundary_attacks.py makes; each
 // must be reported blocked and followed by a refused probe.
 var attackNames = []string{
@@ -76,15 +113,23 @@ func TestBoundaryAttacks(t *testing.T) {
 			}
 			canary := testutil.TCPCanary(t, "tcp4")
 			script := publicCopy(t, "boundary_attacks.py")
-			// The "sluice" the script aims at is this test process: a
-			// host process outside the sandbox it must not reach.
-			out, code := w.run(t, "", debianPython, script, canary.Addr, strconv.Itoa(os.Getpid()))
+			// The script aims at sluice's host pid: found from outside as
+			// the grandparent (sluice → init → python) of the script.
+			pidFile := filepath.Join(filepath.Dir(script), "sluice.pid")
+			found := make(chan int, 1)
+			go func() { found <- writeSluicePID(script, pidFile) }()
+			out, code := w.run(t, "", debianPython, script, canary.Addr, pidFile)
+			sluicePID := <-found
+			if sluicePID == 0 || !strings.Contains(out, "SLUICE-PID-KNOWN") {
+				t.Fatalf("the test could not hand sluice's pid to the sandbox:\n%s", out)
+			}
 			if code != 0 || !strings.Contains(out, "\nDONE\n") {
 				t.Fatalf("attack battery: exit %d, want 0 and DONE:\n%s", code, out)
 			}
 			if !strings.Contains(out, "sluice: ") {
 				t.Errorf("sluice run printed no summary: did it survive?\n%s", out)
 			}
+
 			results, probes := map[string]string{}, map[string]string{}
 			for _, line := range strings.Split(out, "\n") {
 				f := strings.Fields(line)
@@ -95,7 +140,12 @@ func TestBoundaryAttacks(t *testing.T) {
 					probes[f[1]] = f[2]
 				}
 			}
-			for _, n := range attackNames {
+			for n, r := range results {
+				if !strings.HasPrefix(r, "blocked") || probes[n] != "EPERM" {
+					t.Errorf("attack %s: %s; probe after it: %q", n, r, probes[n])
+				}
+			}
+			for _, n := range append(attackNames, "read-proc-"+strconv.Itoa(sluicePID)+"-environ", "read-proc-"+strconv.Itoa(sluicePID)+"-mem") {
 				r, ok := results[n]
 				if !ok {
 					t.Errorf("attack %s did not run", n)

@@ -52,7 +52,12 @@ func setupMounts(cfg *Config) error {
 			}
 		}
 	}
+	hidden := map[string]bool{}
 	for _, d := range cfg.Hide {
+		if hidden[d] {
+			continue
+		}
+		hidden[d] = true
 		if err := hideDir(d); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return err
 		}
@@ -106,8 +111,7 @@ func readMountinfo() ([]mountEntry, error) {
 		}
 		out = append(out, mountEntry{point: unescape(fields[4]), fstype: fields[sep+1]})
 	}
-	// Deepest last, so that remounting a parent does not hide children we
-	// still have to visit (order of appearance is already parent first).
+	// In order of appearance: a parent comes before what is mounted on it.
 	return out, sc.Err()
 }
 

@@ -4,10 +4,16 @@
 # ESCAPED <detail>", and is followed by a connect to the forbidden loopback
 # listener (argv[1]) that prints "PROBE <name> <outcome>": the kernel fence
 # must still refuse it (EPERM) after every attempt.
-import ctypes, ctypes.util, errno, os, socket, struct, sys
+import ctypes, ctypes.util, errno, os, socket, struct, sys, time
 
 canary = sys.argv[1]
-sluice_pid = int(sys.argv[2])  # sluice's pid in the host's PID namespace
+# sluice's pid in the host's PID namespace: the test writes it to the file
+# argv[2] once it has found this process's grandparent from outside.
+deadline = time.time() + 60
+while not os.path.exists(sys.argv[2]) and time.time() < deadline:
+    time.sleep(0.05)
+sluice_pid = int(open(sys.argv[2]).read())
+print("SLUICE-PID-KNOWN", flush=True)
 libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 libc.syscall.restype = ctypes.c_long
 
