@@ -242,6 +242,9 @@ func TestResolveUser(t *testing.T) {
 	wg.Wait()
 	for _, id := range ids {
 		id.Release()
+		if _, err := os.Stat(filepath.Join(dir, "uids", fmt.Sprint(id.UID)+".lock")); err == nil {
+			t.Errorf("the lock file of uid %d outlived its release", id.UID)
+		}
 	}
 	ids[0].Release() // twice is fine
 	again, err := ResolveUser("", dir, env(nil))

@@ -38,6 +38,9 @@ type Identity struct {
 // than once and on any Identity.
 func (id *Identity) Release() {
 	if id != nil && id.lock != nil {
+		// Unlink while still holding the lock: a process that opened the
+		// old file notices (its path no longer names the inode) and retries.
+		os.Remove(id.lock.Name())
 		id.lock.Close()
 		id.lock = nil
 	}
@@ -128,6 +131,15 @@ func allocateUID(stateDir string) (*Identity, error) {
 				continue
 			}
 			return nil, fmt.Errorf("allocating a sandbox uid: %w", err)
+		}
+		// The holder before us may have unlinked the file between our
+		// open and our lock: only a lock on the file the path names counts.
+		var held, named unix.Stat_t
+		if unix.Fstat(int(f.Fd()), &held) != nil || unix.Stat(f.Name(), &named) != nil ||
+			held.Ino != named.Ino || held.Dev != named.Dev {
+			f.Close()
+			i-- // the same uid again
+			continue
 		}
 		return &Identity{UID: uid, GID: uid, Allocated: true, lock: f}, nil
 	}
