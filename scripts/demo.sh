@@ -14,6 +14,9 @@ cd "$(dirname "$0")/.."
 SLUICE=${SLUICE:-bin/sluice}
 work=$(mktemp -d /tmp/sluice-demo.XXXXXX)
 chmod 755 "$work"
+# The sandbox runs as an unprivileged uid: its flag files live in a
+# directory anyone may write.
+mkdir -m 1777 "$work/flags"
 up_pid=
 cleanup() {
 	[ -n "$up_pid" ] && kill "$up_pid" 2>/dev/null && wait "$up_pid" 2>/dev/null || true
@@ -41,19 +44,20 @@ curl -sS --max-time 5 https://forbidden.test:'"$API_PORT"'/ 2>&1 | sed "s/^/   /
 echo "-- 3. curl http://'"$FORBIDDEN_ADDR"'/ (a loopback service by IP)"
 curl -sS --max-time 5 http://'"$FORBIDDEN_ADDR"'/ 2>&1 | sed "s/^/   /"; echo "   => refused in the kernel"
 echo "-- the sandbox environment holds no DEMO_TOKEN: ${DEMO_TOKEN:-<unset>}"
-touch '"$work"'/ready
-while [ ! -f '"$work"'/release ]; do sleep 0.05; done
+echo "-- running as uid $(id -u), in a PID namespace of $(ls /proc | grep -c '^[0-9]') processes"
+touch '"$work"'/flags/ready
+while [ ! -f '"$work"'/flags/release ]; do sleep 0.05; done
 '
 "$SLUICE" run --name demo --policy testdata/policies/demo.yaml \
 	--dns-upstream "$DNS_ADDR" --dns-allow-loopback --upstream-ca "$UPSTREAM_CA" \
 	--secret-env DEMO_TOKEN --audit "$work/audit.jsonl" -- sh -c "$script" >"$work/out" 2>&1 &
 run_pid=$!
-for _ in $(seq 200); do [ -f "$work/ready" ] && break; sleep 0.05; done
+for _ in $(seq 200); do [ -f "$work/flags/ready" ] && break; sleep 0.05; done
 cat "$work/out"
 echo
 echo "== sluice blocked (read from the pinned kernel maps while the sandbox runs)"
 "$SLUICE" blocked demo | tee "$work/blocked"
-touch "$work/release"
+touch "$work/flags/release"
 wait "$run_pid"
 echo
 echo "== audit events (JSON lines, one per decision)"

@@ -18,6 +18,15 @@ have bpftool || need+=(bpftool)
 have runc || need+=(runc)
 have python3 || need+=(python3)
 have node || need+=(nodejs)
+# sluice run's boundary tests (issue 15): clients that read only the
+# distribution's trust files, Debian's python3 with its libraries, pip, npm.
+have wget || need+=(wget)
+have php || need+=(php-cli)
+pkg_installed php-curl || need+=(php-curl)
+have ruby || need+=(ruby)
+have java || need+=(default-jre-headless)
+have npm || need+=(npm)
+for p in python3-requests python3-httplib2 python3-pip; do pkg_installed "$p" || need+=("$p"); done
 # git http-backend for the git clone test ships with git itself.
 
 if [ ${#need[@]} -gt 0 ]; then

@@ -150,6 +150,7 @@ func checkSequence(t *testing.T, evs []audit.Event, steps map[int]map[string]str
 	}
 	used := make([]bool, len(wants))
 	lastStep := 0
+	nsToHost, hostToNS := map[string]uint32{}, map[uint32]string{}
 	for i, ev := range evs {
 		found := -1
 		for j, wt := range wants {
@@ -168,8 +169,15 @@ func checkSequence(t *testing.T, evs []audit.Event, steps map[int]map[string]str
 			t.Errorf("event %d (%s) of step %d comes after an event of step %d", i, wt.desc, wt.step, lastStep)
 		}
 		lastStep = wt.step
+		// Events carry the host's pid; a `sluice run` command sees its own
+		// PID namespace's (issue 15). Each step's pid must map to one host
+		// pid, and two steps to two different ones.
 		if pid := steps[wt.step]["pid"]; strconv.FormatUint(uint64(ev.PID), 10) != pid {
-			t.Errorf("%s: pid %d, want %s (the step's process)", wt.desc, ev.PID, pid)
+			if host, ok := nsToHost[pid]; ok && host != ev.PID || !ok && hostToNS[ev.PID] != "" && hostToNS[ev.PID] != pid {
+				t.Errorf("%s: pid %d, want the host pid of %s (the step's process), seen as %d", wt.desc, ev.PID, pid, host)
+			} else {
+				nsToHost[pid], hostToNS[ev.PID] = ev.PID, pid
+			}
 		}
 		if ev.Comm != wt.comm {
 			t.Errorf("%s: comm %q, want %q", wt.desc, ev.Comm, wt.comm)

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -160,7 +161,7 @@ func TestSandboxSeesNoSecretAnywhere(t *testing.T) {
 	secret := leakValue(t, "scan")
 	t.Setenv("LEAK_TOKEN", secret)
 	pol := writePolicy(t, w.dir, "scan.yaml", leakPolicy)
-	ready := filepath.Join(w.dir, "ready")
+	ready, scanned := filepath.Join(w.dir, "ready"), filepath.Join(w.dir, "scanned")
 	type scanResult struct {
 		hits    []string
 		scanned int
@@ -180,7 +181,24 @@ func TestSandboxSeesNoSecretAnywhere(t *testing.T) {
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
+		// The sandbox's processes: sluice-run-* cgroups below ours.
+		self, err := cgroup.Self()
+		if err != nil {
+			return
+		}
 		needle := []byte(secret)
+		cgs, _ := filepath.Glob(filepath.Join(self, "sluice-run-*", "cgroup.procs"))
+		for _, procs := range cgs {
+			data, _ := os.ReadFile(procs)
+			for _, pid := range strings.Fields(string(data)) {
+				r.procs++
+				for _, f := range []string{"environ", "cmdline"} {
+					if b, err := os.ReadFile(filepath.Join("/proc", pid, f)); err == nil && bytes.Contains(b, needle) {
+						r.hits = append(r.hits, "/proc/"+pid+"/"+f)
+					}
+				}
+			}
+		}
 		for _, root := range []string{"/tmp", "/var/tmp", "/dev/shm", "/run"} {
 			_ = filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
 				if err != nil || !d.Type().IsRegular() {
@@ -200,27 +218,12 @@ func TestSandboxSeesNoSecretAnywhere(t *testing.T) {
 				return nil
 			})
 		}
-		// The sandbox's processes: sluice-run-* cgroups below ours.
-		self, err := cgroup.Self()
-		if err != nil {
-			return
-		}
-		cgs, _ := filepath.Glob(filepath.Join(self, "sluice-run-*", "cgroup.procs"))
-		for _, procs := range cgs {
-			data, _ := os.ReadFile(procs)
-			for _, pid := range strings.Fields(string(data)) {
-				r.procs++
-				for _, f := range []string{"environ", "cmdline"} {
-					if b, err := os.ReadFile(filepath.Join("/proc", pid, f)); err == nil && bytes.Contains(b, needle) {
-						r.hits = append(r.hits, "/proc/"+pid+"/"+f)
-					}
-				}
-			}
-		}
+		_ = os.WriteFile(scanned, nil, 0o644)
 	}()
 	url := fmt.Sprintf("https://allowed.test:%d/scan", w.api.Port)
 	out, code := w.run(t, pol, "--secret-env", "LEAK_TOKEN", "--",
-		"sh", "-c", `curl -sS --max-time 10 "$0" && touch "$1" && sleep 3`, url, ready)
+		"sh", "-c", `curl -sS --max-time 10 "$0" && touch "$1" && i=0 && while [ ! -e "$2" ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done`,
+		url, ready, scanned)
 	r := <-done
 	if code != 0 || !strings.Contains(out, "hello from upstream /scan") {
 		t.Fatalf("curl: exit %d\n%s", code, out)
@@ -391,6 +394,148 @@ func TestProxyRefusesBadUpstreamCertificate(t *testing.T) {
 			}
 			if n := reqs.Load(); n != 0 {
 				t.Errorf("the upstream with a bad certificate received %d requests", n)
+			}
+		})
+	}
+}
+
+// caVars are every CA variable sluice run sets: TestRealClients removes
+// them all, so the clients can only trust the sandbox CA through the
+// bundle bind-mounted over the distribution's trust files (issue 15).
+var caVars = []string{"SSL_CERT_FILE", "SSL_CERT_DIR", "CURL_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "GIT_SSL_CAINFO", "PIP_CERT",
+	"NODE_EXTRA_CA_CERTS", "CARGO_HTTP_CAINFO", "AWS_CA_BUNDLE", "DENO_CERT", "NPM_CONFIG_CAFILE",
+	"GRPC_DEFAULT_SSL_ROOTS_FILE_PATH", "NIX_SSL_CERT_FILE", "CLOUDSDK_CORE_CUSTOM_CA_CERTS_FILE", "HTTPLIB2_CA_CERTS", "SLUICE_CA_FILE"}
+
+// withoutCAEnv prefixes cmd with env -u for every CA variable but keep.
+func withoutCAEnv(keep string, cmd ...string) []string {
+	out := []string{"env"}
+	for _, v := range caVars {
+		if v != keep {
+			out = append(out, "-u", v)
+		}
+	}
+	return append(out, cmd...)
+}
+
+const javaGet = `import java.net.URI;
+import java.net.http.HttpClient;
+import java.net.http.HttpRequest;
+import java.net.http.HttpResponse;
+
+public class Get {
+    public static void main(String[] args) throws Exception {
+        HttpClient c = HttpClient.newHttpClient();
+        HttpResponse<String> r = c.send(HttpRequest.newBuilder(URI.create(args[0])).build(), HttpResponse.BodyHandlers.ofString());
+        System.out.print(r.body());
+    }
+}
+`
+
+// TestRealClients: with certificate checks on, no CA flag and no CA
+// variable, real clients run as the default unprivileged sandbox user reach
+// an intercepted loopback HTTPS upstream, which sees the injected header.
+func TestRealClients(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	tools := []string{"curl", "wget", "php", "ruby", "git", "node", "java", debianPython}
+	for _, tool := range tools {
+		if _, err := os.Stat(tool); err == nil {
+			continue
+		}
+		if _, err := exec.LookPath(tool); err != nil {
+			testutil.KernelLacks(t, "%s is not installed: run scripts/deps.sh", tool)
+		}
+	}
+	repos := t.TempDir()
+	if err := testutil.GitRepo(repos, "demo.git", "cloned through sluice\n"); err != nil {
+		t.Fatal(err)
+	}
+	// Each client gets its own world (upstream, resolver, audit log), so
+	// that they run in parallel; base is replaced by the world's URL.
+	const base = "https://BASE"
+	newClientWorld := func(t *testing.T) (*world, *testutil.HTTPSServer, string) {
+		w := newWorld(t)
+		w.user = ""
+		git, err := testutil.GitHTTPBackend(repos)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/demo.git/", git)
+		mux.HandleFunc("/", func(rw http.ResponseWriter, r *http.Request) {
+			fmt.Fprintf(rw, "hello from upstream %s\n", r.URL.Path)
+		})
+		api := useAPI(t, w, []string{"allowed.test"}, mux)
+		return w, api, fmt.Sprintf("https://allowed.test:%d", api.Port)
+	}
+	pub := publicDir(t)
+	javaFile := filepath.Join(pub, "Get.java")
+	if err := os.WriteFile(javaFile, []byte(javaGet), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// The test binary doubles as the Go client; the default sandbox user
+	// cannot read Go's build directory, so it runs from a public copy.
+	goBin := filepath.Join(pub, "goclient")
+	if data, err := os.ReadFile(os.Args[0]); err != nil {
+		t.Fatal(err)
+	} else if err := os.WriteFile(goBin, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	py := func(code string) []string { return []string{debianPython, "-c", code} }
+	// Node (the nodejs.org builds) trusts only its compiled-in roots plus
+	// NODE_EXTRA_CA_CERTS, never the system's files: it keeps that one
+	// variable, which sluice run sets.
+	clients := []struct {
+		name string
+		cmd  []string
+	}{
+		{"curl", []string{"curl", "-sS", "--max-time", "10", base + "/curl"}},
+		{"wget", []string{"wget", "-q", "-O", "-", "--timeout=10", base + "/wget"}},
+		{"php-curl", []string{"php", "-r", `$c = curl_init($argv[1]); curl_setopt($c, CURLOPT_RETURNTRANSFER, true);
+$r = curl_exec($c); if ($r === false) { fwrite(STDERR, curl_error($c)); exit(1); } echo $r;`, base + "/php-curl"}},
+		{"python-urllib", append(py("import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())"), base+"/python-urllib")},
+		{"python-requests", append(py("import sys, requests; print(requests.get(sys.argv[1], timeout=10).text)"), base+"/python-requests")},
+		{"python-httplib2", append(py("import sys, httplib2; r, c = httplib2.Http(timeout=10).request(sys.argv[1]); print(c.decode())"), base+"/python-httplib2")},
+		{"node-https", []string{"node", "-e", `require("https").get(process.argv[1], r => r.pipe(process.stdout)).on("error", e => { console.error(e); process.exit(1) })`, base + "/node-https"}},
+		{"node-fetch", []string{"node", "-e", `fetch(process.argv[1]).then(r => r.text()).then(t => console.log(t)).catch(e => { console.error(e); process.exit(1) })`, base + "/node-fetch"}},
+		{"go", []string{"env", goGetEnv + "=" + base + "/go", goBin, "-test.run=^$"}},
+		{"java", []string{"java", javaFile, base + "/java"}},
+		{"ruby", []string{"ruby", "-rnet/http", "-e", "print Net::HTTP.get(URI(ARGV[0]))", base + "/ruby"}},
+		{"git", []string{"env", "GIT_TERMINAL_PROMPT=0", "GIT_CONFIG_NOSYSTEM=1", "sh", "-c",
+			`cd "$HOME" && git clone -q "$0" clone && cat clone/README`, base + "/demo.git"}},
+	}
+	for _, c := range clients {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			w, api, url := newClientWorld(t)
+			cmd := make([]string, len(c.cmd))
+			for i, a := range c.cmd {
+				cmd[i] = strings.ReplaceAll(a, base, url)
+			}
+			want := "hello from upstream /" + c.name
+			prefix := "/" + c.name
+			if c.name == "git" {
+				want, prefix = "cloned through sluice", "/demo.git/"
+			}
+			keep := ""
+			if strings.HasPrefix(c.name, "node") {
+				keep = "NODE_EXTRA_CA_CERTS"
+			}
+			out, code := w.run(t, "", withoutCAEnv(keep, cmd...)...)
+			if code != 0 || !strings.Contains(out, want) {
+				t.Fatalf("%s through sluice without CA variables: exit %d, want %q in:\n%s", c.name, code, want, out)
+			}
+			var n int
+			for _, r := range api.Requests() {
+				if !strings.HasPrefix(r.Path, prefix) {
+					continue
+				}
+				n++
+				if got := r.Header.Get("Authorization"); got != "Bearer "+demoSecret {
+					t.Errorf("%s %s reached the upstream without the injected Authorization (got %d bytes)", r.Method, r.Path, len(got))
+				}
+			}
+			if n == 0 {
+				t.Fatalf("the upstream recorded no request from %s", c.name)
 			}
 		})
 	}

@@ -70,6 +70,12 @@ type world struct {
 	api  *testutil.HTTPSServer
 	pin  string
 	auth string // the audit log of the last run
+	// user is the --user of w.run when the arguments give none: "root" for
+	// the tests written before the sandbox boundary (issue 15), whose
+	// commands read the test's 0700 directories; "" runs as sluice run's
+	// default (the unprivileged per-sandbox uid). The boundary holds for
+	// both.
+	user string
 }
 
 func newWorld(t *testing.T) *world {
@@ -93,7 +99,7 @@ func newWorld(t *testing.T) *world {
 		t.Fatal(err)
 	}
 	t.Cleanup(api.Close)
-	return &world{dir: dir, dns: dnsSrv, api: api, pin: testutil.PinDir(t)}
+	return &world{dir: dir, dns: dnsSrv, api: api, pin: testutil.PinDir(t), user: "root"}
 }
 
 const demoSecret = "sk-e2e-5ecr3t-v4lue-7d1f0c"
@@ -115,6 +121,9 @@ func (w *world) run(t *testing.T, policyFile string, args ...string) (string, in
 			break
 		}
 	}
+	if w.user != "" && !hasUserFlag(flags) {
+		flags = append([]string{"--user", w.user}, flags...)
+	}
 	full := append([]string{"run", "--policy", policyFile, "--name", "e2e",
 		"--dns-upstream", w.dns.Addr, "--dns-allow-loopback", "--upstream-ca", w.api.CAFile,
 		"--secret-env", "DEMO_TOKEN", "--audit", w.auth, "--pin-dir", w.pin}, flags...)
@@ -134,6 +143,15 @@ func (w *world) run(t *testing.T, policyFile string, args ...string) (string, in
 		t.Fatalf("the secret appeared in sluice run's output:\n%s", out.String())
 	}
 	return out.String(), code
+}
+
+func hasUserFlag(flags []string) bool {
+	for _, f := range flags {
+		if f == "--user" || strings.HasPrefix(f, "--user=") {
+			return true
+		}
+	}
+	return false
 }
 
 func (w *world) events(t *testing.T) []audit.Event {
@@ -276,9 +294,26 @@ func TestRunCleanupOnSIGTERM(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(500 * time.Millisecond)
-	if got := cgroupsNamed(t, "sluice-run-"); len(got) != len(before)+1 {
-		t.Fatalf("expected the sandbox cgroup while running, have %v", got)
+	// Wait until the command runs in the sandbox (its cgroup has processes).
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		got := cgroupsNamed(t, "sluice-run-")
+		if len(got) == len(before)+1 {
+			self, _ := cgroup.Self()
+			var n int
+			for _, g := range got {
+				pids, _ := cgroup.PIDs(filepath.Join(self, g))
+				n += len(pids)
+			}
+			if n >= 3 { // init, sh, sleep
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			t.Fatalf("expected the sandbox cgroup with its processes while running, have %v", got)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 	_ = cmd.Process.Signal(syscall.SIGTERM)
 	done := make(chan error, 1)

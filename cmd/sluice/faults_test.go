@@ -35,6 +35,9 @@ func (w *world) runArgs(policyFile string, flags []string, cmd ...string) []stri
 	args := []string{"run", "--policy", policyFile, "--name", "e2e", "--no-summary",
 		"--dns-upstream", w.dns.Addr, "--dns-allow-loopback", "--upstream-ca", w.api.CAFile,
 		"--secret-env", "DEMO_TOKEN", "--audit", w.auth, "--pin-dir", w.pin}
+	if w.user != "" && !hasUserFlag(flags) {
+		args = append(args, "--user", w.user)
+	}
 	args = append(args, flags...)
 	return append(append(args, "--"), cmd...)
 }
@@ -506,7 +509,7 @@ func TestFaultBPFFSNotMounted(t *testing.T) {
 	}
 	// Recovery: on bpffs, the same run works.
 	out, code = execOut(t, nil, sluiceBin(t), "run", "--policy", "../../testdata/policies/demo.yaml",
-		"--dns-upstream", w.dns.Addr, "--pin-dir", w.pin, "--", "touch", marker)
+		"--dns-upstream", w.dns.Addr, "--pin-dir", w.pin, "--user", "root", "--", "touch", marker)
 	if code != 0 {
 		t.Fatalf("with bpffs: exit %d\n%s", code, out)
 	}
@@ -652,6 +655,9 @@ func (w *world) runRaw(t *testing.T, flags []string, cmd ...string) (string, int
 	args := []string{"run", "--policy", writePolicy(t, w.dir, "raw.yaml", bypassPolicy), "--name", "e2e", "--no-summary",
 		"--dns-upstream", w.dns.Addr, "--dns-allow-loopback", "--upstream-ca", w.api.CAFile,
 		"--secret-env", "DEMO_TOKEN", "--pin-dir", w.pin}
+	if w.user != "" && !hasUserFlag(flags) {
+		args = append(args, "--user", w.user)
+	}
 	args = append(append(append(args, flags...), "--"), cmd...)
 	return execOut(t, []string{"DEMO_TOKEN=" + demoSecret}, sluiceBin(t), args...)
 }

@@ -2,12 +2,9 @@ package main
 
 import (
 	"context"
-	"fmt"
-	"os/user"
-	"strconv"
-	"strings"
 
 	"github.com/sluice-dev/sluice/pkg/daemon"
+	"github.com/sluice-dev/sluice/pkg/sandbox"
 	"github.com/spf13/cobra"
 )
 
@@ -40,10 +37,22 @@ a resolver and a proxy serving it, and exit with CMD's status.
 Default deny: anything the policy does not name is refused (EPERM in the
 kernel, NXDOMAIN at DNS, HTTP 403 at the proxy). Secrets named with
 --secret-env or --secrets-file are injected by the proxy and never reach
-CMD's environment. Everything sluice run creates is removed when it exits.`,
+CMD's environment. Everything sluice run creates is removed when it exits.
+
+CMD runs unprivileged: as the user behind sudo, else as a fresh uid from
+2100000000-2100065535 (--user picks another, root included). Whoever it is,
+CMD has its own PID, mount and cgroup namespaces, no CAP_SYS_ADMIN,
+CAP_NET_ADMIN, CAP_BPF, CAP_PERFMON, CAP_NET_RAW, CAP_SYS_PTRACE or
+CAP_SYS_MODULE, no_new_privs, and a seccomp filter that allows only unix,
+inet, inet6 and netlink sockets. The sandbox CA is bind-mounted over the
+system's trust files (PEM bundles and Java's cacerts), so clients trust
+intercepted hosts without flags.`,
 		Example: `  # curl an allowed API; the proxy adds Authorization from $DEMO_TOKEN
   DEMO_TOKEN=s3cr3t sluice run --policy testdata/policies/demo.yaml \
       --secret-env DEMO_TOKEN -- curl https://allowed.test/
+
+  # installs inside the sandbox, still contained
+  sluice run --policy p.yaml --user root -- apt-get install -y jq
 
   # tests: a loopback upstream resolver and a private CA for upstream TLS
   sluice run --policy p.yaml --dns-upstream 127.0.0.1:5353 \
@@ -51,7 +60,9 @@ CMD's environment. Everything sluice run creates is removed when it exits.`,
 		Args:         cobra.MinimumNArgs(1),
 		SilenceUsage: true,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			uid, gid, err := parseUser(o.user)
+			// Before anything else: the --secret-env variables leave
+			// sluice's own environment (a re-exec), their values kept.
+			lookupEnv, err := sandbox.HideSecretEnv(o.secretEnv)
 			if err != nil {
 				return err
 			}
@@ -60,8 +71,9 @@ CMD's environment. Everything sluice run creates is removed when it exits.`,
 				return err
 			}
 			code, err := daemon.Run(context.Background(), daemon.RunOptions{
-				UID:              uid,
-				GID:              gid,
+				User:             o.user,
+				LookupEnv:        lookupEnv,
+				StateDir:         o.stateDir,
 				PolicyFile:       o.policy,
 				Name:             o.name,
 				Command:          args,
@@ -97,35 +109,10 @@ CMD's environment. Everything sluice run creates is removed when it exits.`,
 	f.StringVar(&o.secretsFile, "secrets-file", "", "NAME=value lines (file mode 0600 or stricter)")
 	f.StringArrayVar(&o.secretEnv, "secret-env", nil, "use $NAME of sluice's environment as secret NAME (repeatable); removed from CMD's environment")
 	f.StringVar(&o.pinDir, "pin-dir", "", "bpffs directory for pinned maps and links (default /sys/fs/bpf/sluice/v1)")
-	f.StringVar(&o.stateDir, "state-dir", "/var/lib/sluice", "secret store (used when present) and callback signing key")
-	f.StringVar(&o.user, "user", "", "run CMD as USER or UID[:GID] (recommended: a root CMD can leave its cgroup)")
+	f.StringVar(&o.stateDir, "state-dir", "/var/lib/sluice", "secret store (used when present), callback signing key and sandbox uid locks")
+	f.StringVar(&o.user, "user", "", "run CMD as USER, UID[:GID] or root (default: the user behind sudo, else a fresh uid from 2100000000-2100065535)")
 	f.BoolVar(&o.noSummary, "no-summary", false, "do not print the allowed/denied summary at exit")
 	f.StringArrayVar(&o.labels, "label", nil, "label KEY=VALUE of the sandbox (repeatable): shown by sluice list, on audit events and in callback requests")
 	_ = cmd.MarkFlagRequired("policy")
 	return cmd
-}
-
-// parseUser turns "name", "uid" or "uid:gid" into ids; "" means unchanged
-// (-1).
-func parseUser(s string) (int, int, error) {
-	if s == "" {
-		return -1, -1, nil
-	}
-	us, gs, hasG := strings.Cut(s, ":")
-	uid, err := strconv.Atoi(us)
-	gid := -1
-	if err != nil {
-		u, lerr := user.Lookup(us)
-		if lerr != nil {
-			return 0, 0, fmt.Errorf("--user %q: %w", s, lerr)
-		}
-		uid, _ = strconv.Atoi(u.Uid)
-		gid, _ = strconv.Atoi(u.Gid)
-	}
-	if hasG {
-		if gid, err = strconv.Atoi(gs); err != nil {
-			return 0, 0, fmt.Errorf("--user %q: group must be numeric", s)
-		}
-	}
-	return uid, gid, nil
 }

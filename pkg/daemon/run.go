@@ -20,6 +20,7 @@ import (
 	"github.com/sluice-dev/sluice/pkg/cgroup"
 	"github.com/sluice-dev/sluice/pkg/enforcer"
 	"github.com/sluice-dev/sluice/pkg/policy"
+	"github.com/sluice-dev/sluice/pkg/sandbox"
 	"github.com/sluice-dev/sluice/pkg/secrets"
 	"github.com/sluice-dev/sluice/pkg/tlsca"
 	"golang.org/x/sys/unix"
@@ -39,11 +40,16 @@ type RunOptions struct {
 	SecretEnv        []string // variables of sluice's own environment used as secrets
 	AuditPath        string   // "" none, "-" standard error, else a file
 	PinDir           string
-	StateDir         string // secret store and callback key when present (default /var/lib/sluice)
+	StateDir         string // secret store, callback key and uid locks (default /var/lib/sluice)
 	Summary          bool   // print the allowed/denied summary at exit
-	// UID and GID run the command as that user (when UID >= 0). A command
-	// running as root can leave its cgroup: give an unprivileged user.
-	UID, GID int
+	// User is --user: "" runs the command as the user behind sudo, else as
+	// a per-sandbox uid (sandbox.ResolveUser); "root", a name, UID or
+	// UID:GID. Whoever it is, the sandbox boundary applies.
+	User string
+	// LookupEnv reads the --secret-env variables (sandbox.HideSecretEnv's
+	// lookup, since they are no longer in the environment); nil:
+	// os.LookupEnv.
+	LookupEnv func(string) (string, bool)
 
 	// Labels (--label k=v, CheckLabels) go on every audit event and in
 	// each credential callback request of the sandbox.
@@ -66,6 +72,15 @@ func Run(ctx context.Context, o RunOptions) (int, error) {
 	if len(o.Command) == 0 {
 		return 0, errors.New("no command given: sluice run --policy FILE -- CMD [ARGS...]")
 	}
+	// Nothing in the sandbox (nor another user) may read our memory,
+	// which holds the secrets.
+	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
+		return 0, fmt.Errorf("prctl(PR_SET_DUMPABLE): %w", err)
+	}
+	lookupEnv := o.LookupEnv
+	if lookupEnv == nil {
+		lookupEnv = os.LookupEnv
+	}
 	pol, err := policy.Load(o.PolicyFile)
 	if err != nil {
 		return 0, err
@@ -87,7 +102,7 @@ func Run(ctx context.Context, o RunOptions) (int, error) {
 		}
 	}
 	if len(o.SecretEnv) > 0 {
-		m, err := secrets.FromEnv(o.SecretEnv, os.LookupEnv)
+		m, err := secrets.FromEnv(o.SecretEnv, lookupEnv)
 		if err != nil {
 			return 0, err
 		}
@@ -216,33 +231,24 @@ func Run(ctx context.Context, o RunOptions) (int, error) {
 	}
 	defer publishRun(sb, o.PolicyFile)() // runlist.go: `sluice list`
 
-	// The command, started directly inside the cgroup.
-	env := secrets.ScrubEnv(os.Environ(), o.SecretEnv)
-	env = append(env, caEnv(bundle, caOnly)...)
-	for k, v := range pol.Env {
-		env = append(env, k+"="+v)
+	// The command, below the sandbox init, started directly inside the
+	// cgroup.
+	cfg, err := sandboxConfig(ctx, o, pol, static, chain, name, tmp, bundle, caOnly, stateDir)
+	if err != nil {
+		return 0, err
 	}
+	defer cfg.release()
 	cgFD, err := unix.Open(cgPath, unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return 0, fmt.Errorf("opening cgroup: %w", err)
 	}
 	defer unix.Close(cgFD)
-	cmd := exec.Command(o.Command[0], o.Command[1:]...)
-	cmd.Env = env
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = o.Stdin, o.Stdout, o.Stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: cgFD, Pdeathsig: syscall.SIGKILL}
-	if o.UID >= 0 {
-		gid := o.GID
-		if gid < 0 {
-			gid = o.UID
-		}
-		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(o.UID), Gid: uint32(gid)}
-	}
+	cmd := sandbox.Command(cgFD, o.Stdin, o.Stdout, o.Stderr)
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT)
 	defer signal.Stop(sigs)
-	if err := cmd.Start(); err != nil {
-		return 0, fmt.Errorf("starting %s: %w", o.Command[0], err)
+	if err := sandbox.Start(cmd, &cfg.Config); err != nil {
+		return 0, err
 	}
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
@@ -281,25 +287,6 @@ wait:
 		_ = summary.WriteSummary(o.Stderr)
 	}
 	return code, nil
-}
-
-// caEnv points the common TLS clients at the bundle of system roots plus
-// the sandbox CA.
-func caEnv(bundle, caOnly string) []string {
-	vars := []string{
-		"SSL_CERT_FILE=" + bundle,
-		"CURL_CA_BUNDLE=" + bundle,
-		"REQUESTS_CA_BUNDLE=" + bundle,
-		"GIT_SSL_CAINFO=" + bundle,
-		"PIP_CERT=" + bundle,
-		"NODE_EXTRA_CA_CERTS=" + caOnly,
-		"CARGO_HTTP_CAINFO=" + bundle,
-		"AWS_CA_BUNDLE=" + bundle,
-		"DENO_CERT=" + bundle,
-		"NPM_CONFIG_CAFILE=" + bundle,
-		"SLUICE_CA_FILE=" + caOnly,
-	}
-	return vars
 }
 
 // RunDir holds the records of live `sluice run` sandboxes, so that

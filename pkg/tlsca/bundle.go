@@ -2,10 +2,14 @@ package tlsca
 
 import (
 	"bytes"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
+
+	"software.sslmate.com/src/go-pkcs12"
 )
 
 // SystemRootFiles are the places the host's CA bundle is looked for, in order
@@ -51,4 +55,36 @@ func Bundle(systemRootsPEM []byte, ca *CA) []byte {
 	b.WriteString("# sluice sandbox CA " + ca.name + "\n")
 	b.Write(ca.certPEM)
 	return b.Bytes()
+}
+
+// JavaTrustStore returns a PKCS#12 trust store (certificates marked
+// trusted for Java, no password, no MAC: the form `keytool -importcert`
+// writes with an empty store password, read by JDK 8u301+ and 11+) of every
+// certificate in the PEM bundle, for the JDKs' cacerts in the sandbox.
+func JavaTrustStore(bundlePEM []byte) ([]byte, error) {
+	var certs []*x509.Certificate
+	rest := bundlePEM
+	for {
+		var blk *pem.Block
+		blk, rest = pem.Decode(rest)
+		if blk == nil {
+			break
+		}
+		if blk.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil {
+			continue // a bundle may hold certificates Go cannot parse; Java would skip them too
+		}
+		certs = append(certs, c)
+	}
+	if len(certs) == 0 {
+		return nil, errors.New("java trust store: no certificate in the bundle")
+	}
+	entries := make([]pkcs12.TrustStoreEntry, len(certs))
+	for i, c := range certs {
+		entries[i] = pkcs12.TrustStoreEntry{Cert: c, FriendlyName: fmt.Sprintf("sluice-%d", i)}
+	}
+	return pkcs12.Passwordless.EncodeTrustStoreEntries(entries, "")
 }

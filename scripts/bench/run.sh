@@ -108,8 +108,10 @@ rules:
   - name: bench-splice
     hosts: [splice.bench.test]
 POL
+# --user root: the load generators and their files live in root's work
+# directory (the sandbox boundary still applies).
 SL=("$SLUICE" run --no-summary --policy "$work/bench.yaml" --dns-upstream "$DNS_ADDR" --dns-allow-loopback
-	--upstream-ca "$UP_CA" --secret-env BENCH_TOKEN --)
+	--upstream-ca "$UP_CA" --secret-env BENCH_TOKEN --user root --)
 sl() { "${SL[@]}" "$@"; }
 # The same with every decision written to an audit file (issue 8: audit on
 # must stay within 10% of audit off).
@@ -346,7 +348,7 @@ connect_row() { # KEY RUNNER...
 }
 
 
-sl_h() { "$SLUICE" run --no-summary --policy "$work/direct.yaml" --dns-upstream 127.0.0.1:1 -- "$@"; }
+sl_h() { "$SLUICE" run --no-summary --policy "$work/direct.yaml" --dns-upstream 127.0.0.1:1 --user root -- "$@"; }
 
 # sl_startup: CPU seconds `sluice run -- true` costs (load and attach the
 # programs, make a CA, tear down); subtracted from the sluice rows' CPU.
