@@ -569,7 +569,16 @@ func TestBypassMalformedClientHello(t *testing.T) {
 		targets = append(targets, l.addr+"|"+payloadFile(t, w.dir, string(c.payload)))
 	}
 	res := w.probes(t, pol, []string{"allowed.test", "raw.test"}, "rawtcp", targets...)
-	time.Sleep(200 * time.Millisecond)
+	// The proxy dials the upstream on its own goroutine: wait for the
+	// controls before checking that nothing else arrived.
+	testutil.WaitFor(t, "the controls to reach their upstreams", func() bool {
+		for i, c := range cases {
+			if c.allowed && listeners[i].conns.Load() == 0 {
+				return false
+			}
+		}
+		return true
+	})
 	for i, c := range cases {
 		got := listeners[i].conns.Load()
 		if c.allowed && got != 1 {

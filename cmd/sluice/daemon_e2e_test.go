@@ -132,7 +132,10 @@ func sandboxProc(t *testing.T, netns string) (cg string, pid int) {
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	// ip netns exec execs sleep in place: wait until it has.
-	time.Sleep(100 * time.Millisecond)
+	testutil.WaitFor(t, "the sandbox process to exec sleep", func() bool {
+		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", cmd.Process.Pid))
+		return strings.TrimSpace(string(comm)) == "sleep"
+	})
 	return cg, cmd.Process.Pid
 }
 
@@ -379,14 +382,14 @@ func TestDaemonLogsStream(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { logs.Process.Kill(); logs.Wait() }()
-	time.Sleep(200 * time.Millisecond)
 	if o, err := d.cli("attach", "--policy", p, "--pid", fmt.Sprint(pid), "--name", "st"); err != nil {
 		t.Fatalf("attach: %v\n%s", err, o)
 	}
-	inSandbox(t, cg, "", "getent", "hosts", "nope.test")
-	deadline := time.Now().Add(5 * time.Second)
+	// The query repeats until the stream shows it: logs may subscribe after
+	// the first one.
+	deadline := time.Now().Add(testutil.WaitTimeout)
 	for time.Now().Before(deadline) && !strings.Contains(out.String(), `"qname":"nope.test"`) {
-		time.Sleep(50 * time.Millisecond)
+		inSandbox(t, cg, "", "getent", "hosts", "nope.test")
 	}
 	if !strings.Contains(out.String(), `"qname":"nope.test"`) || !strings.Contains(out.String(), `"decision":"deny"`) {
 		t.Fatalf("the live stream did not carry the DNS refusal:\n%s", out.String())

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -276,10 +277,23 @@ func TestRunCleanupOnSIGTERM(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(500 * time.Millisecond)
-	if got := cgroupsNamed(t, "sluice-run-"); len(got) != len(before)+1 {
-		t.Fatalf("expected the sandbox cgroup while running, have %v", got)
+	// Wait for the command in the sandbox cgroup, not for the cgroup alone:
+	// sluice run handles signals only from just before it starts the
+	// command, and a SIGTERM earlier leaves the cgroup behind.
+	self, err := cgroup.Self()
+	if err != nil {
+		t.Fatal(err)
 	}
+	testutil.WaitFor(t, "the command in the sandbox cgroup", func() bool {
+		for _, name := range cgroupsNamed(t, "sluice-run-") {
+			if slices.Contains(before, name) {
+				continue
+			}
+			procs, _ := os.ReadFile(filepath.Join(self, name, "cgroup.procs"))
+			return len(bytes.TrimSpace(procs)) > 0
+		}
+		return false
+	})
 	_ = cmd.Process.Signal(syscall.SIGTERM)
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
