@@ -11,6 +11,7 @@ import (
 
 	"github.com/sluice-dev/sluice/pkg/containers"
 	"github.com/sluice-dev/sluice/pkg/daemon"
+	"github.com/sluice-dev/sluice/pkg/defaults"
 	"github.com/sluice-dev/sluice/pkg/kube"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -183,7 +184,7 @@ that prefix that no pod on the node owns are detached.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.node, "node", "", "this node's name (required)")
-	f.StringArrayVar(&o.policyDirs, "policy-dir", []string{"/etc/sluice/policies"}, "directory of named policies (repeatable)")
+	f.StringArrayVar(&o.policyDirs, "policy-dir", []string{defaults.PolicyDir}, "directory of named policies (repeatable)")
 	f.StringVar(&o.api, "kube-api", "", "API server URL (default: in-cluster)")
 	f.StringVar(&o.ca, "kube-ca", "", "PEM roots for --kube-api")
 	f.StringVar(&o.tokenFile, "kube-token-file", "", "bearer token file for --kube-api")

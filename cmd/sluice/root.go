@@ -4,9 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 
 	"github.com/spf13/cobra"
+
+	"github.com/sluice-dev/sluice/pkg/defaults"
 )
 
 // rootOptions holds the flags every command shares.
@@ -42,11 +43,8 @@ func newRootCmd(o *rootOptions) *cobra.Command {
 	root.SetIn(o.stdin)
 	root.SetOut(o.stdout)
 	root.SetErr(o.stderr)
-	def := os.Getenv("SLUICE_SOCKET")
-	if def == "" {
-		def = "/run/sluice/sluice.sock"
-	}
-	root.PersistentFlags().StringVar(&o.socket, "socket", def, "daemon control socket (env SLUICE_SOCKET)")
+	def := defaults.FromEnv(defaults.EnvSocket, defaults.Socket)
+	root.PersistentFlags().StringVar(&o.socket, "socket", def, "daemon control socket (env "+defaults.EnvSocket+")")
 	for _, f := range subcommands {
 		root.AddCommand(f(o))
 	}

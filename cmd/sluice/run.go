@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/sluice-dev/sluice/pkg/daemon"
+	"github.com/sluice-dev/sluice/pkg/defaults"
 	"github.com/spf13/cobra"
 )
 
@@ -90,8 +91,8 @@ CMD's environment. Everything sluice run creates is removed when it exits.`,
 	f.StringArrayVar(&o.upstreamCAs, "upstream-ca", nil, "PEM file of extra roots trusted for upstream TLS (repeatable)")
 	f.StringVar(&o.secretsFile, "secrets-file", "", "NAME=value lines (file mode 0600 or stricter)")
 	f.StringArrayVar(&o.secretEnv, "secret-env", nil, "use $NAME of sluice's environment as secret NAME (repeatable); removed from CMD's environment")
-	f.StringVar(&o.pinDir, "pin-dir", "", "bpffs directory for pinned maps and links (default /sys/fs/bpf/sluice/v1)")
-	f.StringVar(&o.stateDir, "state-dir", "/var/lib/sluice", "secret store (used when present) and callback signing key")
+	f.StringVar(&o.pinDir, "pin-dir", "", "bpffs directory for pinned maps and links (default "+defaults.PinDir+")")
+	f.StringVar(&o.stateDir, "state-dir", defaults.StateDir, "secret store (used when present) and callback signing key")
 	f.StringVar(&o.user, "user", "", "run CMD as USER or UID[:GID] (recommended: a root CMD can leave its cgroup)")
 	f.BoolVar(&o.noSummary, "no-summary", false, "do not print the allowed/denied summary at exit")
 	_ = cmd.MarkFlagRequired("policy")

@@ -8,10 +8,9 @@ import (
 	"os"
 
 	"gopkg.in/yaml.v3"
-)
 
-// DefaultSocket is the daemon's control socket.
-const DefaultSocket = "/run/sluice/sluice.sock"
+	"github.com/sluice-dev/sluice/pkg/defaults"
+)
 
 // Config is the daemon's configuration file (YAML). Flags override it.
 type Config struct {
@@ -64,9 +63,9 @@ func LoadConfig(path string) (Config, error) {
 
 func (c *Config) defaults() {
 	if c.Socket == "" {
-		c.Socket = DefaultSocket
+		c.Socket = defaults.Socket
 	}
 	if c.StateDir == "" {
-		c.StateDir = DefaultStateDir
+		c.StateDir = defaults.StateDir
 	}
 }

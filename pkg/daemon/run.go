@@ -18,6 +18,7 @@ import (
 
 	"github.com/sluice-dev/sluice/pkg/audit"
 	"github.com/sluice-dev/sluice/pkg/cgroup"
+	"github.com/sluice-dev/sluice/pkg/defaults"
 	"github.com/sluice-dev/sluice/pkg/enforcer"
 	"github.com/sluice-dev/sluice/pkg/policy"
 	"github.com/sluice-dev/sluice/pkg/secrets"
@@ -296,7 +297,7 @@ func caEnv(bundle, caOnly string) []string {
 
 // RunDir holds the records of live `sluice run` sandboxes, so that
 // `sluice blocked` can name them.
-const RunDir = "/run/sluice/run"
+const RunDir = defaults.RunDir
 
 func writeRunRecord(name, cg string, id uint64) error {
 	if err := os.MkdirAll(RunDir, 0o755); err != nil {
@@ -330,7 +331,7 @@ func RunNames() map[uint64]string {
 }
 
 // DefaultStateDir is the daemon's state directory.
-const DefaultStateDir = "/var/lib/sluice"
+const DefaultStateDir = defaults.StateDir
 
 // SandboxNames maps cgroup ids to sandbox names, from the records of live
 // `sluice run` sandboxes and the daemon's state directory.
