@@ -100,7 +100,7 @@ re-attach. Flags override the config file.`,
 	f.BoolVar(&o.dnsLoopback, "dns-allow-loopback", false, "let upstream DNS answers point at loopback addresses (off: DNS rebinding protection)")
 	f.StringArrayVar(&o.upstreamCAs, "upstream-ca", nil, "extra PEM roots for upstream TLS (repeatable)")
 	f.StringVar(&o.pinDir, "pin-dir", "", "bpffs directory for pinned maps and links (default "+defaults.PinDir+")")
-	f.StringVar(&o.audit, "audit", "", "audit sink: a file, or - for stdout")
+	f.StringVar(&o.audit, "audit", "", "audit sink: a JSON-lines file, or - for standard error")
 	f.StringVar(&o.metrics, "metrics", "", "serve Prometheus /metrics on this address (e.g. 127.0.0.1:9090)")
 	f.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	f.StringVar(&o.pprof, "pprof", "", "serve Go pprof profiles on this loopback address (debugging)")

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -241,8 +242,8 @@ func TestLogsAllRotated(t *testing.T) {
 // the audit file named by the daemon's config, which for the packaged config
 // (scripts/deploy/config.yaml, installed as defaults.ConfigFile and passed by
 // the systemd unit: pkg/defaults TestPackagedFilesAgree) is
-// defaults.AuditLog; and the command prints what a daemon with that config
-// wrote.
+// defaults.AuditLog; and the command prints what the daemon's audit sink
+// wrote with that config.
 func TestLogsDefaultReadsPackagedAuditLog(t *testing.T) {
 	t.Setenv(defaults.EnvAuditFile, "")
 	if got, err := defaultAuditFile("../../scripts/deploy/config.yaml"); err != nil || got != defaults.AuditLog {
@@ -269,7 +270,18 @@ func TestLogsDefaultReadsPackagedAuditLog(t *testing.T) {
 	if err != nil || cfg.Audit != file {
 		t.Fatalf("config audit %q (%v), want %s", cfg.Audit, err, file)
 	}
-	writeAuditLogTo(t, file, logEvents())
+	// The daemon opens its sink with audit.OpenSink(cfg.Audit, ...).
+	sink, err := audit.OpenSink(cfg.Audit, audit.SinkOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := audit.NewLogger(slog.New(slog.DiscardHandler), audit.LoggerOptions{}, sink)
+	for _, ev := range logEvents() {
+		l.Emit(ev)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
 	daemonConfigFile = config
 	t.Cleanup(func() { daemonConfigFile = defaults.ConfigFile })
 	var stdout, stderr bytes.Buffer

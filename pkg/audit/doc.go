@@ -4,7 +4,8 @@
 // Event per DNS query, connection, HTTP request, kernel refusal and
 // callback, and hand it to an Emitter. The daemon's Emitter is a Logger:
 // it queues without blocking and fans out to sinks (FileSink with size
-// rotation, WriterSink for stdout, Broadcast for the API stream, Summary for
+// rotation, WriterSink for standard error, both opened by OpenSink from the
+// --audit flag or "audit" setting; Broadcast for the API stream, Summary for
 // `sluice run`, MetricsSink for Prometheus). Metrics are derived from the
 // events, so components only emit events. The JSON schema is SCHEMA.md.
 //

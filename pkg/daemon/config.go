@@ -29,7 +29,8 @@ type Config struct {
 	DNSAllowLoopback bool `yaml:"dns_allow_loopback"`
 	// UpstreamCAs are PEM files trusted for upstream TLS besides system roots.
 	UpstreamCAs []string `yaml:"upstream_ca"`
-	// Audit is the audit sink: a file path, "-" for stdout, "" for none.
+	// Audit is the audit sink (audit.OpenSink): a file path, "-" for
+	// standard error, "" for none.
 	Audit string `yaml:"audit"`
 	// AuditMaxSizeMB and AuditMaxFiles rotate the audit file.
 	AuditMaxSizeMB int `yaml:"audit_max_size_mb"`

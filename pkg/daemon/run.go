@@ -38,7 +38,7 @@ type RunOptions struct {
 	UpstreamCAs      []string // PEM files trusted for upstream TLS besides the system roots
 	SecretsFile      string   // NAME=value lines, mode 0600 or stricter
 	SecretEnv        []string // variables of sluice's own environment used as secrets
-	AuditPath        string   // "" none, "-" standard error, else a file
+	AuditPath        string   // audit.OpenSink: "" none, "-" standard error, else a file
 	PinDir           string
 	StateDir         string // secret store and callback key when present (default /var/lib/sluice)
 	Summary          bool   // print the allowed/denied summary at exit
@@ -118,16 +118,12 @@ func Run(ctx context.Context, o RunOptions) (int, error) {
 	var sinks []audit.Sink
 	summary := audit.NewSummary()
 	sinks = append(sinks, summary)
-	switch o.AuditPath {
-	case "":
-	case "-":
-		sinks = append(sinks, audit.NewWriterSink("stderr", o.Stderr))
-	default:
-		fs, err := audit.NewFileSink(o.AuditPath, audit.FileSinkOptions{})
-		if err != nil {
-			return 0, err
-		}
-		sinks = append(sinks, fs)
+	sink, err := audit.OpenSink(o.AuditPath, audit.SinkOptions{Stderr: o.Stderr})
+	if err != nil {
+		return 0, err
+	}
+	if sink != nil {
+		sinks = append(sinks, sink)
 	}
 	alog := audit.NewLogger(log.With("component", "audit"), audit.LoggerOptions{}, sinks...)
 	defer alog.Close()
