@@ -28,8 +28,9 @@
 //   - No event field may hold a secret value, a query-string value or a
 //     request body. Build paths with RedactPath; Event.Injected holds
 //     header names only.
-//   - Field names are the Field* constants; the JSON encoding is
-//     byte-identical to encoding/json's.
+//   - Field names are the json tags of Event, each documented in
+//     SCHEMA.md (a test checks); the JSON encoding is byte-identical to
+//     encoding/json's.
 //   - Logger, FileSink, Broadcast, Summary, Metrics and MetricsSink are
 //     safe for concurrent use; a WriterSink belongs to one Logger. Close
 //     must be called on a Logger to flush and stop its goroutines; it

@@ -57,12 +57,6 @@ func (u *upstream) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	w.WriteMsg(m)
 }
 
-func (u *upstream) setAnswer(f func(q dns.Question, net string, m *dns.Msg)) {
-	u.mu.Lock()
-	u.answer = f
-	u.mu.Unlock()
-}
-
 func (u *upstream) queries() []string {
 	u.mu.Lock()
 	defer u.mu.Unlock()
