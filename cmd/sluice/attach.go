@@ -20,13 +20,6 @@ type attachOptions struct {
 	json   bool
 }
 
-func init() {
-	register(newAttachCmd)
-	register(newDetachCmd)
-	register(newListCmd)
-	register(newCACmd)
-}
-
 func newAttachCmd(ro *rootOptions) *cobra.Command {
 	o := &attachOptions{}
 	var cf *containerFlags

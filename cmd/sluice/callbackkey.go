@@ -9,8 +9,6 @@ import (
 	"github.com/sluice-dev/sluice/pkg/secrets"
 )
 
-func init() { register(newCallbackKeyCmd) }
-
 type callbackKeyOptions struct {
 	*rootOptions
 	stateDir string

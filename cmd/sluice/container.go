@@ -73,11 +73,6 @@ func (c *containerFlags) sandboxName(t containers.Target) string {
 	return containers.SandboxName(id)
 }
 
-func init() {
-	register(newContainerCmd)
-	register(newKubeWatchCmd)
-}
-
 type containerResolveOptions struct{ json bool }
 
 func newContainerCmd(ro *rootOptions) *cobra.Command {
@@ -167,7 +162,7 @@ that prefix that no pod on the node owns are detached.`,
 		}
 		opts := cf.options()
 		ap := &kube.Applier{
-			Daemon: daemonSandboxes{daemon.NewClient(ro.socket)},
+			Daemon: daemon.PodSandboxes{Client: daemon.NewClient(ro.socket)},
 			Resolvers: map[string]containers.Resolver{
 				containers.RuntimeContainerd: &containers.Containerd{StateDir: opts.ContainerdState, Namespace: "k8s.io"},
 				containers.RuntimeDocker:     containers.NewDocker(opts.DockerSocket),
@@ -190,28 +185,4 @@ that prefix that no pod on the node owns are detached.`,
 	f.StringVar(&o.tokenFile, "kube-token-file", "", "bearer token file for --kube-api")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd
-}
-
-// daemonSandboxes adapts the daemon client to what the pod watch needs.
-type daemonSandboxes struct{ c *daemon.Client }
-
-var _ kube.Daemon = daemonSandboxes{}
-
-func (d daemonSandboxes) Attach(ctx context.Context, name, cgroup, policyFile string, policy []byte) error {
-	_, err := d.c.Attach(ctx, daemon.AttachRequest{Name: name, Cgroup: cgroup, PolicyFile: policyFile, Policy: string(policy)})
-	return err
-}
-
-func (d daemonSandboxes) Detach(ctx context.Context, name string) error { return d.c.Detach(ctx, name) }
-
-func (d daemonSandboxes) List(ctx context.Context) ([]string, error) {
-	infos, err := d.c.List(ctx)
-	if err != nil {
-		return nil, err
-	}
-	names := make([]string, 0, len(infos))
-	for _, i := range infos {
-		names = append(names, i.Name)
-	}
-	return names, nil
 }

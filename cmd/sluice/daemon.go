@@ -28,8 +28,6 @@ type daemonOptions struct {
 	pprof        string
 }
 
-func init() { register(newDaemonCmd) }
-
 func newDaemonCmd(ro *rootOptions) *cobra.Command {
 	o := &daemonOptions{}
 	cmd := &cobra.Command{

@@ -22,8 +22,6 @@ type doctorOptions struct {
 	skip      []string
 }
 
-func init() { register(newDoctorCmd) }
-
 func newDoctorCmd(ro *rootOptions) *cobra.Command {
 	o := &doctorOptions{}
 	cmd := &cobra.Command{

@@ -26,8 +26,6 @@ type logsOptions struct {
 	poll     time.Duration
 }
 
-func init() { register(newLogsCmd) }
-
 func newLogsCmd(ro *rootOptions) *cobra.Command {
 	o := &logsOptions{}
 	cmd := &cobra.Command{

@@ -17,8 +17,6 @@ type ociHookOptions struct {
 	timeout    time.Duration
 }
 
-func init() { register(newOCIHookCmd) }
-
 func newOCIHookCmd(ro *rootOptions) *cobra.Command {
 	o := &ociHookOptions{}
 	cmd := &cobra.Command{

@@ -45,17 +45,28 @@ func newRootCmd(o *rootOptions) *cobra.Command {
 	root.SetErr(o.stderr)
 	def := defaults.FromEnv(defaults.EnvSocket, defaults.Socket)
 	root.PersistentFlags().StringVar(&o.socket, "socket", def, "daemon control socket (env "+defaults.EnvSocket+")")
-	for _, f := range subcommands {
-		root.AddCommand(f(o))
-	}
+	// Every command, one constructor each (help lists them sorted).
+	root.AddCommand(
+		newRunCmd(o),
+		newDaemonCmd(o),
+		newAttachCmd(o),
+		newDetachCmd(o),
+		newListCmd(o),
+		newBlockedCmd(o),
+		newLogsCmd(o),
+		newPolicyCmd(o),
+		newCACmd(o),
+		newSecretCmd(o),
+		newCallbackKeyCmd(o),
+		newContainerCmd(o),
+		newOCIHookCmd(o),
+		newKubeWatchCmd(o),
+		newDoctorCmd(o),
+		newManCmd(o),
+		newVersionCmd(o),
+	)
 	return root
 }
-
-// subcommands is filled by each command's file in an init function, so that
-// each command lives in its own file.
-var subcommands []func(*rootOptions) *cobra.Command
-
-func register(f func(*rootOptions) *cobra.Command) { subcommands = append(subcommands, f) }
 
 func execute(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	o := &rootOptions{stdin: stdin, stdout: stdout, stderr: stderr}

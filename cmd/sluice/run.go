@@ -27,8 +27,6 @@ type runOptions struct {
 	stateDir     string
 }
 
-func init() { register(newRunCmd) }
-
 func newRunCmd(ro *rootOptions) *cobra.Command {
 	o := &runOptions{}
 	cmd := &cobra.Command{

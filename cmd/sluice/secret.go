@@ -17,8 +17,6 @@ import (
 	"github.com/sluice-dev/sluice/pkg/secrets"
 )
 
-func init() { register(newSecretCmd) }
-
 // secretsDefaultStateDir is where the daemon keeps its state (env SLUICE_STATE_DIR).
 func secretsDefaultStateDir() string {
 	return defaults.FromEnv(defaults.EnvStateDir, defaults.StateDir)

@@ -1,0 +1,36 @@
+package daemon
+
+import (
+	"context"
+
+	"github.com/sluice-dev/sluice/pkg/kube"
+)
+
+// PodSandboxes adapts a Client to what the Kubernetes pod watch needs.
+type PodSandboxes struct{ Client *Client }
+
+var _ kube.Daemon = PodSandboxes{}
+
+// Attach attaches (or re-attaches) the sandbox name on cgroup.
+func (d PodSandboxes) Attach(ctx context.Context, name, cgroup, policyFile string, policy []byte) error {
+	_, err := d.Client.Attach(ctx, AttachRequest{Name: name, Cgroup: cgroup, PolicyFile: policyFile, Policy: string(policy)})
+	return err
+}
+
+// Detach removes the sandbox name.
+func (d PodSandboxes) Detach(ctx context.Context, name string) error {
+	return d.Client.Detach(ctx, name)
+}
+
+// List names the attached sandboxes.
+func (d PodSandboxes) List(ctx context.Context) ([]string, error) {
+	infos, err := d.Client.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	names := make([]string, 0, len(infos))
+	for _, i := range infos {
+		names = append(names, i.Name)
+	}
+	return names, nil
+}
