@@ -71,6 +71,7 @@ func useAPI(t *testing.T, w *world, names []string, handler http.Handler) *testu
 }
 
 func TestClientsGetInjectedHeader(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	requireTools(t, "curl", "git", "python3", "node")
 	repos := t.TempDir()
@@ -161,6 +162,7 @@ func TestSandboxSeesNoSecretAnywhere(t *testing.T) {
 	t.Setenv("LEAK_TOKEN", secret)
 	pol := writePolicy(t, w.dir, "scan.yaml", leakPolicy)
 	ready := filepath.Join(w.dir, "ready")
+	scanned := filepath.Join(w.dir, "scanned") // the sandbox runs until the scan is over
 	type scanResult struct {
 		hits    []string
 		scanned int
@@ -169,7 +171,10 @@ func TestSandboxSeesNoSecretAnywhere(t *testing.T) {
 	done := make(chan scanResult, 1)
 	go func() {
 		var r scanResult
-		defer func() { done <- r }()
+		defer func() {
+			os.WriteFile(scanned, nil, 0o644)
+			done <- r
+		}()
 		deadline := time.Now().Add(20 * time.Second)
 		for {
 			if _, err := os.Stat(ready); err == nil {
@@ -220,7 +225,8 @@ func TestSandboxSeesNoSecretAnywhere(t *testing.T) {
 	}()
 	url := fmt.Sprintf("https://allowed.test:%d/scan", w.api.Port)
 	out, code := w.run(t, pol, "--secret-env", "LEAK_TOKEN", "--",
-		"sh", "-c", `curl -sS --max-time 10 "$0" && touch "$1" && sleep 3`, url, ready)
+		"sh", "-c", `curl -sS --max-time 10 "$0" && touch "$1" &&
+i=0; while [ ! -e "$2" ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done`, url, ready, scanned)
 	r := <-done
 	if code != 0 || !strings.Contains(out, "hello from upstream /scan") {
 		t.Fatalf("curl: exit %d\n%s", code, out)
@@ -243,6 +249,7 @@ func TestSandboxSeesNoSecretAnywhere(t *testing.T) {
 // rule gets 403 with a readable body; an allowed path then works on the
 // same (kept-alive) connection.
 func TestProxyRefusalExplainsAndKeepsConnection(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	pol := writePolicy(t, w.dir, "paths.yaml", `version: 1
 rules:
@@ -287,6 +294,7 @@ rules:
 // TestProxyRedactsEchoedSecret: an upstream that echoes request headers
 // (in its response headers and body) never shows the sandbox the secret.
 func TestProxyRedactsEchoedSecret(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	useAPI(t, w, []string{"allowed.test"}, http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
 		keys := make([]string, 0, len(r.Header))
@@ -354,6 +362,7 @@ func tlsUpstream(t *testing.T, cert *tls.Certificate) (port int, requests *atomi
 // or from a CA nobody trusts, gets the sandbox a 502 and the upstream no
 // request (so no credential).
 func TestProxyRefusesBadUpstreamCertificate(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	trusted, err := tlsca.New("trusted test upstream", time.Hour)
 	if err != nil {

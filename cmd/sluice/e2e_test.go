@@ -64,13 +64,18 @@ func sluiceBin(t *testing.T) string {
 }
 
 // world is the loopback "internet" of a test: an authoritative DNS server
-// for made-up names and an HTTPS API with its own CA.
+// for made-up names and an HTTPS API with its own CA, plus the test's own
+// pin directory. Tests that use only their world, their own cgroups and
+// their own daemon (startDaemon) call t.Parallel(); the ones that set
+// process environment (t.Setenv), count cgroups host-wide, measure time or
+// load the machine stay sequential.
 type world struct {
 	dir  string
 	dns  *testutil.DNSServer
 	api  *testutil.HTTPSServer
 	pin  string
-	auth string // the audit log of the last run
+	auth string   // the audit log of the last run
+	env  []string // extra environment of run's sluice and CMD (not t.Setenv: tests run in parallel)
 }
 
 func newWorld(t *testing.T) *world {
@@ -121,7 +126,7 @@ func (w *world) run(t *testing.T, policyFile string, args ...string) (string, in
 		"--secret-env", "DEMO_TOKEN", "--audit", w.auth, "--pin-dir", w.pin}, flags...)
 	full = append(append(full, "--"), args...)
 	cmd := exec.Command(sluiceBin(t), full...)
-	cmd.Env = append(os.Environ(), "DEMO_TOKEN="+demoSecret)
+	cmd.Env = append(append(os.Environ(), "DEMO_TOKEN="+demoSecret), w.env...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err := cmd.Run()
@@ -154,6 +159,7 @@ func (w *world) events(t *testing.T) []audit.Event {
 }
 
 func TestRunCurlReachesAllowedHostWithInjectedHeader(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	url := fmt.Sprintf("https://allowed.test:%d/v1/hello", w.api.Port)
 	out, code := w.run(t, "", "curl", "-sS", "--max-time", "10", url)
@@ -231,6 +237,7 @@ exec "$0" -test.run='^$' %s`, mnt, tcp.Addr)
 }
 
 func TestRunDNS(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	out, code := w.run(t, "", "getent", "hosts", "allowed.test")
 	if code != 0 || !strings.Contains(out, "127.0.0.1") {
@@ -349,6 +356,7 @@ func assertNothingLeft(t *testing.T, w *world, cgBefore []string) {
 }
 
 func TestRunAsUnprivilegedUserCannotLeaveCgroup(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	mnt, err := cgroup.Mount()
 	if err != nil {
