@@ -8,7 +8,7 @@ GOTEST_FLAGS ?= -race -count=1
 
 .DEFAULT_GOAL := build
 
-.PHONY: help build generate check-generate test test-unit demo bench fuzz soak lint deps clean package package-test check-deploy
+.PHONY: help build generate check-generate test test-unit demo bench fuzz soak lint deadcode deps clean package package-test check-deploy
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -51,6 +51,10 @@ fuzz: ## run every fuzz target for FUZZTIME (default 30s each)
 lint: ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '_bpfel.go$$')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+
+deadcode: ## fail on unreachable functions outside tests (golang.org/x/tools deadcode -test)
+	@out=$$($(GO) run golang.org/x/tools/cmd/deadcode@v0.52.0 -test ./... 2>&1 | grep -v '_test\.go:' || true); \
+		if [ -n "$$out" ]; then echo "dead code:"; echo "$$out"; exit 1; fi
 
 package: ## build the .deb (dist/) with nfpm: binary, systemd unit, config, man pages, completions
 	@scripts/package.sh dist

@@ -1,15 +1,12 @@
 package daemon
 
-import (
-	"context"
+import "context"
 
-	"github.com/sluice-dev/sluice/pkg/kube"
-)
-
-// PodSandboxes adapts a Client to what the Kubernetes pod watch needs.
+// PodSandboxes adapts a Client to what the Kubernetes pod watch needs
+// (kube.Daemon; `sluice kube-watch` assigns it to one, which checks it at
+// compile time: pkg/kube's tests import this package, so it cannot import
+// pkg/kube).
 type PodSandboxes struct{ Client *Client }
-
-var _ kube.Daemon = PodSandboxes{}
 
 // Attach attaches (or re-attaches) the sandbox name on cgroup.
 func (d PodSandboxes) Attach(ctx context.Context, name, cgroup, policyFile string, policy []byte) error {
