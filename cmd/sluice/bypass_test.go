@@ -669,6 +669,7 @@ curl -sS --max-time 5 https://allowed.test:%d/ok`, mnt, tcp.Addr, w.api.Port)
 }
 
 func TestBypassForkBombOfConnects(t *testing.T) {
+	t.Parallel() // the other parallel tests must hold up under this load too
 	w, pol := advWorld(t)
 	tcp := testutil.TCPCanary(t, "tcp4")
 	host, port, _ := net.SplitHostPort(tcp.Addr)

@@ -157,9 +157,10 @@ done`
 // or read scratch data (/tmp, /var/tmp, /dev/shm, /run) and no environment
 // or command line of its processes holds the secret.
 func TestSandboxSeesNoSecretAnywhere(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	secret := leakValue(t, "scan")
-	t.Setenv("LEAK_TOKEN", secret)
+	w.env = []string{"LEAK_TOKEN=" + secret}
 	pol := writePolicy(t, w.dir, "scan.yaml", leakPolicy)
 	ready := filepath.Join(w.dir, "ready")
 	scanned := filepath.Join(w.dir, "scanned") // the sandbox runs until the scan is over
