@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/sluice-dev/sluice/pkg/audit"
 	"github.com/sluice-dev/sluice/pkg/cgroup"
+	"github.com/sluice-dev/sluice/pkg/defaults"
 	"github.com/sluice-dev/sluice/pkg/testutil"
 )
 
@@ -76,6 +76,7 @@ type world struct {
 	pin  string
 	auth string   // the audit log of the last run
 	env  []string // extra environment of run's sluice and CMD (not t.Setenv: tests run in parallel)
+	pids []int    // the sluice run processes started, for assertNothingLeft
 }
 
 func newWorld(t *testing.T) *world {
@@ -130,6 +131,9 @@ func (w *world) run(t *testing.T, policyFile string, args ...string) (string, in
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err := cmd.Run()
+	if cmd.Process != nil {
+		w.pids = append(w.pids, cmd.Process.Pid)
+	}
 	code := 0
 	if ee, ok := err.(*exec.ExitError); ok {
 		code = ee.ExitCode()
@@ -263,7 +267,6 @@ func TestRunDNS(t *testing.T) {
 
 func TestRunExitStatusAndCleanup(t *testing.T) {
 	w := newWorld(t)
-	before := cgroupsNamed(t, "sluice-run-")
 	_, code := w.run(t, "", "sh", "-c", "exit 7")
 	if code != 7 {
 		t.Fatalf("exit status %d, want 7", code)
@@ -273,12 +276,11 @@ func TestRunExitStatusAndCleanup(t *testing.T) {
 	if code != 137 {
 		t.Fatalf("killed command: exit status %d, want 137", code)
 	}
-	assertNothingLeft(t, w, before)
+	assertNothingLeft(t, w, w.pids...)
 }
 
 func TestRunCleanupOnSIGTERM(t *testing.T) {
 	w := newWorld(t)
-	before := cgroupsNamed(t, "sluice-run-")
 	cmd := exec.Command(sluiceBin(t), "run", "--policy", "../../testdata/policies/demo.yaml",
 		"--dns-upstream", w.dns.Addr, "--pin-dir", w.pin, "--", "sh", "-c", "sleep 60 & sleep 60")
 	if err := cmd.Start(); err != nil {
@@ -287,19 +289,10 @@ func TestRunCleanupOnSIGTERM(t *testing.T) {
 	// Wait for the command in the sandbox cgroup, not for the cgroup alone:
 	// sluice run handles signals only from just before it starts the
 	// command, and a SIGTERM earlier leaves the cgroup behind.
-	self, err := cgroup.Self()
-	if err != nil {
-		t.Fatal(err)
-	}
+	procs := filepath.Join(runCgroup(t, cmd.Process.Pid), "cgroup.procs")
 	testutil.WaitFor(t, "the command in the sandbox cgroup", func() bool {
-		for _, name := range cgroupsNamed(t, "sluice-run-") {
-			if slices.Contains(before, name) {
-				continue
-			}
-			procs, _ := os.ReadFile(filepath.Join(self, name, "cgroup.procs"))
-			return len(bytes.TrimSpace(procs)) > 0
-		}
-		return false
+		b, _ := os.ReadFile(procs)
+		return len(bytes.TrimSpace(b)) > 0
 	})
 	_ = cmd.Process.Signal(syscall.SIGTERM)
 	done := make(chan error, 1)
@@ -310,29 +303,40 @@ func TestRunCleanupOnSIGTERM(t *testing.T) {
 		cmd.Process.Kill()
 		t.Fatal("sluice run did not exit on SIGTERM")
 	}
-	assertNothingLeft(t, w, before)
+	assertNothingLeft(t, w, cmd.Process.Pid)
 }
 
-func cgroupsNamed(t *testing.T, prefix string) []string {
+// runCgroup is the sandbox cgroup of the `sluice run` with process id pid.
+// Tests look only at their own runs: other tests (and other checkouts on
+// the machine) run sandboxes at the same time.
+func runCgroup(t *testing.T, pid int) string {
 	t.Helper()
 	self, err := cgroup.Self()
 	if err != nil {
 		t.Fatal(err)
 	}
-	entries, _ := os.ReadDir(self)
-	var out []string
-	for _, e := range entries {
-		if e.IsDir() && strings.HasPrefix(e.Name(), prefix) {
-			out = append(out, e.Name())
-		}
-	}
-	return out
+	return filepath.Join(self, fmt.Sprintf("sluice-run-%d", pid))
 }
 
-func assertNothingLeft(t *testing.T, w *world, cgBefore []string) {
+// assertNothingLeft checks that the `sluice run` processes pids left no
+// cgroup, run record, pinned link or counter behind.
+func assertNothingLeft(t *testing.T, w *world, pids ...int) {
 	t.Helper()
-	if got := cgroupsNamed(t, "sluice-run-"); len(got) != len(cgBefore) {
-		t.Fatalf("sandbox cgroups left behind: %v (before: %v)", got, cgBefore)
+	if len(pids) == 0 {
+		t.Fatal("no sluice run to check")
+	}
+	recs, _ := os.ReadDir(defaults.RunDir)
+	for _, pid := range pids {
+		cg := runCgroup(t, pid)
+		if _, err := os.Stat(cg); err == nil {
+			t.Fatalf("sandbox cgroup left behind: %s", cg)
+		}
+		for _, r := range recs {
+			data, _ := os.ReadFile(filepath.Join(defaults.RunDir, r.Name()))
+			if lines := strings.Split(string(data), "\n"); len(lines) > 1 && lines[1] == cg {
+				t.Fatalf("run record left behind: %s", r.Name())
+			}
+		}
 	}
 	links, _ := os.ReadDir(filepath.Join(w.pin, "links"))
 	if len(links) != 0 {
@@ -345,13 +349,6 @@ func assertNothingLeft(t *testing.T, w *world, cgBefore []string) {
 	var rows []map[string]any
 	if err := json.Unmarshal(out, &rows); err != nil || len(rows) != 0 {
 		t.Fatalf("counters left behind: %s", out)
-	}
-	recs, _ := os.ReadDir("/run/sluice/run")
-	for _, r := range recs {
-		data, _ := os.ReadFile(filepath.Join("/run/sluice/run", r.Name()))
-		if strings.HasPrefix(string(data), "e2e\n") {
-			t.Fatalf("run record left behind: %s", r.Name())
-		}
 	}
 }
 
