@@ -23,13 +23,6 @@ type attachOptions struct {
 	labels []string
 }
 
-func init() {
-	register(newAttachCmd)
-	register(newDetachCmd)
-	register(newListCmd)
-	register(newCACmd)
-}
-
 func newAttachCmd(ro *rootOptions) *cobra.Command {
 	o := &attachOptions{}
 	var cf *containerFlags

@@ -255,6 +255,7 @@ func checkNoLeaks(t *testing.T, path string) {
 }
 
 func TestAuditScriptedAgentSequence(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	port, hits := forbiddenListener(t)
 	pol := writePolicy(t, w.dir, "agent.yaml", agentPolicy)
@@ -302,6 +303,7 @@ func checkRedactedPaths(t *testing.T, evs []audit.Event) {
 }
 
 func TestAuditModeCompletesAndNamesWouldDeny(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	port, hits := forbiddenListener(t)
 	pol := writePolicy(t, w.dir, "agent-audit.yaml", "mode: audit\n"+agentPolicy)
@@ -406,44 +408,11 @@ func sumMetric(m map[string]float64, name string, labels ...string) float64 {
 }
 
 func TestAuditMetricsAfterScript(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	port, _ := forbiddenListener(t)
-	l, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	metricsAddr := l.Addr().String()
-	l.Close()
-	d := &daemonProc{t: t, w: w, socket: filepath.Join(w.dir, "sluice.sock"), state: filepath.Join(w.dir, "state")}
-	auditFile := filepath.Join(w.dir, "daemon-audit.jsonl")
-	d.log = &syncBuffer{}
-	d.cmd = exec.Command(sluiceBin(t), "daemon", "--socket", d.socket, "--state-dir", d.state,
-		"--pin-dir", w.pin, "--dns-upstream", w.dns.Addr, "--dns-allow-loopback",
-		"--upstream-ca", w.api.CAFile, "--audit", auditFile, "--metrics", metricsAddr)
-	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
-	if err := d.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		for _, name := range d.names() {
-			d.cli("detach", name)
-		}
-		d.stop()
-	})
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		c, err1 := net.Dial("unix", d.socket)
-		resp, err2 := http.Get("http://" + metricsAddr + "/metrics")
-		if err1 == nil && err2 == nil {
-			c.Close()
-			resp.Body.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("daemon (with --metrics %s) did not come up:\n%s", metricsAddr, d.log.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	d := startDaemonWith(t, w, daemonOpts{metrics: true})
+	auditFile, metricsAddr := d.audit, d.metrics
 
 	pol := writePolicy(t, w.dir, "agent.yaml", agentPolicy)
 	cg, pid := sandboxProc(t, "")

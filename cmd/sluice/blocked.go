@@ -21,8 +21,6 @@ type blockedOptions struct {
 	stateDir string
 }
 
-func init() { register(newBlockedCmd) }
-
 func newBlockedCmd(ro *rootOptions) *cobra.Command {
 	o := &blockedOptions{}
 	cmd := &cobra.Command{

@@ -115,7 +115,8 @@ for tgt in "$@"; do "$bin" -test.run='^$' "$tgt" || echo "error probe exit $?"; 
 	if len(names) == 0 {
 		script = `bin="$0"; for tgt in "$@"; do "$bin" -test.run='^$' "$tgt" || echo "error probe exit $?"; done`
 	}
-	t.Setenv("SLUICE_TEST_PROBE", mode)
+	w.env = []string{"SLUICE_TEST_PROBE=" + mode}
+	defer func() { w.env = nil }()
 	args := append([]string{"--no-summary", "--", "sh", "-c", script, os.Args[0]}, targets...)
 	out, code := w.run(t, policy, args...)
 	if code != 0 {
@@ -218,6 +219,7 @@ func dnsCanary(t *testing.T) (addr string, hits func() int64) {
 }
 
 func TestBypassDNSOverTCPToArbitraryServer(t *testing.T) {
+	t.Parallel()
 	w, pol := advWorld(t)
 	canary, hits := dnsCanary(t)
 	res := w.probes(t, pol, nil, "dns",
@@ -244,6 +246,7 @@ func TestBypassDNSOverTCPToArbitraryServer(t *testing.T) {
 }
 
 func TestBypassDNSToNonStandardPort(t *testing.T) {
+	t.Parallel()
 	w, pol := advWorld(t)
 	// The upstream resolver itself on its real (non-53) port, from inside:
 	// it would answer anything. And DoT's port 853 on ::1.
@@ -265,6 +268,7 @@ func TestBypassDNSToNonStandardPort(t *testing.T) {
 }
 
 func TestBypassDoHDoesNotFeedAllowlist(t *testing.T) {
+	t.Parallel()
 	w, pol := advWorld(t)
 	canary := countingListener(t, dohCanaryIP+":0")
 	url := fmt.Sprintf("https://allowed.test:%d/dns-query", w.api.Port)
@@ -307,6 +311,7 @@ func upstreamSaw(w *world, bad func(r testutil.Request) bool) []testutil.Request
 }
 
 func TestBypassSNIHostMismatch(t *testing.T) {
+	t.Parallel()
 	w, pol := advWorld(t)
 	p := w.api.Port
 	addr := fmt.Sprintf("127.0.0.1:%d", p)
@@ -352,6 +357,7 @@ func TestBypassSNIHostMismatch(t *testing.T) {
 // doc.go). The test pins down what is enforced: the bytes only ever go to
 // the original destination bound to the SNI; a forbidden SNI is refused.
 func TestBypassSNIHostMismatchSpliced(t *testing.T) {
+	t.Parallel()
 	w, pol := advWorld(t)
 	p := w.api.Port
 	addr := fmt.Sprintf("127.0.0.1:%d", p)
@@ -383,6 +389,7 @@ func TestBypassSNIHostMismatchSpliced(t *testing.T) {
 }
 
 func TestBypassAbsoluteFormURI(t *testing.T) {
+	t.Parallel()
 	w, pol := advWorld(t)
 	p := w.api.Port
 	addr := fmt.Sprintf("127.0.0.1:%d", p)
@@ -420,6 +427,7 @@ func TestBypassAbsoluteFormURI(t *testing.T) {
 }
 
 func TestBypassCONNECTThroughInterceptedHost(t *testing.T) {
+	t.Parallel()
 	w, pol := advWorld(t)
 	p := w.api.Port
 	addr := fmt.Sprintf("127.0.0.1:%d", p)
@@ -443,6 +451,7 @@ func TestBypassCONNECTThroughInterceptedHost(t *testing.T) {
 }
 
 func TestBypassHTTP1RequestSmuggling(t *testing.T) {
+	t.Parallel()
 	w, pol := advWorld(t)
 	p := w.api.Port
 	addr := fmt.Sprintf("127.0.0.1:%d", p)
@@ -485,6 +494,7 @@ func TestBypassHTTP1RequestSmuggling(t *testing.T) {
 }
 
 func TestBypassHTTP2AuthorityHostMismatch(t *testing.T) {
+	t.Parallel()
 	w, pol := advWorld(t)
 	p := w.api.Port
 	addr := fmt.Sprintf("127.0.0.1:%d", p)
@@ -528,6 +538,7 @@ func TestBypassHTTP2AuthorityHostMismatch(t *testing.T) {
 }
 
 func TestBypassMalformedClientHello(t *testing.T) {
+	t.Parallel()
 	w, pol := advWorld(t)
 	type hc struct {
 		name    string
@@ -569,7 +580,16 @@ func TestBypassMalformedClientHello(t *testing.T) {
 		targets = append(targets, l.addr+"|"+payloadFile(t, w.dir, string(c.payload)))
 	}
 	res := w.probes(t, pol, []string{"allowed.test", "raw.test"}, "rawtcp", targets...)
-	time.Sleep(200 * time.Millisecond)
+	// The proxy dials the upstream on its own goroutine: wait for the
+	// controls before checking that nothing else arrived.
+	testutil.WaitFor(t, "the controls to reach their upstreams", func() bool {
+		for i, c := range cases {
+			if c.allowed && listeners[i].conns.Load() == 0 {
+				return false
+			}
+		}
+		return true
+	})
 	for i, c := range cases {
 		got := listeners[i].conns.Load()
 		if c.allowed && got != 1 {
@@ -582,6 +602,7 @@ func TestBypassMalformedClientHello(t *testing.T) {
 }
 
 func TestBypassNamesInDNS(t *testing.T) {
+	t.Parallel()
 	w, pol := advWorld(t)
 	cases := []struct{ q, want string }{
 		{"ALLOWED.TEST.", "ok NOERROR n=1 a=127.0.0.1"},
@@ -613,6 +634,7 @@ func TestBypassNamesInDNS(t *testing.T) {
 }
 
 func TestBypassNestedCgroupTwoLevels(t *testing.T) {
+	t.Parallel()
 	w, pol := advWorld(t)
 	tcp := testutil.TCPCanary(t, "tcp4")
 	mnt, err := cgroup.Mount()
@@ -647,6 +669,7 @@ curl -sS --max-time 5 https://allowed.test:%d/ok`, mnt, tcp.Addr, w.api.Port)
 }
 
 func TestBypassForkBombOfConnects(t *testing.T) {
+	t.Parallel() // the other parallel tests must hold up under this load too
 	w, pol := advWorld(t)
 	tcp := testutil.TCPCanary(t, "tcp4")
 	host, port, _ := net.SplitHostPort(tcp.Addr)
@@ -698,6 +721,7 @@ curl -sS --max-time 10 https://allowed.test:%d/ok`, procs, one, outDir, w.api.Po
 // hooks run at connect time; sluice does not cut established connections).
 // Every connect after the attach is enforced.
 func TestBypassSocketOpenedBeforeAttach(t *testing.T) {
+	t.Parallel()
 	w, _ := advWorld(t)
 	d := startDaemon(t, w)
 	pol := writePolicy(t, w.dir, "p.yaml", "version: 1\nrules:\n  - name: p\n    hosts: [plain.test]\n")

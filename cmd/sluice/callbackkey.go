@@ -13,8 +13,6 @@ import (
 	"github.com/sluice-dev/sluice/pkg/secrets"
 )
 
-func init() { register(newCallbackKeyCmd) }
-
 type callbackKeyOptions struct {
 	*rootOptions
 	stateDir string

@@ -72,6 +72,7 @@ func useAPI(t *testing.T, w *world, names []string, handler http.Handler) *testu
 }
 
 func TestClientsGetInjectedHeader(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	requireTools(t, "curl", "git", "python3", "node")
 	repos := t.TempDir()
@@ -157,9 +158,10 @@ done`
 // or read scratch data (/tmp, /var/tmp, /dev/shm, /run) and no environment
 // or command line of its processes holds the secret.
 func TestSandboxSeesNoSecretAnywhere(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	secret := leakValue(t, "scan")
-	t.Setenv("LEAK_TOKEN", secret)
+	w.env = []string{"LEAK_TOKEN=" + secret}
 	pol := writePolicy(t, w.dir, "scan.yaml", leakPolicy)
 	ready, scanned := filepath.Join(w.dir, "ready"), filepath.Join(w.dir, "scanned")
 	type scanResult struct {
@@ -170,7 +172,10 @@ func TestSandboxSeesNoSecretAnywhere(t *testing.T) {
 	done := make(chan scanResult, 1)
 	go func() {
 		var r scanResult
-		defer func() { done <- r }()
+		defer func() {
+			os.WriteFile(scanned, nil, 0o644)
+			done <- r
+		}()
 		deadline := time.Now().Add(20 * time.Second)
 		for {
 			if _, err := os.Stat(ready); err == nil {
@@ -246,6 +251,7 @@ func TestSandboxSeesNoSecretAnywhere(t *testing.T) {
 // rule gets 403 with a readable body; an allowed path then works on the
 // same (kept-alive) connection.
 func TestProxyRefusalExplainsAndKeepsConnection(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	pol := writePolicy(t, w.dir, "paths.yaml", `version: 1
 rules:
@@ -290,6 +296,7 @@ rules:
 // TestProxyRedactsEchoedSecret: an upstream that echoes request headers
 // (in its response headers and body) never shows the sandbox the secret.
 func TestProxyRedactsEchoedSecret(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	useAPI(t, w, []string{"allowed.test"}, http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
 		keys := make([]string, 0, len(r.Header))
@@ -357,6 +364,7 @@ func tlsUpstream(t *testing.T, cert *tls.Certificate) (port int, requests *atomi
 // or from a CA nobody trusts, gets the sandbox a 502 and the upstream no
 // request (so no credential).
 func TestProxyRefusesBadUpstreamCertificate(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	trusted, err := tlsca.New("trusted test upstream", time.Hour)
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/sluice-dev/sluice/pkg/containers"
 	"github.com/sluice-dev/sluice/pkg/daemon"
+	"github.com/sluice-dev/sluice/pkg/defaults"
 	"github.com/sluice-dev/sluice/pkg/kube"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -70,11 +71,6 @@ func (c *containerFlags) sandboxName(t containers.Target) string {
 		id = id[:12]
 	}
 	return containers.SandboxName(id)
-}
-
-func init() {
-	register(newContainerCmd)
-	register(newKubeWatchCmd)
 }
 
 type containerResolveOptions struct{ json bool }
@@ -166,7 +162,7 @@ that prefix that no pod on the node owns are detached.`,
 		}
 		opts := cf.options()
 		ap := &kube.Applier{
-			Daemon: daemonSandboxes{daemon.NewClient(ro.socket)},
+			Daemon: daemon.PodSandboxes{Client: daemon.NewClient(ro.socket)},
 			Resolvers: map[string]containers.Resolver{
 				containers.RuntimeContainerd: &containers.Containerd{StateDir: opts.ContainerdState, Namespace: "k8s.io"},
 				containers.RuntimeDocker:     containers.NewDocker(opts.DockerSocket),
@@ -183,34 +179,10 @@ that prefix that no pod on the node owns are detached.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.node, "node", "", "this node's name (required)")
-	f.StringArrayVar(&o.policyDirs, "policy-dir", []string{"/etc/sluice/policies"}, "directory of named policies (repeatable)")
+	f.StringArrayVar(&o.policyDirs, "policy-dir", []string{defaults.PolicyDir}, "directory of named policies (repeatable)")
 	f.StringVar(&o.api, "kube-api", "", "API server URL (default: in-cluster)")
 	f.StringVar(&o.ca, "kube-ca", "", "PEM roots for --kube-api")
 	f.StringVar(&o.tokenFile, "kube-token-file", "", "bearer token file for --kube-api")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd
-}
-
-// daemonSandboxes adapts the daemon client to what the pod watch needs.
-type daemonSandboxes struct{ c *daemon.Client }
-
-var _ kube.Daemon = daemonSandboxes{}
-
-func (d daemonSandboxes) Attach(ctx context.Context, name, cgroup, policyFile string, policy []byte, labels map[string]string) error {
-	_, err := d.c.Attach(ctx, daemon.AttachRequest{Name: name, Cgroup: cgroup, PolicyFile: policyFile, Policy: string(policy), Labels: labels})
-	return err
-}
-
-func (d daemonSandboxes) Detach(ctx context.Context, name string) error { return d.c.Detach(ctx, name) }
-
-func (d daemonSandboxes) List(ctx context.Context) ([]string, error) {
-	infos, err := d.c.List(ctx)
-	if err != nil {
-		return nil, err
-	}
-	names := make([]string, 0, len(infos))
-	for _, i := range infos {
-		names = append(names, i.Name)
-	}
-	return names, nil
 }

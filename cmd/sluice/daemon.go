@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	"github.com/sluice-dev/sluice/pkg/daemon"
+	"github.com/sluice-dev/sluice/pkg/defaults"
 	"github.com/spf13/cobra"
 )
 
@@ -26,8 +27,6 @@ type daemonOptions struct {
 	logLevel     string
 	pprof        string
 }
-
-func init() { register(newDaemonCmd) }
 
 func newDaemonCmd(ro *rootOptions) *cobra.Command {
 	o := &daemonOptions{}
@@ -93,13 +92,13 @@ re-attach. Flags override the config file.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&o.config, "config", "", "config file (YAML)")
-	f.StringVar(&o.stateDir, "state-dir", daemon.DefaultStateDir, "state directory")
+	f.StringVar(&o.config, "config", "", "config file (YAML; the package installs "+defaults.ConfigFile+")")
+	f.StringVar(&o.stateDir, "state-dir", defaults.StateDir, "state directory")
 	f.StringArrayVar(&o.dnsUpstreams, "dns-upstream", nil, "upstream DNS HOST:PORT (repeatable)")
 	f.BoolVar(&o.dnsLoopback, "dns-allow-loopback", false, "let upstream DNS answers point at loopback addresses (off: DNS rebinding protection)")
 	f.StringArrayVar(&o.upstreamCAs, "upstream-ca", nil, "extra PEM roots for upstream TLS (repeatable)")
-	f.StringVar(&o.pinDir, "pin-dir", "", "bpffs directory for pinned maps and links (default /sys/fs/bpf/sluice/v1)")
-	f.StringVar(&o.audit, "audit", "", "audit sink: a file, or - for stdout")
+	f.StringVar(&o.pinDir, "pin-dir", "", "bpffs directory for pinned maps and links (default "+defaults.PinDir+")")
+	f.StringVar(&o.audit, "audit", "", "audit sink: a JSON-lines file, or - for standard error")
 	f.StringVar(&o.metrics, "metrics", "", "serve Prometheus /metrics on this address (e.g. 127.0.0.1:9090)")
 	f.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	f.StringVar(&o.pprof, "pprof", "", "serve Go pprof profiles on this loopback address (debugging)")

@@ -20,19 +20,53 @@ import (
 	"github.com/sluice-dev/sluice/pkg/testutil"
 )
 
-// daemonProc is a private `sluice daemon` for one test.
+// daemonProc is a private `sluice daemon` for one test: its own socket,
+// state directory and audit file in the world's directory, the world's pin
+// directory, DNS and upstream CA. Tests with their own daemonProc are
+// independent of each other.
 type daemonProc struct {
-	t      *testing.T
-	w      *world
-	socket string
-	state  string
-	cmd    *exec.Cmd
-	log    *syncBuffer
+	t       *testing.T
+	w       *world
+	opts    daemonOpts
+	socket  string
+	state   string
+	audit   string // the --audit file
+	metrics string // the --metrics address, when opts.metrics
+	cmd     *exec.Cmd
+	log     *syncBuffer
 }
 
-func startDaemon(t *testing.T, w *world) *daemonProc {
+// daemonOpts are what a test's daemon differs by.
+type daemonOpts struct {
+	name    string   // socket NAME.sock, state NAME-state (default "sluice")
+	audit   string   // --audit (default WORLD/NAME-audit.jsonl)
+	metrics bool     // serve --metrics on a free loopback port and wait for it
+	extra   []string // more flags
+}
+
+// startDaemon starts the default daemon of a test and stops it (after
+// detaching what is left) when the test ends.
+func startDaemon(t *testing.T, w *world) *daemonProc { return startDaemonWith(t, w, daemonOpts{}) }
+
+// startDaemonWith is the one way tests start a daemon that must come up.
+func startDaemonWith(t *testing.T, w *world, o daemonOpts) *daemonProc {
 	t.Helper()
-	d := &daemonProc{t: t, w: w, socket: filepath.Join(w.dir, "sluice.sock"), state: filepath.Join(w.dir, "state")}
+	if o.name == "" {
+		o.name = "sluice"
+	}
+	if o.audit == "" {
+		o.audit = filepath.Join(w.dir, o.name+"-audit.jsonl")
+	}
+	d := &daemonProc{t: t, w: w, opts: o, audit: o.audit,
+		socket: filepath.Join(w.dir, o.name+".sock"), state: filepath.Join(w.dir, o.name+"-state")}
+	if o.metrics {
+		ln, err := net.Listen("tcp4", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		d.metrics = ln.Addr().String()
+		ln.Close()
+	}
 	d.start()
 	t.Cleanup(func() {
 		// Detach whatever is left, then stop the daemon.
@@ -40,26 +74,47 @@ func startDaemon(t *testing.T, w *world) *daemonProc {
 			d.cli("detach", name)
 		}
 		d.stop()
+		if t.Failed() {
+			t.Logf("daemon log:\n%s", d.log)
+		}
 	})
 	return d
 }
 
+// start (re)starts the daemon and waits until its socket (and metrics)
+// answer.
 func (d *daemonProc) start() {
 	d.t.Helper()
 	d.log = &syncBuffer{}
-	d.cmd = exec.Command(sluiceBin(d.t), "daemon", "--socket", d.socket, "--state-dir", d.state,
+	args := []string{"daemon", "--socket", d.socket, "--state-dir", d.state,
 		"--pin-dir", d.w.pin, "--dns-upstream", d.w.dns.Addr, "--dns-allow-loopback",
-		"--upstream-ca", d.w.api.CAFile, "--audit", filepath.Join(d.w.dir, "daemon-audit.jsonl"))
+		"--upstream-ca", d.w.api.CAFile, "--audit", d.audit}
+	if d.metrics != "" {
+		args = append(args, "--metrics", d.metrics)
+	}
+	d.cmd = exec.Command(sluiceBin(d.t), append(args, d.opts.extra...)...)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	if err := d.cmd.Start(); err != nil {
 		d.t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if c, err := net.Dial("unix", d.socket); err == nil {
-			c.Close()
-			return
+	up := func() bool {
+		c, err := net.Dial("unix", d.socket)
+		if err != nil {
+			return false
 		}
+		c.Close()
+		if d.metrics == "" {
+			return true
+		}
+		resp, err := http.Get("http://" + d.metrics + "/metrics")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return true
+	}
+	deadline := time.Now().Add(testutil.WaitTimeout)
+	for !up() {
 		if time.Now().After(deadline) {
 			d.t.Fatalf("daemon did not come up:\n%s", d.log)
 		}
@@ -132,7 +187,10 @@ func sandboxProc(t *testing.T, netns string) (cg string, pid int) {
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	// ip netns exec execs sleep in place: wait until it has.
-	time.Sleep(100 * time.Millisecond)
+	testutil.WaitFor(t, "the sandbox process to exec sleep", func() bool {
+		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", cmd.Process.Pid))
+		return strings.TrimSpace(string(comm)) == "sleep"
+	})
 	return cg, cmd.Process.Pid
 }
 
@@ -163,6 +221,7 @@ func curlArgs(w *world, host string) []string {
 }
 
 func TestDaemonTwoSandboxesDifferentPolicies(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	w.dns.Set("a.test", "127.0.0.1")
 	w.dns.Set("b.test", "127.0.0.1")
@@ -222,6 +281,7 @@ func TestDaemonTwoSandboxesDifferentPolicies(t *testing.T) {
 }
 
 func TestDaemonKill9FailsClosedAndRecovers(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	d := startDaemon(t, w)
 	p := writePolicy(t, w.dir, "p.yaml", "version: 1\nrules:\n  - name: p\n    hosts: [plain.test]\n")
@@ -265,6 +325,7 @@ func TestDaemonKill9FailsClosedAndRecovers(t *testing.T) {
 }
 
 func TestDaemonDetachLeavesNothing(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	d := startDaemon(t, w)
 	p := writePolicy(t, w.dir, "p.yaml", "version: 1\nrules:\n  - name: p\n    hosts: [plain.test]\n")
@@ -310,6 +371,7 @@ func TestDaemonDetachLeavesNothing(t *testing.T) {
 }
 
 func TestDaemonControlSocketRejectsBadCallers(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	d := startDaemon(t, w)
 	st, err := os.Stat(d.socket)
@@ -368,6 +430,7 @@ func TestDaemonControlSocketRejectsBadCallers(t *testing.T) {
 }
 
 func TestDaemonLogsStream(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	d := startDaemon(t, w)
 	p := writePolicy(t, w.dir, "p.yaml", "version: 1\nrules:\n  - name: p\n    hosts: [plain.test]\n")
@@ -379,14 +442,14 @@ func TestDaemonLogsStream(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { logs.Process.Kill(); logs.Wait() }()
-	time.Sleep(200 * time.Millisecond)
 	if o, err := d.cli("attach", "--policy", p, "--pid", fmt.Sprint(pid), "--name", "st"); err != nil {
 		t.Fatalf("attach: %v\n%s", err, o)
 	}
-	inSandbox(t, cg, "", "getent", "hosts", "nope.test")
-	deadline := time.Now().Add(5 * time.Second)
+	// The query repeats until the stream shows it: logs may subscribe after
+	// the first one.
+	deadline := time.Now().Add(testutil.WaitTimeout)
 	for time.Now().Before(deadline) && !strings.Contains(out.String(), `"qname":"nope.test"`) {
-		time.Sleep(50 * time.Millisecond)
+		inSandbox(t, cg, "", "getent", "hosts", "nope.test")
 	}
 	if !strings.Contains(out.String(), `"qname":"nope.test"`) || !strings.Contains(out.String(), `"decision":"deny"`) {
 		t.Fatalf("the live stream did not carry the DNS refusal:\n%s", out.String())

@@ -34,6 +34,7 @@ func requireTools(t *testing.T, tools ...string) {
 // resolve an allowed name and fail for a forbidden one, which never reaches
 // the upstream.
 func TestDNSClientsResolveAllowedOnly(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	requireTools(t, "getent", "dig", "nslookup", "python3", "node")
 	clients := []struct {
@@ -119,6 +120,7 @@ func TestDNSClientsResolveAllowedOnly(t *testing.T) {
 // TestDNSExfiltrationNeverReachesUpstream: 1,000 subdomain-encoded queries
 // (several types) for an attacker's zone produce no upstream query.
 func TestDNSExfiltrationNeverReachesUpstream(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	requireTools(t, "python3")
 	// Plain UDP DNS queries to the resolv.conf server (redirected by the
@@ -178,6 +180,7 @@ print("rcodes", sorted(rcodes.items(), key=str))
 // TCP, after an allowed name put 127.0.0.1 in the allowlist) never reach
 // the upstream either.
 func TestDNSExfiltrationOtherRoutes(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	requireTools(t, "dig")
 	host, port, _ := net.SplitHostPort(w.dns.Addr)
@@ -308,6 +311,7 @@ func TestDNSRotatingAddressesAllReachable(t *testing.T) {
 // mirror's address, and curl to it through the proxy reaches the mirror
 // with the mirror's Host and the mirror's certificate checked.
 func TestDNSRemapReachesMirror(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	orig := w.api
 	w.dns.Set("registry.test", "127.0.0.3") // the public answer, never used
@@ -393,6 +397,7 @@ func TestDNSUpstreamDownServfail(t *testing.T) {
 // a forbidden name's AAAA query is refused without reaching upstream, and
 // `ipv6: false` empties AAAA answers while A still resolves.
 func TestDNSAAAAFilteredLikeA(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	requireTools(t, "dig")
 	w.dns.Set("v6.test", "127.0.0.1", "::1")

@@ -9,6 +9,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/sluice-dev/sluice/pkg/daemon"
+	"github.com/sluice-dev/sluice/pkg/defaults"
 	"github.com/sluice-dev/sluice/pkg/doctor"
 	"github.com/spf13/cobra"
 )
@@ -20,8 +21,6 @@ type doctorOptions struct {
 	mountinfo string
 	skip      []string
 }
-
-func init() { register(newDoctorCmd) }
 
 func newDoctorCmd(ro *rootOptions) *cobra.Command {
 	o := &doctorOptions{}
@@ -82,7 +81,7 @@ warning), 1 when a check fails (or warns, with --strict).`,
 	f := cmd.Flags()
 	f.BoolVar(&o.json, "json", false, "print JSON")
 	f.BoolVar(&o.strict, "strict", false, "fail on warnings too (a daemon that is not running)")
-	f.StringVar(&o.bpffs, "bpffs", "/sys/fs/bpf", "where bpffs must be mounted")
+	f.StringVar(&o.bpffs, "bpffs", defaults.BPFFS, "where bpffs must be mounted")
 	f.StringArrayVar(&o.skip, "skip", nil, "skip a check: "+strings.Join(quoted(doctor.Checks), ", ")+" (repeatable)")
 	f.StringVar(&o.mountinfo, "mountinfo", "/proc/self/mountinfo", "mount table to inspect")
 	_ = f.MarkHidden("mountinfo")

@@ -15,6 +15,7 @@ import (
 
 	"github.com/sluice-dev/sluice/pkg/audit"
 	"github.com/sluice-dev/sluice/pkg/cgroup"
+	"github.com/sluice-dev/sluice/pkg/defaults"
 	"github.com/sluice-dev/sluice/pkg/testutil"
 )
 
@@ -63,13 +64,19 @@ func sluiceBin(t *testing.T) string {
 }
 
 // world is the loopback "internet" of a test: an authoritative DNS server
-// for made-up names and an HTTPS API with its own CA.
+// for made-up names and an HTTPS API with its own CA, plus the test's own
+// pin directory. Tests that use only their world, their own cgroups and
+// their own daemon (startDaemon) call t.Parallel(); the ones that set
+// process environment (t.Setenv), count cgroups host-wide, measure time or
+// load the machine stay sequential.
 type world struct {
 	dir  string
 	dns  *testutil.DNSServer
 	api  *testutil.HTTPSServer
 	pin  string
-	auth string // the audit log of the last run
+	auth string   // the audit log of the last run
+	env  []string // extra environment of run's sluice and CMD (not t.Setenv: tests run in parallel)
+	pids []int    // the sluice run processes started, for assertNothingLeft
 	// user is the --user of w.run when the arguments give none: "root" for
 	// the tests written before the sandbox boundary (issue 15), whose
 	// commands read the test's 0700 directories; "" runs as sluice run's
@@ -129,10 +136,13 @@ func (w *world) run(t *testing.T, policyFile string, args ...string) (string, in
 		"--secret-env", "DEMO_TOKEN", "--audit", w.auth, "--pin-dir", w.pin}, flags...)
 	full = append(append(full, "--"), args...)
 	cmd := exec.Command(sluiceBin(t), full...)
-	cmd.Env = append(os.Environ(), "DEMO_TOKEN="+demoSecret)
+	cmd.Env = append(append(os.Environ(), "DEMO_TOKEN="+demoSecret), w.env...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err := cmd.Run()
+	if cmd.Process != nil {
+		w.pids = append(w.pids, cmd.Process.Pid)
+	}
 	code := 0
 	if ee, ok := err.(*exec.ExitError); ok {
 		code = ee.ExitCode()
@@ -171,6 +181,7 @@ func (w *world) events(t *testing.T) []audit.Event {
 }
 
 func TestRunCurlReachesAllowedHostWithInjectedHeader(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	url := fmt.Sprintf("https://allowed.test:%d/v1/hello", w.api.Port)
 	out, code := w.run(t, "", "curl", "-sS", "--max-time", "10", url)
@@ -248,6 +259,7 @@ exec "$0" -test.run='^$' %s`, mnt, tcp.Addr)
 }
 
 func TestRunDNS(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	out, code := w.run(t, "", "getent", "hosts", "allowed.test")
 	if code != 0 || !strings.Contains(out, "127.0.0.1") {
@@ -273,7 +285,6 @@ func TestRunDNS(t *testing.T) {
 
 func TestRunExitStatusAndCleanup(t *testing.T) {
 	w := newWorld(t)
-	before := cgroupsNamed(t, "sluice-run-")
 	_, code := w.run(t, "", "sh", "-c", "exit 7")
 	if code != 7 {
 		t.Fatalf("exit status %d, want 7", code)
@@ -283,38 +294,25 @@ func TestRunExitStatusAndCleanup(t *testing.T) {
 	if code != 137 {
 		t.Fatalf("killed command: exit status %d, want 137", code)
 	}
-	assertNothingLeft(t, w, before)
+	assertNothingLeft(t, w, w.pids...)
 }
 
 func TestRunCleanupOnSIGTERM(t *testing.T) {
 	w := newWorld(t)
-	before := cgroupsNamed(t, "sluice-run-")
 	cmd := exec.Command(sluiceBin(t), "run", "--policy", "../../testdata/policies/demo.yaml",
 		"--dns-upstream", w.dns.Addr, "--pin-dir", w.pin, "--", "sh", "-c", "sleep 60 & sleep 60")
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	// Wait until the command runs in the sandbox (its cgroup has processes).
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		got := cgroupsNamed(t, "sluice-run-")
-		if len(got) == len(before)+1 {
-			self, _ := cgroup.Self()
-			var n int
-			for _, g := range got {
-				pids, _ := cgroup.PIDs(filepath.Join(self, g))
-				n += len(pids)
-			}
-			if n >= 3 { // init, sh, sleep
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			cmd.Process.Kill()
-			t.Fatalf("expected the sandbox cgroup with its processes while running, have %v", got)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	// Wait for the command in the sandbox cgroup, not for the cgroup alone:
+	// sluice run handles signals only from just before it starts the
+	// command, and a SIGTERM earlier leaves the cgroup behind. The cgroup
+	// holds the sandbox's init, sh and sleep.
+	procs := filepath.Join(runCgroup(t, cmd.Process.Pid), "cgroup.procs")
+	testutil.WaitFor(t, "the command in the sandbox cgroup", func() bool {
+		b, _ := os.ReadFile(procs)
+		return len(strings.Fields(string(b))) >= 3
+	})
 	_ = cmd.Process.Signal(syscall.SIGTERM)
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
@@ -324,29 +322,40 @@ func TestRunCleanupOnSIGTERM(t *testing.T) {
 		cmd.Process.Kill()
 		t.Fatal("sluice run did not exit on SIGTERM")
 	}
-	assertNothingLeft(t, w, before)
+	assertNothingLeft(t, w, cmd.Process.Pid)
 }
 
-func cgroupsNamed(t *testing.T, prefix string) []string {
+// runCgroup is the sandbox cgroup of the `sluice run` with process id pid.
+// Tests look only at their own runs: other tests (and other checkouts on
+// the machine) run sandboxes at the same time.
+func runCgroup(t *testing.T, pid int) string {
 	t.Helper()
 	self, err := cgroup.Self()
 	if err != nil {
 		t.Fatal(err)
 	}
-	entries, _ := os.ReadDir(self)
-	var out []string
-	for _, e := range entries {
-		if e.IsDir() && strings.HasPrefix(e.Name(), prefix) {
-			out = append(out, e.Name())
-		}
-	}
-	return out
+	return filepath.Join(self, fmt.Sprintf("sluice-run-%d", pid))
 }
 
-func assertNothingLeft(t *testing.T, w *world, cgBefore []string) {
+// assertNothingLeft checks that the `sluice run` processes pids left no
+// cgroup, run record, pinned link or counter behind.
+func assertNothingLeft(t *testing.T, w *world, pids ...int) {
 	t.Helper()
-	if got := cgroupsNamed(t, "sluice-run-"); len(got) != len(cgBefore) {
-		t.Fatalf("sandbox cgroups left behind: %v (before: %v)", got, cgBefore)
+	if len(pids) == 0 {
+		t.Fatal("no sluice run to check")
+	}
+	recs, _ := os.ReadDir(defaults.RunDir)
+	for _, pid := range pids {
+		cg := runCgroup(t, pid)
+		if _, err := os.Stat(cg); err == nil {
+			t.Fatalf("sandbox cgroup left behind: %s", cg)
+		}
+		for _, r := range recs {
+			data, _ := os.ReadFile(filepath.Join(defaults.RunDir, r.Name()))
+			if lines := strings.Split(string(data), "\n"); len(lines) > 1 && lines[1] == cg {
+				t.Fatalf("run record left behind: %s", r.Name())
+			}
+		}
 	}
 	links, _ := os.ReadDir(filepath.Join(w.pin, "links"))
 	if len(links) != 0 {
@@ -360,16 +369,10 @@ func assertNothingLeft(t *testing.T, w *world, cgBefore []string) {
 	if err := json.Unmarshal(out, &rows); err != nil || len(rows) != 0 {
 		t.Fatalf("counters left behind: %s", out)
 	}
-	recs, _ := os.ReadDir("/run/sluice/run")
-	for _, r := range recs {
-		data, _ := os.ReadFile(filepath.Join("/run/sluice/run", r.Name()))
-		if strings.HasPrefix(string(data), "e2e\n") {
-			t.Fatalf("run record left behind: %s", r.Name())
-		}
-	}
 }
 
 func TestRunAsUnprivilegedUserCannotLeaveCgroup(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	mnt, err := cgroup.Mount()
 	if err != nil {

@@ -337,6 +337,7 @@ func startFlakyTLS(t *testing.T, dir string) *flakyTLS {
 }
 
 func TestFaultUpstreamTLSWrong(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	up := startFlakyTLS(t, w.dir)
 	script := `for i in 1 2 3; do curl -s -o /dev/null -w "%{http_code}\n" --max-time 10 https://allowed.test:` +
@@ -409,6 +410,7 @@ func tryStartDaemon(t *testing.T, w *world, state string) (*daemonProc, string, 
 }
 
 func TestFaultSecretStoreKeyMissing(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	state := filepath.Join(w.dir, "state")
 	set := exec.Command(sluiceBin(t), "secret", "set", "DEMO_TOKEN", "--state-dir", state)
@@ -583,6 +585,7 @@ func TestFaultBPFFSPrivateToDaemon(t *testing.T) {
 }
 
 func TestFaultAuditDiskFull(t *testing.T) {
+	t.Parallel()
 	w, _ := advWorld(t)
 	// sluice run with its audit log on /dev/full: traffic continues.
 	out, code := w.runRaw(t, []string{"--audit", "/dev/full"}, "curl", "-sS", "--max-time", "5",
@@ -592,34 +595,8 @@ func TestFaultAuditDiskFull(t *testing.T) {
 	}
 	// The daemon on /dev/full: traffic continues and the failed writes are
 	// counted (Prometheus).
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	metricsAddr := ln.Addr().String()
-	ln.Close()
-	d := &daemonProc{t: t, w: w, socket: filepath.Join(w.dir, "full.sock"), state: filepath.Join(w.dir, "fullstate")}
-	dlog := &syncBuffer{}
-	d.cmd = exec.Command(sluiceBin(t), "daemon", "--socket", d.socket, "--state-dir", d.state,
-		"--pin-dir", w.pin, "--dns-upstream", w.dns.Addr, "--dns-allow-loopback",
-		"--upstream-ca", w.api.CAFile, "--audit", "/dev/full", "--metrics", metricsAddr)
-	d.cmd.Stdout, d.cmd.Stderr = dlog, dlog
-	if err := d.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		for _, n := range d.names() {
-			d.cli("detach", n)
-		}
-		d.stop()
-	})
-	waitFor(t, "the daemon socket", 10*time.Second, func() bool {
-		c, err := net.Dial("unix", d.socket)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	})
+	d := startDaemonWith(t, w, daemonOpts{name: "full", audit: "/dev/full", metrics: true})
+	metricsAddr := d.metrics
 	pol := writePolicy(t, w.dir, "p.yaml", "version: 1\nrules:\n  - name: p\n    hosts: [plain.test]\n")
 	cg, pid := sandboxProc(t, "")
 	if o, err := d.cli("attach", "--policy", pol, "--pid", fmt.Sprint(pid), "--name", "full"); err != nil {
@@ -663,6 +640,7 @@ func (w *world) runRaw(t *testing.T, flags []string, cmd ...string) (string, int
 }
 
 func TestFaultPolicyReloadInvalid(t *testing.T) {
+	t.Parallel()
 	w, _ := advWorld(t) // its upstream has a certificate for forbidden.test
 	d := startDaemon(t, w)
 	good := writePolicy(t, w.dir, "good.yaml", "version: 1\nrules:\n  - name: p\n    hosts: [plain.test]\n")

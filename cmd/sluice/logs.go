@@ -12,11 +12,9 @@ import (
 
 	"github.com/sluice-dev/sluice/pkg/audit"
 	"github.com/sluice-dev/sluice/pkg/daemon"
+	"github.com/sluice-dev/sluice/pkg/defaults"
 	"github.com/spf13/cobra"
 )
-
-// defaultAuditFile is where the daemon writes its audit log.
-const defaultAuditFile = "/var/lib/sluice/audit.jsonl"
 
 type logsOptions struct {
 	file     string
@@ -28,14 +26,8 @@ type logsOptions struct {
 	poll     time.Duration
 }
 
-func init() { register(newLogsCmd) }
-
 func newLogsCmd(ro *rootOptions) *cobra.Command {
 	o := &logsOptions{}
-	def := os.Getenv("SLUICE_AUDIT_FILE")
-	if def == "" {
-		def = defaultAuditFile
-	}
 	cmd := &cobra.Command{
 		Use:   "logs [NAME]",
 		Short: "Show the audit log: DNS queries, connections, requests and refusals",
@@ -64,11 +56,19 @@ The log is the daemon's JSON-lines audit file; its schema is pkg/audit/SCHEMA.md
 			if o.packages && o.follow {
 				return errors.New("--packages lists what was fetched so far; it cannot be combined with --follow")
 			}
+			if o.file == "" && !o.stream {
+				file, err := defaultAuditFile(daemonConfigFile)
+				if err != nil {
+					return err
+				}
+				o.file = file
+			}
 			return runLogs(cmd, ro, o, name)
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&o.file, "file", def, "audit log to read (env SLUICE_AUDIT_FILE)")
+	f.StringVar(&o.file, "file", "", "audit log to read (env "+defaults.EnvAuditFile+"; default: the audit file of the daemon's "+
+		defaults.ConfigFile+", else "+defaults.AuditLog+")")
 	f.BoolVarP(&o.follow, "follow", "f", false, "keep printing events as they are written, until interrupted")
 	f.BoolVar(&o.stream, "stream", false, "with --follow: read the daemon's live event stream (--socket) instead of the file")
 	f.BoolVar(&o.json, "json", false, "print JSON (events as JSON lines; with --packages a JSON array)")
@@ -143,6 +143,34 @@ func runLogs(cmd *cobra.Command, ro *rootOptions, o *logsOptions, name string) e
 		return daemon.NewClient(ro.socket).Events(ctx, name, show)
 	}
 	return audit.Follow(ctx, o.file, o.poll, show)
+}
+
+// daemonConfigFile is the daemon configuration `sluice logs` takes its
+// default file from (a variable for tests).
+var daemonConfigFile = defaults.ConfigFile
+
+// defaultAuditFile is the file `sluice logs` reads without --file: $SLUICE_AUDIT_FILE,
+// else the audit file of the daemon configured by config (the file the packaged
+// systemd unit passes with --config), else defaults.AuditLog when config cannot
+// be read.
+func defaultAuditFile(config string) (string, error) {
+	if f := os.Getenv(defaults.EnvAuditFile); f != "" {
+		return f, nil
+	}
+	if _, err := os.Stat(config); err != nil {
+		return defaults.AuditLog, nil
+	}
+	cfg, err := daemon.LoadConfig(config)
+	if err != nil {
+		return defaults.AuditLog, nil
+	}
+	switch cfg.Audit {
+	case "":
+		return "", fmt.Errorf("the daemon's config %s writes no audit log: use --file", config)
+	case "-":
+		return "", fmt.Errorf("the daemon's config %s writes the audit log to standard output (the journal), not to a file: use --follow --stream, or --file", config)
+	}
+	return cfg.Audit, nil
 }
 
 // readLogs reads the audit file, preceded with --all by its rotated files,

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,12 +12,20 @@ import (
 	"time"
 
 	"github.com/sluice-dev/sluice/pkg/audit"
+	"github.com/sluice-dev/sluice/pkg/daemon"
+	"github.com/sluice-dev/sluice/pkg/defaults"
 )
 
 // writeAuditLog writes evs as a JSON-lines file the way the daemon does.
 func writeAuditLog(t *testing.T, evs []audit.Event) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	writeAuditLogTo(t, path, evs)
+	return path
+}
+
+func writeAuditLogTo(t *testing.T, path string, evs []audit.Event) {
+	t.Helper()
 	fs, err := audit.NewFileSink(path, audit.FileSinkOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -29,7 +38,6 @@ func writeAuditLog(t *testing.T, evs []audit.Event) string {
 	if err := fs.Close(); err != nil {
 		t.Fatal(err)
 	}
-	return path
 }
 
 func logEvents() []audit.Event {
@@ -226,6 +234,70 @@ func TestLogsAllRotated(t *testing.T) {
 	for i := 1; i < len(got); i++ {
 		if got[i].Before(got[i-1]) {
 			t.Fatalf("events out of order at %d: %v", i, got)
+		}
+	}
+}
+
+// TestLogsDefaultReadsPackagedAuditLog: without --file, `sluice logs` reads
+// the audit file named by the daemon's config, which for the packaged config
+// (scripts/deploy/config.yaml, installed as defaults.ConfigFile and passed by
+// the systemd unit: pkg/defaults TestPackagedFilesAgree) is
+// defaults.AuditLog; and the command prints what the daemon's audit sink
+// wrote with that config.
+func TestLogsDefaultReadsPackagedAuditLog(t *testing.T) {
+	t.Setenv(defaults.EnvAuditFile, "")
+	if got, err := defaultAuditFile("../../scripts/deploy/config.yaml"); err != nil || got != defaults.AuditLog {
+		t.Fatalf("packaged config: sluice logs reads %q (%v), want %s", got, err, defaults.AuditLog)
+	}
+	if got, err := defaultAuditFile(filepath.Join(t.TempDir(), "none.yaml")); err != nil || got != defaults.AuditLog {
+		t.Fatalf("no config: sluice logs reads %q (%v), want %s", got, err, defaults.AuditLog)
+	}
+
+	// End to end: the packaged config with its audit path moved to a
+	// temporary file the daemon's audit sink writes.
+	dir := t.TempDir()
+	packaged, err := os.ReadFile("../../scripts/deploy/config.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(dir, "audit.jsonl")
+	config := filepath.Join(dir, "config.yaml")
+	moved := strings.Replace(string(packaged), "audit: "+defaults.AuditLog, "audit: "+file, 1)
+	if err := os.WriteFile(config, []byte(moved), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := daemon.LoadConfig(config)
+	if err != nil || cfg.Audit != file {
+		t.Fatalf("config audit %q (%v), want %s", cfg.Audit, err, file)
+	}
+	// The daemon opens its sink with audit.OpenSink(cfg.Audit, ...).
+	sink, err := audit.OpenSink(cfg.Audit, audit.SinkOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := audit.NewLogger(slog.New(slog.DiscardHandler), audit.LoggerOptions{}, sink)
+	for _, ev := range logEvents() {
+		l.Emit(ev)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	daemonConfigFile = config
+	t.Cleanup(func() { daemonConfigFile = defaults.ConfigFile })
+	var stdout, stderr bytes.Buffer
+	if code := execute([]string{"logs", "agent2"}, strings.NewReader(""), &stdout, &stderr); code != 0 {
+		t.Fatalf("sluice logs: exit %d: %s", code, stderr.String())
+	}
+	if !strings.Contains(stdout.String(), "1.2.3.4:22") {
+		t.Fatalf("sluice logs without flags did not print the daemon's events:\n%s", stdout.String())
+	}
+
+	for audit, want := range map[string]string{`"-"`: "standard output", `""`: "writes no audit log"} {
+		if err := os.WriteFile(config, []byte("audit: "+audit+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := defaultAuditFile(config); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("config audit %s: %v, want an error with %q", audit, err, want)
 		}
 	}
 }

@@ -10,8 +10,6 @@ import (
 
 type manOptions struct{ dir string }
 
-func init() { register(newManCmd) }
-
 func newManCmd(ro *rootOptions) *cobra.Command {
 	o := &manOptions{}
 	cmd := &cobra.Command{

@@ -7,6 +7,7 @@ import (
 
 	"github.com/sluice-dev/sluice/pkg/containers"
 	"github.com/sluice-dev/sluice/pkg/daemon"
+	"github.com/sluice-dev/sluice/pkg/defaults"
 	"github.com/spf13/cobra"
 )
 
@@ -15,8 +16,6 @@ type ociHookOptions struct {
 	allowPaths bool
 	timeout    time.Duration
 }
-
-func init() { register(newOCIHookCmd) }
 
 func newOCIHookCmd(ro *rootOptions) *cobra.Command {
 	o := &ociHookOptions{}
@@ -74,7 +73,7 @@ the runtime refuses to start the container (fail closed).`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringArrayVar(&o.policyDirs, "policy-dir", []string{"/etc/sluice/policies"}, "directory of named policies (repeatable)")
+	f.StringArrayVar(&o.policyDirs, "policy-dir", []string{defaults.PolicyDir}, "directory of named policies (repeatable)")
 	f.BoolVar(&o.allowPaths, "allow-paths", false, "let the annotation name a policy file outside the policy directories")
 	f.DurationVar(&o.timeout, "timeout", 10*time.Second, "give up on the daemon after this long")
 	return cmd

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/netip"
 	"os"
 	"strings"
 	"text/tabwriter"
@@ -15,8 +14,6 @@ import (
 	"github.com/sluice-dev/sluice/pkg/audit"
 	"github.com/sluice-dev/sluice/pkg/policy"
 )
-
-func init() { register(newPolicyCmd) }
 
 // exitPolicyDenied is the exit status of `policy explain` for a refused request.
 const exitPolicyDenied = 3
@@ -238,7 +235,7 @@ destination port is replayed on port 443.`,
 			var obs []policy.Observation
 			skipped := 0
 			if err := audit.Decode(f, func(ev audit.Event) error {
-				if o, ok := policyObservation(ev); ok {
+				if o, ok := policy.ObservationOf(ev); ok {
 					obs = append(obs, o)
 				} else {
 					skipped++
@@ -257,58 +254,6 @@ destination port is replayed on port 443.`,
 	c.Flags().StringVar(&do.audit, "audit", "", "audit log (JSON lines) to replay")
 	c.Flags().BoolVar(&do.json, "json", false, "print the changes as JSON")
 	return c
-}
-
-// policyObservation turns an audit event into something to replay.
-func policyObservation(ev audit.Event) (policy.Observation, bool) {
-	var port uint16
-	var addr netip.Addr
-	if ap, err := netip.ParseAddrPort(ev.Dst); err == nil {
-		addr, port = ap.Addr(), ap.Port()
-	}
-	switch ev.Kind {
-	case audit.KindDNS:
-		if ev.QName == "" {
-			return policy.Observation{}, false
-		}
-		return policy.Observation{Kind: "dns", Host: strings.TrimSuffix(ev.QName, ".")}, true
-	case audit.KindConn:
-		host := ev.SNI
-		if host == "" {
-			host = ev.Host
-		}
-		if host == "" && !addr.IsValid() {
-			return policy.Observation{}, false
-		}
-		return policy.Observation{Kind: "conn", Host: host, Addr: addr, Port: port, Exe: ev.Exe}, true
-	case audit.KindHTTP:
-		if ev.Host == "" || ev.Method == "" {
-			return policy.Observation{}, false
-		}
-		if port == 0 {
-			port = 443
-		}
-		path := ev.Path
-		if i := strings.IndexAny(path, "?#"); i >= 0 {
-			path = path[:i]
-		}
-		return policy.Observation{Kind: "http", Host: ev.Host, Port: port, Method: ev.Method, Path: path, Exe: ev.Exe}, true
-	}
-	return policy.Observation{}, false
-}
-
-func policyObsTarget(o policy.Observation) string {
-	switch o.Kind {
-	case "dns":
-		return o.Host
-	case "conn":
-		h := o.Host
-		if h == "" {
-			h = o.Addr.String()
-		}
-		return fmt.Sprintf("%s port %d", h, o.Port)
-	}
-	return fmt.Sprintf("%s %s%s port %d", o.Method, o.Host, o.Path, o.Port)
 }
 
 func policyDescribe(d policy.Decision) string {
@@ -340,7 +285,7 @@ func writePolicyDiff(w io.Writer, n, skipped int, changes []policy.Change) error
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "  KIND\tTARGET\tCOUNT\tOLD\tNEW")
 		for _, c := range rows {
-			fmt.Fprintf(tw, "  %s\t%s\t%d\t%s\t%s\n", c.Obs.Kind, policyObsTarget(c.Obs), c.Count, policyDescribe(c.Old), policyDescribe(c.New))
+			fmt.Fprintf(tw, "  %s\t%s\t%d\t%s\t%s\n", c.Obs.Kind, c.Obs.Target(), c.Count, policyDescribe(c.Old), policyDescribe(c.New))
 		}
 		if err := tw.Flush(); err != nil {
 			return err
@@ -374,7 +319,7 @@ func writePolicyDiffJSON(w io.Writer, n, skipped int, changes []policy.Change) e
 		if c.NewlyDenied() {
 			kind = "newly_denied"
 		}
-		out.Changes = append(out.Changes, policyChangeJSON{Change: kind, Kind: c.Obs.Kind, Target: policyObsTarget(c.Obs), Count: c.Count,
+		out.Changes = append(out.Changes, policyChangeJSON{Change: kind, Kind: c.Obs.Kind, Target: c.Obs.Target(), Count: c.Count,
 			Old: c.Old.Verdict, OldRule: c.Old.Rule, New: c.New.Verdict, NewRule: c.New.Rule, Reason: c.New.Reason})
 	}
 	enc := json.NewEncoder(w)

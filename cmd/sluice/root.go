@@ -4,9 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 
 	"github.com/spf13/cobra"
+
+	"github.com/sluice-dev/sluice/pkg/defaults"
 )
 
 // rootOptions holds the flags every command shares.
@@ -42,22 +43,30 @@ func newRootCmd(o *rootOptions) *cobra.Command {
 	root.SetIn(o.stdin)
 	root.SetOut(o.stdout)
 	root.SetErr(o.stderr)
-	def := os.Getenv("SLUICE_SOCKET")
-	if def == "" {
-		def = "/run/sluice/sluice.sock"
-	}
-	root.PersistentFlags().StringVar(&o.socket, "socket", def, "daemon control socket (env SLUICE_SOCKET)")
-	for _, f := range subcommands {
-		root.AddCommand(f(o))
-	}
+	def := defaults.FromEnv(defaults.EnvSocket, defaults.Socket)
+	root.PersistentFlags().StringVar(&o.socket, "socket", def, "daemon control socket (env "+defaults.EnvSocket+")")
+	// Every command, one constructor each (help lists them sorted).
+	root.AddCommand(
+		newRunCmd(o),
+		newDaemonCmd(o),
+		newAttachCmd(o),
+		newDetachCmd(o),
+		newListCmd(o),
+		newBlockedCmd(o),
+		newLogsCmd(o),
+		newPolicyCmd(o),
+		newCACmd(o),
+		newSecretCmd(o),
+		newCallbackKeyCmd(o),
+		newContainerCmd(o),
+		newOCIHookCmd(o),
+		newKubeWatchCmd(o),
+		newDoctorCmd(o),
+		newManCmd(o),
+		newVersionCmd(o),
+	)
 	return root
 }
-
-// subcommands is filled by each command's file in an init function, so that
-// each command lives in its own file.
-var subcommands []func(*rootOptions) *cobra.Command
-
-func register(f func(*rootOptions) *cobra.Command) { subcommands = append(subcommands, f) }
 
 func execute(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	o := &rootOptions{stdin: stdin, stdout: stdout, stderr: stderr}

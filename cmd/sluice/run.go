@@ -5,6 +5,7 @@ import (
 
 	"github.com/sluice-dev/sluice/pkg/daemon"
 	"github.com/sluice-dev/sluice/pkg/sandbox"
+	"github.com/sluice-dev/sluice/pkg/defaults"
 	"github.com/spf13/cobra"
 )
 
@@ -23,8 +24,6 @@ type runOptions struct {
 	stateDir     string
 	labels       []string
 }
-
-func init() { register(newRunCmd) }
 
 func newRunCmd(ro *rootOptions) *cobra.Command {
 	o := &runOptions{}
@@ -108,8 +107,8 @@ intercepted hosts without flags.`,
 	f.StringArrayVar(&o.upstreamCAs, "upstream-ca", nil, "PEM file of extra roots trusted for upstream TLS (repeatable)")
 	f.StringVar(&o.secretsFile, "secrets-file", "", "NAME=value lines (file mode 0600 or stricter)")
 	f.StringArrayVar(&o.secretEnv, "secret-env", nil, "use $NAME of sluice's environment as secret NAME (repeatable); removed from CMD's environment")
-	f.StringVar(&o.pinDir, "pin-dir", "", "bpffs directory for pinned maps and links (default /sys/fs/bpf/sluice/v1)")
-	f.StringVar(&o.stateDir, "state-dir", "/var/lib/sluice", "secret store (used when present), callback signing key and sandbox uid locks")
+	f.StringVar(&o.pinDir, "pin-dir", "", "bpffs directory for pinned maps and links (default "+defaults.PinDir+")")
+	f.StringVar(&o.stateDir, "state-dir", defaults.StateDir, "secret store (used when present), callback signing key and sandbox uid locks")
 	f.StringVar(&o.user, "user", "", "run CMD as USER, UID[:GID] or root (default: the user behind sudo, else a fresh uid from 2100000000-2100065535)")
 	f.BoolVar(&o.noSummary, "no-summary", false, "do not print the allowed/denied summary at exit")
 	f.StringArrayVar(&o.labels, "label", nil, "label KEY=VALUE of the sandbox (repeatable): shown by sluice list, on audit events and in callback requests")

@@ -13,17 +13,13 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/sluice-dev/sluice/pkg/defaults"
 	"github.com/sluice-dev/sluice/pkg/secrets"
 )
 
-func init() { register(newSecretCmd) }
-
 // secretsDefaultStateDir is where the daemon keeps its state (env SLUICE_STATE_DIR).
 func secretsDefaultStateDir() string {
-	if d := os.Getenv("SLUICE_STATE_DIR"); d != "" {
-		return d
-	}
-	return "/var/lib/sluice"
+	return defaults.FromEnv(defaults.EnvStateDir, defaults.StateDir)
 }
 
 // secretsMaxValue bounds a value read from stdin or a file.

@@ -228,13 +228,13 @@ func TestSecretsNeverLeak(t *testing.T) {
 		}
 		cli("secret", "list", "--json", "--state-dir", d.state)
 		cli("list", "--json")
-		logs, _ := exec.Command(sluiceBin(t), "logs", "--json", "--all", "--file", filepath.Join(w.dir, "daemon-audit.jsonl")).CombinedOutput()
+		logs, _ := exec.Command(sluiceBin(t), "logs", "--json", "--all", "--file", d.audit).CombinedOutput()
 		lc.add("sluice logs output", logs)
 		lc.addTree(t, d.state, secrets.StoreFile) // while attached
 		cli("detach", "leak")
 		d.stop()
 		lc.add("daemon log", []byte(d.log.String()))
-		lc.addFile(t, filepath.Join(w.dir, "daemon-audit.jsonl"))
+		lc.addFile(t, d.audit)
 		lc.addTree(t, d.state, secrets.StoreFile)
 		if d.log.String() == "" {
 			t.Log("note: the daemon logged nothing")
@@ -324,13 +324,13 @@ rules:
 		}
 		dump, _ := inSandbox(t, cg, "", "sh", "-c", sandboxDump)
 		lc.add("sandbox environment (daemon, opaque)", []byte(dump))
-		logs, _ := exec.Command(sluiceBin(t), "logs", "--json", "--all", "--file", filepath.Join(w.dir, "daemon-audit.jsonl")).CombinedOutput()
+		logs, _ := exec.Command(sluiceBin(t), "logs", "--json", "--all", "--file", d.audit).CombinedOutput()
 		lc.add("sluice logs output", logs)
 		lc.addTree(t, d.state, secrets.StoreFile) // while attached
 		cli("detach", "opq")
 		d.stop()
 		lc.add("daemon log", []byte(d.log.String()))
-		lc.addFile(t, filepath.Join(w.dir, "daemon-audit.jsonl"))
+		lc.addFile(t, d.audit)
 		lc.addTree(t, d.state, secrets.StoreFile)
 	})
 

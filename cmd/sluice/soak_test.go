@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -74,43 +73,14 @@ type soakDaemon struct {
 
 func startSoakDaemon(t *testing.T, w *world) *soakDaemon {
 	t.Helper()
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	metricsAddr := ln.Addr().String()
-	ln.Close()
-	d := &daemonProc{t: t, w: w, socket: filepath.Join(w.dir, "soak.sock"), state: filepath.Join(w.dir, "soakstate")}
-	log := &syncBuffer{}
-	d.cmd = exec.Command(sluiceBin(t), "daemon", "--socket", d.socket, "--state-dir", d.state,
-		"--pin-dir", w.pin, "--dns-upstream", w.dns.Addr, "--dns-allow-loopback",
-		"--upstream-ca", w.api.CAFile, "--metrics", metricsAddr, "--log-level", "warn",
-		"--audit", filepath.Join(w.dir, "soak-audit.jsonl"))
-	d.cmd.Stdout, d.cmd.Stderr = log, log
-	if err := d.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	d := startDaemonWith(t, w, daemonOpts{name: "soak", metrics: true, extra: []string{"--log-level", "warn"}})
 	t.Cleanup(func() {
-		for _, n := range d.names() {
-			d.cli("detach", n)
-		}
-		d.stop()
-		if t.Failed() {
-			t.Logf("daemon log:\n%s", log.String())
-			if os.Getenv("SLUICE_SOAK_KEEP_AUDIT") != "" {
-				data, _ := os.ReadFile(filepath.Join(w.dir, "soak-audit.jsonl"))
-				os.WriteFile(os.Getenv("SLUICE_SOAK_KEEP_AUDIT"), data, 0o644)
-			}
+		if t.Failed() && os.Getenv("SLUICE_SOAK_KEEP_AUDIT") != "" {
+			data, _ := os.ReadFile(d.audit)
+			os.WriteFile(os.Getenv("SLUICE_SOAK_KEEP_AUDIT"), data, 0o644)
 		}
 	})
-	waitFor(t, "the daemon socket", 10*time.Second, func() bool {
-		c, err := net.Dial("unix", d.socket)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	})
-	return &soakDaemon{daemonProc: d, metrics: metricsAddr, start: time.Now()}
+	return &soakDaemon{daemonProc: d, metrics: d.metrics, start: time.Now()}
 }
 
 var goroutinesRE = regexp.MustCompile(`(?m)^go_goroutines ([0-9.e+]+)$`)

@@ -10,8 +10,6 @@ import (
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
-func init() { register(newVersionCmd) }
-
 func newVersionCmd(o *rootOptions) *cobra.Command {
 	return &cobra.Command{
 		Use:          "version",

@@ -4,7 +4,8 @@
 // Event per DNS query, connection, HTTP request, kernel refusal and
 // callback, and hand it to an Emitter. The daemon's Emitter is a Logger:
 // it queues without blocking and fans out to sinks (FileSink with size
-// rotation, WriterSink for stdout, Broadcast for the API stream, Summary for
+// rotation, WriterSink for standard error, both opened by OpenSink from the
+// --audit flag or "audit" setting; Broadcast for the API stream, Summary for
 // `sluice run`, MetricsSink for Prometheus). Metrics are derived from the
 // events, so components only emit events. The JSON schema is SCHEMA.md.
 //
@@ -27,8 +28,9 @@
 //   - No event field may hold a secret value, a query-string value or a
 //     request body. Build paths with RedactPath; Event.Injected holds
 //     header names only.
-//   - Field names are the Field* constants; the JSON encoding is
-//     byte-identical to encoding/json's.
+//   - Field names are the json tags of Event, each documented in
+//     SCHEMA.md (a test checks); the JSON encoding is byte-identical to
+//     encoding/json's.
 //   - Logger, FileSink, Broadcast, Summary, Metrics and MetricsSink are
 //     safe for concurrent use; a WriterSink belongs to one Logger. Close
 //     must be called on a Logger to flush and stop its goroutines; it

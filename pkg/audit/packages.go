@@ -8,6 +8,15 @@ import (
 	"unicode"
 )
 
+// Package ecosystems named by ClassifyPackage and the Ecosystem field.
+const (
+	EcosystemNPM    = "npm"
+	EcosystemPyPI   = "pypi"
+	EcosystemGo     = "go"
+	EcosystemCrates = "crates"
+	EcosystemMaven  = "maven"
+)
+
 // ClassifyPackage recognises a package download from its host and request
 // path and names its ecosystem (Ecosystem* constants), package and
 // version. It matches on the shape of the path, so mirrors and proxies

@@ -130,14 +130,6 @@ func Create(parent, name string) (string, error) {
 	return p, nil
 }
 
-// AddPID moves process pid into the cgroup at path.
-func AddPID(path string, pid int) error {
-	if err := os.WriteFile(filepath.Join(path, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0); err != nil {
-		return fmt.Errorf("moving pid %d into %s: %w", pid, path, err)
-	}
-	return nil
-}
-
 // PIDs lists the processes in the cgroup at path (not its children).
 func PIDs(path string) ([]int, error) {
 	data, err := os.ReadFile(filepath.Join(path, "cgroup.procs"))

@@ -9,7 +9,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"time"
 
 	"github.com/sluice-dev/sluice/pkg/audit"
 	"golang.org/x/sys/unix"
@@ -258,18 +257,6 @@ func (c *Client) Events(ctx context.Context, name string, fn func(audit.Event) e
 		return fmt.Errorf("daemon answered %s", resp.Status)
 	}
 	return audit.Decode(resp.Body, fn)
-}
-
-// Wait polls the daemon until it answers or timeout passes.
-func (c *Client) Wait(ctx context.Context, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		err := c.do(ctx, http.MethodGet, "/v1/health", nil, nil)
-		if err == nil || time.Now().After(deadline) {
-			return err
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
 
 func bytesReader(b []byte) io.Reader { return bytes.NewReader(b) }

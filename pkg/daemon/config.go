@@ -8,10 +8,9 @@ import (
 	"os"
 
 	"gopkg.in/yaml.v3"
-)
 
-// DefaultSocket is the daemon's control socket.
-const DefaultSocket = "/run/sluice/sluice.sock"
+	"github.com/sluice-dev/sluice/pkg/defaults"
+)
 
 // Config is the daemon's configuration file (YAML). Flags override it.
 type Config struct {
@@ -30,7 +29,8 @@ type Config struct {
 	DNSAllowLoopback bool `yaml:"dns_allow_loopback"`
 	// UpstreamCAs are PEM files trusted for upstream TLS besides system roots.
 	UpstreamCAs []string `yaml:"upstream_ca"`
-	// Audit is the audit sink: a file path, "-" for stdout, "" for none.
+	// Audit is the audit sink (audit.OpenSink): a file path, "-" for
+	// standard error, "" for none.
 	Audit string `yaml:"audit"`
 	// AuditMaxSizeMB and AuditMaxFiles rotate the audit file.
 	AuditMaxSizeMB int `yaml:"audit_max_size_mb"`
@@ -64,9 +64,9 @@ func LoadConfig(path string) (Config, error) {
 
 func (c *Config) defaults() {
 	if c.Socket == "" {
-		c.Socket = DefaultSocket
+		c.Socket = defaults.Socket
 	}
 	if c.StateDir == "" {
-		c.StateDir = DefaultStateDir
+		c.StateDir = defaults.StateDir
 	}
 }

@@ -89,16 +89,12 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 	bcast := audit.NewBroadcast()
 	metrics := audit.NewMetrics()
 	sinks := []audit.Sink{bcast, audit.NewMetricsSink(metrics)}
-	switch cfg.Audit {
-	case "":
-	case "-":
-		sinks = append(sinks, audit.NewWriterSink("stdout", os.Stdout))
-	default:
-		fs, err := audit.NewFileSink(cfg.Audit, audit.FileSinkOptions{MaxBytes: int64(cfg.AuditMaxSizeMB) << 20, Keep: cfg.AuditMaxFiles})
-		if err != nil {
-			return nil, err
-		}
-		sinks = append(sinks, fs)
+	sink, err := audit.OpenSink(cfg.Audit, audit.SinkOptions{File: audit.FileSinkOptions{MaxBytes: int64(cfg.AuditMaxSizeMB) << 20, Keep: cfg.AuditMaxFiles}})
+	if err != nil {
+		return nil, err
+	}
+	if sink != nil {
+		sinks = append(sinks, sink)
 	}
 	alog := audit.NewLogger(log.With("component", "audit"), audit.LoggerOptions{}, sinks...)
 	metrics.WatchLogger(alog)

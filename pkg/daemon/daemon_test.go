@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/sluice-dev/sluice/pkg/defaults"
 	"github.com/sluice-dev/sluice/pkg/policy"
 	"github.com/sluice-dev/sluice/pkg/secrets"
 )
@@ -44,7 +45,7 @@ func TestLoadConfig(t *testing.T) {
 	}
 	empty := filepath.Join(dir, "empty.yaml")
 	os.WriteFile(empty, nil, 0o600)
-	if c, err := LoadConfig(empty); err != nil || c.Socket != DefaultSocket {
+	if c, err := LoadConfig(empty); err != nil || c.Socket != defaults.Socket {
 		t.Fatalf("empty config: %+v, %v", c, err)
 	}
 	bad := filepath.Join(dir, "bad.yaml")

@@ -34,7 +34,7 @@ func splitOpaque(sandbox string, pol *policy.Policy, text []byte) ([]byte, map[s
 	}
 	for _, rule := range seq(mapValue(root(&doc), "rules")) {
 		for _, hdr := range seq(mapValue(rule, "headers")) {
-			if t := mapValue(hdr, "type"); t != nil && t.Value == "opaque" {
+			if t := mapValue(hdr, "type"); t != nil && t.Value == policy.HeaderOpaque.String() {
 				if v := mapValue(hdr, "value"); v != nil {
 					v.Value, v.Style, v.Tag = opaqueMarker, yaml.DoubleQuotedStyle, "!!str"
 				}

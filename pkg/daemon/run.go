@@ -18,6 +18,7 @@ import (
 
 	"github.com/sluice-dev/sluice/pkg/audit"
 	"github.com/sluice-dev/sluice/pkg/cgroup"
+	"github.com/sluice-dev/sluice/pkg/defaults"
 	"github.com/sluice-dev/sluice/pkg/enforcer"
 	"github.com/sluice-dev/sluice/pkg/policy"
 	"github.com/sluice-dev/sluice/pkg/sandbox"
@@ -38,7 +39,7 @@ type RunOptions struct {
 	UpstreamCAs      []string // PEM files trusted for upstream TLS besides the system roots
 	SecretsFile      string   // NAME=value lines, mode 0600 or stricter
 	SecretEnv        []string // variables of sluice's own environment used as secrets
-	AuditPath        string   // "" none, "-" standard error, else a file
+	AuditPath        string   // audit.OpenSink: "" none, "-" standard error, else a file
 	PinDir           string
 	StateDir         string // secret store, callback key and uid locks (default /var/lib/sluice)
 	Summary          bool   // print the allowed/denied summary at exit
@@ -136,16 +137,12 @@ func Run(ctx context.Context, o RunOptions) (int, error) {
 	var sinks []audit.Sink
 	summary := audit.NewSummary()
 	sinks = append(sinks, summary)
-	switch o.AuditPath {
-	case "":
-	case "-":
-		sinks = append(sinks, audit.NewWriterSink("stderr", o.Stderr))
-	default:
-		fs, err := audit.NewFileSink(o.AuditPath, audit.FileSinkOptions{})
-		if err != nil {
-			return 0, err
-		}
-		sinks = append(sinks, fs)
+	sink, err := audit.OpenSink(o.AuditPath, audit.SinkOptions{Stderr: o.Stderr})
+	if err != nil {
+		return 0, err
+	}
+	if sink != nil {
+		sinks = append(sinks, sink)
 	}
 	alog := audit.NewLogger(log.With("component", "audit"), audit.LoggerOptions{}, sinks...)
 	defer alog.Close()
@@ -291,7 +288,7 @@ wait:
 
 // RunDir holds the records of live `sluice run` sandboxes, so that
 // `sluice blocked` can name them.
-const RunDir = "/run/sluice/run"
+const RunDir = defaults.RunDir
 
 func writeRunRecord(name, cg string, id uint64) error {
 	if err := os.MkdirAll(RunDir, 0o755); err != nil {
@@ -325,7 +322,7 @@ func RunNames() map[uint64]string {
 }
 
 // DefaultStateDir is the daemon's state directory.
-const DefaultStateDir = "/var/lib/sluice"
+const DefaultStateDir = defaults.StateDir
 
 // SandboxNames maps cgroup ids to sandbox names, from the records of live
 // `sluice run` sandboxes and the daemon's state directory.

@@ -145,10 +145,7 @@ func testUDPBatches(t *testing.T, up *upstream, host string, setup func(*testing
 	if len(want) != 0 {
 		t.Fatalf("%d queries unanswered", len(want))
 	}
-	deadline := time.Now().Add(2 * time.Second)
-	for len(e.ev.all()) < sent && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	e.ev.Wait(t, "one event per query", func(evs []audit.Event) bool { return len(evs) >= sent })
 	evs := e.ev.all()
 	if len(evs) != sent {
 		t.Fatalf("%d events for %d queries", len(evs), sent)

@@ -78,12 +78,6 @@ func (ts *templates) put(key []byte, t *template) {
 	ts.m[string(key)] = t
 }
 
-func (ts *templates) drop(key []byte) {
-	ts.mu.Lock()
-	delete(ts.m, string(key))
-	ts.mu.Unlock()
-}
-
 // query is what the fast path reads from a wire query.
 type query struct {
 	key     []byte // lower-case name, qtype, EDNS flag

@@ -90,10 +90,7 @@ func TestUDPFastPath(t *testing.T) {
 		}
 	}
 	// Every query has its event, fast or slow.
-	deadline := time.Now().Add(2 * time.Second)
-	for len(e.ev.all()) < len(steps) && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	e.ev.Wait(t, "one event per query", func(evs []audit.Event) bool { return len(evs) >= len(steps) })
 	evs := e.ev.all()
 	if len(evs) != len(steps) {
 		t.Fatalf("%d events for %d queries", len(evs), len(steps))

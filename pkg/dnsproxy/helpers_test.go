@@ -17,6 +17,7 @@ import (
 
 	"github.com/sluice-dev/sluice/pkg/audit"
 	"github.com/sluice-dev/sluice/pkg/policy"
+	"github.com/sluice-dev/sluice/pkg/testutil"
 )
 
 // upstream is a real miekg/dns server on 127.0.0.1 (UDP and TCP on one
@@ -54,12 +55,6 @@ func (u *upstream) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 		m.Truncate(size)
 	}
 	w.WriteMsg(m)
-}
-
-func (u *upstream) setAnswer(f func(q dns.Question, net string, m *dns.Msg)) {
-	u.mu.Lock()
-	u.answer = f
-	u.mu.Unlock()
 }
 
 func (u *upstream) queries() []string {
@@ -258,23 +253,10 @@ func (a *allowRec) allowedAt(addr netip.Addr, t time.Time) bool {
 	return ok && t.Before(e.until)
 }
 
-// events records audit events.
-type events struct {
-	mu  sync.Mutex
-	evs []audit.Event
-}
+// events records audit events in the shared test recorder.
+type events struct{ *testutil.AuditRecorder }
 
-func (e *events) Emit(ev audit.Event) {
-	e.mu.Lock()
-	e.evs = append(e.evs, ev)
-	e.mu.Unlock()
-}
-
-func (e *events) all() []audit.Event {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return append([]audit.Event(nil), e.evs...)
-}
+func (e *events) all() []audit.Event { return e.Events() }
 
 func (e *events) last(t *testing.T) audit.Event {
 	t.Helper()
@@ -337,7 +319,7 @@ func newEnv(t testing.TB, cfg Config, tp testPolicy) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{r: r, allow: &allowRec{}, ev: &events{}}
+	e := &env{r: r, allow: &allowRec{}, ev: &events{testutil.NewAuditRecorder()}}
 	e.pol.Store(tp.build(t))
 	e.sb = &Sandbox{Name: "sb1", ID: 42, Allow: e.allow, Audit: e.ev, Policy: e.pol.Load}
 	e.h, err = r.Handler(e.sb)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/sluice-dev/sluice/pkg/audit"
 	"github.com/sluice-dev/sluice/pkg/policy"
+	"github.com/sluice-dev/sluice/pkg/testutil"
 )
 
 const realPolicy = `version: 1
@@ -54,7 +55,7 @@ func TestRealPolicy(t *testing.T) {
 	}
 	var cur atomic.Pointer[policy.Policy]
 	cur.Store(mustParse(t, realPolicy))
-	allow, evs := &allowRec{}, &events{}
+	allow, evs := &allowRec{}, &events{testutil.NewAuditRecorder()}
 	sb := &Sandbox{Name: "real", ID: 7, Policy: cur.Load, Allow: allow, Audit: evs}
 	h, err := r.Handler(sb)
 	if err != nil {

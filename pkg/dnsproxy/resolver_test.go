@@ -75,8 +75,10 @@ func TestServeAllowDeny(t *testing.T) {
 	if got := up.queries(); len(got) != 2 {
 		t.Errorf("upstream saw %v, want the two allowed queries only", got)
 	}
+	// The server emits each event after it has replied: wait for all six.
+	evs := e.ev.Wait(t, "one event per query", func(evs []audit.Event) bool { return len(evs) >= len(tests) })
 	var deny int
-	for _, ev := range e.ev.all() {
+	for _, ev := range evs {
 		if ev.Kind != audit.KindDNS || ev.Sandbox != "sb1" || ev.CgroupID != 42 {
 			t.Errorf("event %+v: wrong kind or sandbox", ev)
 		}
@@ -84,8 +86,8 @@ func TestServeAllowDeny(t *testing.T) {
 			deny++
 		}
 	}
-	if deny != 3 {
-		t.Errorf("%d deny events for forbidden.test, want 3", deny)
+	if len(evs) != len(tests) || deny != 3 {
+		t.Errorf("%d events with %d deny events for forbidden.test, want %d with 3", len(evs), deny, len(tests))
 	}
 	cancel()
 	select {

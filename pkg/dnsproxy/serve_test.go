@@ -9,6 +9,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/sluice-dev/sluice/pkg/audit"
 	"github.com/sluice-dev/sluice/pkg/testutil"
 )
 
@@ -122,11 +123,8 @@ func TestServeOddMessagesAudited(t *testing.T) {
 			t.Fatalf("%s: %v %v, want FORMERR", netw, r, err)
 		}
 	}
-	deadline := time.Now().Add(2 * time.Second)
-	for len(e.ev.all()) < 2 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	for _, ev := range e.ev.all() {
+	evs := e.ev.Wait(t, "two events", func(evs []audit.Event) bool { return len(evs) >= 2 })
+	for _, ev := range evs {
 		if ev.Reason != reasonQuestions {
 			t.Errorf("event %+v", ev)
 		}

@@ -12,6 +12,7 @@ import (
 	"unsafe"
 
 	"github.com/sluice-dev/sluice/pkg/cgroup"
+	"github.com/sluice-dev/sluice/pkg/defaults"
 	"golang.org/x/sys/unix"
 )
 
@@ -74,7 +75,7 @@ func (e *Env) defaults() {
 		e.ProcStatus = "/proc/self/status"
 	}
 	if e.BPFFS == "" {
-		e.BPFFS = "/sys/fs/bpf"
+		e.BPFFS = defaults.BPFFS
 	}
 	if e.KernelRelease == nil {
 		e.KernelRelease = unameRelease
@@ -313,7 +314,7 @@ func checkDaemon(ctx context.Context, env Env) Result {
 	fi, err := os.Stat(env.Socket)
 	if errors.Is(err, os.ErrNotExist) {
 		return Result{Check: "daemon", Status: Warn, Detail: "the daemon is not running (no socket at " + env.Socket + ")",
-			Fix: "start it: systemctl start sluice, or sluice daemon --config /etc/sluice/config.yaml"}
+			Fix: "start it: systemctl start sluice, or sluice daemon --config " + defaults.ConfigFile}
 	}
 	if err != nil {
 		return Result{Check: "daemon", Status: Fail, Detail: err.Error(), Fix: "run sluice doctor as root"}

@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/sluice-dev/sluice/pkg/daemon"
+	"github.com/sluice-dev/sluice/pkg/defaults"
 	"github.com/sluice-dev/sluice/pkg/policy"
 	"gopkg.in/yaml.v3"
 )
@@ -262,7 +263,7 @@ func TestPackagedConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Socket != daemon.DefaultSocket || cfg.StateDir != "/var/lib/sluice" {
+	if cfg.Socket != defaults.Socket || cfg.StateDir != defaults.StateDir {
 		t.Fatalf("config %+v", cfg)
 	}
 }

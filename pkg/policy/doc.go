@@ -30,7 +30,8 @@
 //
 // Explain and Diff answer `sluice policy explain` and `sluice policy diff`
 // from the same matchers the resolver and the proxy use, so what they print
-// is what enforcement does. Schema is the JSON Schema of the format.
+// is what enforcement does; ObservationOf turns a recorded audit event into
+// what Diff replays. Schema is the JSON Schema of the format.
 //
 // The policy reference (fields, wildcard semantics, precedence table) is in
 // the README (section "Policy reference").

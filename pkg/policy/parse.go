@@ -669,15 +669,8 @@ func (ps *parser) header(path string, n *yaml.Node) (Header, bool) {
 				good = false
 				continue
 			}
-			switch s {
-			case "secret":
-				h.Type = HeaderSecret
-			case "plaintext":
-				h.Type = HeaderPlaintext
-			case "opaque":
-				h.Type = HeaderOpaque
-			default:
-				ps.errf(f.val, fp, "%q is not one of secret, plaintext, opaque", s)
+			if h.Type, ok = parseHeaderType(s); !ok {
+				ps.errf(f.val, fp, "%q is not one of %s", s, headerTypeWords())
 				good = false
 			}
 		case "value":

@@ -51,17 +51,6 @@ const (
 	HeaderOpaque
 )
 
-func (t HeaderType) String() string {
-	switch t {
-	case HeaderPlaintext:
-		return "plaintext"
-	case HeaderOpaque:
-		return "opaque"
-	default:
-		return "secret"
-	}
-}
-
 // Policy is a parsed, validated and compiled policy. It is immutable after
 // Parse returns and safe for concurrent use.
 type Policy struct {

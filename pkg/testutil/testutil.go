@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/sluice-dev/sluice/pkg/cgroup"
+	"github.com/sluice-dev/sluice/pkg/defaults"
 	"golang.org/x/sys/unix"
 )
 
@@ -24,7 +25,7 @@ func RequirePrivileged(t testing.TB) {
 		reason = "needs root (CAP_SYS_ADMIN and CAP_BPF) to load eBPF programs and create cgroups"
 	} else if _, err := cgroup.Mount(); err != nil {
 		reason = "needs a cgroup v2 mount: " + err.Error()
-	} else if _, err := os.Stat("/sys/fs/bpf"); err != nil {
+	} else if _, err := os.Stat(defaults.BPFFS); err != nil {
 		reason = "needs bpffs support (/sys/fs/bpf): " + err.Error()
 	}
 	if reason == "" {
@@ -72,13 +73,13 @@ func Cgroup(t testing.TB) (path string, id uint64) {
 func PinDir(t testing.TB) string {
 	t.Helper()
 	var fs unix.Statfs_t
-	if err := unix.Statfs("/sys/fs/bpf", &fs); err != nil || fs.Type != unix.BPF_FS_MAGIC {
-		_ = os.MkdirAll("/sys/fs/bpf", 0o755)
-		if err := unix.Mount("bpffs", "/sys/fs/bpf", "bpf", 0, "mode=0700"); err != nil {
+	if err := unix.Statfs(defaults.BPFFS, &fs); err != nil || fs.Type != unix.BPF_FS_MAGIC {
+		_ = os.MkdirAll(defaults.BPFFS, 0o755)
+		if err := unix.Mount("bpffs", defaults.BPFFS, "bpf", 0, "mode=0700"); err != nil {
 			t.Fatalf("mounting bpffs: %v", err)
 		}
 	}
-	dir := filepath.Join("/sys/fs/bpf", RandomName("sluice-test-"), "v1")
+	dir := filepath.Join(defaults.BPFFS, RandomName("sluice-test-"), "v1")
 	t.Cleanup(func() { os.RemoveAll(filepath.Dir(dir)) })
 	return dir
 }
