@@ -74,6 +74,9 @@ const struct event *unused_event __attribute__((unused));
 const struct counter_key *unused_ck __attribute__((unused));
 const struct counter_val *unused_cv __attribute__((unused));
 const struct orig_key *unused_ok __attribute__((unused));
+const enum reason *unused_reason __attribute__((unused));
+const enum allow_flag *unused_allow_flag __attribute__((unused));
+const enum sandbox_flag *unused_sandbox_flag __attribute__((unused));
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -502,7 +505,7 @@ int sluice_sock_create(struct bpf_sock *ctx)
 	}
 	if (!ok) {
 		__u32 audit = cfg->flags & SB_AUDIT;
-		refuse(sb, none, 0, ctx->protocol, REASON_SOCKET, audit);
+		refuse(sb, none, 0, ctx->protocol, REASON_SOCKET_TYPE, audit);
 		return audit ? 1 : 0;
 	}
 	return 1;

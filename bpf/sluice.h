@@ -13,26 +13,34 @@
 #define MAX_PORTS 8
 #define MAX_CGROUP_DEPTH 32
 
-/* sandbox flags */
-#define SB_AUDIT 1 /* record would-be refusals, refuse nothing */
+/* Enums reach Go through bpf2go -type, and the Go side names a refusal
+ * reason after its enumerator (REASON_NOT_ALLOWED renders "not_allowed"), so
+ * a new reason is one line here plus its use in a program. */
 
-/* allow entry flags */
-#define AL_DIRECT 1 /* kernel allow, no proxy */
-#define AL_DENY 2   /* refused even if a wider prefix allows */
-#define AL_STATIC 4 /* from a policy CIDR (not learned from DNS) */
-#define AL_UDP 8    /* UDP allowed too (direct rules only) */
+/* sandbox flags (sandbox_cfg.flags) */
+enum sandbox_flag {
+	SB_AUDIT = 1, /* record would-be refusals, refuse nothing */
+};
+
+/* allow entry flags (allow_val.flags) */
+enum allow_flag {
+	AL_DIRECT = 1, /* kernel allow, no proxy */
+	AL_DENY = 2,   /* refused even if a wider prefix allows */
+	AL_STATIC = 4, /* from a policy CIDR (not learned from DNS) */
+	AL_UDP = 8,    /* UDP allowed too (direct rules only) */
+};
 
 /* refusal reasons (counters and events) */
 enum reason {
-	REASON_NOT_ALLOWED = 1, /* destination not in the allowlist */
-	REASON_EXPIRED = 2,     /* allowlist entry past its TTL */
-	REASON_PORT = 3,        /* port not allowed by the rule */
-	REASON_UDP = 4,         /* UDP other than DNS */
-	REASON_METADATA = 5,    /* cloud metadata address */
-	REASON_SOCKET = 6,      /* socket type refused (raw, MPTCP, SCTP, ...) */
+	REASON_NOT_ALLOWED = 1,     /* destination not in the allowlist */
+	REASON_EXPIRED = 2,         /* allowlist entry past its TTL */
+	REASON_PORT = 3,            /* port not allowed by the rule */
+	REASON_UDP = 4,             /* UDP other than DNS */
+	REASON_METADATA = 5,        /* cloud metadata address */
+	REASON_SOCKET_TYPE = 6,     /* socket type refused (raw, MPTCP, SCTP, ...) */
 	REASON_UNKNOWN_SANDBOX = 7, /* no registered sandbox above the cgroup */
-	REASON_DENY_RULE = 8,   /* a deny rule names the destination */
-	REASON_BIND = 9,        /* bind to one of sluice's own ports */
+	REASON_DENY_RULE = 8,       /* a deny rule names the destination */
+	REASON_BIND = 9,            /* bind to one of sluice's own ports */
 };
 
 #define PROTO_TCP 6

@@ -230,18 +230,11 @@ func (rt *Runtime) KernelEvents(ctx context.Context) error {
 		if r.Audit {
 			d = audit.DecisionWouldDeny
 		}
-		proto := "tcp"
-		if r.Proto == enforcer.ProtoUDP {
-			proto = "udp"
-		}
-		ev := audit.Event{
+		v := enforcer.Render(r.Reason, r.Proto, r.Dst)
+		rt.Audit.Emit(audit.Event{
 			Time: r.Time, Kind: audit.KindKernel, Sandbox: rt.NameOf(r.Sandbox), CgroupID: r.CgroupID,
-			PID: r.PID, Comm: r.Comm, Decision: d, Reason: enforcer.ReasonString(r.Reason), Proto: proto,
-		}
-		if r.Reason != enforcer.ReasonSocket {
-			ev.Dst = r.Dst.String()
-		}
-		rt.Audit.Emit(ev)
+			PID: r.PID, Comm: r.Comm, Decision: d, Reason: v.Reason, Proto: v.Proto, Dst: v.Dst(),
+		})
 	})
 }
 

@@ -29,53 +29,15 @@ const (
 	ProtoUDP = 17
 )
 
-// Reasons for a kernel refusal.
+// Flag bits of allow entries and sandboxes (enum allow_flag and enum
+// sandbox_flag of bpf/sluice.h).
 const (
-	ReasonNotAllowed     = 1
-	ReasonExpired        = 2
-	ReasonPort           = 3
-	ReasonUDP            = 4
-	ReasonMetadata       = 5
-	ReasonSocket         = 6
-	ReasonUnknownSandbox = 7
-	ReasonDenyRule       = 8
-	ReasonBind           = 9
+	alDirect = uint32(sluiceAllowFlagAL_DIRECT)
+	alDeny   = uint32(sluiceAllowFlagAL_DENY)
+	alStatic = uint32(sluiceAllowFlagAL_STATIC)
+	alUDP    = uint32(sluiceAllowFlagAL_UDP)
+	sbAudit  = uint32(sluiceSandboxFlagSB_AUDIT)
 )
-
-// ReasonString names a refusal reason.
-func ReasonString(r uint32) string {
-	switch r {
-	case ReasonNotAllowed:
-		return "not_allowed"
-	case ReasonExpired:
-		return "expired"
-	case ReasonPort:
-		return "port"
-	case ReasonUDP:
-		return "udp"
-	case ReasonMetadata:
-		return "metadata"
-	case ReasonSocket:
-		return "socket_type"
-	case ReasonUnknownSandbox:
-		return "unknown_sandbox"
-	case ReasonDenyRule:
-		return "deny_rule"
-	case ReasonBind:
-		return "bind"
-	}
-	return "reason_" + strconv.Itoa(int(r))
-}
-
-// allow entry flags, as in bpf/sluice.h.
-const (
-	alDirect = 1
-	alDeny   = 2
-	alStatic = 4
-	alUDP    = 8
-)
-
-const sbAudit = 1
 
 // Config configures an Enforcer.
 type Config struct {

@@ -24,7 +24,7 @@ type Refusal struct {
 	Comm     string
 	Dst      netip.AddrPort
 	Proto    uint16
-	Reason   uint32
+	Reason   Reason
 	Audit    bool // would have been refused; audit mode let it through
 }
 
@@ -59,7 +59,7 @@ func (e *Enforcer) Events(ctx context.Context, fn func(Refusal)) error {
 			Comm:     cString(ev.Comm[:]),
 			Dst:      netip.AddrPortFrom(netip.AddrFrom16(ev.Addr).Unmap(), ev.Port),
 			Proto:    ev.Proto,
-			Reason:   ev.Reason,
+			Reason:   Reason(ev.Reason),
 			Audit:    ev.Audit != 0,
 		})
 	}
@@ -70,7 +70,7 @@ type Blocked struct {
 	Sandbox  uint64
 	Dst      netip.AddrPort
 	Proto    uint16
-	Reason   uint32
+	Reason   Reason
 	Count    uint64
 	LastSeen time.Time
 }
@@ -92,7 +92,7 @@ func ReadBlocked(pinDir string) ([]Blocked, error) {
 			Sandbox:  k.Sandbox,
 			Dst:      netip.AddrPortFrom(netip.AddrFrom16(k.Addr).Unmap(), k.Port),
 			Proto:    k.Proto,
-			Reason:   k.Reason,
+			Reason:   Reason(k.Reason),
 			Count:    v.Count,
 			LastSeen: wallAt(v.LastNs),
 		})

@@ -13,6 +13,15 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type sluiceAllowFlag uint32
+
+const (
+	sluiceAllowFlagAL_DIRECT sluiceAllowFlag = 1
+	sluiceAllowFlagAL_DENY   sluiceAllowFlag = 2
+	sluiceAllowFlagAL_STATIC sluiceAllowFlag = 4
+	sluiceAllowFlagAL_UDP    sluiceAllowFlag = 8
+)
+
 type sluiceAllowKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
@@ -80,12 +89,32 @@ type sluiceOrigKey struct {
 	Pad     uint32
 }
 
+type sluiceReason uint32
+
+const (
+	sluiceReasonREASON_NOT_ALLOWED     sluiceReason = 1
+	sluiceReasonREASON_EXPIRED         sluiceReason = 2
+	sluiceReasonREASON_PORT            sluiceReason = 3
+	sluiceReasonREASON_UDP             sluiceReason = 4
+	sluiceReasonREASON_METADATA        sluiceReason = 5
+	sluiceReasonREASON_SOCKET_TYPE     sluiceReason = 6
+	sluiceReasonREASON_UNKNOWN_SANDBOX sluiceReason = 7
+	sluiceReasonREASON_DENY_RULE       sluiceReason = 8
+	sluiceReasonREASON_BIND            sluiceReason = 9
+)
+
 type sluiceSandboxCfg struct {
 	_         structs.HostLayout
 	ProxyPort uint16
 	DnsPort   uint16
 	Flags     uint32
 }
+
+type sluiceSandboxFlag uint32
+
+const (
+	sluiceSandboxFlagSB_AUDIT sluiceSandboxFlag = 1
+)
 
 // Names of all BPF objects in the ELF.
 //
@@ -111,10 +140,13 @@ const (
 	sluiceProgSluiceSkbEgress    = "sluice_skb_egress"
 	sluiceProgSluiceSockCreate   = "sluice_sock_create"
 	sluiceProgSluiceSockops      = "sluice_sockops"
+	sluiceVarUnusedAllowFlag     = "unused_allow_flag"
 	sluiceVarUnusedCk            = "unused_ck"
 	sluiceVarUnusedCv            = "unused_cv"
 	sluiceVarUnusedEvent         = "unused_event"
 	sluiceVarUnusedOk            = "unused_ok"
+	sluiceVarUnusedReason        = "unused_reason"
+	sluiceVarUnusedSandboxFlag   = "unused_sandbox_flag"
 )
 
 // loadSluice returns the embedded CollectionSpec for sluice.
@@ -191,10 +223,13 @@ type sluiceMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sluiceVariableSpecs struct {
-	UnusedCk    *ebpf.VariableSpec `ebpf:"unused_ck"`
-	UnusedCv    *ebpf.VariableSpec `ebpf:"unused_cv"`
-	UnusedEvent *ebpf.VariableSpec `ebpf:"unused_event"`
-	UnusedOk    *ebpf.VariableSpec `ebpf:"unused_ok"`
+	UnusedAllowFlag   *ebpf.VariableSpec `ebpf:"unused_allow_flag"`
+	UnusedCk          *ebpf.VariableSpec `ebpf:"unused_ck"`
+	UnusedCv          *ebpf.VariableSpec `ebpf:"unused_cv"`
+	UnusedEvent       *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedOk          *ebpf.VariableSpec `ebpf:"unused_ok"`
+	UnusedReason      *ebpf.VariableSpec `ebpf:"unused_reason"`
+	UnusedSandboxFlag *ebpf.VariableSpec `ebpf:"unused_sandbox_flag"`
 }
 
 // sluiceObjects contains all objects after they have been loaded into the kernel.
@@ -242,10 +277,13 @@ func (m *sluiceMaps) Close() error {
 //
 // It can be passed to loadSluiceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sluiceVariables struct {
-	UnusedCk    *ebpf.Variable `ebpf:"unused_ck"`
-	UnusedCv    *ebpf.Variable `ebpf:"unused_cv"`
-	UnusedEvent *ebpf.Variable `ebpf:"unused_event"`
-	UnusedOk    *ebpf.Variable `ebpf:"unused_ok"`
+	UnusedAllowFlag   *ebpf.Variable `ebpf:"unused_allow_flag"`
+	UnusedCk          *ebpf.Variable `ebpf:"unused_ck"`
+	UnusedCv          *ebpf.Variable `ebpf:"unused_cv"`
+	UnusedEvent       *ebpf.Variable `ebpf:"unused_event"`
+	UnusedOk          *ebpf.Variable `ebpf:"unused_ok"`
+	UnusedReason      *ebpf.Variable `ebpf:"unused_reason"`
+	UnusedSandboxFlag *ebpf.Variable `ebpf:"unused_sandbox_flag"`
 }
 
 // sluicePrograms contains all programs after they have been loaded into the kernel.
