@@ -21,13 +21,32 @@
  *   sock_create  refuses raw, SCTP, MPTCP and ICMP sockets.
  *   bind4/6      refuses binding one of sluice's own ports.
  *   sockops      original-destination recovery, see below.
- *   cgroup_skb   (egress) records which process sent each UDP DNS query, so
- *                the resolver can attribute it (see dns_origin).
+ *   setsockopt   refuses socket options that make the kernel route a packet
+ *                somewhere else than the address connect/sendmsg saw (see
+ *                "Source routing" below).
+ *   cgroup_skb   (egress) drops packets that still carry a routing header or
+ *                IPv4 options, and records which process sent each UDP DNS
+ *                query, so the resolver can attribute it (see dns_origin).
  *
  * IPv4-mapped IPv6 (::ffff:a.b.c.d) on a v6 socket never reaches connect4:
  * tcp_v6_connect hands it to tcp_v4_connect directly. connect6 therefore treats
  * it as the IPv4 address it maps (every address is stored v4-mapped in the
  * maps) and redirects it to ::ffff:127.0.0.1.
+ *
+ * Source routing. An IPv6 routing header (IPV6_RTHDR and its RFC 2292
+ * spellings, set as a socket option or as sendmsg ancillary data) or an IPv4
+ * loose/strict source route (IP_OPTIONS, or IP_RETOPTS ancillary data) makes
+ * the kernel send the packet to the route's first hop, while connect/sendmsg
+ * only saw (and rewrote) the final destination. A sandbox could so reach any
+ * address with a datagram "to the resolver", or a TCP SYN carrying data. The
+ * setsockopt program refuses every option that can carry such a header
+ * (IPV6_RTHDR, IPV6_2292RTHDR, IPV6_DSTOPTS, IPV6_2292DSTOPTS,
+ * IPV6_RTHDRDSTOPTS, IPV6_2292PKTOPTIONS, and all of IP_OPTIONS/IP_RETOPTS:
+ * no sandbox needs IPv4 options); ancillary data never passes it, so the
+ * egress program drops any sandbox packet whose IPv6 extension header chain
+ * (walked up to MAX_EXT_HEADERS deep; deeper chains are dropped too) holds a
+ * routing header, and any IPv4 packet with options. Both refuse in audit
+ * mode too: like metadata, they defeat the mechanism, not the policy.
  *
  * Original destination. connect4/6 keep {original address, port, pid, comm,
  * sandbox} in socket-local storage (BPF_MAP_TYPE_SK_STORAGE). The source port is
@@ -181,8 +200,8 @@ static __always_inline int is_metadata(const __u8 a[16])
 	return 1;
 }
 
-static __always_inline void refuse(__u64 sandbox, const __u8 addr[16], __u16 port,
-				   __u16 proto, __u32 reason, __u32 audit)
+static __always_inline void count_refusal(__u64 sandbox, const __u8 addr[16], __u16 port,
+					  __u16 proto, __u32 reason)
 {
 	struct counter_key ck = {};
 	ck.sandbox = sandbox;
@@ -199,7 +218,13 @@ static __always_inline void refuse(__u64 sandbox, const __u8 addr[16], __u16 por
 		struct counter_val nv = {.count = 1, .last_ns = now};
 		bpf_map_update_elem(&counters, &ck, &nv, BPF_NOEXIST);
 	}
+}
 
+static __always_inline void refuse(__u64 sandbox, const __u8 addr[16], __u16 port,
+				   __u16 proto, __u32 reason, __u32 audit)
+{
+	count_refusal(sandbox, addr, port, proto, reason);
+	__u64 now = bpf_ktime_get_ns();
 	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e)
 		return;
@@ -542,6 +567,161 @@ int sluice_bind6(struct bpf_sock_addr *ctx)
 	return bind_check(ctx, addr);
 }
 
+/* ---- source routing (see the header comment) ---- */
+
+#define SOL_IP_ 0
+#define SOL_IPV6_ 41
+#define IP_OPTIONS_ 4
+#define IP_RETOPTS_ 7
+#define IPV6_2292DSTOPTS_ 4
+#define IPV6_2292RTHDR_ 5
+#define IPV6_2292PKTOPTIONS_ 6
+#define IPV6_RTHDRDSTOPTS_ 55
+#define IPV6_RTHDR_ 57
+#define IPV6_DSTOPTS_ 59
+#define PAGE_SIZE_ 4096
+
+static __always_inline int routing_option(int level, int optname)
+{
+	if (level == SOL_IP_)
+		return optname == IP_OPTIONS_ || optname == IP_RETOPTS_;
+	if (level != SOL_IPV6_)
+		return 0;
+	switch (optname) {
+	case IPV6_2292DSTOPTS_:
+	case IPV6_2292RTHDR_:
+	case IPV6_2292PKTOPTIONS_:
+	case IPV6_RTHDRDSTOPTS_:
+	case IPV6_RTHDR_:
+	case IPV6_DSTOPTS_:
+		return 1;
+	}
+	return 0;
+}
+
+SEC("cgroup/setsockopt")
+int sluice_setsockopt(struct bpf_sockopt *ctx)
+{
+	/* Clearing an option (an empty value) stays allowed. */
+	if (ctx->optlen > 0 && routing_option(ctx->level, ctx->optname)) {
+		__u64 sb = 0;
+		find_sandbox(&sb);
+		__u8 none[16] = {};
+		/* The counter's port is the option, its proto the level. */
+		refuse(sb, none, (__u16)ctx->optname, (__u16)ctx->level, REASON_ROUTING_OPTION, 0);
+		return 0;
+	}
+	/* A value beyond a page: let the kernel use the caller's own buffer
+	 * (otherwise kernels before 6.5 fail the call with EFAULT). */
+	if (ctx->optlen > PAGE_SIZE_)
+		ctx->optlen = 0;
+	return 1;
+}
+
+#define ETH_P_IP_ 0x0800
+#define ETH_P_IPV6_ 0x86DD
+#define NEXTHDR_HOP 0
+#define NEXTHDR_ROUTING 43
+#define NEXTHDR_FRAGMENT 44
+#define NEXTHDR_AUTH 51
+#define NEXTHDR_DEST 60
+
+/* routed_packet reports whether the packet (skb data starts at the IP
+ * header in cgroup_skb programs) carries IPv4 options or an IPv6 routing
+ * header, and sets dst to its IP destination (the first hop). */
+static __always_inline int routed_packet(struct __sk_buff *skb, __u8 dst[16])
+{
+	if (skb->protocol == bpf_htons(ETH_P_IP_)) {
+		__u8 vihl = 0;
+		if (bpf_skb_load_bytes(skb, 0, &vihl, 1))
+			return 0;
+		if ((vihl & 0x0f) <= 5)
+			return 0;
+		__u32 d = 0;
+		bpf_skb_load_bytes(skb, 16, &d, 4);
+		v4_to_addr(d, dst);
+		return 1;
+	}
+	if (skb->protocol != bpf_htons(ETH_P_IPV6_))
+		return 0;
+	__u8 nh = 0;
+	if (bpf_skb_load_bytes(skb, 6, &nh, 1))
+		return 0;
+	__u32 off = 40;
+	for (int i = 0; i < MAX_EXT_HEADERS; i++) {
+		__u8 h[2] = {};
+		switch (nh) {
+		case NEXTHDR_ROUTING:
+			bpf_skb_load_bytes(skb, 24, dst, 16);
+			return 1;
+		case NEXTHDR_HOP:
+		case NEXTHDR_DEST:
+			if (bpf_skb_load_bytes(skb, off, h, 2))
+				return 0;
+			nh = h[0];
+			off += ((__u32)h[1] + 1) * 8;
+			break;
+		case NEXTHDR_FRAGMENT:
+			if (bpf_skb_load_bytes(skb, off, h, 2))
+				return 0;
+			nh = h[0];
+			off += 8;
+			break;
+		case NEXTHDR_AUTH:
+			if (bpf_skb_load_bytes(skb, off, h, 2))
+				return 0;
+			nh = h[0];
+			off += ((__u32)h[1] + 2) * 4;
+			break;
+		default:
+			return 0; /* upper layer (or no next header): no routing header */
+		}
+	}
+	/* A chain deeper than any real packet: drop it rather than guess. */
+	bpf_skb_load_bytes(skb, 24, dst, 16);
+	return 1;
+}
+
+/* skb_sandbox finds the sandbox of a packet's socket (bpf_get_current_*
+ * does not describe the sender in softirq context). */
+static __always_inline __u64 skb_sandbox(struct __sk_buff *skb)
+{
+	for (int level = 0; level < MAX_CGROUP_DEPTH; level++) {
+		__u64 cg = bpf_skb_ancestor_cgroup_id(skb, level);
+		if (cg == 0)
+			break;
+		if (bpf_map_lookup_elem(&sandboxes, &cg))
+			return cg;
+	}
+	return 0;
+}
+
+/* refuse_skb counts and reports a refusal seen on egress. pid and comm are
+ * the socket's creator's when connect recorded them, else empty. */
+static __always_inline void refuse_skb(struct __sk_buff *skb, struct bpf_sock *sk,
+				       const __u8 addr[16], __u16 port, __u16 proto, __u32 reason)
+{
+	__u64 sb = skb_sandbox(skb);
+	count_refusal(sb, addr, port, proto, reason);
+	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e)
+		return;
+	__builtin_memset(e, 0, sizeof(*e));
+	e->sandbox = sb;
+	e->cgroup = bpf_skb_cgroup_id(skb);
+	e->ts_ns = bpf_ktime_get_ns();
+	e->reason = reason;
+	__builtin_memcpy(e->addr, addr, 16);
+	e->port = port;
+	e->proto = proto;
+	struct orig *o = sk ? bpf_sk_storage_get(&orig_sk, sk, 0, 0) : 0;
+	if (o) {
+		e->pid = o->pid;
+		__builtin_memcpy(e->comm, o->comm, sizeof(e->comm));
+	}
+	bpf_ringbuf_submit(e, 0);
+}
+
 SEC("sockops")
 int sluice_sockops(struct bpf_sock_ops *skops)
 {
@@ -581,9 +761,13 @@ SEC("cgroup_skb/egress")
 int sluice_skb_egress(struct __sk_buff *skb)
 {
 	struct bpf_sock *sk = skb->sk;
-	if (!sk)
-		return 1;
-	sk = bpf_sk_fullsock(sk);
+	if (sk)
+		sk = bpf_sk_fullsock(sk);
+	__u8 hop[16] = {};
+	if (routed_packet(skb, hop)) {
+		refuse_skb(skb, sk, hop, 0, sk ? (__u16)sk->protocol : 0, REASON_ROUTED_PACKET);
+		return 0;
+	}
 	if (!sk || sk->protocol != IPPROTO_UDP)
 		return 1;
 	struct orig *o = bpf_sk_storage_get(&orig_sk, sk, 0, 0);

@@ -12,6 +12,7 @@
 #define MAX_COUNTERS 65536
 #define MAX_PORTS 8
 #define MAX_CGROUP_DEPTH 32
+#define MAX_EXT_HEADERS 8 /* IPv6 extension headers walked on egress */
 
 /* Enums reach Go through bpf2go -type, and the Go side names a refusal
  * reason after its enumerator (REASON_NOT_ALLOWED renders "not_allowed"), so
@@ -41,6 +42,8 @@ enum reason {
 	REASON_UNKNOWN_SANDBOX = 7, /* no registered sandbox above the cgroup */
 	REASON_DENY_RULE = 8,       /* a deny rule names the destination */
 	REASON_BIND = 9,            /* bind to one of sluice's own ports */
+	REASON_ROUTING_OPTION = 10, /* setsockopt of an IPv6 routing/destination header or IPv4 options */
+	REASON_ROUTED_PACKET = 11,  /* packet with an IPv6 routing header or IPv4 options dropped */
 };
 
 #define PROTO_TCP 6

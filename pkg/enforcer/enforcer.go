@@ -168,6 +168,7 @@ var attachments = []attachSpec{
 	{"bind6", ebpf.AttachCGroupInet6Bind, func(o *sluiceObjects) *ebpf.Program { return o.SluiceBind6 }},
 	{"sockops", ebpf.AttachCGroupSockOps, func(o *sluiceObjects) *ebpf.Program { return o.SluiceSockops }},
 	{"skb_egress", ebpf.AttachCGroupInetEgress, func(o *sluiceObjects) *ebpf.Program { return o.SluiceSkbEgress }},
+	{"setsockopt", ebpf.AttachCGroupSetsockopt, func(o *sluiceObjects) *ebpf.Program { return o.SluiceSetsockopt }},
 }
 
 func (e *Enforcer) linkDir(id uint64) string {

@@ -8,6 +8,7 @@ import (
 	"sync"
 
 	"github.com/cilium/ebpf/btf"
+	"golang.org/x/sys/unix"
 )
 
 // Reason is why sluice refused something: enum reason of bpf/sluice.h,
@@ -18,7 +19,9 @@ type Reason uint32
 // The reasons Go code tests for. The others need no Go name: String
 // renders every reason from the enum itself.
 const (
-	ReasonSocketType = Reason(sluiceReasonREASON_SOCKET_TYPE)
+	ReasonSocketType    = Reason(sluiceReasonREASON_SOCKET_TYPE)
+	ReasonRoutingOption = Reason(sluiceReasonREASON_ROUTING_OPTION)
+	ReasonRoutedPacket  = Reason(sluiceReasonREASON_ROUTED_PACKET)
 )
 
 // reasonNames maps each enumerator of enum reason to its rendered name,
@@ -75,6 +78,13 @@ func Render(reason Reason, proto uint16, dst netip.AddrPort) View {
 	case ReasonSocketType:
 		v.Proto = "proto-" + strconv.Itoa(int(proto))
 		v.Addr, v.Port = "", 0
+	case ReasonRoutingOption:
+		// proto is the option's level (SOL_IP, SOL_IPV6), Port its number.
+		v.Proto = "ip"
+		if proto == unix.SOL_IPV6 {
+			v.Proto = "ipv6"
+		}
+		v.Addr = ""
 	}
 	return v
 }

@@ -101,6 +101,8 @@ const (
 	sluiceReasonREASON_UNKNOWN_SANDBOX sluiceReason = 7
 	sluiceReasonREASON_DENY_RULE       sluiceReason = 8
 	sluiceReasonREASON_BIND            sluiceReason = 9
+	sluiceReasonREASON_ROUTING_OPTION  sluiceReason = 10
+	sluiceReasonREASON_ROUTED_PACKET   sluiceReason = 11
 )
 
 type sluiceSandboxCfg struct {
@@ -137,6 +139,7 @@ const (
 	sluiceProgSluiceRecvmsg6     = "sluice_recvmsg6"
 	sluiceProgSluiceSendmsg4     = "sluice_sendmsg4"
 	sluiceProgSluiceSendmsg6     = "sluice_sendmsg6"
+	sluiceProgSluiceSetsockopt   = "sluice_setsockopt"
 	sluiceProgSluiceSkbEgress    = "sluice_skb_egress"
 	sluiceProgSluiceSockCreate   = "sluice_sock_create"
 	sluiceProgSluiceSockops      = "sluice_sockops"
@@ -201,6 +204,7 @@ type sluiceProgramSpecs struct {
 	SluiceRecvmsg6     *ebpf.ProgramSpec `ebpf:"sluice_recvmsg6"`
 	SluiceSendmsg4     *ebpf.ProgramSpec `ebpf:"sluice_sendmsg4"`
 	SluiceSendmsg6     *ebpf.ProgramSpec `ebpf:"sluice_sendmsg6"`
+	SluiceSetsockopt   *ebpf.ProgramSpec `ebpf:"sluice_setsockopt"`
 	SluiceSkbEgress    *ebpf.ProgramSpec `ebpf:"sluice_skb_egress"`
 	SluiceSockCreate   *ebpf.ProgramSpec `ebpf:"sluice_sock_create"`
 	SluiceSockops      *ebpf.ProgramSpec `ebpf:"sluice_sockops"`
@@ -300,6 +304,7 @@ type sluicePrograms struct {
 	SluiceRecvmsg6     *ebpf.Program `ebpf:"sluice_recvmsg6"`
 	SluiceSendmsg4     *ebpf.Program `ebpf:"sluice_sendmsg4"`
 	SluiceSendmsg6     *ebpf.Program `ebpf:"sluice_sendmsg6"`
+	SluiceSetsockopt   *ebpf.Program `ebpf:"sluice_setsockopt"`
 	SluiceSkbEgress    *ebpf.Program `ebpf:"sluice_skb_egress"`
 	SluiceSockCreate   *ebpf.Program `ebpf:"sluice_sock_create"`
 	SluiceSockops      *ebpf.Program `ebpf:"sluice_sockops"`
@@ -317,6 +322,7 @@ func (p *sluicePrograms) Close() error {
 		p.SluiceRecvmsg6,
 		p.SluiceSendmsg4,
 		p.SluiceSendmsg6,
+		p.SluiceSetsockopt,
 		p.SluiceSkbEgress,
 		p.SluiceSockCreate,
 		p.SluiceSockops,

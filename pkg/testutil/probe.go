@@ -132,6 +132,9 @@ func runProbe(mode, target string) string {
 	if out, ok := attackProbe(mode, target); ok {
 		return out
 	}
+	if out, ok := routeProbe(mode, target); ok {
+		return out
+	}
 	return "error unknown probe " + mode
 }
 
