@@ -19,7 +19,9 @@
  *   recvmsg4/6,  rewrite the resolver's (and proxy's) address back to the one
  *   getpeername  the program asked, so glibc and musl accept DNS replies.
  *   sock_create  refuses raw, SCTP, MPTCP and ICMP sockets.
- *   bind4/6      refuses binding one of sluice's own ports.
+ *   bind4/6      refuses binding one of sluice's own ports, and rewrites a
+ *                TCP bind to a wildcard or non-loopback address to loopback
+ *                unless a listen rule names the port (see "Inbound" below).
  *   sockops      original-destination recovery, see below.
  *   setsockopt   refuses socket options that make the kernel route a packet
  *                somewhere else than the address connect/sendmsg saw (see
@@ -47,6 +49,17 @@
  * (walked up to MAX_EXT_HEADERS deep; deeper chains are dropped too) holds a
  * routing header, and any IPv4 packet with options. Both refuse in audit
  * mode too: like metadata, they defeat the mechanism, not the policy.
+ *
+ * Inbound. A passively established connection (the sandbox listened, a
+ * peer connected) never passes connect4/6, so data could leave over it.
+ * bind4/6 keep TCP listeners on loopback unless a listen rule names the port
+ * (a bind to a non-loopback address with port 0 picks a source address for
+ * an outgoing connection and is left alone). Whatever the bind, sockops marks
+ * each accepted connection at BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB (before
+ * accept() can return it), and the egress program checks its peer at the
+ * first packet out: a loopback peer, or one a listen rule names for that
+ * port (listen_allow), passes; otherwise every packet of the connection is
+ * dropped (counted once, reason inbound) and the peer receives no byte.
  *
  * Original destination. connect4/6 keep {original address, port, pid, comm,
  * sandbox} in socket-local storage (BPF_MAP_TYPE_SK_STORAGE). The source port is
@@ -137,6 +150,31 @@ struct {
 	__type(key, struct orig_key);
 	__type(value, struct orig);
 } dns_origin SEC(".maps");
+
+/* listen_allow: the peers a listen rule admits, per sandbox (LPM on the
+ * same key as allow; the value's ports are the listening ports, none means
+ * any). listen_ports: the ports a sandbox may bind beyond loopback. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, MAX_LISTEN);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct allow_key);
+	__type(value, struct allow_val);
+} listen_allow SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_LISTEN);
+	__type(key, struct listen_port_key);
+	__type(value, __u32);
+} listen_ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct inbound);
+} inbound_sk SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -536,7 +574,26 @@ int sluice_sock_create(struct bpf_sock *ctx)
 	return 1;
 }
 
-static __always_inline int bind_check(struct bpf_sock_addr *ctx, __u8 addr[16])
+static __always_inline int is_loopback(const __u8 a[16])
+{
+	if (is_v4mapped(a))
+		return a[12] == 127;
+	for (int i = 0; i < 15; i++)
+		if (a[i])
+			return 0;
+	return a[15] == 1;
+}
+
+static __always_inline int is_wildcard(const __u8 a[16])
+{
+	for (int i = 12; i < 16; i++)
+		if (a[i])
+			return 0;
+	return is_v4mapped(a) || (!a[0] && !a[1] && !a[2] && !a[3] && !a[4] && !a[5] && !a[6] &&
+				  !a[7] && !a[8] && !a[9] && !a[10] && !a[11]);
+}
+
+static __always_inline int bind_check(struct bpf_sock_addr *ctx, __u8 addr[16], int family)
 {
 	__u64 sb = 0;
 	struct sandbox_cfg *cfg = find_sandbox(&sb);
@@ -547,6 +604,21 @@ static __always_inline int bind_check(struct bpf_sock_addr *ctx, __u8 addr[16])
 		refuse(sb, addr, port, sock_proto(ctx), REASON_BIND, 0);
 		return 0;
 	}
+	/* Inbound: keep TCP listeners on loopback unless a listen rule names
+	 * the port. Audit mode changes nothing. */
+	if (ctx->type != SOCK_STREAM || (cfg->flags & SB_AUDIT) || is_loopback(addr))
+		return 1;
+	if (!is_wildcard(addr) && port == 0)
+		return 1; /* a source address for an outgoing connection */
+	struct listen_port_key lk = {};
+	lk.sandbox = sb;
+	lk.port = port;
+	if (port != 0 && bpf_map_lookup_elem(&listen_ports, &lk))
+		return 1;
+	if (family == AF_INET)
+		ctx->user_ip4 = bpf_htonl(0x7f000001);
+	else
+		set6(ctx, port, is_v4mapped(addr));
 	return 1;
 }
 
@@ -555,7 +627,7 @@ int sluice_bind4(struct bpf_sock_addr *ctx)
 {
 	__u8 addr[16];
 	v4_to_addr(ctx->user_ip4, addr);
-	return bind_check(ctx, addr);
+	return bind_check(ctx, addr, AF_INET);
 }
 
 SEC("cgroup/bind6")
@@ -564,7 +636,7 @@ int sluice_bind6(struct bpf_sock_addr *ctx)
 	__u8 addr[16];
 	__u32 ip6[4] = {ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3]};
 	v6_to_addr(ip6, addr);
-	return bind_check(ctx, addr);
+	return bind_check(ctx, addr, AF_INET6);
 }
 
 /* ---- source routing (see the header comment) ---- */
@@ -699,7 +771,8 @@ static __always_inline __u64 skb_sandbox(struct __sk_buff *skb)
 /* refuse_skb counts and reports a refusal seen on egress. pid and comm are
  * the socket's creator's when connect recorded them, else empty. */
 static __always_inline void refuse_skb(struct __sk_buff *skb, struct bpf_sock *sk,
-				       const __u8 addr[16], __u16 port, __u16 proto, __u32 reason)
+				       const __u8 addr[16], __u16 port, __u16 proto, __u32 reason,
+				       __u32 audit)
 {
 	__u64 sb = skb_sandbox(skb);
 	count_refusal(sb, addr, port, proto, reason);
@@ -714,6 +787,7 @@ static __always_inline void refuse_skb(struct __sk_buff *skb, struct bpf_sock *s
 	__builtin_memcpy(e->addr, addr, 16);
 	e->port = port;
 	e->proto = proto;
+	e->audit = audit;
 	struct orig *o = sk ? bpf_sk_storage_get(&orig_sk, sk, 0, 0) : 0;
 	if (o) {
 		e->pid = o->pid;
@@ -722,9 +796,69 @@ static __always_inline void refuse_skb(struct __sk_buff *skb, struct bpf_sock *s
 	bpf_ringbuf_submit(e, 0);
 }
 
+/* ---- inbound (see the header comment) ---- */
+
+/* inbound_verdict decides an accepted connection at its first packet out. */
+static __always_inline __u32 inbound_verdict(struct __sk_buff *skb, struct bpf_sock *sk)
+{
+	/* The socket's addresses as the skb context exposes them. */
+	/* Each field read on its own, unconditionally, 4 bytes at a time: the
+	 * verifier refuses a context pointer clang offset once for several
+	 * loads. */
+	__u32 fam = skb->family;
+	asm volatile("" ::: "memory");
+	__u32 r4 = skb->remote_ip4;
+	asm volatile("" ::: "memory");
+	__u32 w0 = skb->remote_ip6[0];
+	asm volatile("" ::: "memory");
+	__u32 w1 = skb->remote_ip6[1];
+	asm volatile("" ::: "memory");
+	__u32 w2 = skb->remote_ip6[2];
+	asm volatile("" ::: "memory");
+	__u32 w3 = skb->remote_ip6[3];
+	asm volatile("" ::: "memory");
+	__u32 lport = skb->local_port;
+	__u8 peer[16];
+	if (fam == AF_INET) {
+		v4_to_addr(r4, peer);
+	} else {
+		__u32 w[4] = {w0, w1, w2, w3};
+		__builtin_memcpy(peer, w, 16);
+	}
+	if (is_loopback(peer))
+		return INBOUND_ALLOWED;
+	__u16 port = (__u16)lport; /* the listening port, host order */
+	__u64 sb = skb_sandbox(skb);
+	struct allow_key k = {};
+	k.prefixlen = 64 + 128;
+	__builtin_memcpy(k.sandbox, &sb, 8);
+	__builtin_memcpy(k.addr, peer, 16);
+	struct allow_val *v = bpf_map_lookup_elem(&listen_allow, &k);
+	if (v) {
+		if (!v->nports)
+			return INBOUND_ALLOWED;
+		for (int i = 0; i < MAX_PORTS; i++)
+			if (i < v->nports && v->ports[i] == port)
+				return INBOUND_ALLOWED;
+	}
+	struct sandbox_cfg *cfg = bpf_map_lookup_elem(&sandboxes, &sb);
+	__u32 audit = cfg && (cfg->flags & SB_AUDIT);
+	refuse_skb(skb, sk, peer, port, PROTO_TCP, REASON_INBOUND, audit);
+	return audit ? INBOUND_ALLOWED : INBOUND_DENIED;
+}
+
 SEC("sockops")
 int sluice_sockops(struct bpf_sock_ops *skops)
 {
+	if (skops->op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB) {
+		struct bpf_sock *sk = skops->sk;
+		if (!sk)
+			return 1;
+		struct inbound *in = bpf_sk_storage_get(&inbound_sk, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (in)
+			in->state = INBOUND_PENDING;
+		return 1;
+	}
 	if (skops->op != BPF_SOCK_OPS_TCP_CONNECT_CB)
 		return 1;
 	struct bpf_sock *sk = skops->sk;
@@ -765,8 +899,16 @@ int sluice_skb_egress(struct __sk_buff *skb)
 		sk = bpf_sk_fullsock(sk);
 	__u8 hop[16] = {};
 	if (routed_packet(skb, hop)) {
-		refuse_skb(skb, sk, hop, 0, sk ? (__u16)sk->protocol : 0, REASON_ROUTED_PACKET);
+		refuse_skb(skb, sk, hop, 0, sk ? (__u16)sk->protocol : 0, REASON_ROUTED_PACKET, 0);
 		return 0;
+	}
+	if (sk && sk->protocol == IPPROTO_TCP) {
+		struct inbound *in = bpf_sk_storage_get(&inbound_sk, sk, 0, 0);
+		if (in && in->state == INBOUND_PENDING)
+			in->state = inbound_verdict(skb, sk);
+		if (in && in->state == INBOUND_DENIED)
+			return 0;
+		return 1;
 	}
 	if (!sk || sk->protocol != IPPROTO_UDP)
 		return 1;

@@ -12,6 +12,7 @@
 #define MAX_COUNTERS 65536
 #define MAX_PORTS 8
 #define MAX_CGROUP_DEPTH 32
+#define MAX_LISTEN 65536
 #define MAX_EXT_HEADERS 8 /* IPv6 extension headers walked on egress */
 
 /* Enums reach Go through bpf2go -type, and the Go side names a refusal
@@ -44,6 +45,7 @@ enum reason {
 	REASON_BIND = 9,            /* bind to one of sluice's own ports */
 	REASON_ROUTING_OPTION = 10, /* setsockopt of an IPv6 routing/destination header or IPv4 options */
 	REASON_ROUTED_PACKET = 11,  /* packet with an IPv6 routing header or IPv4 options dropped */
+	REASON_INBOUND = 12,        /* data on a connection accepted from a peer no listen rule names */
 };
 
 #define PROTO_TCP 6
@@ -87,6 +89,26 @@ struct orig_key {
 	__u8 addr[16]; /* client's local address, v4-mapped for IPv4 */
 	__u16 port;    /* client's local port, host order */
 	__u16 proto;
+	__u32 pad;
+};
+
+/* listen_ports: the ports a sandbox may listen on beyond loopback. */
+struct listen_port_key {
+	__u64 sandbox;
+	__u16 port; /* host order */
+	__u16 pad[3];
+};
+
+/* The verdict on a passively established (accepted) TCP connection, kept in
+ * socket-local storage. */
+enum inbound_state {
+	INBOUND_PENDING = 1, /* accepted; the peer is checked at the first packet out */
+	INBOUND_ALLOWED = 2,
+	INBOUND_DENIED = 3, /* every packet out is dropped */
+};
+
+struct inbound {
+	__u32 state;
 	__u32 pad;
 };
 

@@ -290,6 +290,9 @@ func (s *Sandbox) Detach() error {
 	}
 	s.e.deleteAllow(func(k *sluiceAllowKey) bool { return binary.NativeEndian.Uint64(k.Sandbox[:]) == s.id })
 	s.e.deleteCounters(s.id)
+	s.e.mu.Lock()
+	s.e.deleteListenLocked(s.id, nil, nil)
+	s.e.mu.Unlock()
 	return errors.Join(errs...)
 }
 

@@ -22,6 +22,7 @@ const (
 	ReasonSocketType    = Reason(sluiceReasonREASON_SOCKET_TYPE)
 	ReasonRoutingOption = Reason(sluiceReasonREASON_ROUTING_OPTION)
 	ReasonRoutedPacket  = Reason(sluiceReasonREASON_ROUTED_PACKET)
+	ReasonInbound       = Reason(sluiceReasonREASON_INBOUND)
 )
 
 // reasonNames maps each enumerator of enum reason to its rendered name,

@@ -67,6 +67,19 @@ type sluiceEvent struct {
 	Comm    [16]uint8
 }
 
+type sluiceInbound struct {
+	_     structs.HostLayout
+	State uint32
+	Pad   uint32
+}
+
+type sluiceListenPortKey struct {
+	_       structs.HostLayout
+	Sandbox uint64
+	Port    uint16
+	Pad     [3]uint16
+}
+
 type sluiceOrig struct {
 	_          structs.HostLayout
 	Sandbox    uint64
@@ -103,6 +116,7 @@ const (
 	sluiceReasonREASON_BIND            sluiceReason = 9
 	sluiceReasonREASON_ROUTING_OPTION  sluiceReason = 10
 	sluiceReasonREASON_ROUTED_PACKET   sluiceReason = 11
+	sluiceReasonREASON_INBOUND         sluiceReason = 12
 )
 
 type sluiceSandboxCfg struct {
@@ -126,6 +140,9 @@ const (
 	sluiceMapCounters            = "counters"
 	sluiceMapDnsOrigin           = "dns_origin"
 	sluiceMapEvents              = "events"
+	sluiceMapInboundSk           = "inbound_sk"
+	sluiceMapListenAllow         = "listen_allow"
+	sluiceMapListenPorts         = "listen_ports"
 	sluiceMapOrigByTuple         = "orig_by_tuple"
 	sluiceMapOrigSk              = "orig_sk"
 	sluiceMapSandboxes           = "sandboxes"
@@ -218,6 +235,9 @@ type sluiceMapSpecs struct {
 	Counters    *ebpf.MapSpec `ebpf:"counters"`
 	DnsOrigin   *ebpf.MapSpec `ebpf:"dns_origin"`
 	Events      *ebpf.MapSpec `ebpf:"events"`
+	InboundSk   *ebpf.MapSpec `ebpf:"inbound_sk"`
+	ListenAllow *ebpf.MapSpec `ebpf:"listen_allow"`
+	ListenPorts *ebpf.MapSpec `ebpf:"listen_ports"`
 	OrigByTuple *ebpf.MapSpec `ebpf:"orig_by_tuple"`
 	OrigSk      *ebpf.MapSpec `ebpf:"orig_sk"`
 	Sandboxes   *ebpf.MapSpec `ebpf:"sandboxes"`
@@ -260,6 +280,9 @@ type sluiceMaps struct {
 	Counters    *ebpf.Map `ebpf:"counters"`
 	DnsOrigin   *ebpf.Map `ebpf:"dns_origin"`
 	Events      *ebpf.Map `ebpf:"events"`
+	InboundSk   *ebpf.Map `ebpf:"inbound_sk"`
+	ListenAllow *ebpf.Map `ebpf:"listen_allow"`
+	ListenPorts *ebpf.Map `ebpf:"listen_ports"`
 	OrigByTuple *ebpf.Map `ebpf:"orig_by_tuple"`
 	OrigSk      *ebpf.Map `ebpf:"orig_sk"`
 	Sandboxes   *ebpf.Map `ebpf:"sandboxes"`
@@ -271,6 +294,9 @@ func (m *sluiceMaps) Close() error {
 		m.Counters,
 		m.DnsOrigin,
 		m.Events,
+		m.InboundSk,
+		m.ListenAllow,
+		m.ListenPorts,
 		m.OrigByTuple,
 		m.OrigSk,
 		m.Sandboxes,

@@ -135,6 +135,9 @@ func runProbe(mode, target string) string {
 	if out, ok := routeProbe(mode, target); ok {
 		return out
 	}
+	if out, ok := listenProbe(mode, target); ok {
+		return out
+	}
 	return "error unknown probe " + mode
 }
 
