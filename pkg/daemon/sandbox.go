@@ -132,6 +132,11 @@ func (rt *Runtime) Start(ctx context.Context, spec Spec) (*Sandbox, error) {
 		ls.Close()
 		return nil, err
 	}
+	if err := kernel.SetListen(listenEntries(spec.Policy)); err != nil {
+		kernel.Detach()
+		ls.Close()
+		return nil, err
+	}
 
 	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.cancel = cancel
@@ -177,6 +182,9 @@ func (s *Sandbox) SetPolicy(p *policy.Policy) error {
 		return err
 	}
 	if err := s.kernel.SetStatic(staticEntries(p)); err != nil {
+		return err
+	}
+	if err := s.kernel.SetListen(listenEntries(p)); err != nil {
 		return err
 	}
 	s.policy.Store(p)
@@ -246,6 +254,14 @@ func staticEntries(p *policy.Policy) []enforcer.Static {
 	var out []enforcer.Static
 	for _, c := range p.StaticCIDRs() {
 		out = append(out, enforcer.Static{Prefix: c.Prefix, Ports: c.Ports, Direct: c.Direct, Deny: c.Deny, UDP: c.Direct})
+	}
+	return out
+}
+
+func listenEntries(p *policy.Policy) []enforcer.Listen {
+	var out []enforcer.Listen
+	for _, l := range p.ListenEntries() {
+		out = append(out, enforcer.Listen{Prefix: l.From, Ports: l.Ports})
 	}
 	return out
 }

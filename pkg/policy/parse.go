@@ -336,7 +336,7 @@ type ruleSrc struct {
 	envNodes  map[string]*yaml.Node
 }
 
-var ruleFields = []string{"name", "hosts", "paths", "methods", "ports", "cidrs", "action", "direct", "headers", "remap", "callback", "env"}
+var ruleFields = []string{"name", "hosts", "paths", "methods", "ports", "cidrs", "action", "direct", "headers", "remap", "callback", "env", "listen"}
 
 func (ps *parser) rule(i int, n *yaml.Node) (*Rule, *ruleSrc) {
 	path := fmt.Sprintf("rules[%d]", i)
@@ -483,10 +483,16 @@ func (ps *parser) rule(i int, n *yaml.Node) (*Rule, *ruleSrc) {
 		case "env":
 			envNode = f.val
 			r.Env, src.envNodes = ps.env(fp, f.val)
+		case "listen":
+			r.Listen = ps.listen(fp, f.val)
 		}
 	}
 	if !haveName && clean {
 		ps.errf(n, join(path, "name"), "required; every rule needs a unique name")
+	}
+	if hasField(fields, "listen") {
+		ps.listenOnly(path, fields)
+		return r, src
 	}
 	if clean && !hasField(fields, "hosts") && !hasField(fields, "cidrs") {
 		ps.errf(n, path, "needs hosts or cidrs")

@@ -98,6 +98,7 @@ type Rule struct {
 	Remap    *Remap
 	Callback *Callback
 	Env      map[string]string
+	Listen   *Listen // a listen rule: inbound connections (listen.go)
 }
 
 // NeedsIntercept reports whether traffic for the rule must be terminated at
