@@ -49,4 +49,3 @@ func TestListenErrors(t *testing.T) {
 		})
 	}
 }
-
