@@ -288,6 +288,7 @@ func (ps *parser) parse(data []byte) *Policy {
 		}
 	}
 	ps.crossChecks(p, srcs)
+	ps.precedenceTraps(p, srcs)
 	return p
 }
 
