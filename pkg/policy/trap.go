@@ -10,8 +10,8 @@ import (
 // allow rule makes unreachable. Path specificity (key 2) outranks methods
 // (key 3) and action (key 5), so for
 //
-//	- {name: api, hosts: [api.example.com], paths: ["/repos/**"]}
-//	- {name: no-delete, hosts: [api.example.com], methods: [DELETE], action: deny}
+//   - {name: api, hosts: [api.example.com], paths: ["/repos/**"]}
+//   - {name: no-delete, hosts: [api.example.com], methods: [DELETE], action: deny}
 //
 // DELETE /repos/x is allowed by api: the deny only covers paths no allow
 // rule with paths matches. The warning names both rules and the fix.
