@@ -230,7 +230,7 @@ func (ps *parser) parse(data []byte) *Policy {
 	}
 	root := doc.Content[0]
 	before := len(ps.probs)
-	fields, ok := ps.mapping(root, "", "version", "mode", "ipv6", "rules")
+	fields, ok := ps.mapping(root, "", "version", "mode", "ipv6", "rules", "limits")
 	if !ok {
 		return p
 	}
@@ -264,6 +264,8 @@ func (ps *parser) parse(data []byte) *Policy {
 		case "rules":
 			haveRules = true
 			rulesNode = f.val
+		case "limits":
+			p.Limits = ps.limits(f.val) // limits.go
 		}
 	}
 	if !haveVersion && clean {

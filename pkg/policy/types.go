@@ -71,6 +71,9 @@ type Policy struct {
 	// answers AAAA queries with no records.
 	IPv6  bool
 	Rules []*Rule
+	// Limits are the sandbox's resource fences as written (zero: the
+	// default); Fences fills in the defaults.
+	Limits Limits
 	// Env holds the placeholder variables of every rule, merged.
 	Env map[string]string
 
