@@ -46,6 +46,11 @@ enum reason {
 	REASON_ROUTING_OPTION = 10, /* setsockopt of an IPv6 routing/destination header or IPv4 options */
 	REASON_ROUTED_PACKET = 11,  /* packet with an IPv6 routing header or IPv4 options dropped */
 	REASON_INBOUND = 12,        /* data on a connection accepted from a peer no listen rule names */
+	/* Counted by the daemon, not by a program: its resource fences. */
+	REASON_FENCE_CONNECTIONS = 13,          /* concurrent proxied connections */
+	REASON_FENCE_UPSTREAM_CONNECTIONS = 14, /* concurrent upstream connections */
+	REASON_FENCE_REQUEST_HEAD_BYTES = 15,   /* bytes of unfinished request heads */
+	REASON_FENCE_DNS_QPS = 16,              /* DNS queries per second */
 };
 
 #define PROTO_TCP 6

@@ -140,14 +140,15 @@ func (rt *Runtime) Start(ctx context.Context, spec Spec) (*Sandbox, error) {
 
 	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.cancel = cancel
+	fences := rt.newFence(s) // fence.go
 	dsb := &dnsproxy.Sandbox{
 		Name: spec.Name, ID: spec.CgroupID, Policy: s.Policy,
-		Allow: kernel, Bindings: s.bindings, Audit: rt.Audit, Origins: newDNSOrigins(kernel),
+		Allow: kernel, Bindings: s.bindings, Audit: rt.Audit, Origins: newDNSOrigins(kernel), Fence: fences,
 	}
 	psb := &proxy.Sandbox{
 		Name: spec.Name, ID: spec.CgroupID, Policy: s.Policy,
 		Orig: origAdapter{kernel}, Names: s.bindings, CA: spec.CA,
-		Secrets: rt.Secrets, Callbacks: auditedCallbacks{rt.Callbacks, rt.Audit}, Audit: rt.Audit,
+		Secrets: rt.Secrets, Callbacks: auditedCallbacks{rt.Callbacks, rt.Audit}, Audit: rt.Audit, Fence: fences,
 	}
 	serve := func(name string, fn func() error) {
 		s.wg.Add(1)

@@ -55,7 +55,8 @@ type Enforcer struct {
 	pinDir string
 	objs   sluiceObjects
 
-	mu sync.Mutex // serialises read-modify-write of allow entries
+	mu  sync.Mutex // serialises read-modify-write of allow entries
+	cmu sync.Mutex // serialises the daemon's read-modify-write of counters
 }
 
 // Open loads the programs, creating or reusing the pinned maps under the pin

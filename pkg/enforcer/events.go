@@ -136,3 +136,26 @@ func openPinned(pinDir, name string) (*ebpf.Map, string, error) {
 	}
 	return m, path, nil
 }
+
+// Count adds one refusal the daemon decided itself (a resource fence) to
+// the sandbox's pinned refusal counters, so `sluice blocked` shows it with
+// the kernel's own. dst may be the zero value.
+func (s *Sandbox) Count(reason Reason, dst netip.AddrPort, proto uint16) error {
+	k := sluiceCounterKey{Sandbox: s.id, Port: dst.Port(), Proto: proto, Reason: uint32(reason)}
+	if dst.IsValid() {
+		k.Addr = addrKey(dst.Addr())
+	}
+	now := uint64(monoNow())
+	var v sluiceCounterVal
+	s.e.cmu.Lock()
+	defer s.e.cmu.Unlock()
+	if err := s.e.objs.Counters.Lookup(&k, &v); err != nil {
+		v = sluiceCounterVal{}
+	}
+	v.Count++
+	v.LastNs = now
+	if err := s.e.objs.Counters.Update(&k, &v, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("counting %s: %w", reason, err)
+	}
+	return nil
+}

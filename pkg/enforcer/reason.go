@@ -97,3 +97,11 @@ func protoName(p uint16) string {
 	}
 	return "tcp"
 }
+
+// The reasons the daemon counts itself: its resource fences.
+const (
+	ReasonFenceConnections         = Reason(sluiceReasonREASON_FENCE_CONNECTIONS)
+	ReasonFenceUpstreamConnections = Reason(sluiceReasonREASON_FENCE_UPSTREAM_CONNECTIONS)
+	ReasonFenceRequestHeadBytes    = Reason(sluiceReasonREASON_FENCE_REQUEST_HEAD_BYTES)
+	ReasonFenceDNSQPS              = Reason(sluiceReasonREASON_FENCE_DNS_QPS)
+)
