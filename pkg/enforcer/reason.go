@@ -75,6 +75,9 @@ func (v View) Dst() string {
 // Render turns a counter row's or event's fields into a View.
 func Render(reason Reason, proto uint16, dst netip.AddrPort) View {
 	v := View{Reason: reason.String(), Proto: protoName(proto), Addr: dst.Addr().String(), Port: dst.Port()}
+	if !dst.IsValid() || (dst.Addr().IsUnspecified() && dst.Port() == 0) {
+		v.Addr = "" // no destination (a DNS rate fence, for example)
+	}
 	switch reason {
 	case ReasonSocketType:
 		v.Proto = "proto-" + strconv.Itoa(int(proto))
