@@ -138,6 +138,9 @@ func runProbe(mode, target string) string {
 	if out, ok := listenProbe(mode, target); ok {
 		return out
 	}
+	if out, ok := fenceProbe(mode, target); ok {
+		return out
+	}
 	return "error unknown probe " + mode
 }
 
