@@ -141,6 +141,9 @@ func runProbe(mode, target string) string {
 	if out, ok := fenceProbe(mode, target); ok {
 		return out
 	}
+	if out, ok := headsProbe(mode, target); ok {
+		return out
+	}
 	return "error unknown probe " + mode
 }
 
