@@ -52,6 +52,10 @@ lint: ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '_bpfel.go$$')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
+deadcode: ## fail when pkg/secrets has functions the binary cannot reach (golang.org/x/tools deadcode, without -test)
+	@$(GO) run golang.org/x/tools/cmd/deadcode@v0.52.0 ./... > /tmp/sluice-deadcode.txt; \
+	if grep '^pkg/secrets/' /tmp/sluice-deadcode.txt; then echo "unreachable code in pkg/secrets"; exit 1; fi
+
 package: ## build the .deb (dist/) with nfpm: binary, systemd unit, config, man pages, completions
 	@scripts/package.sh dist
 

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"sort"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -18,6 +20,7 @@ type attachOptions struct {
 	pid    int
 	name   string
 	json   bool
+	labels []string
 }
 
 func init() {
@@ -37,10 +40,17 @@ func newAttachCmd(ro *rootOptions) *cobra.Command {
 it), attaches the eBPF programs, and serves its resolver and proxy. With --pid,
 the cgroup and network namespace of that process are used; in a separate
 network namespace the daemon opens the sandbox's listeners inside it.
-Attaching again under the same name replaces the policy live.`,
+Attaching again under the same name replaces the policy live (and the labels,
+when --label is given).
+
+Labels (--label key=value, repeatable) are kept with the sandbox, shown by
+sluice list, put on every audit event of the sandbox and sent as "labels" in
+its credential callback requests, so a credential service can mint per-user
+tokens.`,
 		Example: `  sluice attach --policy agent.yaml --pid 4242 --name agent-42
   sluice attach --policy agent.yaml --container 3f2a9c --runtime docker
-  sluice attach --policy agent.yaml --cgroup /sys/fs/cgroup/sandboxes/42 --name agent-42`,
+  sluice attach --policy agent.yaml --cgroup /sys/fs/cgroup/sandboxes/42 --name agent-42
+  sluice attach --policy agent.yaml --pid 4242 --label user=alice --label team=ml`,
 		Args:         cobra.NoArgs,
 		SilenceUsage: true,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -69,10 +79,14 @@ Attaching again under the same name replaces the policy live.`,
 					return fmt.Errorf("--name is required with --cgroup")
 				}
 			}
+			labels, err := daemon.ParseLabels(o.labels)
+			if err != nil {
+				return err
+			}
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			info, err := daemon.NewClient(ro.socket).Attach(ctx, daemon.AttachRequest{
-				Name: name, Cgroup: o.cgroup, PID: o.pid, PolicyFile: o.policy, Policy: string(text)})
+				Name: name, Cgroup: o.cgroup, PID: o.pid, PolicyFile: o.policy, Policy: string(text), Labels: labels})
 			if err != nil {
 				return err
 			}
@@ -92,6 +106,7 @@ Attaching again under the same name replaces the policy live.`,
 	f.IntVar(&o.pid, "pid", 0, "a process of the sandbox")
 	f.StringVar(&o.name, "name", "", "sandbox name (default pid-PID)")
 	f.BoolVar(&o.json, "json", false, "print JSON")
+	f.StringArrayVar(&o.labels, "label", nil, "label KEY=VALUE of the sandbox (repeatable): on audit events and in callback requests")
 	cf = addContainerFlags(f, true)
 	_ = cmd.MarkFlagRequired("policy")
 	return cmd
@@ -122,7 +137,7 @@ func newListCmd(ro *rootOptions) *cobra.Command {
 	o := &listOptions{}
 	cmd := &cobra.Command{
 		Use:          "list",
-		Short:        "List the sandboxes the daemon enforces",
+		Short:        "List the sandboxes the daemon enforces and the live sluice run sandboxes",
 		Example:      "  sluice list\n  sluice list --json",
 		Args:         cobra.NoArgs,
 		SilenceUsage: true,
@@ -130,9 +145,14 @@ func newListCmd(ro *rootOptions) *cobra.Command {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			infos, err := daemon.NewClient(ro.socket).List(ctx)
-			if err != nil {
+			runs := daemon.ListRuns() // live `sluice run` sandboxes
+			if err != nil && len(runs) == 0 {
 				return err
 			}
+			if err != nil {
+				fmt.Fprintln(ro.stderr, "sluice: the daemon is not reachable; listing sluice run sandboxes only:", err)
+			}
+			infos = append(infos, runs...)
 			if o.json {
 				enc := json.NewEncoder(ro.stdout)
 				enc.SetIndent("", "  ")
@@ -143,13 +163,13 @@ func newListCmd(ro *rootOptions) *cobra.Command {
 				return nil
 			}
 			w := tabwriter.NewWriter(ro.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "NAME\tCGROUP\tNETNS\tPOLICY\tMODE\tRULES\tUPDATED")
+			fmt.Fprintln(w, "NAME\tCGROUP\tNETNS\tPOLICY\tMODE\tRULES\tUPDATED\tLABELS")
 			for _, i := range infos {
 				ns := i.Netns
 				if ns == "" {
 					ns = "host"
 				}
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", i.Name, i.Cgroup, ns, i.Policy, i.Mode, i.Rules, i.Updated.Format(time.RFC3339))
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", i.Name, i.Cgroup, ns, i.Policy, i.Mode, i.Rules, i.Updated.Format(time.RFC3339), labelsText(i.Labels))
 			}
 			return w.Flush()
 		},
@@ -182,4 +202,20 @@ the daemon's state directory.`,
 		},
 	})
 	return ca
+}
+
+// labelsText renders labels as k=v,k=v sorted by key ("-" without).
+func labelsText(m map[string]string) string {
+	if len(m) == 0 {
+		return "-"
+	}
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for i, k := range keys {
+		keys[i] = k + "=" + m[k]
+	}
+	return strings.Join(keys, ",")
 }

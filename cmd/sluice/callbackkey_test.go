@@ -58,3 +58,30 @@ func TestCallbackKey(t *testing.T) {
 		t.Fatalf("loose key accepted: %+v", r)
 	}
 }
+
+// TestCallbackKeyVerify: `sluice callback-key verify` accepts a signature
+// over the body with the printed key (PEM or JWK) and refuses a changed body.
+func TestCallbackKeyVerify(t *testing.T) {
+	dir := t.TempDir()
+	state := filepath.Join(dir, "state")
+	pemOut := runCLI(t, "", "callback-key", "--state-dir", state)
+	jwkOut := runCLI(t, "", "callback-key", "--jwk", "--state-dir", state)
+	pemFile, jwkFile, bodyFile := filepath.Join(dir, "k.pem"), filepath.Join(dir, "k.jwk"), filepath.Join(dir, "body.json")
+	os.WriteFile(pemFile, []byte(pemOut.stdout), 0o644)
+	os.WriteFile(jwkFile, []byte(jwkOut.stdout), 0o644)
+	priv, err := secrets.LoadOrCreateSigningKey(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := `{"sandbox":"a","host":"h","port":443,"labels":{"user":"alice"}}`
+	os.WriteFile(bodyFile, []byte(body), 0o644)
+	sig := secrets.Sign(priv, []byte(body), time.Now())
+	for _, key := range []string{pemFile, jwkFile} {
+		if r := runCLI(t, "", "callback-key", "verify", "--key", key, "--signature", sig, "--body", bodyFile); r.code != 0 || !strings.Contains(r.stdout, "signature valid") {
+			t.Fatalf("%s: %+v", key, r)
+		}
+	}
+	if r := runCLI(t, body+" ", "callback-key", "verify", "--key", pemFile, "--signature", sig); r.code == 0 || !strings.Contains(r.stderr, "no valid ed25519 signature") {
+		t.Fatalf("changed body accepted: %+v", r)
+	}
+}

@@ -196,8 +196,8 @@ type daemonSandboxes struct{ c *daemon.Client }
 
 var _ kube.Daemon = daemonSandboxes{}
 
-func (d daemonSandboxes) Attach(ctx context.Context, name, cgroup, policyFile string, policy []byte) error {
-	_, err := d.c.Attach(ctx, daemon.AttachRequest{Name: name, Cgroup: cgroup, PolicyFile: policyFile, Policy: string(policy)})
+func (d daemonSandboxes) Attach(ctx context.Context, name, cgroup, policyFile string, policy []byte, labels map[string]string) error {
+	_, err := d.c.Attach(ctx, daemon.AttachRequest{Name: name, Cgroup: cgroup, PolicyFile: policyFile, Policy: string(policy), Labels: labels})
 	return err
 }
 

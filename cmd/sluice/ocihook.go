@@ -28,7 +28,9 @@ container's state JSON on standard input. A container with the annotation
 sluice.dev/policy is attached through the daemon before its process runs:
 the policy is a name looked up in the policy directories (NAME, NAME.yaml,
 NAME.yml) or an absolute path inside them (--allow-paths: anywhere). The
-sandbox is named by sluice.dev/name, or "oci-" and the container id.
+sandbox is named by sluice.dev/name, or "oci-" and the container id. The
+container's other annotations (those valid as labels) become the sandbox's
+labels: on its audit events and in its credential callback requests.
 
 Run as a poststop hook too, it detaches the sandbox when the container stops.
 A container without the annotation is left alone, so the hook can be
@@ -57,7 +59,7 @@ the runtime refuses to start the container (fail closed).`,
 			switch plan.Op {
 			case containers.HookAttach:
 				info, err := client.Attach(ctx, daemon.AttachRequest{Name: plan.Name, PID: plan.PID,
-					PolicyFile: plan.PolicyFile, Policy: string(plan.Policy)})
+					PolicyFile: plan.PolicyFile, Policy: string(plan.Policy), Labels: plan.Labels})
 				if err != nil {
 					return fmt.Errorf("attaching container %s: %w", st.ID, err)
 				}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -101,6 +102,10 @@ func TestOCIHookRequests(t *testing.T) {
 			wantOut: "attached agent-42"},
 		{name: "default name", state: ociState(id, "creating", 7, map[string]string{"sluice.dev/policy": "agent"}),
 			wantReq: "POST /v1/sandboxes", wantBody: &daemon.AttachRequest{Name: "oci-" + id[:32], PID: 7, PolicyFile: filepath.Join(dir, "agent.yaml"), Policy: pol}},
+		{name: "annotations become labels", state: ociState(id, "created", 9, map[string]string{"sluice.dev/policy": "agent", "sluice.dev/name": "agent-9",
+			"io.kubernetes.pod.name": "alice-agent", "sluice.dev/user": "alice", "bad key": "x", "long": strings.Repeat("v", 2000)}),
+			wantReq: "POST /v1/sandboxes", wantBody: &daemon.AttachRequest{Name: "agent-9", PID: 9, PolicyFile: filepath.Join(dir, "agent.yaml"), Policy: pol,
+				Labels: map[string]string{"io.kubernetes.pod.name": "alice-agent", "sluice.dev/user": "alice"}}},
 		{name: "poststop detaches", state: ociState(id, "stopped", 0, map[string]string{"sluice.dev/policy": "agent", "sluice.dev/name": "agent-42"}),
 			wantReq: "DELETE /v1/sandboxes/agent-42", wantOut: "detached agent-42"},
 		{name: "no annotation: nothing", state: ociState(id, "created", 7, nil)},
@@ -133,7 +138,7 @@ func TestOCIHookRequests(t *testing.T) {
 			if len(d.reqs) != 1 || d.reqs[0] != tt.wantReq {
 				t.Fatalf("requests %v, want %q", d.reqs, tt.wantReq)
 			}
-			if tt.wantBody != nil && (len(d.bodies) != 1 || d.bodies[0] != *tt.wantBody) {
+			if tt.wantBody != nil && (len(d.bodies) != 1 || !reflect.DeepEqual(d.bodies[0], *tt.wantBody)) {
 				t.Fatalf("attach body %+v, want %+v", d.bodies, *tt.wantBody)
 			}
 			if !strings.Contains(out, tt.wantOut) {

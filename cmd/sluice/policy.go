@@ -74,7 +74,8 @@ Exit status 1 when any file is invalid.`,
 }
 
 type policyExplainOptions struct {
-	json bool
+	json    bool
+	headers []string // "Name: value", for method override headers
 }
 
 func newPolicyExplainCmd(o *rootOptions) *cobra.Command {
@@ -85,8 +86,13 @@ func newPolicyExplainCmd(o *rootOptions) *cobra.Command {
 		Long: `Show what the policy does with one request: whether the name resolves, the
 connection verdict (splice or intercept), the deciding rule and action, and
 the headers that would be injected, with secret values shown as
-<secret:NAME>. Exit status 0 when the request is allowed, 3 when it is
-refused (in audit mode too: the answer is the enforce-mode one).`,
+<secret:NAME>. The method and the URL's path and query are checked exactly
+as the proxy checks a request: a method not in upper case or an ambiguous
+path ("//", dot segments, ';', '\', %2F ...) is refused with 400, and
+--header adds request headers (method overrides such as
+X-HTTP-Method-Override are checked against the rules). Exit status 0 when
+the request is allowed, 3 when it is refused (in audit mode too: the answer
+is the enforce-mode one).`,
 		Example: `  sluice policy explain policy.yaml GET https://api.github.com/repos/o/r
   sluice policy explain policy.yaml POST api.openai.com/v1/chat/completions --json`,
 		Args:         cobra.ExactArgs(3),
@@ -96,7 +102,11 @@ refused (in audit mode too: the answer is the enforce-mode one).`,
 			if err != nil {
 				return err
 			}
-			e, err := p.Explain(args[1], args[2])
+			hdr, err := explainHeaders(eo.headers)
+			if err != nil {
+				return err
+			}
+			e, err := p.ExplainRequest(args[1], args[2], hdr)
 			if err != nil {
 				return err
 			}
@@ -118,6 +128,7 @@ refused (in audit mode too: the answer is the enforce-mode one).`,
 		},
 	}
 	c.Flags().BoolVar(&eo.json, "json", false, "print the answer as JSON")
+	c.Flags().StringArrayVarP(&eo.headers, "header", "H", nil, `request header "Name: value" (repeatable)`)
 	return c
 }
 
@@ -156,6 +167,12 @@ func writePolicyExplanation(w io.Writer, e *policy.Explanation) error {
 	}
 	fmt.Fprintf(tw, "rule:\t%s\n", rule)
 	fmt.Fprintf(tw, "action:\t%s\n", e.Action)
+	if e.Status != 0 {
+		fmt.Fprintf(tw, "status:\t%d\n", e.Status)
+	}
+	if e.Target != "" && e.Allowed && e.Connection == "intercept" {
+		fmt.Fprintf(tw, "forwarded:\t%s %s\n", e.Method, e.Target)
+	}
 	if e.Reason != "" {
 		fmt.Fprintf(tw, "reason:\t%s\n", e.Reason)
 	}

@@ -124,7 +124,9 @@ var explainCases = map[string][]struct {
 		{"GET", "https://objects.githubusercontent.com/release.tar.gz", false, 0},
 		{"GET", "http://github.com/", false, 3},
 		{"GET", "https://example.com/", false, 3},
-		{"post", "api.github.com/user", true, 0},
+		{"POST", "api.github.com/user", true, 0},
+		{"post", "api.github.com/user", false, 3},
+		{"GET", "https://api.github.com/repos/acme/app/../../orgs/acme", false, 3},
 	},
 	"npm-mirror.yaml": {
 		{"GET", "https://registry.npmjs.org/lodash", false, 0},
@@ -143,6 +145,25 @@ var explainCases = map[string][]struct {
 		{"GET", "http://10.20.1.5:5432/", false, 0},
 		{"GET", "http://10.20.99.5:5432/", false, 3},
 		{"GET", "https://api.corp.internal/v1/x", true, 0},
+		{"GET", "https://api.corp.internal//admin/users", false, 3},
+		{"GET", "https://api.corp.internal/admin;v=1/users", false, 3},
+		{"GET", "https://api.corp.internal/admin/", false, 3},
+		{"GET", "http://billing.api.corp.internal/v1/invoices", false, 3},
+	},
+	"case-folding-wiki.yaml": {
+		{"GET", "https://wiki.corp.internal/Pages/Home", false, 0},
+		{"GET", "https://wiki.corp.internal/PAGES/ADMIN/users", false, 3},
+		{"GET", "https://wiki.corp.internal/pages/%61dmin", false, 3},
+		{"GET", "https://wiki.corp.internal/pages%2Fadmin", false, 3},
+		{"POST", "https://wiki.corp.internal/pages/x?_method=DELETE", true, 3},
+	},
+	"cloud-credentials.yaml": {
+		{"GET", "https://api.corp.example/v1/items", false, 0},
+		{"GET", "https://calendar.example.com/events", false, 0},
+		{"GET", "https://storage.googleapis.com/bucket/object", false, 0},
+		{"PUT", "https://bucket.s3.us-east-1.amazonaws.com/key", false, 0},
+		{"GET", "https://auth.corp.example/token", false, 3},
+		{"GET", "https://s3.us-east-1.amazonaws.com/", true, 0},
 	},
 	"ci-locked-down.yaml": {
 		{"GET", "https://proxy.golang.org/github.com/spf13/cobra/@v/list", false, 0},
@@ -199,6 +220,36 @@ func TestPolicyExplainGolden(t *testing.T) {
 				t.Errorf("output differs from %s (run with -update after checking):\n%s", golden, got.String())
 			}
 		})
+	}
+}
+
+// TestPolicyExplainHeaders: --header adds method override headers, which
+// are checked against the rules as the proxy checks them.
+func TestPolicyExplainHeaders(t *testing.T) {
+	pol := policiesDir + "/openai-github.yaml"
+	for _, tt := range []struct {
+		args     []string
+		wantCode int
+		want     string
+	}{
+		{[]string{"POST", "https://api.openai.com/v1/chat/completions"}, 0, "action:     allow"},
+		{[]string{"POST", "https://api.openai.com/v1/chat/completions", "-H", "X-HTTP-Method-Override: DELETE"}, 3, "X-HTTP-Method-Override header names method DELETE"},
+		{[]string{"POST", "https://api.openai.com/v1/chat/completions", "--header", "X-Method-Override: delete"}, 3, "X-Method-Override header names method DELETE"},
+		{[]string{"POST", "https://api.openai.com/v1/chat/completions", "-H", "bad header"}, 1, ""},
+	} {
+		code, out, errs := runSluice(t, append([]string{"policy", "explain", pol}, tt.args...)...)
+		if code != tt.wantCode || !strings.Contains(out, tt.want) {
+			t.Errorf("%v: exit %d, want %d and %q\n%s%s", tt.args, code, tt.wantCode, tt.want, out, errs)
+		}
+	}
+}
+
+// TestPolicyCheckInsecureHTTP: policy check warns about insecure_http.
+func TestPolicyCheckInsecureHTTP(t *testing.T) {
+	code, out, errs := runSluice(t, "policy", "check", policiesDir+"/warn/insecure_http.yaml")
+	if code != 0 || !strings.Contains(out, "insecure_http.yaml: ok (1 rules)") ||
+		!strings.Contains(errs, "insecure_http.yaml:7:20: warning: rules[0].insecure_http: the rule's credentials are sent in cleartext") {
+		t.Fatalf("exit %d\n%s%s", code, out, errs)
 	}
 }
 

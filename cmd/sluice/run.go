@@ -24,6 +24,7 @@ type runOptions struct {
 	noSummary    bool
 	user         string
 	stateDir     string
+	labels       []string
 }
 
 func init() { register(newRunCmd) }
@@ -54,6 +55,10 @@ CMD's environment. Everything sluice run creates is removed when it exits.`,
 			if err != nil {
 				return err
 			}
+			labels, err := daemon.ParseLabels(o.labels)
+			if err != nil {
+				return err
+			}
 			code, err := daemon.Run(context.Background(), daemon.RunOptions{
 				UID:              uid,
 				GID:              gid,
@@ -68,6 +73,7 @@ CMD's environment. Everything sluice run creates is removed when it exits.`,
 				AuditPath:        o.audit,
 				PinDir:           o.pinDir,
 				Summary:          !o.noSummary,
+				Labels:           labels,
 				Stdin:            ro.stdin,
 				Stdout:           ro.stdout,
 				Stderr:           ro.stderr,
@@ -94,6 +100,7 @@ CMD's environment. Everything sluice run creates is removed when it exits.`,
 	f.StringVar(&o.stateDir, "state-dir", "/var/lib/sluice", "secret store (used when present) and callback signing key")
 	f.StringVar(&o.user, "user", "", "run CMD as USER or UID[:GID] (recommended: a root CMD can leave its cgroup)")
 	f.BoolVar(&o.noSummary, "no-summary", false, "do not print the allowed/denied summary at exit")
+	f.StringArrayVar(&o.labels, "label", nil, "label KEY=VALUE of the sandbox (repeatable): shown by sluice list, on audit events and in callback requests")
 	_ = cmd.MarkFlagRequired("policy")
 	return cmd
 }

@@ -3,6 +3,7 @@ package audit
 import (
 	"errors"
 	"math"
+	"slices"
 	"strconv"
 	"time"
 	"unicode/utf8"
@@ -55,6 +56,7 @@ func appendLine(b []byte, ev *Event) ([]byte, error) {
 	b = optUint(b, `,"dropped":`, ev.Dropped)
 	b = optUint(b, `,"sink_errors":`, ev.SinkErrors)
 	b = optString(b, `,"sink":`, ev.Sink)
+	b = optLabels(b, `,"labels":`, ev.Labels)
 	return append(b, "}\n"...), nil
 }
 
@@ -103,6 +105,29 @@ func optStrings(b []byte, key string, ss []string) []byte {
 		b = appendString(b, s)
 	}
 	return append(b, ']')
+}
+
+// optLabels writes a string map with sorted keys, as encoding/json does.
+func optLabels(b []byte, key string, m map[string]string) []byte {
+	if len(m) == 0 {
+		return b
+	}
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	b = append(b, key...)
+	b = append(b, '{')
+	for i, k := range keys {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendString(b, k)
+		b = append(b, ':')
+		b = appendString(b, m[k])
+	}
+	return append(b, '}')
 }
 
 // appendFloat formats like encoding/json's float64 encoder.

@@ -21,6 +21,7 @@ func fullEvent() Event {
 	return Event{
 		V: 1, Time: time.Date(2026, 11, 29, 7, 0, 0, 123456789, time.FixedZone("x", 2*3600+30*60)),
 		Kind: KindHTTP, Sandbox: "sb", CgroupID: math.MaxUint64, PID: math.MaxUint32, Comm: "curl",
+		Labels:   map[string]string{"user": "alice", "team": "ml<&>", "a\"b": "\xff"},
 		Decision: DecisionAllow, Rule: "r", Reason: "why", QName: "q", QType: "A", Rcode: "NOERROR",
 		Answers: []string{"1.2.3.4", "::1"}, Dst: "1.2.3.4:443", Proto: "tcp", SNI: "s", Host: "h",
 		BytesUp: -5, BytesDown: math.MaxInt64, DurationMS: 3, Method: "GET", Path: "/p?x=REDACTED", Status: 200,
@@ -39,7 +40,7 @@ func TestAppendLineMatchesEncodingJSON(t *testing.T) {
 		{"utc", Event{V: 1, Time: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), Kind: KindDNS}},
 		{"escapes", Event{Kind: "a\"b\\c\n\r\t\b\f\x00\x1f<>&\u2028\u2029é😀", Path: "\xff\xfe bad utf8 \xc3"}},
 		{"html not escaped", Event{Path: "/a?b=REDACTED&c=<d>"}},
-		{"empty slices omitted", Event{Answers: []string{}, Injected: nil}},
+		{"empty slices omitted", Event{Answers: []string{}, Injected: nil, Labels: map[string]string{}}},
 		{"empty strings in slice", Event{Answers: []string{"", ""}}},
 		{"small float", Event{LatencyMS: 1e-7}},
 		{"big float", Event{LatencyMS: 1e21}},

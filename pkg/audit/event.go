@@ -82,6 +82,11 @@ type Event struct {
 	Dropped    uint64 `json:"dropped,omitempty"`     // events dropped since the previous report
 	SinkErrors uint64 `json:"sink_errors,omitempty"` // sink write errors since the previous report
 	Sink       string `json:"sink,omitempty"`        // the sink concerned, if any
+
+	// Labels are the sandbox's labels (`--label k=v`, pod labels,
+	// container annotations); the map is shared between events and must
+	// not be modified.
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
 // Emitter receives audit events. Implementations must not block the caller

@@ -11,6 +11,7 @@ const (
 	FieldCgroupID  = "cgroup_id"
 	FieldPID       = "pid"
 	FieldComm      = "comm"
+	FieldLabels    = "labels"
 	FieldDecision  = "decision"
 	FieldRule      = "rule"
 	FieldReason    = "reason"

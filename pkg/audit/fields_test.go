@@ -12,7 +12,7 @@ import (
 
 // fieldConsts lists every Field* constant; keep it complete.
 var fieldConsts = []string{
-	FieldVersion, FieldTime, FieldKind, FieldSandbox, FieldCgroupID, FieldPID, FieldComm,
+	FieldVersion, FieldTime, FieldKind, FieldSandbox, FieldCgroupID, FieldPID, FieldComm, FieldLabels,
 	FieldDecision, FieldRule, FieldReason, FieldQName, FieldQType, FieldRcode, FieldAnswers,
 	FieldDst, FieldProto, FieldSNI, FieldHost, FieldBytesUp, FieldBytesDown, FieldDuration,
 	FieldMethod, FieldPath, FieldStatus, FieldInjected, FieldLatency, FieldEcosystem,

@@ -8,7 +8,10 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
+
+	"github.com/sluice-dev/sluice/pkg/audit"
 )
 
 // Annotations a container opts in with.
@@ -93,6 +96,31 @@ type HookPlan struct {
 	PID        int
 	PolicyFile string
 	Policy     []byte
+	// Labels are the container's annotations (sluice.dev/policy and
+	// sluice.dev/name aside) that are valid labels (audit.ValidLabel), at
+	// most audit.MaxLabels of them in key order.
+	Labels map[string]string
+}
+
+// AnnotationLabels selects a container's annotations as sandbox labels:
+// the valid ones (audit.ValidLabel) other than sluice.dev/policy and
+// sluice.dev/name, at most audit.MaxLabels in key order; nil without.
+func AnnotationLabels(annotations map[string]string) map[string]string {
+	keys := make([]string, 0, len(annotations))
+	for k, v := range annotations {
+		if k != AnnotationPolicy && k != AnnotationName && audit.ValidLabel(k, v) {
+			keys = append(keys, k)
+		}
+	}
+	if len(keys) == 0 {
+		return nil
+	}
+	slices.Sort(keys)
+	out := map[string]string{}
+	for _, k := range keys[:min(len(keys), audit.MaxLabels)] {
+		out[k] = annotations[k]
+	}
+	return out
 }
 
 var policyNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
@@ -129,7 +157,7 @@ func PlanHook(st OCIState, cfg HookConfig) (HookPlan, error) {
 	if err != nil {
 		return HookPlan{}, fmt.Errorf("annotation %s of container %s: %w", AnnotationPolicy, st.ID, err)
 	}
-	return HookPlan{Op: HookAttach, Name: name, PID: st.PID, PolicyFile: file, Policy: data}, nil
+	return HookPlan{Op: HookAttach, Name: name, PID: st.PID, PolicyFile: file, Policy: data, Labels: AnnotationLabels(st.Annotations)}, nil
 }
 
 // ResolvePolicy finds the file a policy reference names: an absolute path,

@@ -57,6 +57,8 @@ type record struct {
 	DNSPort    uint16    `json:"dns_port"`
 	Created    time.Time `json:"created"`
 	Updated    time.Time `json:"updated"`
+	// Labels survive restarts with the sandbox.
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
 // New prepares a daemon: loads the eBPF programs, opens the secret store,
@@ -83,6 +85,7 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 		}
 		providers = append(providers, p)
 	}
+	chain := secrets.NewChain(providers...)
 	signer, err := secrets.LoadOrCreateSigningKey(cfg.StateDir)
 	if err != nil {
 		return nil, err
@@ -118,10 +121,13 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 		sandboxes: map[string]*managed{},
 		rt: &Runtime{
 			Log: log, Enforcer: enf, Resolver: resolver, Proxy: px,
-			Secrets:   secrets.NewChain(providers...),
+			Secrets:   chain,
 			Callbacks: secrets.NewCallbacks(signer, nil, log.With("component", "callback")),
 			Audit:     alog,
 		},
+	}
+	if err := d.rt.setCredentials(chain, store, cfg.UpstreamCAs); err != nil {
+		return nil, err
 	}
 	return d, nil
 }
@@ -234,6 +240,9 @@ type AttachRequest struct {
 	PID        int    `json:"pid,omitempty"`
 	PolicyFile string `json:"policy_file"` // for messages
 	Policy     string `json:"policy"`      // YAML text
+	// Labels (`--label k=v`) replace the sandbox's labels; nil keeps those
+	// of a sandbox being re-attached.
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
 // Info describes an attached sandbox in API answers.
@@ -251,6 +260,11 @@ type Info struct {
 	Updated   time.Time `json:"updated"`
 	// Warnings are the policy's warnings (file:line:col: field: message).
 	Warnings []string `json:"warnings,omitempty"`
+	// Labels are the sandbox's labels (`--label k=v`, pod labels).
+	Labels map[string]string `json:"labels,omitempty"`
+	// RunPID is the process of a `sluice run` sandbox (ListRuns); 0 for
+	// the daemon's sandboxes.
+	RunPID int `json:"run_pid,omitempty"`
 }
 
 // Attach attaches a sandbox, or replaces the policy of the sandbox of the
@@ -265,6 +279,9 @@ func (d *Daemon) Attach(ctx context.Context, req AttachRequest) (Info, error) {
 	}
 	pol, err := policy.Parse(pfile, []byte(req.Policy))
 	if err != nil {
+		return Info{}, &apiError{http.StatusBadRequest, err.Error()}
+	}
+	if err := CheckLabels(req.Labels); err != nil {
 		return Info{}, &apiError{http.StatusBadRequest, err.Error()}
 	}
 	cgPath := req.Cgroup
@@ -333,6 +350,10 @@ func (d *Daemon) Attach(ctx context.Context, req AttachRequest) (Info, error) {
 			return Info{}, err
 		}
 		m.rec.PolicyFile, m.rec.Updated = pfile, now
+		if req.Labels != nil {
+			m.rec.Labels = req.Labels
+			m.sb.SetLabels(req.Labels)
+		}
 		d.logWarnings(req.Name, pol)
 		if err := d.savePolicyText(req.Name, text); err != nil {
 			return Info{}, err
@@ -347,7 +368,7 @@ func (d *Daemon) Attach(ctx context.Context, req AttachRequest) (Info, error) {
 	if err != nil {
 		return Info{}, err
 	}
-	sb, err := d.rt.Start(ctx, Spec{Name: req.Name, CgroupPath: cgPath, CgroupID: id, Policy: pol, CA: ca, InNetns: inNetns(netns)})
+	sb, err := d.rt.Start(ctx, Spec{Name: req.Name, CgroupPath: cgPath, CgroupID: id, Policy: pol, CA: ca, InNetns: inNetns(netns), Labels: req.Labels})
 	if err != nil {
 		if errors.Is(err, enforcer.ErrSandboxTableFull) {
 			return Info{}, &apiError{http.StatusInsufficientStorage, err.Error()}
@@ -356,7 +377,7 @@ func (d *Daemon) Attach(ctx context.Context, req AttachRequest) (Info, error) {
 	}
 	d.logWarnings(req.Name, pol)
 	m := &managed{sb: sb, rec: record{Name: req.Name, Cgroup: cgPath, CgroupID: id, Netns: netnsName(netns), PolicyFile: pfile,
-		ProxyPort: sb.ProxyPort(), DNSPort: sb.DNSPort(), Created: now, Updated: now}}
+		ProxyPort: sb.ProxyPort(), DNSPort: sb.DNSPort(), Created: now, Updated: now, Labels: req.Labels}}
 	if err := d.savePolicyText(req.Name, text); err != nil {
 		sb.Detach()
 		return Info{}, err
@@ -389,7 +410,7 @@ func netnsName(path string) string {
 }
 
 func (d *Daemon) emitPolicy(m *managed, what string) {
-	d.audit.Emit(audit.Event{Kind: audit.KindSandbox, Sandbox: m.rec.Name, CgroupID: m.rec.CgroupID, Decision: what})
+	d.audit.Emit(audit.Event{Kind: audit.KindSandbox, Sandbox: m.rec.Name, CgroupID: m.rec.CgroupID, Decision: what, Labels: m.sb.Labels()})
 }
 
 func (d *Daemon) policyPath(name string) string {
@@ -443,7 +464,7 @@ func (d *Daemon) info(m *managed) Info {
 	}
 	return Info{Name: m.rec.Name, Cgroup: m.rec.Cgroup, CgroupID: m.rec.CgroupID, Netns: m.rec.Netns, Policy: m.rec.PolicyFile, Warnings: warnings,
 		Mode: p.Mode.String(), Rules: len(p.Rules), ProxyPort: m.sb.ProxyPort(), DNSPort: m.sb.DNSPort(),
-		Created: m.rec.Created, Updated: m.rec.Updated}
+		Created: m.rec.Created, Updated: m.rec.Updated, Labels: m.sb.Labels()}
 }
 
 func (d *Daemon) recordPath(name string) string {
@@ -502,7 +523,7 @@ func (d *Daemon) restore(ctx context.Context) {
 		if err == nil {
 			netns, _ := netnsOfCgroup(r.Cgroup)
 			sb, err = d.rt.Start(ctx, Spec{Name: r.Name, CgroupPath: r.Cgroup, CgroupID: r.CgroupID, Policy: pol, CA: ca, InNetns: inNetns(netns),
-				PreferProxyPort: r.ProxyPort, PreferDNSPort: r.DNSPort})
+				PreferProxyPort: r.ProxyPort, PreferDNSPort: r.DNSPort, Labels: r.Labels})
 		}
 		if err != nil {
 			// Leave the kernel side as it is: pinned, and with no

@@ -106,7 +106,7 @@ rules:
 	if strings.Contains(string(out), secret) || !strings.Contains(string(out), opaqueMarker) || !strings.Contains(string(out), "staging") {
 		t.Fatalf("split text:\n%s", out)
 	}
-	store, err := secrets.NewMemoryStore(slog.New(slog.NewTextHandler(io.Discard, nil)))
+	store, err := secrets.OpenStore(t.TempDir(), secrets.KeySource{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}

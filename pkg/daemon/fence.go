@@ -12,11 +12,11 @@ import (
 )
 
 // newFence returns a sandbox's resource fences: limits from its current
-// policy (defaults filled in), each refusal reported as an audit event
+// policy (defaults filled in), each refusal reported to emit as an audit event
 // (kind fence, which the metrics sink counts in
 // sluice_fence_refusals_total) and in the pinned refusal counters that
 // `sluice blocked` reads.
-func (rt *Runtime) newFence(s *Sandbox) *fence.Sandbox {
+func (rt *Runtime) newFence(s *Sandbox, emit audit.Emitter) *fence.Sandbox {
 	return fence.New(func() policy.Limits { return s.Policy().Fences() }, func(r fence.Refusal) {
 		proto, p := "tcp", uint16(enforcer.ProtoTCP)
 		if r.UDP {
@@ -29,7 +29,7 @@ func (rt *Runtime) newFence(s *Sandbox) *fence.Sandbox {
 		if r.Dst.IsValid() {
 			ev.Dst = r.Dst.String()
 		}
-		rt.Audit.Emit(ev)
+		emit.Emit(ev)
 		if s.kernel != nil {
 			if err := s.kernel.Count(fenceReason(r.Kind), r.Dst, p); err != nil {
 				rt.Log.Debug("counting a fence refusal", "sandbox", s.Name, "err", err)

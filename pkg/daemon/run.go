@@ -45,6 +45,10 @@ type RunOptions struct {
 	// running as root can leave its cgroup: give an unprivileged user.
 	UID, GID int
 
+	// Labels (--label k=v, CheckLabels) go on every audit event and in
+	// each credential callback request of the sandbox.
+	Labels map[string]string
+
 	Stdin          io.Reader
 	Stdout, Stderr io.Writer
 	Log            *slog.Logger
@@ -96,11 +100,11 @@ func Run(ctx context.Context, o RunOptions) (int, error) {
 	if stateDir == "" {
 		stateDir = DefaultStateDir
 	}
+	var store *secrets.Store // receives rotated oauth2 refresh tokens
 	if ok, err := secrets.StoreExists(stateDir); err != nil {
 		return 0, err
 	} else if ok {
-		store, err := secrets.OpenStore(stateDir, secrets.KeySource{}, log.With("component", "secrets"))
-		if err != nil {
+		if store, err = secrets.OpenStore(stateDir, secrets.KeySource{}, log.With("component", "secrets")); err != nil {
 			return 0, err
 		}
 		providers = append(providers, store)
@@ -191,11 +195,14 @@ func Run(ctx context.Context, o RunOptions) (int, error) {
 
 	rt := &Runtime{Log: log, Enforcer: enf, Resolver: resolver, Proxy: px, Secrets: chain,
 		Callbacks: secrets.NewCallbacks(signer, nil, log.With("component", "callback")), Audit: alog}
+	if err := rt.setCredentials(chain, store, o.UpstreamCAs); err != nil {
+		return 0, err
+	}
 	evCtx, stopEvents := context.WithCancel(ctx)
 	defer stopEvents()
 	go rt.KernelEvents(evCtx)
 
-	sb, err := rt.Start(ctx, Spec{Name: name, CgroupPath: cgPath, CgroupID: cgID, Policy: pol, CA: ca})
+	sb, err := rt.Start(ctx, Spec{Name: name, CgroupPath: cgPath, CgroupID: cgID, Policy: pol, CA: ca, Labels: o.Labels})
 	if err != nil {
 		return 0, err
 	}
@@ -207,6 +214,7 @@ func Run(ctx context.Context, o RunOptions) (int, error) {
 	if err := writeRunRecord(name, cgPath, cgID); err == nil {
 		defer removeRunRecord(cgID)
 	}
+	defer publishRun(sb, o.PolicyFile)() // runlist.go: `sluice list`
 
 	// The command, started directly inside the cgroup.
 	env := secrets.ScrubEnv(os.Environ(), o.SecretEnv)

@@ -35,6 +35,8 @@ type Runtime struct {
 	Proxy     *proxy.Proxy
 	Secrets   proxy.Secrets
 	Callbacks proxy.Callbacks
+	Tokens    proxy.Tokens        // oauth2 rules (setCredentials)
+	Signer    proxy.RequestSigner // aws_sigv4 rules (setCredentials)
 	Audit     audit.Emitter
 
 	mu    sync.Mutex
@@ -55,6 +57,9 @@ type Spec struct {
 	// PreferProxyPort and PreferDNSPort are tried first (a restarted
 	// daemon keeps the redirect targets the kernel already has).
 	PreferProxyPort, PreferDNSPort uint16
+	// Labels go on every audit event of the sandbox and in its credential
+	// callback requests (CheckLabels).
+	Labels map[string]string
 }
 
 // Sandbox is one running sandbox: kernel registration, listeners, resolver
@@ -69,6 +74,7 @@ type Sandbox struct {
 	ls       *listeners
 	bindings *dnsproxy.Bindings
 	policy   atomic.Pointer[policy.Policy]
+	labels   labelSet
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
 	started  time.Time
@@ -120,6 +126,11 @@ func (rt *Runtime) Start(ctx context.Context, spec Spec) (*Sandbox, error) {
 		ls: ls, bindings: dnsproxy.NewBindings(4096, 32), started: time.Now(),
 	}
 	s.policy.Store(spec.Policy)
+	s.labels.set(spec.Labels)
+	if l, ok := rt.Callbacks.(labeler); ok {
+		l.SetLabels(spec.Name, spec.Labels)
+	}
+	emit := labeledEmitter{rt.Audit, &s.labels}
 
 	kernel, err := rt.Enforcer.Attach(spec.CgroupPath, spec.CgroupID, kernelConfig(ls, spec.Policy))
 	if err != nil {
@@ -140,15 +151,16 @@ func (rt *Runtime) Start(ctx context.Context, spec Spec) (*Sandbox, error) {
 
 	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.cancel = cancel
-	fences := rt.newFence(s) // fence.go
+	fences := rt.newFence(s, emit) // fence.go
 	dsb := &dnsproxy.Sandbox{
 		Name: spec.Name, ID: spec.CgroupID, Policy: s.Policy,
-		Allow: kernel, Bindings: s.bindings, Audit: rt.Audit, Origins: newDNSOrigins(kernel), Fence: fences,
+		Allow: kernel, Bindings: s.bindings, Audit: emit, Origins: newDNSOrigins(kernel), Fence: fences,
 	}
 	psb := &proxy.Sandbox{
 		Name: spec.Name, ID: spec.CgroupID, Policy: s.Policy,
 		Orig: origAdapter{kernel}, Names: s.bindings, CA: spec.CA,
-		Secrets: rt.Secrets, Callbacks: auditedCallbacks{rt.Callbacks, rt.Audit}, Audit: rt.Audit, Fence: fences,
+		Secrets: rt.Secrets, Callbacks: auditedCallbacks{rt.Callbacks, emit}, Audit: emit,
+		Tokens: rt.Tokens, Signer: rt.Signer, Fence: fences,
 	}
 	serve := func(name string, fn func() error) {
 		s.wg.Add(1)
@@ -172,7 +184,7 @@ func (rt *Runtime) Start(ctx context.Context, spec Spec) (*Sandbox, error) {
 	rt.byID[s.ID] = s
 	rt.names[s.Name] = s
 	rt.mu.Unlock()
-	rt.Audit.Emit(audit.Event{Kind: audit.KindSandbox, Sandbox: s.Name, CgroupID: s.ID, Decision: "attach"})
+	emit.Emit(audit.Event{Kind: audit.KindSandbox, Sandbox: s.Name, CgroupID: s.ID, Decision: "attach"})
 	return s, nil
 }
 
@@ -192,6 +204,18 @@ func (s *Sandbox) SetPolicy(p *policy.Policy) error {
 	return nil
 }
 
+// Labels returns the sandbox's labels (nil without); do not modify.
+func (s *Sandbox) Labels() map[string]string { return s.labels.get() }
+
+// SetLabels replaces the sandbox's labels live (events and callback
+// requests from now on carry them).
+func (s *Sandbox) SetLabels(labels map[string]string) {
+	s.labels.set(labels)
+	if l, ok := s.rt.Callbacks.(labeler); ok {
+		l.SetLabels(s.Name, labels)
+	}
+}
+
 // Stop closes the listeners and stops serving, leaving the kernel side in
 // place (pinned): connections from the sandbox then fail, closed.
 func (s *Sandbox) Stop() {
@@ -206,7 +230,12 @@ func (s *Sandbox) Stop() {
 func (s *Sandbox) Detach() error {
 	s.Stop()
 	err := s.kernel.Detach()
-	s.rt.Audit.Emit(audit.Event{Kind: audit.KindSandbox, Sandbox: s.Name, CgroupID: s.ID, Decision: "detach"})
+	labeledEmitter{s.rt.Audit, &s.labels}.Emit(audit.Event{Kind: audit.KindSandbox, Sandbox: s.Name, CgroupID: s.ID, Decision: "detach"})
+	for _, c := range []any{s.rt.Callbacks, s.rt.Tokens} {
+		if f, ok := c.(forgetter); ok {
+			f.Forget(s.Name)
+		}
+	}
 	return err
 }
 
@@ -223,12 +252,17 @@ func (rt *Runtime) forget(s *Sandbox) {
 
 // NameOf returns the name of the sandbox with cgroup id id, or "".
 func (rt *Runtime) NameOf(id uint64) string {
+	name, _ := rt.nameAndLabels(id)
+	return name
+}
+
+func (rt *Runtime) nameAndLabels(id uint64) (string, map[string]string) {
 	rt.mu.Lock()
 	defer rt.mu.Unlock()
 	if s, ok := rt.byID[id]; ok {
-		return s.Name
+		return s.Name, s.Labels()
 	}
-	return ""
+	return "", nil
 }
 
 // KernelEvents turns the kernel's refusal events into audit events until
@@ -240,8 +274,9 @@ func (rt *Runtime) KernelEvents(ctx context.Context) error {
 			d = audit.DecisionWouldDeny
 		}
 		v := enforcer.Render(r.Reason, r.Proto, r.Dst)
+		name, labels := rt.nameAndLabels(r.Sandbox)
 		rt.Audit.Emit(audit.Event{
-			Time: r.Time, Kind: audit.KindKernel, Sandbox: rt.NameOf(r.Sandbox), CgroupID: r.CgroupID,
+			Time: r.Time, Kind: audit.KindKernel, Sandbox: name, Labels: labels, CgroupID: r.CgroupID,
 			PID: r.PID, Comm: r.Comm, Decision: d, Reason: v.Reason, Proto: v.Proto, Dst: v.Dst(),
 		})
 	})

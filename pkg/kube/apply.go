@@ -11,7 +11,8 @@ import (
 
 // Daemon is what the pod watch needs of the sluice daemon.
 type Daemon interface {
-	Attach(ctx context.Context, name, cgroup, policyFile string, policy []byte) error
+	// Attach attaches (or updates) a sandbox; labels replace its labels.
+	Attach(ctx context.Context, name, cgroup, policyFile string, policy []byte, labels map[string]string) error
 	Detach(ctx context.Context, name string) error
 	List(ctx context.Context) ([]string, error)
 }
@@ -60,7 +61,7 @@ func (a *Applier) Apply(ctx context.Context, act Action) error {
 	if err != nil {
 		return fmt.Errorf("pod %s: %w", act.Pod, err)
 	}
-	if err := a.Daemon.Attach(ctx, act.Sandbox, cg, file, data); err != nil {
+	if err := a.Daemon.Attach(ctx, act.Sandbox, cg, file, data, act.Labels); err != nil {
 		return fmt.Errorf("attaching pod %s as %s: %w", act.Pod, act.Sandbox, err)
 	}
 	return nil

@@ -17,7 +17,7 @@ type fakeDaemon struct {
 	err   error
 }
 
-func (d *fakeDaemon) Attach(_ context.Context, name, cg, file string, policy []byte) error {
+func (d *fakeDaemon) Attach(_ context.Context, name, cg, file string, policy []byte, _ map[string]string) error {
 	d.calls = append(d.calls, fmt.Sprintf("attach %s %s %s %d", name, cg, filepath.Base(file), len(policy)))
 	return d.err
 }

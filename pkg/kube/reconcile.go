@@ -24,6 +24,7 @@ type Pod struct {
 		Namespace         string            `json:"namespace"`
 		UID               string            `json:"uid"`
 		ResourceVersion   string            `json:"resourceVersion,omitempty"`
+		Labels            map[string]string `json:"labels,omitempty"`
 		Annotations       map[string]string `json:"annotations,omitempty"`
 		DeletionTimestamp *string           `json:"deletionTimestamp,omitempty"`
 	} `json:"metadata"`
@@ -75,6 +76,8 @@ type Action struct {
 	// ContainerID is a running container of the pod ("containerd://ID");
 	// its process's cgroup parent is the pod cgroup to attach.
 	ContainerID string `json:"container_id,omitempty"`
+	// Labels are the sandbox's labels (PodLabels).
+	Labels map[string]string `json:"labels,omitempty"`
 	// Reason says why, for logs.
 	Reason string `json:"reason"`
 }
@@ -82,6 +85,7 @@ type Action struct {
 type podState struct {
 	sandbox string
 	policy  string
+	labels  string // labelsKey of the labels attached with
 }
 
 // Reconciler turns pod events on one node into actions. The zero value is
@@ -103,6 +107,40 @@ func SandboxFor(p *Pod) string {
 		return containers.SandboxName(NamePrefix + n)
 	}
 	return containers.SandboxName("k8s", p.Metadata.Namespace, p.Metadata.Name)
+}
+
+// PodLabels returns the sandbox labels of a pod: its labels and its
+// sluice.dev/* annotations (sluice.dev/policy and sluice.dev/name aside;
+// an annotation wins over a label of the same key), the valid ones
+// (audit.ValidLabel), at most audit.MaxLabels in key order; nil without.
+func PodLabels(p *Pod) map[string]string {
+	all := map[string]string{}
+	for k, v := range p.Metadata.Labels {
+		all[k] = v
+	}
+	for k, v := range p.Metadata.Annotations {
+		if strings.HasPrefix(k, "sluice.dev/") {
+			all[k] = v
+		}
+	}
+	return containers.AnnotationLabels(all)
+}
+
+// labelsKey is a canonical text of labels (to notice a change).
+func labelsKey(m map[string]string) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var b strings.Builder
+	for _, k := range keys {
+		b.WriteString(k)
+		b.WriteByte(0)
+		b.WriteString(m[k])
+		b.WriteByte(0)
+	}
+	return b.String()
 }
 
 // Attached returns the sandboxes the reconciler believes attached, sorted.
@@ -160,18 +198,22 @@ func (r *Reconciler) Handle(ev Event) []Action {
 		return nil // not started yet (Pending) or between restarts
 	}
 	sandbox := SandboxFor(p)
-	if isAttached && cur.policy == policy && cur.sandbox == sandbox {
+	labels := PodLabels(p)
+	lk := labelsKey(labels)
+	if isAttached && cur.policy == policy && cur.sandbox == sandbox && cur.labels == lk {
 		return nil
 	}
 	var acts []Action
 	reason := "pod running"
 	if isAttached && cur.sandbox != sandbox {
 		acts = append(acts, Action{Op: OpDetach, Sandbox: cur.sandbox, Pod: key, UID: uid, Reason: "sandbox name changed"})
-	} else if isAttached {
+	} else if isAttached && cur.policy != policy {
 		reason = "policy changed from " + cur.policy
+	} else if isAttached {
+		reason = "labels changed"
 	}
-	r.attached[uid] = podState{sandbox: sandbox, policy: policy}
-	return append(acts, Action{Op: OpAttach, Sandbox: sandbox, Pod: key, UID: uid, Policy: policy, ContainerID: cid, Reason: reason})
+	r.attached[uid] = podState{sandbox: sandbox, policy: policy, labels: lk}
+	return append(acts, Action{Op: OpAttach, Sandbox: sandbox, Pod: key, UID: uid, Policy: policy, ContainerID: cid, Labels: labels, Reason: reason})
 }
 
 // Failed forgets that an attach happened, so the pod's next event retries.

@@ -22,7 +22,7 @@ type syncDaemon struct {
 	initial []string
 }
 
-func (d *syncDaemon) Attach(_ context.Context, name, cg, _ string, _ []byte) error {
+func (d *syncDaemon) Attach(_ context.Context, name, cg, _ string, _ []byte, _ map[string]string) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.calls = append(d.calls, "attach "+name+" "+filepath.Base(cg))

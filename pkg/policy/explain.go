@@ -15,7 +15,12 @@ type Explanation struct {
 	URL    string `json:"url"`
 	Host   string `json:"host"`
 	Port   uint16 `json:"port"`
-	Path   string `json:"path"`
+	// Path is the canonical path the proxy matches and forwards (the path
+	// as given when the target is refused as ambiguous).
+	Path string `json:"path"`
+	// Target is the canonical request target forwarded upstream, "" when
+	// the request is refused as ambiguous.
+	Target string `json:"target,omitempty"`
 	Mode   string `json:"mode"`
 
 	// DNS is the resolver's answer for Host; nil for an IP address.
@@ -32,6 +37,10 @@ type Explanation struct {
 	// RuleIndex is the position of Rule in rules[], -1 without a rule.
 	RuleIndex int    `json:"rule_index"`
 	Reason    string `json:"reason,omitempty"`
+	// Status is the proxy's answer to a refused intercepted request: 400
+	// for a method or target it refuses as ambiguous, 403 for a policy
+	// refusal; 0 otherwise (allowed, or refused at DNS or connection).
+	Status int `json:"status,omitempty"`
 
 	// What an allowed, intercepted request gets.
 	Headers  []ExplainHeader  `json:"headers,omitempty"`
@@ -74,15 +83,35 @@ func (r *Remap) String() string {
 }
 
 // Explain answers for one request given as a method and a URL (http:// or
-// https://; a URL without a scheme is taken as https). The port defaults
-// to the scheme's; the method is upper-cased. The request is allowed when
-// its name resolves (or it is an address), the connection is not refused
-// and the request matches an allow rule.
+// https://; a URL without a scheme is taken as https), as ExplainRequest
+// without headers.
 func (p *Policy) Explain(method, rawURL string) (*Explanation, error) {
+	return p.ExplainRequest(method, rawURL, nil)
+}
+
+// ExplainRequest answers for one request given as a method, a URL and
+// request headers (canonical keys; only the method override headers
+// matter). The port defaults to the scheme's. The URL's path and query are
+// the request target exactly as a client would send it (a fragment is
+// dropped, as clients do) and go through the proxy's checks (Prepare,
+// MatchPrepared, CleartextRefusal): a method that is not upper case or an
+// ambiguous target is refused with Status 400. The request is allowed
+// when its name resolves (or it is an address), the connection is not
+// refused and the request matches an allow rule.
+func (p *Policy) ExplainRequest(method, rawURL string, header map[string][]string) (*Explanation, error) {
 	if !strings.Contains(rawURL, "://") {
 		rawURL = "https://" + rawURL
 	}
-	u, err := url.Parse(rawURL)
+	scheme, rest, _ := strings.Cut(rawURL, "://")
+	end := strings.IndexAny(rest, "/?#")
+	if end < 0 {
+		end = len(rest)
+	}
+	target, _, _ := strings.Cut(rest[end:], "#")
+	if target == "" || target[0] == '?' {
+		target = "/" + target
+	}
+	u, err := url.Parse(scheme + "://" + rest[:end])
 	if err != nil {
 		return nil, fmt.Errorf("parsing URL: %w", err)
 	}
@@ -106,12 +135,15 @@ func (p *Policy) Explain(method, rawURL string) (*Explanation, error) {
 		}
 		port = uint16(v)
 	}
-	path := u.Path
-	if path == "" {
-		path = "/"
+	prep, perr := Prepare(Request{Method: method, Target: target, Host: u.Host, Header: header})
+	path := prep.Target.Path
+	if perr != nil {
+		path, _, _ = strings.Cut(target, "?")
 	}
-	method = strings.ToUpper(method)
-	e := &Explanation{Method: method, URL: u.String(), Host: host, Port: port, Path: path, Mode: p.Mode.String(), RuleIndex: -1}
+	e := &Explanation{Method: method, URL: u.String() + target, Host: host, Port: port, Path: path, Mode: p.Mode.String(), RuleIndex: -1}
+	if perr == nil {
+		e.Target = prep.Target.String()
+	}
 
 	dnsOK := true
 	var nm NameMatch
@@ -125,7 +157,6 @@ func (p *Policy) Explain(method, rawURL string) (*Explanation, error) {
 	}
 	cm := p.MatchConn(host, port)
 	e.Connection, e.ConnectionRule = cm.Verdict.String(), nameOf(cm.Rule)
-	rm := p.MatchRequest(host, port, method, path)
 
 	var decider *Rule
 	switch {
@@ -146,10 +177,22 @@ func (p *Policy) Explain(method, rawURL string) (*Explanation, error) {
 		// Spliced: the proxy never sees the requests; the connection's rule decides.
 		decider = cm.Rule
 		e.Allowed = true
+	case perr != nil:
+		e.Status = 400
+		e.Reason = "bad request: " + perr.Error()
 	default:
+		rm := p.MatchPrepared(host, port, &prep)
 		decider = rm.Rule
 		e.Allowed = rm.Allowed
 		e.Reason = rm.Reason
+		if e.Allowed && u.Scheme == "http" {
+			if why := rm.Rule.CleartextRefusal(); why != "" {
+				e.Allowed, e.Reason = false, why
+			}
+		}
+		if !e.Allowed {
+			e.Status = 403
+		}
 	}
 	e.Action = "deny"
 	if e.Allowed {
@@ -166,6 +209,7 @@ func (p *Policy) Explain(method, rawURL string) (*Explanation, error) {
 			for _, h := range r.Headers {
 				e.Headers = append(e.Headers, ExplainHeader{Name: h.Name, Type: h.Type.String(), Value: h.Redacted()})
 			}
+			e.Headers = append(e.Headers, explainCredentials(r)...)
 			if r.Callback != nil {
 				e.Callback = &ExplainCallback{URL: r.Callback.URL, TTL: r.Callback.TTL.String(), Timeout: r.Callback.Timeout.String()}
 			}

@@ -25,7 +25,7 @@ rules:
 		wantErr           string
 		check             func(t *testing.T, e *Explanation)
 	}{
-		{name: "intercepted with everything", method: "get", url: "api.example.com/v1/x?k=v", allowed: true, rule: "api", conn: "intercept",
+		{name: "intercepted with everything", method: "GET", url: "api.example.com/v1/x?k=v", allowed: true, rule: "api", conn: "intercept",
 			check: func(t *testing.T, e *Explanation) {
 				if e.Method != "GET" || e.Port != 443 || e.Path != "/v1/x" || e.Mode != "audit" || e.Remap != "mirror.example.com:8443" ||
 					e.DNS == nil || e.DNS.Remap != "mirror.example.com" || len(e.Headers) != 1 || e.Headers[0].Value != "Bearer <secret:TOKEN>" ||
@@ -46,6 +46,12 @@ rules:
 				}
 			}},
 		{name: "name refused", method: "GET", url: "https://other.example.com/", allowed: false, conn: "deny"},
+		{name: "lower-case method", method: "get", url: "api.example.com/v1/x", allowed: false, conn: "intercept",
+			check: func(t *testing.T, e *Explanation) {
+				if e.Status != 400 || !strings.Contains(e.Reason, "upper case") || len(e.Headers) != 0 {
+					t.Fatalf("%+v", e)
+				}
+			}},
 		{name: "bad scheme", method: "GET", url: "ftp://x/", wantErr: `scheme "ftp"`},
 		{name: "no host", method: "GET", url: "https:///x", wantErr: "no host"},
 		{name: "bad port", method: "GET", url: "https://x:99999/", wantErr: "port"},

@@ -16,6 +16,7 @@ type entry struct {
 	ports   []uint16
 	methods []string
 	globs   []glob
+	fold    bool // case_insensitive_paths: globs are lower case, match the lowered path
 }
 
 func (e *entry) portOK(port uint16) bool {
@@ -44,10 +45,29 @@ func (e *entry) methodOK(m string) bool {
 
 // pathSpec returns the specificity of the most specific matching path
 // pattern (0 for a rule without paths), or -1 when no pattern matches.
-func (e *entry) pathSpec(path string) int {
+// lower is path in lower case, for a case_insensitive_paths rule. A deny
+// rule also matches a path with one trailing '/' removed: "/admin/" is
+// not "/admin" for an allow rule, but a deny on /admin refuses it too,
+// even against an allow rule for "/admin/".
+func (e *entry) pathSpec(path string, lower func() string) int {
 	if len(e.globs) == 0 {
 		return 0
 	}
+	if e.fold {
+		path = lower()
+	}
+	best := e.globSpec(path)
+	if e.deny && len(path) > 1 && path[len(path)-1] == '/' {
+		// Ranked as if the pattern had the '/' too (2 per literal byte),
+		// so it ties with an allow pattern for the exact path and wins.
+		if s := e.globSpec(path[:len(path)-1]); s >= 0 {
+			best = max(best, s+2)
+		}
+	}
+	return best
+}
+
+func (e *entry) globSpec(path string) int {
 	best := -1
 	for i := range e.globs {
 		if g := &e.globs[i]; g.spec > best && g.match(path) {
@@ -144,8 +164,11 @@ func compile(p *Policy) *matcher {
 	v4 := map[int]map[netip.Prefix][]*entry{}
 	v6 := map[int]map[netip.Prefix][]*entry{}
 	for _, r := range p.Rules {
-		e := &entry{rule: r, deny: r.Action == ActionDeny, cond: len(r.Paths) > 0 || len(r.Methods) > 0, ports: r.Ports, methods: r.Methods}
+		e := &entry{rule: r, deny: r.Action == ActionDeny, cond: len(r.Paths) > 0 || len(r.Methods) > 0, ports: r.Ports, methods: r.Methods, fold: r.CaseInsensitivePaths}
 		for _, s := range r.Paths {
+			if e.fold {
+				s = asciiLower(s)
+			}
 			g, _ := compileGlob(s)
 			e.globs = append(e.globs, g)
 		}
@@ -407,8 +430,10 @@ func connWalk(c cands, port uint16) ConnMatch {
 	return ConnMatch{}
 }
 
-// MatchRequest answers the proxy for one HTTP request. path is the request
-// path; a query string is ignored. Among the rules whose host (or CIDR,
+// MatchRequest answers the proxy for one HTTP request. path is the
+// decoded canonical path (Target.Match; the proxy calls it through
+// MatchPrepared); a query string is ignored. Paths match case-sensitively
+// unless the rule sets case_insensitive_paths. Among the rules whose host (or CIDR,
 // for an IP literal), port, method and path all match, the most specific
 // host level decides; within it the most specific path, then a rule that
 // names methods, then one that names ports, then deny over allow, then
@@ -435,6 +460,13 @@ func (p *Policy) MatchRequest(host string, port uint16, method, path string) Req
 		c = p.m.hostCands(buf[:n])
 	}
 	start := c
+	var lowered string
+	lower := func() string {
+		if lowered == "" {
+			lowered = asciiLower(path)
+		}
+		return lowered
+	}
 	for es := c.next(); es != nil; es = c.next() {
 		var best *entry
 		bestSpec := 0
@@ -442,7 +474,7 @@ func (p *Policy) MatchRequest(host string, port uint16, method, path string) Req
 			if !e.portOK(port) || !e.methodOK(method) {
 				continue
 			}
-			spec := e.pathSpec(path)
+			spec := e.pathSpec(path, lower)
 			if spec < 0 {
 				continue
 			}

@@ -339,7 +339,7 @@ type ruleSrc struct {
 	envNodes  map[string]*yaml.Node
 }
 
-var ruleFields = []string{"name", "hosts", "paths", "methods", "ports", "cidrs", "action", "direct", "headers", "remap", "callback", "env", "listen"}
+var ruleFields = append([]string{"name", "hosts", "paths", "methods", "ports", "cidrs", "action", "direct", "headers", "remap", "callback", "env", "oauth2", "aws_sigv4", "listen"}, gateFields...)
 
 func (ps *parser) rule(i int, n *yaml.Node) (*Rule, *ruleSrc) {
 	path := fmt.Sprintf("rules[%d]", i)
@@ -360,6 +360,8 @@ func (ps *parser) rule(i int, n *yaml.Node) (*Rule, *ruleSrc) {
 		methodsNode  *yaml.Node
 		portsNode    *yaml.Node
 		envNode      *yaml.Node
+		oauthNode    *yaml.Node
+		sigNode      *yaml.Node
 	)
 	for _, f := range fields {
 		fp := join(path, f.key.Value)
@@ -486,10 +488,17 @@ func (ps *parser) rule(i int, n *yaml.Node) (*Rule, *ruleSrc) {
 		case "env":
 			envNode = f.val
 			r.Env, src.envNodes = ps.env(fp, f.val)
+		case "insecure_http", "case_insensitive_paths":
+			ps.gateField(r, f, fp)
+		case "oauth2":
+			oauthNode, r.OAuth2 = f.val, ps.oauth2(fp, f.val)
+		case "aws_sigv4":
+			sigNode, r.AWSSigV4 = f.val, ps.awsSigV4(fp, f.val)
 		case "listen":
 			r.Listen = ps.listen(fp, f.val)
 		}
 	}
+	ps.credentialChecks(r, path, oauthNode, sigNode, headersNode)
 	if !haveName && clean {
 		ps.errf(n, join(path, "name"), "required; every rule needs a unique name")
 	}
@@ -535,6 +544,7 @@ func (ps *parser) rule(i int, n *yaml.Node) (*Rule, *ruleSrc) {
 	if r.Remap != nil && !hasField(fields, "hosts") {
 		ps.errf(src.remapNode, join(path, "remap"), "remap works through DNS and needs hosts")
 	}
+	ps.gateChecks(r, path, fields)
 	return r, src
 }
 

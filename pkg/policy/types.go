@@ -101,13 +101,22 @@ type Rule struct {
 	Remap    *Remap
 	Callback *Callback
 	Env      map[string]string
-	Listen   *Listen // a listen rule: inbound connections (listen.go)
+	// InsecureHTTP lets the rule inject credentials into cleartext HTTP
+	// (insecure_http: true); see CleartextRefusal.
+	InsecureHTTP bool
+	// CaseInsensitivePaths folds ASCII case in paths patterns and request
+	// paths (case_insensitive_paths: true).
+	CaseInsensitivePaths bool
+	OAuth2               *OAuth2   // mint a bearer token (credentials.go)
+	AWSSigV4             *AWSSigV4 // sign with AWS SigV4 (credentials.go)
+	Listen               *Listen   // a listen rule: inbound connections (listen.go)
 }
 
 // NeedsIntercept reports whether traffic for the rule must be terminated at
 // HTTP level (headers, paths, methods, remap or a callback).
 func (r *Rule) NeedsIntercept() bool {
-	return len(r.Headers) > 0 || len(r.Paths) > 0 || len(r.Methods) > 0 || r.Remap != nil || r.Callback != nil
+	return len(r.Headers) > 0 || len(r.Paths) > 0 || len(r.Methods) > 0 || r.Remap != nil || r.Callback != nil ||
+		r.OAuth2 != nil || r.AWSSigV4 != nil
 }
 
 // Header is one header to inject.

@@ -34,16 +34,20 @@
 //
 // Per request, a Host that differs from the connection's name (domain
 // fronting) is refused unless one rule allows both; CONNECT, protocol
-// upgrades other than WebSocket (h2c would tunnel past the checks),
-// dot-segment paths and http:// absolute URIs on TLS are refused. Alt-Svc is
+// upgrades other than WebSocket (h2c would tunnel past the checks) and
+// http:// absolute URIs on TLS are refused. The method and target go
+// through policy.Prepare (gate.go): an ambiguous target or a method not in
+// upper case is refused with 400, method overrides are matched too, and
+// the upstream receives the canonical target, never the bytes as sent. A
+// rule's credentials go only over TLS unless it sets insecure_http. Alt-Svc is
 // dropped from intercepted responses (HTTP/3 would go around interception).
 //
 // Known limits: a spliced TLS connection is opaque, so a client can send one
 // allowed SNI and another Host inside it to a shared (CDN) address; rules
 // without HTTP-level needs are never intercepted (pinned certificates keep
 // working), so this is accepted: put HTTP-level conditions on a rule to have
-// its Host checked per request. WebSocket frames after the upgrade and
-// compressed bodies are not scanned for echoed secrets.
+// its Host checked per request. Echo redaction knows the encodings listed
+// in redact.go, no others.
 //
 // Upstream connections. Requests of connections admitted by name share
 // upstream connections keyed by the scheme, upstream name and port and dial
@@ -67,12 +71,22 @@
 //   - A secret that cannot be resolved or a failing callback fails the
 //     request with 502; nothing is forwarded without its credentials.
 //   - Secret values never appear in logs, errors or events; injected values
-//     echoed by an upstream in response headers or (uncompressed) bodies are
-//     replaced with Redacted and a "secret" event is emitted.
+//     echoed by an upstream, as they are or encoded (redact.go), are
+//     redacted in every part of the answer the sandbox reads: headers, 1xx
+//     headers, bodies (decoded from gzip, deflate, br, zstd), trailers and
+//     WebSocket frames (filter.go, websocket.go), and a "secret" event is
+//     emitted. An answer that cannot be scanned (an unknown content coding,
+//     a WebSocket extension) is refused with 502.
 //   - Audit mode (policy.ModeAudit): what enforce would refuse is forwarded
 //     (without credentials) and recorded with decision "would_deny".
 //   - One "conn" event per connection and one "http" event per intercepted
 //     request; no event carries a secret, a query value or a body.
+//
+// A rule's oauth2 block injects "Authorization: Bearer" with a token from
+// Sandbox.Tokens (a failed token request: 502, nothing forwarded); an
+// aws_sigv4 block has Sandbox.Signer drop the sandbox's signature and sign
+// the request as forwarded, its body hashed up to 1 MiB when the length is
+// known, else UNSIGNED-PAYLOAD (authn.go).
 //
 // A Proxy is safe for concurrent use; Serve returns after every connection
 // it accepted is closed.

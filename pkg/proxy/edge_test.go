@@ -308,6 +308,7 @@ rules:
     paths: ["/ok/*"]
     methods: [GET]
     headers: [{name: Authorization, type: secret, value: "Bearer {TOKEN}"}]
+    insecure_http: true
 `, dst.Port()))
 	c := e.client(false)
 	for _, tt := range []struct {

@@ -382,6 +382,7 @@ func (h *h1Conn) badRequest(code int, msg string) {
 // handle answers one checked request.
 func (h *h1Conn) handle(ctx context.Context, req *http.Request, rs *reqState, expect bool) bool {
 	closeAfter := req.Close || !req.ProtoAtLeast(1, 1)
+	rs.expect = expect
 	if code, body := h.s.checkRequest(ctx, req, rs); code != 0 {
 		rs.status = code
 		// Read what is left of the body, within reason, to keep the
@@ -505,6 +506,7 @@ func (h *h1Conn) forward(ctx context.Context, req *http.Request, rs *reqState, c
 		req.Header.Del(inj.name)
 		req.Header.Set(inj.name, inj.value)
 	}
+	rs.upstreamRequest(req.Header)
 	req.Host = rs.outHost
 	req.Close = false
 
@@ -742,6 +744,7 @@ func (h *h1Conn) readResponse(u *upConn, req *http.Request) (*http.Response, err
 		}
 		if code != http.StatusContinue && req.ProtoAtLeast(1, 1) {
 			removeHopByHop(resp.Header)
+			h.rs.filterInformationalResponse(resp)
 			writeStatusLine(h.bw, req, code, statusText(resp))
 			writeHeader(h.bw, resp.Header)
 			h.bw.WriteString("\r\n")
@@ -850,7 +853,7 @@ func (h *h1Conn) writeResponse(req *http.Request, resp *http.Response, closeAfte
 		// The upstream failed mid-body: the client sees a truncated body
 		// (no terminating chunk, or fewer bytes than announced).
 		bw.Flush()
-		h.rs.errMsg = "upstream " + h.rs.upHostPort + " failed mid-body: " + rerr.Error()
+		h.rs.errMsg = h.rs.redactMessage("upstream " + h.rs.upHostPort + " failed mid-body: " + rerr.Error())
 		return false, false
 	}
 	if chunked {
@@ -889,7 +892,7 @@ func (h *h1Conn) switchProtocols(req *http.Request, resp *http.Response, rs *req
 		done <- struct{}{}
 	}()
 	go func() {
-		copyWith(h.c, u.br)
+		copyWith(h.c, rs.upgradeReader(u.br))
 		done <- struct{}{}
 	}()
 	<-done

@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/netip"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -190,6 +189,7 @@ type reqState struct {
 	host, path string
 	rule       *policy.Rule
 	errMsg     string
+	expect     bool   // HTTP/1.1 Expect: 100-continue (the body comes after the check)
 	upHost     string // the upstream's name: TLS server name and verification
 	start      time.Time
 	decision   string
@@ -299,6 +299,7 @@ func (s *server) checkRequest(ctx context.Context, r *http.Request, rs *reqState
 	}
 	port := ci.port()
 	audited := pol.Mode == policy.ModeAudit
+	prep, perr := prepare(r)
 	violation := ""
 	var rule *policy.Rule
 	switch {
@@ -310,11 +311,12 @@ func (s *server) checkRequest(ctx context.Context, r *http.Request, rs *reqState
 		violation = "only WebSocket protocol upgrades are allowed"
 	case ci.proto == protoTLS && r.URL.Scheme == "http":
 		violation = "an http:// absolute URI on a TLS connection is not allowed"
-	case hasDotSegment(r.URL.Path):
-		violation = "paths with . or .. segments are not allowed"
+	case perr != nil:
+		// Ambiguous target or method: refused in audit mode too.
+		return s.badTarget(r, rs, reqHost, perr)
 	case ci.viaCIDR:
 		// Admitted by address: the CIDR rules decide, whatever the Host says.
-		rm := pol.MatchRequest(ci.orig.Dst.Addr().String(), port, r.Method, r.URL.Path)
+		rm := pol.MatchPrepared(ci.orig.Dst.Addr().String(), port, &prep)
 		rule = rm.Rule
 		if !rm.Allowed {
 			violation = rm.Reason
@@ -333,7 +335,7 @@ func (s *server) checkRequest(ctx context.Context, r *http.Request, rs *reqState
 				break
 			}
 		}
-		rm := pol.MatchRequest(reqHost, port, r.Method, r.URL.Path)
+		rm := pol.MatchPrepared(reqHost, port, &prep)
 		rule = rm.Rule
 		if !rm.Allowed {
 			violation = rm.Reason
@@ -341,6 +343,9 @@ func (s *server) checkRequest(ctx context.Context, r *http.Request, rs *reqState
 				violation = "no rule allows this request"
 			}
 		}
+	}
+	if violation == "" && ci.proto != protoTLS {
+		violation = rule.CleartextRefusal()
 	}
 	if ci.wouldDeny && violation == "" {
 		violation = ci.reason
@@ -357,6 +362,7 @@ func (s *server) checkRequest(ctx context.Context, r *http.Request, rs *reqState
 		rule = nil // never inject credentials into a request enforce mode refuses
 	}
 	rs.rule = rule
+	forwardTarget(r, &prep)
 
 	// Upstream target.
 	rs.scheme = "http"
@@ -400,7 +406,11 @@ func (s *server) checkRequest(ctx context.Context, r *http.Request, rs *reqState
 
 	// Credentials.
 	if rule != nil {
-		if msg := s.credentials(ctx, rs, rule, reqHost, port); msg != "" {
+		msg := s.credentials(ctx, rs, rule, reqHost, port)
+		if msg == "" && (rule.OAuth2 != nil || rule.AWSSigV4 != nil) {
+			msg = s.ruleAuth(ctx, r, rs, rule) // authn.go
+		}
+		if msg != "" {
 			rs.decision = audit.DecisionError
 			rs.ev.Reason = msg
 			rs.status = http.StatusBadGateway
@@ -523,60 +533,11 @@ func rewrite(pr *httputil.ProxyRequest) {
 		pr.Out.Header.Del(h.name)
 		pr.Out.Header.Set(h.name, h.value)
 	}
+	rs.upstreamRequest(pr.Out.Header)
 }
 
 func (p *Proxy) modifyResponse(resp *http.Response) error {
 	return filterResponse(resp.Request.Context().Value(reqKey{}).(*reqState), resp, resp.Request.Method)
-}
-
-// filterResponse records the upstream's answer to rs and filters it before
-// it reaches the sandbox: no Alt-Svc, and injected secrets echoed back
-// redacted.
-func filterResponse(rs *reqState, resp *http.Response, method string) error {
-	rs.status = resp.StatusCode
-	rs.headerAt = time.Now()
-	// HTTP/3 (QUIC) to an intercepted host would bypass interception; keep
-	// clients on TCP.
-	resp.Header.Del("Alt-Svc")
-	if rs.secrets == nil {
-		return nil
-	}
-	if where := rs.secrets.header(resp.Header); where != "" {
-		rs.ci.s.secretEvent(rs, "injected secret echoed in response header "+where)
-	}
-	if resp.StatusCode == http.StatusSwitchingProtocols || resp.Body == nil || resp.Body == http.NoBody ||
-		method == http.MethodHead || resp.StatusCode == http.StatusNoContent || resp.StatusCode == http.StatusNotModified {
-		return nil
-	}
-	if ce := resp.Header.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
-		return nil // compressed: the secret cannot appear verbatim
-	}
-	if resp.ContentLength >= 0 && resp.ContentLength <= maxBufferedRedact {
-		// Small and complete: redact in memory and keep a Content-Length.
-		mb := newMemBody(resp.ContentLength)
-		var err error
-		mb.b, err = readAtMost(resp.Body, mb.b, resp.ContentLength)
-		resp.Body.Close()
-		if err != nil {
-			mb.Close()
-			return fmt.Errorf("reading response body: %w", err)
-		}
-		if out, hit := rs.secrets.replace(nil, mb.b); hit {
-			rs.bodyEcho()
-			mb.Close()
-			mb = &memBody{b: out}
-		}
-		resp.Body = mb
-		if int64(len(mb.b)) != resp.ContentLength {
-			resp.ContentLength = int64(len(mb.b))
-			resp.Header.Set("Content-Length", strconv.Itoa(len(mb.b)))
-		}
-		return nil
-	}
-	resp.Body = rs.secrets.reader(resp.Body, rs.bodyEcho)
-	resp.ContentLength = -1
-	resp.Header.Del("Content-Length")
-	return nil
 }
 
 // memBody is a response body held in memory. Bodies of up to 32 KiB use a
@@ -678,6 +639,7 @@ func (rs *reqState) upstreamFailed(err error) string {
 	default:
 		msg = fmt.Sprintf("upstream %s: %v", rs.upHostPort, err)
 	}
+	msg = rs.redactMessage(msg)
 	rs.errMsg = msg
 	return msg
 }

@@ -69,6 +69,11 @@ type Sandbox struct {
 	Callbacks Callbacks // nil: any callback rule fails the request (502)
 	Audit     audit.Emitter
 	Fence     *fence.Sandbox // the sandbox's resource fences; nil: none
+
+	// Tokens and Signer serve oauth2 and aws_sigv4 rules (authn.go); nil
+	// fails such a rule's requests (502).
+	Tokens Tokens
+	Signer RequestSigner
 }
 
 // Config holds what all sandboxes served by one Proxy share. Zero values
@@ -235,7 +240,9 @@ type protoRouter struct{ p *Proxy }
 
 func (pr protoRouter) RoundTrip(r *http.Request) (*http.Response, error) {
 	p := pr.p
-	if rs, _ := r.Context().Value(reqKey{}).(*reqState); rs != nil && rs.ci.viaCIDR {
+	rs, _ := r.Context().Value(reqKey{}).(*reqState)
+	r = rs.traceInformational(r)
+	if rs != nil && rs.ci.viaCIDR {
 		return rs.ci.ownTransport(p, r.ProtoMajor == 2).RoundTrip(r)
 	}
 	if r.ProtoMajor == 2 {

@@ -62,7 +62,7 @@ rules:
 				{name: "client header replaced", method: "GET", path: "/v1/x", clientAuth: "Bearer fake", wantCode: 200, wantBody: "auth=BEARER S3CR3T-TOKEN-VALUE"},
 				{name: "path outside rule", method: "GET", path: "/admin", wantCode: 403, wantBody: "sluice policy"},
 				{name: "method outside rule", method: "DELETE", path: "/v1/models", wantCode: 403, wantBody: "method: DELETE"},
-				{name: "dot segments", method: "GET", path: "/v1/../admin", wantCode: 403, wantBody: "segments"},
+				{name: "dot segments", method: "GET", path: "/v1/../admin", wantCode: 400, wantBody: "\"..\" path segment"},
 				{name: "allowed again on the same connection", method: "POST", path: "/v1/chat", wantCode: 200, wantBody: "auth=BEARER S3CR3T-TOKEN-VALUE"},
 			}
 			for _, tt := range tests {
@@ -469,6 +469,7 @@ rules:
     ports: [%d]
     paths: ["/ok/*"]
     headers: [{name: Authorization, type: secret, value: "Bearer {TOKEN}"}]
+    insecure_http: true
 `, dst.Port()))
 	e.bind("plain.test", dst)
 	e.bind("denied.test", dst)

@@ -374,7 +374,7 @@ func TestRedactorRandomSplits(t *testing.T) {
 		var ref strings.Builder
 		for k := 0; k < len(want); {
 			matched := false
-			for _, s := range r.secrets {
+			for _, s := range r.ps.pats {
 				if strings.HasPrefix(want[k:], string(s)) {
 					ref.WriteString(Redacted)
 					k += len(s)

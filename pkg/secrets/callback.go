@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"math"
 	"net"
 	"net/http"
@@ -91,8 +92,10 @@ type Callbacks struct {
 	now    func() time.Time
 
 	sf    singleflight.Group
-	mu    sync.Mutex
+	mu    sync.Mutex // guards cache and labels
 	cache map[callbackKey]callbackEntry
+	// labels are the sandboxes' labels, sent in every request body.
+	labels map[string]map[string]string
 }
 
 type callbackKey struct {
@@ -125,7 +128,29 @@ func NewCallbacks(signer ed25519.PrivateKey, client *http.Client, log *slog.Logg
 	if len(signer) != ed25519.PrivateKeySize {
 		signer = nil
 	}
-	return &Callbacks{signer: signer, client: &cl, log: log, now: time.Now, cache: map[callbackKey]callbackEntry{}}
+	return &Callbacks{signer: signer, client: &cl, log: log, now: time.Now, cache: map[callbackKey]callbackEntry{}, labels: map[string]map[string]string{}}
+}
+
+// SetLabels records the labels of sandbox (`--label k=v`, pod labels,
+// container annotations), sent as "labels" in each of its callback
+// requests. Changed labels drop the sandbox's cached answers; nil or empty
+// labels send {}.
+func (c *Callbacks) SetLabels(sandbox string, labels map[string]string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if maps.Equal(c.labels[sandbox], labels) {
+		return
+	}
+	for k := range c.cache {
+		if k.sandbox == sandbox {
+			delete(c.cache, k)
+		}
+	}
+	if len(labels) == 0 {
+		delete(c.labels, sandbox)
+		return
+	}
+	c.labels[sandbox] = maps.Clone(labels)
 }
 
 // PublicKey returns the key callback servers verify signatures with (nil
@@ -139,9 +164,10 @@ func (c *Callbacks) PublicKey() ed25519.PublicKey {
 
 // callbackRequest is the JSON body POSTed to the callback URL.
 type callbackRequest struct {
-	Sandbox string `json:"sandbox"`
-	Host    string `json:"host"`
-	Port    uint16 `json:"port"`
+	Sandbox string            `json:"sandbox"`
+	Host    string            `json:"host"`
+	Port    uint16            `json:"port"`
+	Labels  map[string]string `json:"labels"`
 }
 
 type callbackResponse struct {
@@ -186,10 +212,11 @@ func (c *Callbacks) CallbackHeaders(ctx context.Context, sandbox, host string, p
 	}
 }
 
-// Forget drops every cached answer for sandbox (on detach).
+// Forget drops every cached answer and the labels of sandbox (on detach).
 func (c *Callbacks) Forget(sandbox string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	delete(c.labels, sandbox)
 	for k := range c.cache {
 		if k.sandbox == sandbox {
 			delete(c.cache, k)
@@ -248,7 +275,13 @@ func (c *Callbacks) fetch(ctx context.Context, key callbackKey, target string, c
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 
-	body, err := json.Marshal(callbackRequest{Sandbox: key.sandbox, Host: key.host, Port: key.port})
+	c.mu.Lock()
+	labels := c.labels[key.sandbox]
+	c.mu.Unlock()
+	if labels == nil {
+		labels = map[string]string{}
+	}
+	body, err := json.Marshal(callbackRequest{Sandbox: key.sandbox, Host: key.host, Port: key.port, Labels: labels})
 	if err != nil {
 		return nil, fail(ReasonConfig)
 	}

@@ -472,3 +472,37 @@ func TestCallbackInjectionContract(t *testing.T) {
 		t.Errorf("connection error: %d %q", code, body)
 	}
 }
+
+// TestCallbackLabels: the sandbox's labels travel in the signed body (the
+// server verified the signature over it); changing them drops the cache.
+func TestCallbackLabels(t *testing.T) {
+	c, priv, clk := newTestCallbacks(t, nil)
+	srv := newCallbackServer(t, priv)
+	srv.clock = clk
+	var mu sync.Mutex
+	var got []map[string]string
+	srv.setAnswer(func(w http.ResponseWriter, _ *http.Request, req callbackRequest) {
+		mu.Lock()
+		got = append(got, req.Labels)
+		mu.Unlock()
+		json.NewEncoder(w).Encode(map[string]any{"headers": map[string]string{"Authorization": "Bearer for-" + req.Labels["user"]}})
+	})
+	cb := &policy.Callback{URL: srv.URL, TTL: time.Minute, Timeout: 2 * time.Second}
+	ctx := context.Background()
+	h, err := c.CallbackHeaders(ctx, "box", "api", 443, cb)
+	if err != nil || h["Authorization"] != "Bearer for-" {
+		t.Fatalf("no labels: %v %v", h, err)
+	}
+	c.SetLabels("box", map[string]string{"user": "alice", "team": "ml"})
+	h, err = c.CallbackHeaders(ctx, "box", "api", 443, cb)
+	if err != nil || h["Authorization"] != "Bearer for-alice" {
+		t.Fatalf("labels: %v %v", h, err)
+	}
+	c.SetLabels("box", map[string]string{"user": "alice", "team": "ml"}) // unchanged: cached
+	c.CallbackHeaders(ctx, "box", "api", 443, cb)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(got) != 2 || got[0] == nil || len(got[0]) != 0 || got[1]["user"] != "alice" || got[1]["team"] != "ml" || srv.badSig.Load() != 0 {
+		t.Fatalf("bodies' labels %v, bad signatures %d", got, srv.badSig.Load())
+	}
+}

@@ -17,15 +17,20 @@
 //     so a reader sees the old or the new file, never a partial one. A Store
 //     notices a file replaced by another process (e.g. `sluice secret set`)
 //     on the next Get: rotation needs no reload.
-//   - Store, Chain, Callbacks and OAuth2 are safe for concurrent use.
+//   - Store, Chain, Callbacks, OAuth2 and SigV4 are safe for concurrent use.
+//   - An AWS secret access key is only ever an HMAC key: what leaves sluice
+//     is the signature. Bodies up to the proxy's limit are hashed; streaming
+//     or larger bodies are signed with UNSIGNED-PAYLOAD.
 //
 // # Callback protocol
 //
 // sluice POSTs (Content-Type application/json)
 //
-//	{"sandbox": "<sandbox name>", "host": "<host>", "port": <port>}
+//	{"sandbox": "<sandbox name>", "host": "<host>", "port": <port>, "labels": {"k": "v", ...}}
 //
-// and expects a 2xx answer {"headers": {"Name": "value", ...}} with an
+// where labels are the sandbox's labels (`sluice run --label user=alice`, pod
+// labels, container annotations; {} without labels), so a service can mint
+// per-user tokens. It expects a 2xx answer {"headers": {"Name": "value", ...}} with an
 // optional "ttl_seconds" (a number >= 0). The answer is cached per (callback
 // URL, sandbox, host, port) for the rule's ttl, or ttl_seconds if smaller.
 // Redirects are not followed. A timeout, connection error, non-2xx status,

@@ -12,7 +12,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -20,6 +19,8 @@ import (
 
 	"golang.org/x/net/http/httpguts"
 	"golang.org/x/sync/singleflight"
+
+	"github.com/sluice-dev/sluice/pkg/policy"
 )
 
 // Lookuper resolves a named secret for a sandbox (sandbox scope, then
@@ -30,80 +31,30 @@ type Lookuper interface {
 
 var _ Lookuper = (*Chain)(nil)
 
-// OAuth2 grant types.
-const (
-	GrantClientCredentials = "client_credentials"
-	GrantRefreshToken      = "refresh_token"
-)
+// Persister keeps a rotated refresh token where the next Lookup (and the
+// next daemon) finds it. *Store implements it.
+type Persister interface {
+	Get(scope Scope, name string) (string, error)
+	Set(scope Scope, name, value string) error
+}
 
-// OAuth2 client authentication styles.
-const (
-	// AuthBasic sends client_id:client_secret as HTTP Basic (RFC 6749 2.3.1).
-	AuthBasic = "basic"
-	// AuthParams sends client_id and client_secret in the form body.
-	AuthParams = "params"
-)
+var _ Persister = (*Store)(nil)
+
+// grantTypeJWTBearer is the grant_type of RFC 7523 section 2.1.
+const grantTypeJWTBearer = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 
 // DefaultTokenLifetime applies when a token response has no expires_in.
 const DefaultTokenLifetime = 5 * time.Minute
 
-// maxRefreshMargin bounds how long before expiry a token is refreshed.
+// maxRefreshMargin bounds the skew: a token is refreshed a tenth of its
+// lifetime, at most a minute, before it expires.
 const maxRefreshMargin = time.Minute
+
+// DefaultTokenTimeout bounds one token request.
+const DefaultTokenTimeout = 5 * time.Second
 
 // ErrTokenFailed is matched (errors.Is) by every token minting failure.
 var ErrTokenFailed = errors.New("oauth2 token request failed")
-
-// OAuth2Config describes one token to mint. Secret inputs are given by NAME
-// and resolved through the Lookuper for the sandbox at each use, so a
-// rotated client secret or refresh token takes effect on the next request.
-type OAuth2Config struct {
-	TokenURL string   `yaml:"token_url" json:"token_url"`
-	Grant    string   `yaml:"grant" json:"grant"`         // GrantClientCredentials or GrantRefreshToken
-	ClientID string   `yaml:"client_id" json:"client_id"` // not secret; may be empty for refresh_token grants
-	Scopes   []string `yaml:"scopes" json:"scopes"`       // sent space-separated as scope
-	// ClientSecret is the NAME of the secret holding the client secret ("":
-	// a public client that sends only client_id).
-	ClientSecret string `yaml:"client_secret" json:"client_secret"`
-	// RefreshToken is the NAME of the secret holding the refresh token
-	// (required for GrantRefreshToken).
-	RefreshToken string `yaml:"refresh_token" json:"refresh_token"`
-	// AuthStyle is AuthBasic (default) or AuthParams.
-	AuthStyle string `yaml:"auth_style" json:"auth_style"`
-	// Params are extra, non-secret form parameters (audience, resource).
-	Params map[string]string `yaml:"params" json:"params"`
-	// Timeout bounds one token request (default DefaultCallbackTimeout).
-	Timeout time.Duration `yaml:"timeout" json:"timeout"`
-}
-
-func (c *OAuth2Config) validate() error {
-	u, err := url.Parse(c.TokenURL)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return errors.New("token_url must be an http or https URL")
-	}
-	switch c.Grant {
-	case GrantClientCredentials:
-		if c.ClientID == "" {
-			return errors.New("client_credentials needs a client_id")
-		}
-	case GrantRefreshToken:
-		if c.RefreshToken == "" {
-			return errors.New("refresh_token grant needs the name of the refresh token secret")
-		}
-	default:
-		return fmt.Errorf("grant %q: expect 'client_credentials' or 'refresh_token'", c.Grant)
-	}
-	switch c.AuthStyle {
-	case "", AuthBasic, AuthParams:
-	default:
-		return fmt.Errorf("auth style %q: expect 'basic' or 'params'", c.AuthStyle)
-	}
-	for _, n := range []string{c.ClientSecret, c.RefreshToken} {
-		if n != "" && !ValidName(n) {
-			return fmt.Errorf("invalid secret name %q", n)
-		}
-	}
-	return nil
-}
 
 // TokenError describes a failed token request. Its text never contains
 // secret inputs, tokens or response body content, except a standard OAuth2
@@ -132,39 +83,45 @@ func (e *TokenError) Error() string {
 // Is makes errors.Is(err, ErrTokenFailed) true.
 func (e *TokenError) Is(target error) bool { return target == ErrTokenFailed }
 
-// OAuth2 mints access tokens outside the sandbox and caches each until
-// shortly before it expires; concurrent misses make one request. The cache
-// is keyed by the config and the resolved secret inputs, not by sandbox:
-// sandboxes whose inputs resolve to the same values (e.g. one global refresh
-// token) share one token and one refresh chain, which keeps refresh token
-// rotation working; per-sandbox inputs give per-sandbox tokens. A token
-// endpoint that returns a new refresh token has it used (in memory) for the
-// next refresh. It is also a Provider: Register exposes a minted token as a
-// named secret, usable as {NAME} in a header. Safe for concurrent use.
+// OAuth2 mints access tokens outside the sandbox for the `oauth2:` blocks of
+// policy rules and caches each per (sandbox, rule) until shortly before it
+// expires; concurrent misses make one request (singleflight). Secret inputs
+// (client secret, refresh token, private key) are resolved through the
+// Lookuper for the sandbox; a changed client secret or key gets a new
+// token. A token endpoint that returns a new refresh token has it written
+// back through the Persister, in the scope the old one was found in
+// (sandbox, else global), so that a restarted daemon uses it; without a
+// Persister, or when the write fails, it is kept in memory. Safe for
+// concurrent use.
 type OAuth2 struct {
 	secrets Lookuper
+	persist Persister
 	client  *http.Client
 	log     *slog.Logger
 	now     func() time.Time
+	timeout time.Duration // one token request
 
-	sf    singleflight.Group
-	mu    sync.Mutex
+	sf singleflight.Group
+	mu sync.Mutex // guards cache
+	// cache is keyed by tokenKey (sandbox, rule, config and secret inputs).
 	cache map[string]*tokenEntry
-	named map[string]OAuth2Config
 }
 
 type tokenEntry struct {
+	sandbox string
 	access  string
 	expires time.Time // refresh at or after this time
-	refresh string    // a rotated refresh token, "" if none
+	// refresh is a rotated refresh token not (yet) visible through the
+	// Lookuper, which still returns rotatedFrom.
+	refresh, rotatedFrom string
 }
 
-var _ Provider = (*OAuth2)(nil)
-
-// NewOAuth2 returns a token minter whose secret inputs come from secrets
-// (typically a Chain without this OAuth2 in it). client may be nil; log must
-// not be nil.
-func NewOAuth2(secrets Lookuper, client *http.Client, log *slog.Logger) *OAuth2 {
+// NewOAuth2 returns a token minter. secrets resolves the inputs; persist
+// (may be nil) receives rotated refresh tokens. client may be nil (a
+// client that ignores proxy variables and trusts the system roots); pass
+// one whose transport trusts the configured upstream CAs. Redirects are
+// never followed. log must not be nil.
+func NewOAuth2(secrets Lookuper, persist Persister, client *http.Client, log *slog.Logger) *OAuth2 {
 	var cl http.Client
 	if client != nil {
 		cl = *client
@@ -172,76 +129,49 @@ func NewOAuth2(secrets Lookuper, client *http.Client, log *slog.Logger) *OAuth2 
 		cl.Transport = &http.Transport{Proxy: nil, DialContext: (&net.Dialer{Timeout: 10 * time.Second}).DialContext, MaxIdleConnsPerHost: 4, IdleConnTimeout: 90 * time.Second}
 	}
 	cl.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
-	return &OAuth2{secrets: secrets, client: &cl, log: log, now: time.Now, cache: map[string]*tokenEntry{}, named: map[string]OAuth2Config{}}
+	return &OAuth2{secrets: secrets, persist: persist, client: &cl, log: log, now: time.Now, timeout: DefaultTokenTimeout, cache: map[string]*tokenEntry{}}
 }
 
-// Register exposes the token described by cfg as the secret name, so a
-// header `Bearer {name}` injects a minted access token.
-func (o *OAuth2) Register(name string, cfg OAuth2Config) error {
-	if err := checkName(name); err != nil {
-		return err
-	}
-	if err := cfg.validate(); err != nil {
-		return fmt.Errorf("oauth2 token %s: %w", name, err)
-	}
+// Forget drops every cached token of sandbox (on detach).
+func (o *OAuth2) Forget(sandbox string) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	o.named[name] = cfg
-	return nil
+	for k, e := range o.cache {
+		if e.sandbox == sandbox {
+			delete(o.cache, k)
+		}
+	}
 }
 
-// Secret implements Provider for registered names: the token is minted with
-// inputs resolved for scope's sandbox.
-func (o *OAuth2) Secret(ctx context.Context, scope Scope, name string) (string, error) {
-	o.mu.Lock()
-	cfg, ok := o.named[name]
-	o.mu.Unlock()
-	if !ok {
-		return "", fmt.Errorf("secret %s (%s): not an oauth2 token: %w", name, scope, ErrNotFound)
+// Token returns a valid access token for the oauth2 block cfg of rule in
+// sandbox, from the cache or from the token endpoint. Any failure is an
+// error (fail closed); a *TokenError for the endpoint's failures.
+func (o *OAuth2) Token(ctx context.Context, sandbox, rule string, cfg *policy.OAuth2) (string, error) {
+	u, err := url.Parse(cfg.TokenURL)
+	if err != nil || u.Host == "" {
+		return "", &TokenError{Reason: ReasonConfig}
 	}
-	tok, err := o.Token(ctx, scope.Sandbox(), cfg)
-	if err != nil {
-		// %v, not %w: a missing input must stop the Chain with this
-		// message instead of reading as "no such token".
-		return "", fmt.Errorf("oauth2 token %s: %v", name, err)
-	}
-	return tok, nil
-}
-
-// Token returns a valid access token for sandbox, from the cache or from
-// the token endpoint. Any failure is an error (fail closed).
-func (o *OAuth2) Token(ctx context.Context, sandbox string, cfg OAuth2Config) (string, error) {
-	if err := cfg.validate(); err != nil {
-		return "", fmt.Errorf("oauth2: %w", err)
-	}
-	var secret, refresh string
-	var err error
+	target := u.Scheme + "://" + u.Host
+	var secret, key string
 	if cfg.ClientSecret != "" {
 		if secret, err = o.secrets.Lookup(ctx, sandbox, cfg.ClientSecret); err != nil {
 			return "", fmt.Errorf("oauth2 client secret: %w", err)
 		}
 	}
-	if cfg.Grant == GrantRefreshToken {
-		if refresh, err = o.secrets.Lookup(ctx, sandbox, cfg.RefreshToken); err != nil {
-			return "", fmt.Errorf("oauth2 refresh token: %w", err)
+	if cfg.PrivateKey != "" {
+		if key, err = o.secrets.Lookup(ctx, sandbox, cfg.PrivateKey); err != nil {
+			return "", fmt.Errorf("oauth2 private key: %w", err)
 		}
 	}
-	key := tokenKey(&cfg, secret, refresh)
-	if tok, ok := o.cached(key); ok {
+	ck := tokenKey(sandbox, rule, cfg, secret, key)
+	if tok, ok := o.cached(ck); ok {
 		return tok, nil
 	}
-	u, _ := url.Parse(cfg.TokenURL)
-	target := u.Scheme + "://" + u.Host
-	ch := o.sf.DoChan(key, func() (any, error) {
-		if tok, ok := o.cached(key); ok {
+	ch := o.sf.DoChan(ck, func() (any, error) {
+		if tok, ok := o.cached(ck); ok {
 			return tok, nil
 		}
-		o.mu.Lock()
-		if e := o.cache[key]; e != nil && e.refresh != "" {
-			refresh = e.refresh // the endpoint rotated it
-		}
-		o.mu.Unlock()
-		return o.fetch(context.WithoutCancel(ctx), key, target, sandbox, &cfg, secret, refresh)
+		return o.fetch(context.WithoutCancel(ctx), ck, target, sandbox, cfg, secret, key)
 	})
 	select {
 	case <-ctx.Done():
@@ -254,22 +184,15 @@ func (o *OAuth2) Token(ctx context.Context, sandbox string, cfg OAuth2Config) (s
 	}
 }
 
-// tokenKey identifies a cache entry: a digest of the config and the secret
-// inputs (so a rotated input gets a fresh token). It stays in memory.
-func tokenKey(c *OAuth2Config, secret, refresh string) string {
+// tokenKey identifies a cache entry: the sandbox, the rule, and a digest
+// of the config and the secret inputs (so a rotated input gets a fresh
+// token). The refresh token is not part of it: rotation keeps the entry.
+func tokenKey(sandbox, rule string, c *policy.OAuth2, secret, key string) string {
 	h := sha256.New()
-	for _, s := range []string{c.TokenURL, c.Grant, c.ClientID, strings.Join(c.Scopes, " "), c.ClientSecret, c.RefreshToken, c.AuthStyle, secret, refresh} {
+	for _, s := range []string{c.TokenURL, c.Grant, c.ClientID, strings.Join(c.Scopes, " "), c.Audience, c.ClientSecret, c.RefreshToken, c.PrivateKey, secret, key} {
 		fmt.Fprintf(h, "%d:%s;", len(s), s)
 	}
-	keys := make([]string, 0, len(c.Params))
-	for k := range c.Params {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		fmt.Fprintf(h, "%d:%s=%d:%s;", len(k), k, len(c.Params[k]), c.Params[k])
-	}
-	return hex.EncodeToString(h.Sum(nil))
+	return sandbox + "\x00" + rule + "\x00" + hex.EncodeToString(h.Sum(nil))
 }
 
 func (o *OAuth2) cached(key string) (string, bool) {
@@ -289,32 +212,63 @@ type tokenResponse struct {
 	RefreshToken string          `json:"refresh_token"`
 }
 
-func (o *OAuth2) fetch(ctx context.Context, key, target, sandbox string, cfg *OAuth2Config, secret, refresh string) (string, error) {
-	fail := func(reason string) error { return &TokenError{Reason: reason, Target: target} }
-	timeout := cfg.Timeout
-	if timeout <= 0 {
-		timeout = DefaultCallbackTimeout
+// form builds the token request body and says whether the client
+// authenticates with HTTP Basic (RFC 6749 2.3.1).
+func (o *OAuth2) form(ctx context.Context, sandbox, ck string, cfg *policy.OAuth2, secret, key string) (form url.Values, refresh string, basic bool, err error) {
+	form = url.Values{}
+	scope := strings.Join(cfg.Scopes, " ")
+	switch cfg.Grant {
+	case policy.GrantClientCredentials, policy.GrantRefreshToken:
+		form.Set("grant_type", cfg.Grant)
+		if scope != "" {
+			form.Set("scope", scope)
+		}
+		if cfg.Audience != "" {
+			form.Set("audience", cfg.Audience)
+		}
+		if cfg.Grant == policy.GrantRefreshToken {
+			if refresh, err = o.secrets.Lookup(ctx, sandbox, cfg.RefreshToken); err != nil {
+				return nil, "", false, fmt.Errorf("oauth2 refresh token: %w", err)
+			}
+			o.mu.Lock()
+			if e := o.cache[ck]; e != nil && e.refresh != "" && e.rotatedFrom == refresh {
+				refresh = e.refresh // rotated, and the store does not show it
+			}
+			o.mu.Unlock()
+			form.Set("refresh_token", refresh)
+		}
+		basic = secret != ""
+		if !basic && cfg.ClientID != "" {
+			form.Set("client_id", cfg.ClientID)
+		}
+	case policy.GrantJWTBearer:
+		sk, err := parseServiceKey(key)
+		if err != nil {
+			return nil, "", false, err
+		}
+		assertion, err := sk.assertion(cfg, o.now())
+		if err != nil {
+			return nil, "", false, err
+		}
+		form.Set("grant_type", grantTypeJWTBearer)
+		form.Set("assertion", assertion)
+		if scope != "" && !sk.google {
+			form.Set("scope", scope) // Google reads the scope claim
+		}
+	default:
+		return nil, "", false, fmt.Errorf("oauth2 grant %q: expect one of %s", cfg.Grant, strings.Join(policy.Grants, ", "))
 	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+	return form, refresh, basic, nil
+}
+
+func (o *OAuth2) fetch(ctx context.Context, ck, target, sandbox string, cfg *policy.OAuth2, secret, key string) (string, error) {
+	fail := func(reason string) error { return &TokenError{Reason: reason, Target: target} }
+	ctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
 
-	form := url.Values{}
-	for k, v := range cfg.Params {
-		form.Set(k, v)
-	}
-	form.Set("grant_type", cfg.Grant)
-	if len(cfg.Scopes) > 0 {
-		form.Set("scope", strings.Join(cfg.Scopes, " "))
-	}
-	if cfg.Grant == GrantRefreshToken {
-		form.Set("refresh_token", refresh)
-	}
-	basic := cfg.AuthStyle != AuthParams && secret != ""
-	if !basic && cfg.ClientID != "" {
-		form.Set("client_id", cfg.ClientID)
-	}
-	if !basic && secret != "" {
-		form.Set("client_secret", secret)
+	form, refresh, basic, err := o.form(ctx, sandbox, ck, cfg, secret, key)
+	if err != nil {
+		return "", err
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, cfg.TokenURL, strings.NewReader(form.Encode()))
 	if err != nil {
@@ -329,6 +283,8 @@ func (o *OAuth2) fetch(ctx context.Context, key, target, sandbox string, cfg *OA
 	start := o.now()
 	resp, err := o.client.Do(req)
 	if err != nil {
+		// The transport error is not wrapped: it can quote the URL or
+		// bytes of a malformed answer.
 		var ne net.Error
 		if errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()) {
 			return "", fail(ReasonTimeout)
@@ -353,6 +309,9 @@ func (o *OAuth2) fetch(ctx context.Context, key, target, sandbox string, cfg *OA
 	if err := json.Unmarshal(raw, &tr); err != nil || tr.AccessToken == "" {
 		return "", fail(ReasonMalformed)
 	}
+	if tr.TokenType != "" && !strings.EqualFold(tr.TokenType, "bearer") {
+		return "", fail(ReasonMalformed)
+	}
 	if !httpguts.ValidHeaderFieldValue(tr.AccessToken) || strings.ContainsAny(tr.AccessToken, " \t") {
 		return "", fail(ReasonInvalidHeader)
 	}
@@ -367,22 +326,71 @@ func (o *OAuth2) fetch(ctx context.Context, key, target, sandbox string, cfg *OA
 		lifetime = time.Duration(n) * time.Second
 	}
 	margin := min(lifetime/10, maxRefreshMargin)
-	e := &tokenEntry{access: tr.AccessToken, expires: start.Add(lifetime - margin)}
-	if tr.RefreshToken != "" && tr.RefreshToken != refresh {
-		e.refresh = tr.RefreshToken
-	} else if refresh != "" {
+	e := &tokenEntry{sandbox: sandbox, access: tr.AccessToken, expires: start.Add(lifetime - margin)}
+	rotated := tr.RefreshToken != "" && tr.RefreshToken != refresh && cfg.Grant == policy.GrantRefreshToken
+	if rotated {
+		if !httpguts.ValidHeaderFieldValue(tr.RefreshToken) {
+			return "", fail(ReasonMalformed)
+		}
+		if !o.storeRefresh(ctx, sandbox, cfg.RefreshToken, tr.RefreshToken) {
+			orig := refresh
+			o.mu.Lock()
+			if old := o.cache[ck]; old != nil && old.refresh == refresh {
+				orig = old.rotatedFrom // a chain of in-memory rotations
+			}
+			o.mu.Unlock()
+			e.refresh, e.rotatedFrom = tr.RefreshToken, orig
+		}
+	} else if cfg.Grant == policy.GrantRefreshToken {
 		o.mu.Lock()
-		if old := o.cache[key]; old != nil {
-			e.refresh = old.refresh
+		if old := o.cache[ck]; old != nil {
+			e.refresh, e.rotatedFrom = old.refresh, old.rotatedFrom
 		}
 		o.mu.Unlock()
 	}
 	o.mu.Lock()
-	o.cache[key] = e
+	if len(o.cache) >= maxCallbackCache {
+		// Entries of rotated client secrets or detached sandboxes: drop
+		// the expired ones, or all (tokens are minted again on demand;
+		// in-memory refresh rotations are lost only with no store).
+		now := o.now()
+		for k, old := range o.cache {
+			if !now.Before(old.expires) && old.refresh == "" {
+				delete(o.cache, k)
+			}
+		}
+		if len(o.cache) >= maxCallbackCache {
+			clear(o.cache)
+		}
+	}
+	o.cache[ck] = e
 	o.mu.Unlock()
 	o.log.Debug("oauth2 token minted", "sandbox", sandbox, "endpoint", target, "grant", cfg.Grant,
-		"lifetime", lifetime, "refresh_rotated", tr.RefreshToken != "" && tr.RefreshToken != refresh)
+		"lifetime", lifetime, "refresh_rotated", rotated)
 	return tr.AccessToken, nil
+}
+
+// storeRefresh writes a rotated refresh token back where the old one
+// lives: the sandbox's scope if the store has it there, else global. It
+// reports whether the Lookuper will now return it.
+func (o *OAuth2) storeRefresh(ctx context.Context, sandbox, name, value string) bool {
+	if o.persist == nil {
+		return false
+	}
+	scope := Global
+	if sandbox != "" {
+		if _, err := o.persist.Get(SandboxScope(sandbox), name); err == nil {
+			scope = SandboxScope(sandbox)
+		}
+	}
+	if err := o.persist.Set(scope, name, value); err != nil {
+		o.log.Warn("storing a rotated oauth2 refresh token failed; keeping it in memory", "secret", name, "scope", scope.String(), "err", err)
+		return false
+	}
+	// Another provider ahead of the store (an environment variable, a
+	// file) may still shadow it.
+	got, err := o.secrets.Lookup(ctx, sandbox, name)
+	return err == nil && got == value
 }
 
 // oauthErrorCode returns the "error" field of an RFC 6749 error answer if it

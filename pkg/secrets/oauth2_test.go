@@ -3,7 +3,14 @@ package secrets
 import (
 	"bytes"
 	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -14,6 +21,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/sluice-dev/sluice/pkg/policy"
+	"github.com/sluice-dev/sluice/pkg/testutil"
 )
 
 const (
@@ -34,6 +44,7 @@ type tokenServer struct {
 	answer   func(w http.ResponseWriter, r *http.Request) bool // true: handled
 	lastForm map[string]string
 	lastUser string
+	verify   func(assertion string) error
 }
 
 func newTokenServer(t *testing.T) *tokenServer {
@@ -56,16 +67,22 @@ func newTokenServer(t *testing.T) *tokenServer {
 		user, pass, basic := r.BasicAuth()
 		ts.lastUser = user
 		switch r.PostForm.Get("grant_type") {
-		case GrantClientCredentials:
+		case policy.GrantClientCredentials:
 			if !(basic && user == "app" && pass == clientCanary) && !(r.PostForm.Get("client_id") == "app" && r.PostForm.Get("client_secret") == clientCanary) {
 				w.WriteHeader(401)
 				io.WriteString(w, `{"error":"invalid_client","error_description":"bad secret `+pass+r.PostForm.Get("client_secret")+`"}`)
 				return
 			}
-		case GrantRefreshToken:
+		case policy.GrantRefreshToken:
 			if got := r.PostForm.Get("refresh_token"); got != ts.refresh {
 				w.WriteHeader(400)
 				io.WriteString(w, `{"error":"invalid_grant","error_description":"refresh token `+got+` is revoked"}`)
+				return
+			}
+		case grantTypeJWTBearer:
+			if ts.verify == nil || ts.verify(r.PostForm.Get("assertion")) != nil {
+				w.WriteHeader(400)
+				io.WriteString(w, `{"error":"invalid_grant"}`)
 				return
 			}
 		default:
@@ -87,13 +104,13 @@ func newTokenServer(t *testing.T) *tokenServer {
 
 func newTestOAuth2(t *testing.T, logs *bytes.Buffer) (*OAuth2, *Store, *fakeClock) {
 	t.Helper()
-	st, err := NewMemoryStore(testLogger(t, nil))
+	st, err := OpenStore(t.TempDir(), KeySource{}, testLogger(t, nil))
 	if err != nil {
 		t.Fatal(err)
 	}
 	st.Set(Global, "CLIENT_SECRET", clientCanary)
 	st.Set(SandboxScope("box"), "REFRESH", refreshCanary)
-	o := NewOAuth2(NewChain(st), nil, testLogger(t, logs))
+	o := NewOAuth2(NewChain(st), st, nil, testLogger(t, logs))
 	clk := newFakeClock()
 	o.now = clk.Now
 	return o, st, clk
@@ -103,10 +120,10 @@ func TestOAuth2ClientCredentialsCacheAndRefresh(t *testing.T) {
 	var logs bytes.Buffer
 	o, st, clk := newTestOAuth2(t, &logs)
 	ts := newTokenServer(t)
-	cfg := OAuth2Config{TokenURL: ts.URL + "/token", Grant: GrantClientCredentials, ClientID: "app", ClientSecret: "CLIENT_SECRET", Scopes: []string{"read", "write"}, Params: map[string]string{"audience": "api"}}
+	cfg := &policy.OAuth2{TokenURL: ts.URL + "/token", Grant: policy.GrantClientCredentials, ClientID: "app", ClientSecret: "CLIENT_SECRET", Scopes: []string{"read", "write"}, Audience: "api"}
 	ctx := context.Background()
 	for i := 0; i < 5; i++ {
-		tok, err := o.Token(ctx, "box", cfg)
+		tok, err := o.Token(ctx, "box", "r", cfg)
 		if err != nil || tok != "at-1" {
 			t.Fatalf("Token #%d = %q, %v", i, tok, err)
 		}
@@ -120,65 +137,72 @@ func TestOAuth2ClientCredentialsCacheAndRefresh(t *testing.T) {
 	}
 	// 50 minutes in; expires_in 3600 with a 60 s margin: refreshed at 59 min.
 	clk.Add(8*time.Minute + 59*time.Second) // 58:59
-	if tok, _ := o.Token(ctx, "box", cfg); tok != "at-1" {
+	if tok, _ := o.Token(ctx, "box", "r", cfg); tok != "at-1" {
 		t.Fatalf("refreshed too early: %q", tok)
 	}
 	clk.Add(2 * time.Second) // 59:01
-	if tok, err := o.Token(ctx, "box", cfg); err != nil || tok != "at-2" {
+	if tok, err := o.Token(ctx, "box", "r", cfg); err != nil || tok != "at-2" {
 		t.Fatalf("after expiry Token = %q, %v; want at-2", tok, err)
 	}
 	if n := ts.calls.Load(); n != 2 {
 		t.Fatalf("token requests = %d, want 2", n)
 	}
-	// Another sandbox whose inputs resolve to the same values shares the
-	// token (same credential, one refresh chain).
-	if tok, _ := o.Token(ctx, "other", cfg); tok != "at-2" || ts.calls.Load() != 2 {
+	// Tokens are cached per sandbox and rule.
+	if tok, _ := o.Token(ctx, "other", "r", cfg); tok != "at-3" || ts.calls.Load() != 3 {
 		t.Fatalf("other sandbox token %q, calls %d", tok, ts.calls.Load())
+	}
+	if tok, _ := o.Token(ctx, "box", "r2", cfg); tok != "at-4" || ts.calls.Load() != 4 {
+		t.Fatalf("other rule token %q, calls %d", tok, ts.calls.Load())
+	}
+	o.Forget("other")
+	if tok, _ := o.Token(ctx, "other", "r", cfg); tok != "at-5" {
+		t.Fatalf("after Forget: token %q", tok)
 	}
 	// Rotating the client secret in the store takes effect on the next call.
 	st.Set(Global, "CLIENT_SECRET", "wrong-"+clientCanary)
-	_, err := o.Token(ctx, "box", cfg)
+	_, err := o.Token(ctx, "box", "r", cfg)
 	if !errors.Is(err, ErrTokenFailed) || !strings.Contains(err.Error(), "non-2xx status 401 (invalid_client)") {
 		t.Fatalf("rotated secret: err = %v", err)
 	}
 	noLeak(t, "error", err.Error(), clientCanary, refreshCanary)
 	noLeak(t, "logs", logs.String(), clientCanary, refreshCanary, "at-1", "at-2")
-	// Params style.
-	st.Set(Global, "CLIENT_SECRET", clientCanary)
-	cfg.AuthStyle = AuthParams
-	if tok, err := o.Token(ctx, "box", cfg); err != nil || tok != "at-3" || ts.lastUser != "" || ts.lastForm["client_id"] != "app" {
-		t.Fatalf("params style: %q %v %v", tok, err, ts.lastForm)
-	}
 }
 
 func TestOAuth2RefreshTokenGrantRotation(t *testing.T) {
 	var logs bytes.Buffer
-	o, _, clk := newTestOAuth2(t, &logs)
+	o, st, clk := newTestOAuth2(t, &logs)
 	ts := newTokenServer(t)
 	ts.rotate = true
 	ts.expires = "120" // a string, as some servers send
-	cfg := OAuth2Config{TokenURL: ts.URL, Grant: GrantRefreshToken, ClientID: "app", RefreshToken: "REFRESH", AuthStyle: AuthParams}
+	cfg := &policy.OAuth2{TokenURL: ts.URL, Grant: policy.GrantRefreshToken, ClientID: "app", RefreshToken: "REFRESH"}
 	ctx := context.Background()
-	if tok, err := o.Token(ctx, "box", cfg); err != nil || tok != "at-1" {
+	if tok, err := o.Token(ctx, "box", "r", cfg); err != nil || tok != "at-1" {
 		t.Fatalf("Token = %q, %v", tok, err)
 	}
 	if ts.lastForm["refresh_token"] != refreshCanary || ts.lastForm["client_id"] != "app" {
 		t.Fatalf("form %v", ts.lastForm)
 	}
 	clk.Add(100 * time.Second)
-	if tok, _ := o.Token(ctx, "box", cfg); tok != "at-1" {
+	if tok, _ := o.Token(ctx, "box", "r", cfg); tok != "at-1" {
 		t.Fatal("not reused")
 	}
 	clk.Add(10 * time.Second) // 110 s > 120 - 12
 	// The server now only accepts the rotated refresh token.
-	if tok, err := o.Token(ctx, "box", cfg); err != nil || tok != "at-2" {
+	if tok, err := o.Token(ctx, "box", "r", cfg); err != nil || tok != "at-2" {
 		t.Fatalf("refresh with rotated token: %q, %v", tok, err)
 	}
 	if !strings.Contains(ts.lastForm["refresh_token"], "-rotated-1") {
 		t.Fatalf("did not use the rotated refresh token")
 	}
+	// Each rotation is written back to the store, in the scope it came from.
+	if v, err := st.Get(SandboxScope("box"), "REFRESH"); err != nil || v != refreshCanary+"-rotated-2" {
+		t.Fatalf("stored refresh token = %q, %v; want the rotated one", v, err)
+	}
+	if _, err := st.Get(Global, "REFRESH"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("rotated token leaked into the global scope: %v", err)
+	}
 	// Inputs missing for a sandbox without a refresh token: names the secret.
-	_, err := o.Token(ctx, "nobox", cfg)
+	_, err := o.Token(ctx, "nobox", "r", cfg)
 	if !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "REFRESH") {
 		t.Fatalf("missing input: %v", err)
 	}
@@ -191,7 +215,7 @@ func TestOAuth2RefreshTokenGrantRotation(t *testing.T) {
 	ts.refresh = "revoked-all"
 	ts.mu.Unlock()
 	clk.Add(time.Hour)
-	_, err = o.Token(ctx, "box", cfg)
+	_, err = o.Token(ctx, "box", "r", cfg)
 	if !errors.Is(err, ErrTokenFailed) || !strings.Contains(err.Error(), "(invalid_grant)") {
 		t.Fatalf("revoked: %v", err)
 	}
@@ -202,14 +226,14 @@ func TestOAuth2Singleflight(t *testing.T) {
 	o, _, _ := newTestOAuth2(t, nil)
 	ts := newTokenServer(t)
 	ts.gate = make(chan struct{})
-	cfg := OAuth2Config{TokenURL: ts.URL, Grant: GrantRefreshToken, RefreshToken: "REFRESH"}
+	cfg := &policy.OAuth2{TokenURL: ts.URL, Grant: policy.GrantRefreshToken, RefreshToken: "REFRESH"}
 	var wg sync.WaitGroup
 	var bad atomic.Int64
 	for i := 0; i < 100; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if tok, err := o.Token(context.Background(), "box", cfg); err != nil || tok != "at-1" {
+			if tok, err := o.Token(context.Background(), "box", "r", cfg); err != nil || tok != "at-1" {
 				bad.Add(1)
 			}
 		}()
@@ -236,7 +260,7 @@ func TestOAuth2Failures(t *testing.T) {
 	tests := []struct {
 		name    string
 		answer  func(http.ResponseWriter, *http.Request) bool
-		cfg     func(*OAuth2Config)
+		cfg     func(*policy.OAuth2, *OAuth2)
 		wantErr string
 	}{
 		{"timeout", func(w http.ResponseWriter, r *http.Request) bool {
@@ -246,8 +270,8 @@ func TestOAuth2Failures(t *testing.T) {
 			case <-time.After(3 * time.Second):
 			}
 			return true
-		}, func(c *OAuth2Config) { c.Timeout = 100 * time.Millisecond }, "oauth2 token request failed: timeout"},
-		{"connection refused", nil, func(c *OAuth2Config) {
+		}, func(_ *policy.OAuth2, o *OAuth2) { o.timeout = 100 * time.Millisecond }, "oauth2 token request failed: timeout"},
+		{"connection refused", nil, func(c *policy.OAuth2, _ *OAuth2) {
 			dead := httptest.NewServer(http.NotFoundHandler())
 			c.TokenURL = dead.URL
 			dead.Close()
@@ -261,9 +285,10 @@ func TestOAuth2Failures(t *testing.T) {
 			http.Redirect(w, r, "/x?"+refreshCanary, 307)
 			return true
 		}, nil, "non-2xx status 307"},
-		{"bad grant", nil, func(c *OAuth2Config) { c.Grant = "password" }, "expect 'client_credentials' or 'refresh_token'"},
-		{"bad url", nil, func(c *OAuth2Config) { c.TokenURL = "file:///etc/passwd" }, "token_url must be an http or https URL"},
-		{"missing secret", nil, func(c *OAuth2Config) { c.RefreshToken = "NOPE" }, `secret NOPE is not set for sandbox "box"`},
+		{"wrong token type", write(200, `{"access_token":"a","token_type":"mac"}`), nil, "malformed response"},
+		{"bad grant", nil, func(c *policy.OAuth2, _ *OAuth2) { c.Grant = "password" }, "expect one of client_credentials, refresh_token, jwt_bearer"},
+		{"bad key", nil, func(c *policy.OAuth2, _ *OAuth2) { c.Grant, c.PrivateKey = policy.GrantJWTBearer, "CLIENT_SECRET" }, "expect a service-account JSON or a PEM"},
+		{"missing secret", nil, func(c *policy.OAuth2, _ *OAuth2) { c.RefreshToken = "NOPE" }, `secret NOPE is not set for sandbox "box"`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -271,11 +296,11 @@ func TestOAuth2Failures(t *testing.T) {
 			o, _, _ := newTestOAuth2(t, &logs)
 			ts := newTokenServer(t)
 			ts.answer = tc.answer
-			cfg := OAuth2Config{TokenURL: ts.URL, Grant: GrantRefreshToken, ClientID: "app", ClientSecret: "CLIENT_SECRET", RefreshToken: "REFRESH"}
+			cfg := &policy.OAuth2{TokenURL: ts.URL, Grant: policy.GrantRefreshToken, ClientID: "app", ClientSecret: "CLIENT_SECRET", RefreshToken: "REFRESH"}
 			if tc.cfg != nil {
-				tc.cfg(&cfg)
+				tc.cfg(cfg, o)
 			}
-			tok, err := o.Token(context.Background(), "box", cfg)
+			tok, err := o.Token(context.Background(), "box", "r", cfg)
 			if err == nil || tok != "" || !strings.Contains(err.Error(), tc.wantErr) {
 				t.Fatalf("Token = %q, %v; want error %q", tok, err, tc.wantErr)
 			}
@@ -285,28 +310,106 @@ func TestOAuth2Failures(t *testing.T) {
 	}
 }
 
-func TestOAuth2AsProvider(t *testing.T) {
-	o, st, _ := newTestOAuth2(t, nil)
-	ts := newTokenServer(t)
-	if err := o.Register("CORP_TOKEN", OAuth2Config{TokenURL: ts.URL, Grant: GrantRefreshToken, RefreshToken: "REFRESH"}); err != nil {
+// TestOAuth2RotationSurvivesRestart: a rotated refresh token is in the
+// store file, so a new minter over a reopened store (a restarted daemon)
+// refreshes with it; without a persister it is kept in memory.
+func TestOAuth2RotationSurvivesRestart(t *testing.T) {
+	dir := t.TempDir()
+	st, err := OpenStore(dir, KeySource{}, testLogger(t, nil))
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := o.Register("BAD", OAuth2Config{Grant: GrantRefreshToken}); err == nil {
-		t.Fatal("bad config registered")
+	st.Set(Global, "REFRESH", refreshCanary)
+	ts := newTokenServer(t)
+	ts.rotate = true
+	cfg := &policy.OAuth2{TokenURL: ts.URL, Grant: policy.GrantRefreshToken, ClientID: "app", RefreshToken: "REFRESH"}
+	o := NewOAuth2(NewChain(st), st, nil, testLogger(t, nil))
+	if tok, err := o.Token(context.Background(), "box", "r", cfg); err != nil || tok != "at-1" {
+		t.Fatalf("Token = %q, %v", tok, err)
 	}
-	chain := NewChain(st, o)
-	if tok, err := chain.Lookup(context.Background(), "box", "CORP_TOKEN"); err != nil || tok != "at-1" {
-		t.Fatalf("Lookup = %q, %v", tok, err)
+	// "Restart": a fresh store object over the same directory.
+	st2, err := OpenStore(dir, KeySource{}, testLogger(t, nil))
+	if err != nil {
+		t.Fatal(err)
 	}
-	// Unregistered names fall through as not found.
-	if _, err := chain.Lookup(context.Background(), "box", "OTHER"); !errors.Is(err, ErrNotFound) {
-		t.Fatalf("err = %v", err)
+	o2 := NewOAuth2(NewChain(st2), st2, nil, testLogger(t, nil))
+	if tok, err := o2.Token(context.Background(), "box", "r", cfg); err != nil || tok != "at-2" {
+		t.Fatalf("after restart Token = %q, %v (the old refresh token is revoked)", tok, err)
 	}
-	// A sandbox without inputs fails closed (not found is not swallowed
-	// into a token of another sandbox).
-	_, err := chain.Lookup(context.Background(), "nobox", "CORP_TOKEN")
-	if err == nil || !strings.Contains(err.Error(), "REFRESH") {
-		t.Fatalf("err = %v", err)
+	if ts.lastForm["refresh_token"] != refreshCanary+"-rotated-1" {
+		t.Fatal("restarted minter did not use the rotated refresh token")
 	}
-	noLeak(t, "error", err.Error(), refreshCanary)
+
+	// No persister: the rotation chain lives in memory.
+	mem := NewOAuth2(NewChain(Static{"REFRESH": ts.refresh}), nil, nil, testLogger(t, nil))
+	clk := newFakeClock()
+	mem.now = clk.Now
+	for i := 0; i < 3; i++ {
+		if _, err := mem.Token(context.Background(), "box", "r", cfg); err != nil {
+			t.Fatalf("in-memory rotation #%d: %v", i, err)
+		}
+		clk.Add(2 * time.Hour)
+	}
+}
+
+// TestOAuth2JWTBearer: the endpoint receives an RFC 7523 assertion signed
+// with the configured key (a Google service-account JSON with RS256, a PEM
+// EC key with ES256) and verifies it.
+func TestOAuth2JWTBearer(t *testing.T) {
+	rsaKey, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pk8, _ := x509.MarshalPKCS8PrivateKey(rsaKey)
+	saJSON, _ := json.Marshal(map[string]string{
+		"type": "service_account", "private_key_id": "kid-1", "client_email": "agent@proj.iam.gserviceaccount.com",
+		"private_key": string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: pk8})),
+	})
+	ecKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ecDER, _ := x509.MarshalECPrivateKey(ecKey)
+	ecPEM := string(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: ecDER}))
+	for _, tc := range []struct {
+		name, key, clientID, wantIss string
+		pub                          crypto.PublicKey
+		googleScope                  bool
+	}{
+		{"google service account", string(saJSON), "", "agent@proj.iam.gserviceaccount.com", &rsaKey.PublicKey, true},
+		{"pem ec key", ecPEM, "client-7", "client-7", &ecKey.PublicKey, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var logs bytes.Buffer
+			ts := newTokenServer(t)
+			var claims map[string]any
+			ts.verify = func(a string) error {
+				c, err := testutil.VerifyJWT(a, tc.pub)
+				claims = c
+				return err
+			}
+			st, _ := OpenStore(t.TempDir(), KeySource{}, testLogger(t, nil))
+			st.Set(Global, "SA_KEY", tc.key)
+			o := NewOAuth2(NewChain(st), st, nil, testLogger(t, &logs))
+			cfg := &policy.OAuth2{TokenURL: ts.URL + "/token", Grant: policy.GrantJWTBearer, ClientID: tc.clientID, PrivateKey: "SA_KEY", Scopes: []string{"a", "b"}}
+			tok, err := o.Token(context.Background(), "box", "gcs", cfg)
+			if err != nil || tok != "at-1" {
+				t.Fatalf("Token = %q, %v", tok, err)
+			}
+			if claims["iss"] != tc.wantIss || claims["sub"] != tc.wantIss || claims["aud"] != ts.URL+"/token" || claims["scope"] != "a b" {
+				t.Fatalf("claims %v", claims)
+			}
+			if exp, iat := claims["exp"].(float64), claims["iat"].(float64); exp-iat != assertionLifetime.Seconds() {
+				t.Fatalf("exp-iat = %v", exp-iat)
+			}
+			if _, has := ts.lastForm["scope"]; has == tc.googleScope {
+				t.Fatalf("form %v", ts.lastForm)
+			}
+			// A key that signs for someone else is refused by the endpoint.
+			other, _ := rsa.GenerateKey(rand.Reader, 2048)
+			ts.verify = func(a string) error { _, err := testutil.VerifyJWT(a, &other.PublicKey); return err }
+			_, err = o.Token(context.Background(), "box", "other-rule", cfg)
+			if !errors.Is(err, ErrTokenFailed) || !strings.Contains(err.Error(), "invalid_grant") {
+				t.Fatalf("wrong key: %v", err)
+			}
+			noLeak(t, "logs", logs.String(), "PRIVATE KEY", tok)
+		})
+	}
 }

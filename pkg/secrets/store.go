@@ -107,7 +107,7 @@ type KeySource struct {
 // concurrent use, and by several processes (writes take a file lock).
 type Store struct {
 	dir  string
-	path string // "" for a memory store
+	path string // the store file
 	aead cipher.AEAD
 	chk  []byte
 	log  *slog.Logger
@@ -181,16 +181,6 @@ func StoreExists(dir string) (bool, error) {
 		return false, fmt.Errorf("secret store: %w", err)
 	}
 	return true, nil
-}
-
-// NewMemoryStore returns a store that lives only in memory, with a random
-// key (for `sluice run` without a state directory). log must not be nil.
-func NewMemoryStore(log *slog.Logger) (*Store, error) {
-	key := make([]byte, 32)
-	if _, err := rand.Read(key); err != nil {
-		return nil, fmt.Errorf("generating store key: %w", err)
-	}
-	return newStore(key, log)
 }
 
 func newStore(key []byte, log *slog.Logger) (*Store, error) {
@@ -357,7 +347,7 @@ func syncDir(dir string) error {
 	return nil
 }
 
-// Path returns the store file ("" for a memory store).
+// Path returns the store file.
 func (s *Store) Path() string { return s.path }
 
 // refreshLocked reloads the file when another process replaced it. Every

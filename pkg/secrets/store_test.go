@@ -2,7 +2,6 @@ package secrets
 
 import (
 	"bytes"
-	"context"
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
@@ -335,22 +334,6 @@ func TestOpaque(t *testing.T) {
 		t.Fatal("opaque without sandbox accepted")
 	} else {
 		noLeak(t, "error", err.Error(), canary)
-	}
-}
-
-func TestMemoryStore(t *testing.T) {
-	s, err := NewMemoryStore(testLogger(t, nil))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Set(Global, "A", canary); err != nil {
-		t.Fatal(err)
-	}
-	if v, err := s.Secret(context.Background(), Global, "A"); err != nil || v != canary {
-		t.Fatalf("got %q %v", v, err)
-	}
-	if s.Path() != "" {
-		t.Fatal("memory store has a path")
 	}
 }
 

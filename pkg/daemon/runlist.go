@@ -1,0 +1,54 @@
+package daemon
+
+import (
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"syscall"
+	"time"
+)
+
+// publishRun writes the Info of a live `sluice run` sandbox to
+// RunDir/<cgroup id>.json so that `sluice list` shows it (labels
+// included); the returned function removes it. Failures only cost the
+// listing.
+func publishRun(sb *Sandbox, policyFile string) func() {
+	p := sb.Policy()
+	now := time.Now().UTC()
+	info := Info{Name: sb.Name, Cgroup: sb.Cgroup, CgroupID: sb.ID, Policy: policyFile, Mode: p.Mode.String(), Rules: len(p.Rules),
+		ProxyPort: sb.ProxyPort(), DNSPort: sb.DNSPort(), Created: now, Updated: now, Labels: sb.Labels(), RunPID: os.Getpid()}
+	data, err := json.Marshal(info)
+	if err != nil || os.MkdirAll(RunDir, 0o755) != nil {
+		return func() {}
+	}
+	path := filepath.Join(RunDir, strconv.FormatUint(sb.ID, 10)+".json")
+	tmp := path + ".tmp"
+	if os.WriteFile(tmp, data, 0o644) != nil || os.Rename(tmp, path) != nil {
+		os.Remove(tmp)
+		return func() {}
+	}
+	return func() { os.Remove(path) }
+}
+
+// ListRuns returns the live `sluice run` sandboxes, sorted by name; the
+// records of runs whose process is gone are skipped.
+func ListRuns() []Info {
+	files, _ := filepath.Glob(filepath.Join(RunDir, "*.json"))
+	var out []Info
+	for _, f := range files {
+		var info Info
+		data, err := os.ReadFile(f)
+		if err != nil || json.Unmarshal(data, &info) != nil || info.RunPID <= 0 {
+			continue
+		}
+		if err := syscall.Kill(info.RunPID, 0); err != nil && !errors.Is(err, syscall.EPERM) {
+			continue // that sluice run ended without cleaning up
+		}
+		out = append(out, info)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
