@@ -19,15 +19,47 @@
  *   recvmsg4/6,  rewrite the resolver's (and proxy's) address back to the one
  *   getpeername  the program asked, so glibc and musl accept DNS replies.
  *   sock_create  refuses raw, SCTP, MPTCP and ICMP sockets.
- *   bind4/6      refuses binding one of sluice's own ports.
+ *   bind4/6      refuses binding one of sluice's own ports, and rewrites a
+ *                TCP bind to a wildcard or non-loopback address to loopback
+ *                unless a listen rule names the port (see "Inbound" below).
  *   sockops      original-destination recovery, see below.
- *   cgroup_skb   (egress) records which process sent each UDP DNS query, so
- *                the resolver can attribute it (see dns_origin).
+ *   setsockopt   refuses socket options that make the kernel route a packet
+ *                somewhere else than the address connect/sendmsg saw (see
+ *                "Source routing" below).
+ *   cgroup_skb   (egress) drops packets that still carry a routing header or
+ *                IPv4 options, and records which process sent each UDP DNS
+ *                query, so the resolver can attribute it (see dns_origin).
  *
  * IPv4-mapped IPv6 (::ffff:a.b.c.d) on a v6 socket never reaches connect4:
  * tcp_v6_connect hands it to tcp_v4_connect directly. connect6 therefore treats
  * it as the IPv4 address it maps (every address is stored v4-mapped in the
  * maps) and redirects it to ::ffff:127.0.0.1.
+ *
+ * Source routing. An IPv6 routing header (IPV6_RTHDR and its RFC 2292
+ * spellings, set as a socket option or as sendmsg ancillary data) or an IPv4
+ * loose/strict source route (IP_OPTIONS, or IP_RETOPTS ancillary data) makes
+ * the kernel send the packet to the route's first hop, while connect/sendmsg
+ * only saw (and rewrote) the final destination. A sandbox could so reach any
+ * address with a datagram "to the resolver", or a TCP SYN carrying data. The
+ * setsockopt program refuses every option that can carry such a header
+ * (IPV6_RTHDR, IPV6_2292RTHDR, IPV6_DSTOPTS, IPV6_2292DSTOPTS,
+ * IPV6_RTHDRDSTOPTS, IPV6_2292PKTOPTIONS, and all of IP_OPTIONS/IP_RETOPTS:
+ * no sandbox needs IPv4 options); ancillary data never passes it, so the
+ * egress program drops any sandbox packet whose IPv6 extension header chain
+ * (walked up to MAX_EXT_HEADERS deep; deeper chains are dropped too) holds a
+ * routing header, and any IPv4 packet with options. Both refuse in audit
+ * mode too: like metadata, they defeat the mechanism, not the policy.
+ *
+ * Inbound. A passively established connection (the sandbox listened, a
+ * peer connected) never passes connect4/6, so data could leave over it.
+ * bind4/6 keep TCP listeners on loopback unless a listen rule names the port
+ * (a bind to a non-loopback address with port 0 picks a source address for
+ * an outgoing connection and is left alone). Whatever the bind, sockops marks
+ * each accepted connection at BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB (before
+ * accept() can return it), and the egress program checks its peer at the
+ * first packet out: a loopback peer, or one a listen rule names for that
+ * port (listen_allow), passes; otherwise every packet of the connection is
+ * dropped (counted once, reason inbound) and the peer receives no byte.
  *
  * Original destination. connect4/6 keep {original address, port, pid, comm,
  * sandbox} in socket-local storage (BPF_MAP_TYPE_SK_STORAGE). The source port is
@@ -74,6 +106,9 @@ const struct event *unused_event __attribute__((unused));
 const struct counter_key *unused_ck __attribute__((unused));
 const struct counter_val *unused_cv __attribute__((unused));
 const struct orig_key *unused_ok __attribute__((unused));
+const enum reason *unused_reason __attribute__((unused));
+const enum allow_flag *unused_allow_flag __attribute__((unused));
+const enum sandbox_flag *unused_sandbox_flag __attribute__((unused));
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -115,6 +150,31 @@ struct {
 	__type(key, struct orig_key);
 	__type(value, struct orig);
 } dns_origin SEC(".maps");
+
+/* listen_allow: the peers a listen rule admits, per sandbox (LPM on the
+ * same key as allow; the value's ports are the listening ports, none means
+ * any). listen_ports: the ports a sandbox may bind beyond loopback. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, MAX_LISTEN);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct allow_key);
+	__type(value, struct allow_val);
+} listen_allow SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_LISTEN);
+	__type(key, struct listen_port_key);
+	__type(value, __u32);
+} listen_ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct inbound);
+} inbound_sk SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -178,8 +238,8 @@ static __always_inline int is_metadata(const __u8 a[16])
 	return 1;
 }
 
-static __always_inline void refuse(__u64 sandbox, const __u8 addr[16], __u16 port,
-				   __u16 proto, __u32 reason, __u32 audit)
+static __always_inline void count_refusal(__u64 sandbox, const __u8 addr[16], __u16 port,
+					  __u16 proto, __u32 reason)
 {
 	struct counter_key ck = {};
 	ck.sandbox = sandbox;
@@ -196,7 +256,13 @@ static __always_inline void refuse(__u64 sandbox, const __u8 addr[16], __u16 por
 		struct counter_val nv = {.count = 1, .last_ns = now};
 		bpf_map_update_elem(&counters, &ck, &nv, BPF_NOEXIST);
 	}
+}
 
+static __always_inline void refuse(__u64 sandbox, const __u8 addr[16], __u16 port,
+				   __u16 proto, __u32 reason, __u32 audit)
+{
+	count_refusal(sandbox, addr, port, proto, reason);
+	__u64 now = bpf_ktime_get_ns();
 	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e)
 		return;
@@ -502,13 +568,32 @@ int sluice_sock_create(struct bpf_sock *ctx)
 	}
 	if (!ok) {
 		__u32 audit = cfg->flags & SB_AUDIT;
-		refuse(sb, none, 0, ctx->protocol, REASON_SOCKET, audit);
+		refuse(sb, none, 0, ctx->protocol, REASON_SOCKET_TYPE, audit);
 		return audit ? 1 : 0;
 	}
 	return 1;
 }
 
-static __always_inline int bind_check(struct bpf_sock_addr *ctx, __u8 addr[16])
+static __always_inline int is_loopback(const __u8 a[16])
+{
+	if (is_v4mapped(a))
+		return a[12] == 127;
+	for (int i = 0; i < 15; i++)
+		if (a[i])
+			return 0;
+	return a[15] == 1;
+}
+
+static __always_inline int is_wildcard(const __u8 a[16])
+{
+	for (int i = 12; i < 16; i++)
+		if (a[i])
+			return 0;
+	return is_v4mapped(a) || (!a[0] && !a[1] && !a[2] && !a[3] && !a[4] && !a[5] && !a[6] &&
+				  !a[7] && !a[8] && !a[9] && !a[10] && !a[11]);
+}
+
+static __always_inline int bind_check(struct bpf_sock_addr *ctx, __u8 addr[16], int family)
 {
 	__u64 sb = 0;
 	struct sandbox_cfg *cfg = find_sandbox(&sb);
@@ -519,6 +604,21 @@ static __always_inline int bind_check(struct bpf_sock_addr *ctx, __u8 addr[16])
 		refuse(sb, addr, port, sock_proto(ctx), REASON_BIND, 0);
 		return 0;
 	}
+	/* Inbound: keep TCP listeners on loopback unless a listen rule names
+	 * the port. Audit mode changes nothing. */
+	if (ctx->type != SOCK_STREAM || (cfg->flags & SB_AUDIT) || is_loopback(addr))
+		return 1;
+	if (!is_wildcard(addr) && port == 0)
+		return 1; /* a source address for an outgoing connection */
+	struct listen_port_key lk = {};
+	lk.sandbox = sb;
+	lk.port = port;
+	if (port != 0 && bpf_map_lookup_elem(&listen_ports, &lk))
+		return 1;
+	if (family == AF_INET)
+		ctx->user_ip4 = bpf_htonl(0x7f000001);
+	else
+		set6(ctx, port, is_v4mapped(addr));
 	return 1;
 }
 
@@ -527,7 +627,7 @@ int sluice_bind4(struct bpf_sock_addr *ctx)
 {
 	__u8 addr[16];
 	v4_to_addr(ctx->user_ip4, addr);
-	return bind_check(ctx, addr);
+	return bind_check(ctx, addr, AF_INET);
 }
 
 SEC("cgroup/bind6")
@@ -536,12 +636,229 @@ int sluice_bind6(struct bpf_sock_addr *ctx)
 	__u8 addr[16];
 	__u32 ip6[4] = {ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3]};
 	v6_to_addr(ip6, addr);
-	return bind_check(ctx, addr);
+	return bind_check(ctx, addr, AF_INET6);
+}
+
+/* ---- source routing (see the header comment) ---- */
+
+#define SOL_IP_ 0
+#define SOL_IPV6_ 41
+#define IP_OPTIONS_ 4
+#define IP_RETOPTS_ 7
+#define IPV6_2292DSTOPTS_ 4
+#define IPV6_2292RTHDR_ 5
+#define IPV6_2292PKTOPTIONS_ 6
+#define IPV6_RTHDRDSTOPTS_ 55
+#define IPV6_RTHDR_ 57
+#define IPV6_DSTOPTS_ 59
+#define PAGE_SIZE_ 4096
+
+static __always_inline int routing_option(int level, int optname)
+{
+	if (level == SOL_IP_)
+		return optname == IP_OPTIONS_ || optname == IP_RETOPTS_;
+	if (level != SOL_IPV6_)
+		return 0;
+	switch (optname) {
+	case IPV6_2292DSTOPTS_:
+	case IPV6_2292RTHDR_:
+	case IPV6_2292PKTOPTIONS_:
+	case IPV6_RTHDRDSTOPTS_:
+	case IPV6_RTHDR_:
+	case IPV6_DSTOPTS_:
+		return 1;
+	}
+	return 0;
+}
+
+SEC("cgroup/setsockopt")
+int sluice_setsockopt(struct bpf_sockopt *ctx)
+{
+	/* Clearing an option (an empty value) stays allowed. */
+	if (ctx->optlen > 0 && routing_option(ctx->level, ctx->optname)) {
+		__u64 sb = 0;
+		find_sandbox(&sb);
+		__u8 none[16] = {};
+		/* The counter's port is the option, its proto the level. */
+		refuse(sb, none, (__u16)ctx->optname, (__u16)ctx->level, REASON_ROUTING_OPTION, 0);
+		return 0;
+	}
+	/* A value beyond a page: let the kernel use the caller's own buffer
+	 * (otherwise kernels before 6.5 fail the call with EFAULT). */
+	if (ctx->optlen > PAGE_SIZE_)
+		ctx->optlen = 0;
+	return 1;
+}
+
+#define ETH_P_IP_ 0x0800
+#define ETH_P_IPV6_ 0x86DD
+#define NEXTHDR_HOP 0
+#define NEXTHDR_ROUTING 43
+#define NEXTHDR_FRAGMENT 44
+#define NEXTHDR_AUTH 51
+#define NEXTHDR_DEST 60
+
+/* routed_packet reports whether the packet (skb data starts at the IP
+ * header in cgroup_skb programs) carries IPv4 options or an IPv6 routing
+ * header, and sets dst to its IP destination (the first hop). */
+static __always_inline int routed_packet(struct __sk_buff *skb, __u8 dst[16])
+{
+	if (skb->protocol == bpf_htons(ETH_P_IP_)) {
+		__u8 vihl = 0;
+		if (bpf_skb_load_bytes(skb, 0, &vihl, 1))
+			return 0;
+		if ((vihl & 0x0f) <= 5)
+			return 0;
+		__u32 d = 0;
+		bpf_skb_load_bytes(skb, 16, &d, 4);
+		v4_to_addr(d, dst);
+		return 1;
+	}
+	if (skb->protocol != bpf_htons(ETH_P_IPV6_))
+		return 0;
+	__u8 nh = 0;
+	if (bpf_skb_load_bytes(skb, 6, &nh, 1))
+		return 0;
+	__u32 off = 40;
+	for (int i = 0; i < MAX_EXT_HEADERS; i++) {
+		__u8 h[2] = {};
+		switch (nh) {
+		case NEXTHDR_ROUTING:
+			bpf_skb_load_bytes(skb, 24, dst, 16);
+			return 1;
+		case NEXTHDR_HOP:
+		case NEXTHDR_DEST:
+			if (bpf_skb_load_bytes(skb, off, h, 2))
+				return 0;
+			nh = h[0];
+			off += ((__u32)h[1] + 1) * 8;
+			break;
+		case NEXTHDR_FRAGMENT:
+			if (bpf_skb_load_bytes(skb, off, h, 2))
+				return 0;
+			nh = h[0];
+			off += 8;
+			break;
+		case NEXTHDR_AUTH:
+			if (bpf_skb_load_bytes(skb, off, h, 2))
+				return 0;
+			nh = h[0];
+			off += ((__u32)h[1] + 2) * 4;
+			break;
+		default:
+			return 0; /* upper layer (or no next header): no routing header */
+		}
+	}
+	/* A chain deeper than any real packet: drop it rather than guess. */
+	bpf_skb_load_bytes(skb, 24, dst, 16);
+	return 1;
+}
+
+/* skb_sandbox finds the sandbox of a packet's socket (bpf_get_current_*
+ * does not describe the sender in softirq context). */
+static __always_inline __u64 skb_sandbox(struct __sk_buff *skb)
+{
+	for (int level = 0; level < MAX_CGROUP_DEPTH; level++) {
+		__u64 cg = bpf_skb_ancestor_cgroup_id(skb, level);
+		if (cg == 0)
+			break;
+		if (bpf_map_lookup_elem(&sandboxes, &cg))
+			return cg;
+	}
+	return 0;
+}
+
+/* refuse_skb counts and reports a refusal seen on egress. pid and comm are
+ * the socket's creator's when connect recorded them, else empty. */
+static __always_inline void refuse_skb(struct __sk_buff *skb, struct bpf_sock *sk,
+				       const __u8 addr[16], __u16 port, __u16 proto, __u32 reason,
+				       __u32 audit)
+{
+	__u64 sb = skb_sandbox(skb);
+	count_refusal(sb, addr, port, proto, reason);
+	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e)
+		return;
+	__builtin_memset(e, 0, sizeof(*e));
+	e->sandbox = sb;
+	e->cgroup = bpf_skb_cgroup_id(skb);
+	e->ts_ns = bpf_ktime_get_ns();
+	e->reason = reason;
+	__builtin_memcpy(e->addr, addr, 16);
+	e->port = port;
+	e->proto = proto;
+	e->audit = audit;
+	struct orig *o = sk ? bpf_sk_storage_get(&orig_sk, sk, 0, 0) : 0;
+	if (o) {
+		e->pid = o->pid;
+		__builtin_memcpy(e->comm, o->comm, sizeof(e->comm));
+	}
+	bpf_ringbuf_submit(e, 0);
+}
+
+/* ---- inbound (see the header comment) ---- */
+
+/* inbound_verdict decides an accepted connection at its first packet out. */
+static __always_inline __u32 inbound_verdict(struct __sk_buff *skb, struct bpf_sock *sk)
+{
+	/* The socket's addresses as the skb context exposes them. */
+	/* Each field read on its own, unconditionally, 4 bytes at a time: the
+	 * verifier refuses a context pointer clang offset once for several
+	 * loads. */
+	__u32 fam = skb->family;
+	asm volatile("" ::: "memory");
+	__u32 r4 = skb->remote_ip4;
+	asm volatile("" ::: "memory");
+	__u32 w0 = skb->remote_ip6[0];
+	asm volatile("" ::: "memory");
+	__u32 w1 = skb->remote_ip6[1];
+	asm volatile("" ::: "memory");
+	__u32 w2 = skb->remote_ip6[2];
+	asm volatile("" ::: "memory");
+	__u32 w3 = skb->remote_ip6[3];
+	asm volatile("" ::: "memory");
+	__u32 lport = skb->local_port;
+	__u8 peer[16];
+	if (fam == AF_INET) {
+		v4_to_addr(r4, peer);
+	} else {
+		__u32 w[4] = {w0, w1, w2, w3};
+		__builtin_memcpy(peer, w, 16);
+	}
+	if (is_loopback(peer))
+		return INBOUND_ALLOWED;
+	__u16 port = (__u16)lport; /* the listening port, host order */
+	__u64 sb = skb_sandbox(skb);
+	struct allow_key k = {};
+	k.prefixlen = 64 + 128;
+	__builtin_memcpy(k.sandbox, &sb, 8);
+	__builtin_memcpy(k.addr, peer, 16);
+	struct allow_val *v = bpf_map_lookup_elem(&listen_allow, &k);
+	if (v) {
+		if (!v->nports)
+			return INBOUND_ALLOWED;
+		for (int i = 0; i < MAX_PORTS; i++)
+			if (i < v->nports && v->ports[i] == port)
+				return INBOUND_ALLOWED;
+	}
+	struct sandbox_cfg *cfg = bpf_map_lookup_elem(&sandboxes, &sb);
+	__u32 audit = cfg && (cfg->flags & SB_AUDIT);
+	refuse_skb(skb, sk, peer, port, PROTO_TCP, REASON_INBOUND, audit);
+	return audit ? INBOUND_ALLOWED : INBOUND_DENIED;
 }
 
 SEC("sockops")
 int sluice_sockops(struct bpf_sock_ops *skops)
 {
+	if (skops->op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB) {
+		struct bpf_sock *sk = skops->sk;
+		if (!sk)
+			return 1;
+		struct inbound *in = bpf_sk_storage_get(&inbound_sk, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (in)
+			in->state = INBOUND_PENDING;
+		return 1;
+	}
 	if (skops->op != BPF_SOCK_OPS_TCP_CONNECT_CB)
 		return 1;
 	struct bpf_sock *sk = skops->sk;
@@ -578,9 +895,21 @@ SEC("cgroup_skb/egress")
 int sluice_skb_egress(struct __sk_buff *skb)
 {
 	struct bpf_sock *sk = skb->sk;
-	if (!sk)
+	if (sk)
+		sk = bpf_sk_fullsock(sk);
+	__u8 hop[16] = {};
+	if (routed_packet(skb, hop)) {
+		refuse_skb(skb, sk, hop, 0, sk ? (__u16)sk->protocol : 0, REASON_ROUTED_PACKET, 0);
+		return 0;
+	}
+	if (sk && sk->protocol == IPPROTO_TCP) {
+		struct inbound *in = bpf_sk_storage_get(&inbound_sk, sk, 0, 0);
+		if (in && in->state == INBOUND_PENDING)
+			in->state = inbound_verdict(skb, sk);
+		if (in && in->state == INBOUND_DENIED)
+			return 0;
 		return 1;
-	sk = bpf_sk_fullsock(sk);
+	}
 	if (!sk || sk->protocol != IPPROTO_UDP)
 		return 1;
 	struct orig *o = bpf_sk_storage_get(&orig_sk, sk, 0, 0);

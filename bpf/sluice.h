@@ -12,27 +12,45 @@
 #define MAX_COUNTERS 65536
 #define MAX_PORTS 8
 #define MAX_CGROUP_DEPTH 32
+#define MAX_LISTEN 65536
+#define MAX_EXT_HEADERS 8 /* IPv6 extension headers walked on egress */
 
-/* sandbox flags */
-#define SB_AUDIT 1 /* record would-be refusals, refuse nothing */
+/* Enums reach Go through bpf2go -type, and the Go side names a refusal
+ * reason after its enumerator (REASON_NOT_ALLOWED renders "not_allowed"), so
+ * a new reason is one line here plus its use in a program. */
 
-/* allow entry flags */
-#define AL_DIRECT 1 /* kernel allow, no proxy */
-#define AL_DENY 2   /* refused even if a wider prefix allows */
-#define AL_STATIC 4 /* from a policy CIDR (not learned from DNS) */
-#define AL_UDP 8    /* UDP allowed too (direct rules only) */
+/* sandbox flags (sandbox_cfg.flags) */
+enum sandbox_flag {
+	SB_AUDIT = 1, /* record would-be refusals, refuse nothing */
+};
+
+/* allow entry flags (allow_val.flags) */
+enum allow_flag {
+	AL_DIRECT = 1, /* kernel allow, no proxy */
+	AL_DENY = 2,   /* refused even if a wider prefix allows */
+	AL_STATIC = 4, /* from a policy CIDR (not learned from DNS) */
+	AL_UDP = 8,    /* UDP allowed too (direct rules only) */
+};
 
 /* refusal reasons (counters and events) */
 enum reason {
-	REASON_NOT_ALLOWED = 1, /* destination not in the allowlist */
-	REASON_EXPIRED = 2,     /* allowlist entry past its TTL */
-	REASON_PORT = 3,        /* port not allowed by the rule */
-	REASON_UDP = 4,         /* UDP other than DNS */
-	REASON_METADATA = 5,    /* cloud metadata address */
-	REASON_SOCKET = 6,      /* socket type refused (raw, MPTCP, SCTP, ...) */
+	REASON_NOT_ALLOWED = 1,     /* destination not in the allowlist */
+	REASON_EXPIRED = 2,         /* allowlist entry past its TTL */
+	REASON_PORT = 3,            /* port not allowed by the rule */
+	REASON_UDP = 4,             /* UDP other than DNS */
+	REASON_METADATA = 5,        /* cloud metadata address */
+	REASON_SOCKET_TYPE = 6,     /* socket type refused (raw, MPTCP, SCTP, ...) */
 	REASON_UNKNOWN_SANDBOX = 7, /* no registered sandbox above the cgroup */
-	REASON_DENY_RULE = 8,   /* a deny rule names the destination */
-	REASON_BIND = 9,        /* bind to one of sluice's own ports */
+	REASON_DENY_RULE = 8,       /* a deny rule names the destination */
+	REASON_BIND = 9,            /* bind to one of sluice's own ports */
+	REASON_ROUTING_OPTION = 10, /* setsockopt of an IPv6 routing/destination header or IPv4 options */
+	REASON_ROUTED_PACKET = 11,  /* packet with an IPv6 routing header or IPv4 options dropped */
+	REASON_INBOUND = 12,        /* data on a connection accepted from a peer no listen rule names */
+	/* Counted by the daemon, not by a program: its resource fences. */
+	REASON_FENCE_CONNECTIONS = 13,          /* concurrent proxied connections */
+	REASON_FENCE_UPSTREAM_CONNECTIONS = 14, /* concurrent upstream connections */
+	REASON_FENCE_REQUEST_HEAD_BYTES = 15,   /* bytes of unfinished request heads */
+	REASON_FENCE_DNS_QPS = 16,              /* DNS queries per second */
 };
 
 #define PROTO_TCP 6
@@ -76,6 +94,26 @@ struct orig_key {
 	__u8 addr[16]; /* client's local address, v4-mapped for IPv4 */
 	__u16 port;    /* client's local port, host order */
 	__u16 proto;
+	__u32 pad;
+};
+
+/* listen_ports: the ports a sandbox may listen on beyond loopback. */
+struct listen_port_key {
+	__u64 sandbox;
+	__u16 port; /* host order */
+	__u16 pad[3];
+};
+
+/* The verdict on a passively established (accepted) TCP connection, kept in
+ * socket-local storage. */
+enum inbound_state {
+	INBOUND_PENDING = 1, /* accepted; the peer is checked at the first packet out */
+	INBOUND_ALLOWED = 2,
+	INBOUND_DENIED = 3, /* every packet out is dropped */
+};
+
+struct inbound {
+	__u32 state;
 	__u32 pad;
 };
 

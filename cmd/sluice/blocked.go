@@ -101,14 +101,9 @@ func blockedRows(o *blockedOptions, name string) ([]blockedRow, error) {
 		if name != "" && n != name {
 			continue
 		}
-		proto := "tcp"
-		if r.Proto == enforcer.ProtoUDP {
-			proto = "udp"
-		} else if r.Reason == enforcer.ReasonSocket {
-			proto = "proto-" + strconv.Itoa(int(r.Proto))
-		}
-		out = append(out, blockedRow{Sandbox: n, CgroupID: r.Sandbox, Dst: r.Dst.Addr().String(), Port: r.Dst.Port(),
-			Proto: proto, Reason: enforcer.ReasonString(r.Reason), Count: r.Count, LastSeen: r.LastSeen.UTC().Truncate(time.Second)})
+		v := enforcer.Render(r.Reason, r.Proto, r.Dst)
+		out = append(out, blockedRow{Sandbox: n, CgroupID: r.Sandbox, Dst: v.Addr, Port: v.Port,
+			Proto: v.Proto, Reason: v.Reason, Count: r.Count, LastSeen: r.LastSeen.UTC().Truncate(time.Second)})
 	}
 	sort.Slice(out, func(i, j int) bool {
 		if out[i].Sandbox != out[j].Sandbox {
@@ -127,6 +122,9 @@ func printBlocked(ro *rootOptions, rows []blockedRow) {
 	w := tabwriter.NewWriter(ro.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(w, "SANDBOX\tDESTINATION\tPORT\tPROTO\tREASON\tCOUNT\tLAST SEEN")
 	for _, r := range rows {
+		if r.Dst == "" {
+			r.Dst = "-"
+		}
 		fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%d\t%s\n", r.Sandbox, r.Dst, r.Port, r.Proto, r.Reason, r.Count, r.LastSeen.Format(time.RFC3339))
 	}
 	w.Flush()

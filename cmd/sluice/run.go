@@ -4,8 +4,8 @@ import (
 	"context"
 
 	"github.com/sluice-dev/sluice/pkg/daemon"
-	"github.com/sluice-dev/sluice/pkg/sandbox"
 	"github.com/sluice-dev/sluice/pkg/defaults"
+	"github.com/sluice-dev/sluice/pkg/sandbox"
 	"github.com/spf13/cobra"
 )
 

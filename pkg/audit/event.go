@@ -20,6 +20,10 @@ const (
 	// KindAudit is the audit pipeline reporting on itself: events dropped
 	// under pressure and sink write errors. Its Decision is empty.
 	KindAudit = "audit"
+	// KindFence records work refused at one of a sandbox's resource fences
+	// (Reason: connections, upstream_connections, request_head_bytes,
+	// dns_qps; Decision deny).
+	KindFence = "fence"
 )
 
 // Decisions.

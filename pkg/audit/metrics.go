@@ -32,6 +32,7 @@ const MetricsNamespace = "sluice"
 //	callback_duration_seconds{sandbox,rule}        histogram of credential callback latency
 //	callback_failures_total{sandbox,rule}
 //	allowlist_entries{sandbox}                     kernel allowlist occupancy
+//	fence_refusals_total{sandbox,fence}            work refused at a resource fence
 //	audit_events_dropped_total                     events lost under pressure
 //	audit_sink_errors_total                        failed sink writes
 type Metrics struct {
@@ -44,6 +45,7 @@ type Metrics struct {
 	callbackLat *prometheus.HistogramVec
 	callbackErr *prometheus.CounterVec
 	allowlist   *prometheus.GaugeVec
+	fences      *prometheus.CounterVec
 
 	dropped      atomic.Pointer[func() uint64]
 	sinkErrors   atomic.Pointer[func() uint64]
@@ -85,6 +87,10 @@ func NewMetrics() *Metrics {
 		Namespace: ns, Name: "allowlist_entries",
 		Help: "Entries in the sandbox's kernel allowlist map.",
 	}, []string{"sandbox"})
+	m.fences = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: ns, Name: "fence_refusals_total",
+		Help: "Work refused at a sandbox's resource fence (connections, upstream_connections, request_head_bytes, dns_qps).",
+	}, []string{"sandbox", "fence"})
 	dropped := prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Namespace: ns, Name: "audit_events_dropped_total",
 		Help: "Audit events dropped because a queue was full (the event queue or a sink's).",
@@ -94,7 +100,7 @@ func NewMetrics() *Metrics {
 		Help: "Audit sink writes that failed (for example disk full).",
 	}, func() float64 { return load(&m.sinkErrors) })
 	m.reg.MustRegister(m.decisions, m.dnsQueries, m.bytes, m.proxyLat, m.callbackLat, m.callbackErr, m.allowlist,
-		dropped, sinkErrs,
+		m.fences, dropped, sinkErrs,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -173,6 +179,7 @@ func (m *Metrics) ForgetSandbox(sandbox string) {
 	m.callbackLat.DeletePartialMatch(l)
 	m.callbackErr.DeletePartialMatch(l)
 	m.allowlist.DeletePartialMatch(l)
+	m.fences.DeletePartialMatch(l)
 }
 
 // MetricsSink is the Sink that turns events into metric updates.
@@ -211,6 +218,8 @@ func (s *MetricsSink) WriteEvent(ev *Event) error {
 		if ev.LatencyMS > 0 {
 			m.proxyLat.WithLabelValues(ev.Sandbox).Observe(ev.LatencyMS / 1000)
 		}
+	case KindFence:
+		m.fences.WithLabelValues(ev.Sandbox, ev.Reason).Inc()
 	case KindCallback:
 		m.callbackLat.WithLabelValues(ev.Sandbox, ev.Rule).Observe(ev.LatencyMS / 1000)
 		if ev.Decision == DecisionError {

@@ -65,6 +65,11 @@ type record struct {
 // the audit sinks, the resolver and the proxy.
 func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 	cfg.defaults()
+	if cur, _, err := raiseNOFILE(); err != nil {
+		log.Warn("open file limit not raised", "err", err)
+	} else {
+		log.Debug("open file limit", "RLIMIT_NOFILE", cur)
+	}
 	if err := os.MkdirAll(filepath.Join(cfg.StateDir, "sandboxes"), 0o700); err != nil {
 		return nil, fmt.Errorf("creating state dir: %w", err)
 	}

@@ -143,18 +143,24 @@ func (rt *Runtime) Start(ctx context.Context, spec Spec) (*Sandbox, error) {
 		ls.Close()
 		return nil, err
 	}
+	if err := kernel.SetListen(listenEntries(spec.Policy)); err != nil {
+		kernel.Detach()
+		ls.Close()
+		return nil, err
+	}
 
 	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.cancel = cancel
+	fences := rt.newFence(s, emit) // fence.go
 	dsb := &dnsproxy.Sandbox{
 		Name: spec.Name, ID: spec.CgroupID, Policy: s.Policy,
-		Allow: kernel, Bindings: s.bindings, Audit: emit, Origins: newDNSOrigins(kernel),
+		Allow: kernel, Bindings: s.bindings, Audit: emit, Origins: newDNSOrigins(kernel), Fence: fences,
 	}
 	psb := &proxy.Sandbox{
 		Name: spec.Name, ID: spec.CgroupID, Policy: s.Policy,
 		Orig: origAdapter{kernel}, Names: s.bindings, CA: spec.CA,
 		Secrets: rt.Secrets, Callbacks: auditedCallbacks{rt.Callbacks, emit}, Audit: emit,
-		Tokens: rt.Tokens, Signer: rt.Signer,
+		Tokens: rt.Tokens, Signer: rt.Signer, Fence: fences,
 	}
 	serve := func(name string, fn func() error) {
 		s.wg.Add(1)
@@ -189,6 +195,9 @@ func (s *Sandbox) SetPolicy(p *policy.Policy) error {
 		return err
 	}
 	if err := s.kernel.SetStatic(staticEntries(p)); err != nil {
+		return err
+	}
+	if err := s.kernel.SetListen(listenEntries(p)); err != nil {
 		return err
 	}
 	s.policy.Store(p)
@@ -264,19 +273,12 @@ func (rt *Runtime) KernelEvents(ctx context.Context) error {
 		if r.Audit {
 			d = audit.DecisionWouldDeny
 		}
-		proto := "tcp"
-		if r.Proto == enforcer.ProtoUDP {
-			proto = "udp"
-		}
+		v := enforcer.Render(r.Reason, r.Proto, r.Dst)
 		name, labels := rt.nameAndLabels(r.Sandbox)
-		ev := audit.Event{
+		rt.Audit.Emit(audit.Event{
 			Time: r.Time, Kind: audit.KindKernel, Sandbox: name, Labels: labels, CgroupID: r.CgroupID,
-			PID: r.PID, Comm: r.Comm, Decision: d, Reason: enforcer.ReasonString(r.Reason), Proto: proto,
-		}
-		if r.Reason != enforcer.ReasonSocket {
-			ev.Dst = r.Dst.String()
-		}
-		rt.Audit.Emit(ev)
+			PID: r.PID, Comm: r.Comm, Decision: d, Reason: v.Reason, Proto: v.Proto, Dst: v.Dst(),
+		})
 	})
 }
 
@@ -288,6 +290,14 @@ func staticEntries(p *policy.Policy) []enforcer.Static {
 	var out []enforcer.Static
 	for _, c := range p.StaticCIDRs() {
 		out = append(out, enforcer.Static{Prefix: c.Prefix, Ports: c.Ports, Direct: c.Direct, Deny: c.Deny, UDP: c.Direct})
+	}
+	return out
+}
+
+func listenEntries(p *policy.Policy) []enforcer.Listen {
+	var out []enforcer.Listen
+	for _, l := range p.ListenEntries() {
+		out = append(out, enforcer.Listen{Prefix: l.From, Ports: l.Ports})
 	}
 	return out
 }

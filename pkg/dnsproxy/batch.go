@@ -5,6 +5,8 @@ import (
 	"net/netip"
 	"runtime"
 	"sync"
+
+	"github.com/sluice-dev/sluice/pkg/fence"
 )
 
 // udpBatch is one reader's buffers. It starts with room for one query and
@@ -57,6 +59,10 @@ func (h *handler) readBatches(uc *net.UDPConn, wg *sync.WaitGroup, sem chan stru
 		b.hits, b.tmpls = b.hits[:0], b.tmpls[:0]
 		for i := range n {
 			p := b.bufs[i][:b.n[i]]
+			if !h.sb.Fence.Query(now) {
+				h.sb.Fence.Refuse(fence.DNSQPS, netip.AddrPort{}, true)
+				continue // dropped: the client retries
+			}
 			ans, t, key := h.fastHit(p, now, b.outs[i], b.key)
 			b.key = key
 			if ans == nil {

@@ -9,6 +9,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/sluice-dev/sluice/pkg/audit"
+	"github.com/sluice-dev/sluice/pkg/fence"
 	"github.com/sluice-dev/sluice/pkg/policy"
 )
 
@@ -48,6 +49,13 @@ func (h *handler) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 		client, tcp = a.AddrPort(), true
 	case *net.UDPAddr:
 		client = a.AddrPort()
+	}
+	if !h.sb.Fence.Query(h.r.now()) {
+		h.sb.Fence.Refuse(fence.DNSQPS, netip.AddrPort{}, !tcp)
+		m := new(dns.Msg)
+		m.SetRcode(req, dns.RcodeRefused)
+		_ = w.WriteMsg(m)
+		return
 	}
 	rp := h.r.answer(h.sb, req, tcp)
 	if rp.msg != nil {

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/sluice-dev/sluice/pkg/audit"
+	"github.com/sluice-dev/sluice/pkg/fence"
 	"github.com/sluice-dev/sluice/pkg/policy"
 )
 
@@ -63,6 +64,9 @@ type Sandbox struct {
 	// Origins attributes queries to the process that sent them (pid and
 	// command, recorded by the kernel). Nil leaves them unattributed.
 	Origins Origins
+	// Fence holds the sandbox's dns_qps fence: a query past it is dropped
+	// (UDP; the client retries) or answered REFUSED (TCP). Nil: none.
+	Fence *fence.Sandbox
 }
 
 // Resolver resolves, filters and caches on behalf of sandboxes. Create it

@@ -11,6 +11,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/sluice-dev/sluice/pkg/audit"
+	"github.com/sluice-dev/sluice/pkg/fence"
 )
 
 // maxSlowUDP bounds the UDP queries answered concurrently off the fast path
@@ -94,6 +95,10 @@ func (h *handler) readUDP(pc net.PacketConn, wg *sync.WaitGroup, sem chan struct
 		peer.addr = addr
 		p := buf[:n]
 		now := h.r.now()
+		if !h.sb.Fence.Query(now) {
+			h.sb.Fence.Refuse(fence.DNSQPS, netip.AddrPort{}, true)
+			continue // dropped: the client retries
+		}
 		var fast bool
 		out, key, fast = h.fastUDP(pc, peer, p, now, out, key)
 		if fast {

@@ -29,53 +29,15 @@ const (
 	ProtoUDP = 17
 )
 
-// Reasons for a kernel refusal.
+// Flag bits of allow entries and sandboxes (enum allow_flag and enum
+// sandbox_flag of bpf/sluice.h).
 const (
-	ReasonNotAllowed     = 1
-	ReasonExpired        = 2
-	ReasonPort           = 3
-	ReasonUDP            = 4
-	ReasonMetadata       = 5
-	ReasonSocket         = 6
-	ReasonUnknownSandbox = 7
-	ReasonDenyRule       = 8
-	ReasonBind           = 9
+	alDirect = uint32(sluiceAllowFlagAL_DIRECT)
+	alDeny   = uint32(sluiceAllowFlagAL_DENY)
+	alStatic = uint32(sluiceAllowFlagAL_STATIC)
+	alUDP    = uint32(sluiceAllowFlagAL_UDP)
+	sbAudit  = uint32(sluiceSandboxFlagSB_AUDIT)
 )
-
-// ReasonString names a refusal reason.
-func ReasonString(r uint32) string {
-	switch r {
-	case ReasonNotAllowed:
-		return "not_allowed"
-	case ReasonExpired:
-		return "expired"
-	case ReasonPort:
-		return "port"
-	case ReasonUDP:
-		return "udp"
-	case ReasonMetadata:
-		return "metadata"
-	case ReasonSocket:
-		return "socket_type"
-	case ReasonUnknownSandbox:
-		return "unknown_sandbox"
-	case ReasonDenyRule:
-		return "deny_rule"
-	case ReasonBind:
-		return "bind"
-	}
-	return "reason_" + strconv.Itoa(int(r))
-}
-
-// allow entry flags, as in bpf/sluice.h.
-const (
-	alDirect = 1
-	alDeny   = 2
-	alStatic = 4
-	alUDP    = 8
-)
-
-const sbAudit = 1
 
 // Config configures an Enforcer.
 type Config struct {
@@ -93,7 +55,8 @@ type Enforcer struct {
 	pinDir string
 	objs   sluiceObjects
 
-	mu sync.Mutex // serialises read-modify-write of allow entries
+	mu  sync.Mutex // serialises read-modify-write of allow entries
+	cmu sync.Mutex // serialises the daemon's read-modify-write of counters
 }
 
 // Open loads the programs, creating or reusing the pinned maps under the pin
@@ -206,6 +169,7 @@ var attachments = []attachSpec{
 	{"bind6", ebpf.AttachCGroupInet6Bind, func(o *sluiceObjects) *ebpf.Program { return o.SluiceBind6 }},
 	{"sockops", ebpf.AttachCGroupSockOps, func(o *sluiceObjects) *ebpf.Program { return o.SluiceSockops }},
 	{"skb_egress", ebpf.AttachCGroupInetEgress, func(o *sluiceObjects) *ebpf.Program { return o.SluiceSkbEgress }},
+	{"setsockopt", ebpf.AttachCGroupSetsockopt, func(o *sluiceObjects) *ebpf.Program { return o.SluiceSetsockopt }},
 }
 
 func (e *Enforcer) linkDir(id uint64) string {
@@ -327,6 +291,9 @@ func (s *Sandbox) Detach() error {
 	}
 	s.e.deleteAllow(func(k *sluiceAllowKey) bool { return binary.NativeEndian.Uint64(k.Sandbox[:]) == s.id })
 	s.e.deleteCounters(s.id)
+	s.e.mu.Lock()
+	s.e.deleteListenLocked(s.id, nil, nil)
+	s.e.mu.Unlock()
 	return errors.Join(errs...)
 }
 

@@ -24,7 +24,7 @@ type Refusal struct {
 	Comm     string
 	Dst      netip.AddrPort
 	Proto    uint16
-	Reason   uint32
+	Reason   Reason
 	Audit    bool // would have been refused; audit mode let it through
 }
 
@@ -59,7 +59,7 @@ func (e *Enforcer) Events(ctx context.Context, fn func(Refusal)) error {
 			Comm:     cString(ev.Comm[:]),
 			Dst:      netip.AddrPortFrom(netip.AddrFrom16(ev.Addr).Unmap(), ev.Port),
 			Proto:    ev.Proto,
-			Reason:   ev.Reason,
+			Reason:   Reason(ev.Reason),
 			Audit:    ev.Audit != 0,
 		})
 	}
@@ -70,7 +70,7 @@ type Blocked struct {
 	Sandbox  uint64
 	Dst      netip.AddrPort
 	Proto    uint16
-	Reason   uint32
+	Reason   Reason
 	Count    uint64
 	LastSeen time.Time
 }
@@ -92,7 +92,7 @@ func ReadBlocked(pinDir string) ([]Blocked, error) {
 			Sandbox:  k.Sandbox,
 			Dst:      netip.AddrPortFrom(netip.AddrFrom16(k.Addr).Unmap(), k.Port),
 			Proto:    k.Proto,
-			Reason:   k.Reason,
+			Reason:   Reason(k.Reason),
 			Count:    v.Count,
 			LastSeen: wallAt(v.LastNs),
 		})
@@ -135,4 +135,27 @@ func openPinned(pinDir, name string) (*ebpf.Map, string, error) {
 		return nil, path, fmt.Errorf("opening %s (needs root or CAP_BPF): %w", path, err)
 	}
 	return m, path, nil
+}
+
+// Count adds one refusal the daemon decided itself (a resource fence) to
+// the sandbox's pinned refusal counters, so `sluice blocked` shows it with
+// the kernel's own. dst may be the zero value.
+func (s *Sandbox) Count(reason Reason, dst netip.AddrPort, proto uint16) error {
+	k := sluiceCounterKey{Sandbox: s.id, Port: dst.Port(), Proto: proto, Reason: uint32(reason)}
+	if dst.IsValid() {
+		k.Addr = addrKey(dst.Addr())
+	}
+	now := uint64(monoNow())
+	var v sluiceCounterVal
+	s.e.cmu.Lock()
+	defer s.e.cmu.Unlock()
+	if err := s.e.objs.Counters.Lookup(&k, &v); err != nil {
+		v = sluiceCounterVal{}
+	}
+	v.Count++
+	v.LastNs = now
+	if err := s.e.objs.Counters.Update(&k, &v, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("counting %s: %w", reason, err)
+	}
+	return nil
 }

@@ -13,6 +13,15 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type sluiceAllowFlag uint32
+
+const (
+	sluiceAllowFlagAL_DIRECT sluiceAllowFlag = 1
+	sluiceAllowFlagAL_DENY   sluiceAllowFlag = 2
+	sluiceAllowFlagAL_STATIC sluiceAllowFlag = 4
+	sluiceAllowFlagAL_UDP    sluiceAllowFlag = 8
+)
+
 type sluiceAllowKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
@@ -58,6 +67,19 @@ type sluiceEvent struct {
 	Comm    [16]uint8
 }
 
+type sluiceInbound struct {
+	_     structs.HostLayout
+	State uint32
+	Pad   uint32
+}
+
+type sluiceListenPortKey struct {
+	_       structs.HostLayout
+	Sandbox uint64
+	Port    uint16
+	Pad     [3]uint16
+}
+
 type sluiceOrig struct {
 	_          structs.HostLayout
 	Sandbox    uint64
@@ -80,12 +102,39 @@ type sluiceOrigKey struct {
 	Pad     uint32
 }
 
+type sluiceReason uint32
+
+const (
+	sluiceReasonREASON_NOT_ALLOWED                sluiceReason = 1
+	sluiceReasonREASON_EXPIRED                    sluiceReason = 2
+	sluiceReasonREASON_PORT                       sluiceReason = 3
+	sluiceReasonREASON_UDP                        sluiceReason = 4
+	sluiceReasonREASON_METADATA                   sluiceReason = 5
+	sluiceReasonREASON_SOCKET_TYPE                sluiceReason = 6
+	sluiceReasonREASON_UNKNOWN_SANDBOX            sluiceReason = 7
+	sluiceReasonREASON_DENY_RULE                  sluiceReason = 8
+	sluiceReasonREASON_BIND                       sluiceReason = 9
+	sluiceReasonREASON_ROUTING_OPTION             sluiceReason = 10
+	sluiceReasonREASON_ROUTED_PACKET              sluiceReason = 11
+	sluiceReasonREASON_INBOUND                    sluiceReason = 12
+	sluiceReasonREASON_FENCE_CONNECTIONS          sluiceReason = 13
+	sluiceReasonREASON_FENCE_UPSTREAM_CONNECTIONS sluiceReason = 14
+	sluiceReasonREASON_FENCE_REQUEST_HEAD_BYTES   sluiceReason = 15
+	sluiceReasonREASON_FENCE_DNS_QPS              sluiceReason = 16
+)
+
 type sluiceSandboxCfg struct {
 	_         structs.HostLayout
 	ProxyPort uint16
 	DnsPort   uint16
 	Flags     uint32
 }
+
+type sluiceSandboxFlag uint32
+
+const (
+	sluiceSandboxFlagSB_AUDIT sluiceSandboxFlag = 1
+)
 
 // Names of all BPF objects in the ELF.
 //
@@ -95,6 +144,9 @@ const (
 	sluiceMapCounters            = "counters"
 	sluiceMapDnsOrigin           = "dns_origin"
 	sluiceMapEvents              = "events"
+	sluiceMapInboundSk           = "inbound_sk"
+	sluiceMapListenAllow         = "listen_allow"
+	sluiceMapListenPorts         = "listen_ports"
 	sluiceMapOrigByTuple         = "orig_by_tuple"
 	sluiceMapOrigSk              = "orig_sk"
 	sluiceMapSandboxes           = "sandboxes"
@@ -108,13 +160,17 @@ const (
 	sluiceProgSluiceRecvmsg6     = "sluice_recvmsg6"
 	sluiceProgSluiceSendmsg4     = "sluice_sendmsg4"
 	sluiceProgSluiceSendmsg6     = "sluice_sendmsg6"
+	sluiceProgSluiceSetsockopt   = "sluice_setsockopt"
 	sluiceProgSluiceSkbEgress    = "sluice_skb_egress"
 	sluiceProgSluiceSockCreate   = "sluice_sock_create"
 	sluiceProgSluiceSockops      = "sluice_sockops"
+	sluiceVarUnusedAllowFlag     = "unused_allow_flag"
 	sluiceVarUnusedCk            = "unused_ck"
 	sluiceVarUnusedCv            = "unused_cv"
 	sluiceVarUnusedEvent         = "unused_event"
 	sluiceVarUnusedOk            = "unused_ok"
+	sluiceVarUnusedReason        = "unused_reason"
+	sluiceVarUnusedSandboxFlag   = "unused_sandbox_flag"
 )
 
 // loadSluice returns the embedded CollectionSpec for sluice.
@@ -169,6 +225,7 @@ type sluiceProgramSpecs struct {
 	SluiceRecvmsg6     *ebpf.ProgramSpec `ebpf:"sluice_recvmsg6"`
 	SluiceSendmsg4     *ebpf.ProgramSpec `ebpf:"sluice_sendmsg4"`
 	SluiceSendmsg6     *ebpf.ProgramSpec `ebpf:"sluice_sendmsg6"`
+	SluiceSetsockopt   *ebpf.ProgramSpec `ebpf:"sluice_setsockopt"`
 	SluiceSkbEgress    *ebpf.ProgramSpec `ebpf:"sluice_skb_egress"`
 	SluiceSockCreate   *ebpf.ProgramSpec `ebpf:"sluice_sock_create"`
 	SluiceSockops      *ebpf.ProgramSpec `ebpf:"sluice_sockops"`
@@ -182,6 +239,9 @@ type sluiceMapSpecs struct {
 	Counters    *ebpf.MapSpec `ebpf:"counters"`
 	DnsOrigin   *ebpf.MapSpec `ebpf:"dns_origin"`
 	Events      *ebpf.MapSpec `ebpf:"events"`
+	InboundSk   *ebpf.MapSpec `ebpf:"inbound_sk"`
+	ListenAllow *ebpf.MapSpec `ebpf:"listen_allow"`
+	ListenPorts *ebpf.MapSpec `ebpf:"listen_ports"`
 	OrigByTuple *ebpf.MapSpec `ebpf:"orig_by_tuple"`
 	OrigSk      *ebpf.MapSpec `ebpf:"orig_sk"`
 	Sandboxes   *ebpf.MapSpec `ebpf:"sandboxes"`
@@ -191,10 +251,13 @@ type sluiceMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sluiceVariableSpecs struct {
-	UnusedCk    *ebpf.VariableSpec `ebpf:"unused_ck"`
-	UnusedCv    *ebpf.VariableSpec `ebpf:"unused_cv"`
-	UnusedEvent *ebpf.VariableSpec `ebpf:"unused_event"`
-	UnusedOk    *ebpf.VariableSpec `ebpf:"unused_ok"`
+	UnusedAllowFlag   *ebpf.VariableSpec `ebpf:"unused_allow_flag"`
+	UnusedCk          *ebpf.VariableSpec `ebpf:"unused_ck"`
+	UnusedCv          *ebpf.VariableSpec `ebpf:"unused_cv"`
+	UnusedEvent       *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedOk          *ebpf.VariableSpec `ebpf:"unused_ok"`
+	UnusedReason      *ebpf.VariableSpec `ebpf:"unused_reason"`
+	UnusedSandboxFlag *ebpf.VariableSpec `ebpf:"unused_sandbox_flag"`
 }
 
 // sluiceObjects contains all objects after they have been loaded into the kernel.
@@ -221,6 +284,9 @@ type sluiceMaps struct {
 	Counters    *ebpf.Map `ebpf:"counters"`
 	DnsOrigin   *ebpf.Map `ebpf:"dns_origin"`
 	Events      *ebpf.Map `ebpf:"events"`
+	InboundSk   *ebpf.Map `ebpf:"inbound_sk"`
+	ListenAllow *ebpf.Map `ebpf:"listen_allow"`
+	ListenPorts *ebpf.Map `ebpf:"listen_ports"`
 	OrigByTuple *ebpf.Map `ebpf:"orig_by_tuple"`
 	OrigSk      *ebpf.Map `ebpf:"orig_sk"`
 	Sandboxes   *ebpf.Map `ebpf:"sandboxes"`
@@ -232,6 +298,9 @@ func (m *sluiceMaps) Close() error {
 		m.Counters,
 		m.DnsOrigin,
 		m.Events,
+		m.InboundSk,
+		m.ListenAllow,
+		m.ListenPorts,
 		m.OrigByTuple,
 		m.OrigSk,
 		m.Sandboxes,
@@ -242,10 +311,13 @@ func (m *sluiceMaps) Close() error {
 //
 // It can be passed to loadSluiceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sluiceVariables struct {
-	UnusedCk    *ebpf.Variable `ebpf:"unused_ck"`
-	UnusedCv    *ebpf.Variable `ebpf:"unused_cv"`
-	UnusedEvent *ebpf.Variable `ebpf:"unused_event"`
-	UnusedOk    *ebpf.Variable `ebpf:"unused_ok"`
+	UnusedAllowFlag   *ebpf.Variable `ebpf:"unused_allow_flag"`
+	UnusedCk          *ebpf.Variable `ebpf:"unused_ck"`
+	UnusedCv          *ebpf.Variable `ebpf:"unused_cv"`
+	UnusedEvent       *ebpf.Variable `ebpf:"unused_event"`
+	UnusedOk          *ebpf.Variable `ebpf:"unused_ok"`
+	UnusedReason      *ebpf.Variable `ebpf:"unused_reason"`
+	UnusedSandboxFlag *ebpf.Variable `ebpf:"unused_sandbox_flag"`
 }
 
 // sluicePrograms contains all programs after they have been loaded into the kernel.
@@ -262,6 +334,7 @@ type sluicePrograms struct {
 	SluiceRecvmsg6     *ebpf.Program `ebpf:"sluice_recvmsg6"`
 	SluiceSendmsg4     *ebpf.Program `ebpf:"sluice_sendmsg4"`
 	SluiceSendmsg6     *ebpf.Program `ebpf:"sluice_sendmsg6"`
+	SluiceSetsockopt   *ebpf.Program `ebpf:"sluice_setsockopt"`
 	SluiceSkbEgress    *ebpf.Program `ebpf:"sluice_skb_egress"`
 	SluiceSockCreate   *ebpf.Program `ebpf:"sluice_sock_create"`
 	SluiceSockops      *ebpf.Program `ebpf:"sluice_sockops"`
@@ -279,6 +352,7 @@ func (p *sluicePrograms) Close() error {
 		p.SluiceRecvmsg6,
 		p.SluiceSendmsg4,
 		p.SluiceSendmsg6,
+		p.SluiceSetsockopt,
 		p.SluiceSkbEgress,
 		p.SluiceSockCreate,
 		p.SluiceSockops,

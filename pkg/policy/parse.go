@@ -231,7 +231,7 @@ func (ps *parser) parse(data []byte) *Policy {
 	}
 	root := doc.Content[0]
 	before := len(ps.probs)
-	fields, ok := ps.mapping(root, "", "version", "mode", "ipv6", "rules")
+	fields, ok := ps.mapping(root, "", "version", "mode", "ipv6", "rules", "limits")
 	if !ok {
 		return p
 	}
@@ -265,6 +265,8 @@ func (ps *parser) parse(data []byte) *Policy {
 		case "rules":
 			haveRules = true
 			rulesNode = f.val
+		case "limits":
+			p.Limits = ps.limits(f.val) // limits.go
 		}
 	}
 	if !haveVersion && clean {
@@ -289,6 +291,7 @@ func (ps *parser) parse(data []byte) *Policy {
 		}
 	}
 	ps.crossChecks(p, srcs)
+	ps.precedenceTraps(p, srcs)
 	return p
 }
 
@@ -337,7 +340,7 @@ type ruleSrc struct {
 	envNodes  map[string]*yaml.Node
 }
 
-var ruleFields = append([]string{"name", "hosts", "paths", "methods", "ports", "cidrs", "action", "direct", "headers", "remap", "callback", "env", "oauth2", "aws_sigv4", "request", "processes"}, gateFields...)
+var ruleFields = append([]string{"name", "hosts", "paths", "methods", "ports", "cidrs", "action", "direct", "headers", "remap", "callback", "env", "oauth2", "aws_sigv4", "request", "processes", "listen"}, gateFields...)
 
 func (ps *parser) rule(i int, n *yaml.Node) (*Rule, *ruleSrc) {
 	path := fmt.Sprintf("rules[%d]", i)
@@ -500,12 +503,18 @@ func (ps *parser) rule(i int, n *yaml.Node) (*Rule, *ruleSrc) {
 		case "processes":
 			procsNode = f.val
 			r.Processes = ps.processes(fp, f.val)
+		case "listen":
+			r.Listen = ps.listen(fp, f.val)
 		}
 	}
 	ps.credentialChecks(r, path, oauthNode, sigNode, headersNode)
 	ps.checkShaping(r, path, requestNode, procsNode)
 	if !haveName && clean {
 		ps.errf(n, join(path, "name"), "required; every rule needs a unique name")
+	}
+	if hasField(fields, "listen") {
+		ps.listenOnly(path, fields)
+		return r, src
 	}
 	if clean && !hasField(fields, "hosts") && !hasField(fields, "cidrs") {
 		ps.errf(n, path, "needs hosts or cidrs")

@@ -109,6 +109,8 @@ func TestBadPolicies(t *testing.T) {
 		{"host_star.yaml", "4:13: rules[0].hosts[0]: \"*\" would match every name"},
 		{"host_with_port.yaml", "4:13: rules[0].hosts[0]: \"api.example.com:8443\" has a port"},
 		{"insecure_http_deny.yaml", "6:20: rules[0].insecure_http: a deny rule injects nothing; drop insecure_http"},
+		{"listen_no_from.yaml", "4:13: rules[0].listen.from: required; list the peers that may connect"},
+		{"listen_with_hosts.yaml", "4:5: rules[0].hosts: a listen rule has only name and listen"},
 		{"merge_key.yaml", "4:5: rules[1]: merge keys"},
 		{"missing_name.yaml", "3:5: rules[0].name: required"},
 		{"missing_rules.yaml", "1:1: rules: required"},

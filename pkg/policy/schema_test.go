@@ -36,7 +36,7 @@ func TestSchemaMatchesParser(t *testing.T) {
 		got   []string
 		want  []string
 	}{
-		{"top", keys(s.Properties), sorted("version", "mode", "ipv6", "rules")},
+		{"top", keys(s.Properties), sorted("version", "mode", "ipv6", "rules", "limits")},
 		{"rule", keys(s.Defs["rule"].Properties), sorted(ruleFields...)},
 		{"header", keys(s.Defs["header"].Properties), sorted("name", "type", "value")},
 		{"callback", keys(s.Defs["callback"].Properties), sorted("url", "ttl", "timeout")},

@@ -60,6 +60,9 @@ type Policy struct {
 	// answers AAAA queries with no records.
 	IPv6  bool
 	Rules []*Rule
+	// Limits are the sandbox's resource fences as written (zero: the
+	// default); Fences fills in the defaults.
+	Limits Limits
 	// Env holds the placeholder variables of every rule, merged.
 	Env map[string]string
 
@@ -104,6 +107,7 @@ type Rule struct {
 	// Processes limits the rule to connections opened by these
 	// executables (empty: any process); see ProcessMatches.
 	Processes []string
+	Listen    *Listen // a listen rule: inbound connections (listen.go)
 }
 
 // NeedsIntercept reports whether traffic for the rule must be terminated at

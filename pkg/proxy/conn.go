@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/sluice-dev/sluice/pkg/audit"
+	"github.com/sluice-dev/sluice/pkg/fence"
 	"github.com/sluice-dev/sluice/pkg/policy"
 )
 
@@ -402,6 +403,13 @@ func (s *server) connEvent(ci *connInfo) {
 // two *net.TCPConn the kernel moves the bytes (splice(2)); each direction is
 // half-closed when its reader sees EOF.
 func (s *server) splice(ctx context.Context, c net.Conn, peeked []byte, ci *connInfo) {
+	if !s.sb.Fence.Acquire(fence.UpstreamConnections) {
+		ci.reason = "fence: upstream_connections"
+		ci.denied = ci.reason
+		s.sb.Fence.Refuse(fence.UpstreamConnections, ci.orig.Dst, false)
+		return
+	}
+	defer s.sb.Fence.Release(fence.UpstreamConnections)
 	dctx, cancel := context.WithTimeout(ctx, s.p.cfg.DialTimeout)
 	up, err := s.p.cfg.Dial(dctx, "tcp", ci.orig.Dst.String())
 	cancel()

@@ -95,9 +95,10 @@ func putWriter(bw *bufio.Writer) {
 
 // limitReader bounds what a request head may read from the connection.
 type limitReader struct {
-	r   io.Reader
-	n   int64
-	hit bool
+	r     io.Reader
+	n     int64
+	hit   bool
+	fence *headFence // charges head bytes to the sandbox (fence.go)
 }
 
 func (l *limitReader) Read(p []byte) (int, error) {
@@ -110,6 +111,10 @@ func (l *limitReader) Read(p []byte) (int, error) {
 	}
 	n, err := l.r.Read(p)
 	l.n -= int64(n)
+	if l.n < maxHeaderBytes+4096 && !l.fence.charge(n) {
+		l.n, l.hit = 0, true
+		return 0, io.EOF
+	}
 	return n, err
 }
 
@@ -229,7 +234,8 @@ func lingeringClose(c net.Conn, br *bufio.Reader) {
 func (s *server) serveH1(ctx context.Context, c net.Conn, ci *connInfo) {
 	h := &h1Conn{s: s, ci: ci, c: c}
 	h.watch.h = h
-	h.lr.r, h.lr.n = c, math.MaxInt64
+	h.lr.r, h.lr.n, h.lr.fence = c, math.MaxInt64, s.newHeadFence(ci)
+	defer h.lr.fence.done()
 	h.br = clientReaders.Get().(*bufio.Reader)
 	h.br.Reset(&h.lr)
 	defer func() {
@@ -279,8 +285,12 @@ func (h *h1Conn) serveOne(ctx context.Context) bool {
 		h.c.SetReadDeadline(time.Now().Add(cfg.ReadHeaderTimeout))
 	}
 	h.lr.n, h.lr.hit = maxHeaderBytes+4096, false
+	if !h.lr.fence.charge(h.br.Buffered()) {
+		h.lr.n = 0 // past the sandbox's request_head_bytes fence: 431 unless the head is complete
+	}
 	req, err := http.ReadRequest(h.br)
 	h.lr.n = math.MaxInt64
+	h.lr.fence.done()
 	if err != nil {
 		switch {
 		case h.lr.hit:

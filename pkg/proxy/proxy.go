@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/sluice-dev/sluice/pkg/audit"
+	"github.com/sluice-dev/sluice/pkg/fence"
 	"github.com/sluice-dev/sluice/pkg/policy"
 	"github.com/sluice-dev/sluice/pkg/tlsca"
 )
@@ -67,6 +68,7 @@ type Sandbox struct {
 	Secrets   Secrets   // nil: any secret header fails the request (502)
 	Callbacks Callbacks // nil: any callback rule fails the request (502)
 	Audit     audit.Emitter
+	Fence     *fence.Sandbox // the sandbox's resource fences; nil: none
 
 	// Tokens and Signer serve oauth2 and aws_sigv4 rules (authn.go); nil
 	// fails such a rule's requests (502).
@@ -299,13 +301,19 @@ func (p *Proxy) Serve(ctx context.Context, sb *Sandbox, ln net.Listener) error {
 			break
 		}
 		delay = 0
+		if !sbc.Fence.Acquire(fence.Connections) {
+			s.refuseAtConnFence(c)
+			continue
+		}
 		if !s.track(c) {
+			sbc.Fence.Release(fence.Connections)
 			c.Close()
 			break
 		}
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
+			defer sbc.Fence.Release(fence.Connections)
 			s.handle(ctx, c)
 		}()
 	}

@@ -132,6 +132,18 @@ func runProbe(mode, target string) string {
 	if out, ok := attackProbe(mode, target); ok {
 		return out
 	}
+	if out, ok := routeProbe(mode, target); ok {
+		return out
+	}
+	if out, ok := listenProbe(mode, target); ok {
+		return out
+	}
+	if out, ok := fenceProbe(mode, target); ok {
+		return out
+	}
+	if out, ok := headsProbe(mode, target); ok {
+		return out
+	}
 	return "error unknown probe " + mode
 }
 
