@@ -333,6 +333,23 @@ func (l *Logger) shutdown(rep *reporter) {
 	// Emit no longer queues (closed is set before stop): drain.
 	l.drain()
 	l.report(rep)
+	// A report still waiting for room gets a short, bounded wait: a sink
+	// that is merely busy takes it, a stuck one cannot hold Close up.
+	if len(rep.pending) > 0 {
+		ctx, cancel := context.WithTimeout(context.Background(), min(100*time.Millisecond, l.opts.CloseTimeout/4))
+		for _, w := range l.sinks {
+		pending:
+			for _, ev := range rep.pending[w] {
+				select {
+				case w.queue <- ev:
+					w.enqueued.Add(1)
+				case <-ctx.Done():
+					break pending
+				}
+			}
+		}
+		cancel()
+	}
 	for _, w := range l.sinks {
 		close(w.queue)
 	}
@@ -411,23 +428,45 @@ type reporter struct {
 	dropped    uint64
 	sinkDrops  map[string]uint64
 	sinkErrors map[string]uint64
+	// pending holds, per sink, the reports that found its queue full (the
+	// newest maxPendingReports); they are offered again, oldest first, at
+	// the next report and at Close.
+	pending map[*sinkWorker][]Event
 }
 
 // report logs and emits the drops and sink errors since the last report.
 // It runs on the dispatch goroutine, so its events bypass Emit's queue and
-// are never lost to the very pressure they report (only a full sink queue
-// can still drop them).
+// are never lost to the very pressure they report: a report that finds a
+// sink's queue full waits in r.pending (bounded) for the next report.
 func (l *Logger) report(r *reporter) {
 	if r.sinkDrops == nil {
 		r.sinkDrops = map[string]uint64{}
 		r.sinkErrors = map[string]uint64{}
+		r.pending = map[*sinkWorker][]Event{}
+	}
+	for w, evs := range r.pending {
+		for len(evs) > 0 {
+			select {
+			case w.queue <- evs[0]:
+				w.enqueued.Add(1)
+				evs = evs[1:]
+				continue
+			default:
+			}
+			break
+		}
+		if len(evs) == 0 {
+			delete(r.pending, w)
+		} else {
+			r.pending[w] = evs
+		}
 	}
 	now := time.Now()
 	if d := l.dropped.Load(); d != r.dropped {
 		delta := d - r.dropped
 		r.dropped = d
 		l.log.Warn("audit events dropped: queue full", "dropped", delta, "total", d)
-		l.fanoutReport(&Event{V: SchemaVersion, Time: now, Kind: KindAudit, Reason: "queue_full", Dropped: delta})
+		l.fanoutReport(r, &Event{V: SchemaVersion, Time: now, Kind: KindAudit, Reason: "queue_full", Dropped: delta})
 	}
 	for _, w := range l.sinks {
 		d, e := w.dropped.Load(), w.errors.Load()
@@ -445,18 +484,28 @@ func (l *Logger) report(r *reporter) {
 			}
 		}
 		l.log.Warn("audit sink falling behind", attrs...)
-		l.fanoutReport(&Event{V: SchemaVersion, Time: now, Kind: KindAudit, Reason: reason, Sink: w.name, Dropped: dd, SinkErrors: de})
+		l.fanoutReport(r, &Event{V: SchemaVersion, Time: now, Kind: KindAudit, Reason: reason, Sink: w.name, Dropped: dd, SinkErrors: de})
 	}
 }
 
+// maxPendingReports bounds the reports kept per sink while its queue is full.
+const maxPendingReports = 16
+
 // fanoutReport offers a report to every sink. A report that finds a full
-// queue is not counted as dropped: counting it would report itself again.
-func (l *Logger) fanoutReport(ev *Event) {
+// queue is not counted as dropped (counting it would report itself again):
+// it waits in r.pending and is offered again at the next report, so a sink
+// that was only busy still receives it.
+func (l *Logger) fanoutReport(r *reporter, ev *Event) {
 	for _, w := range l.sinks {
 		select {
 		case w.queue <- *ev:
 			w.enqueued.Add(1)
 		default:
+			q := append(r.pending[w], *ev)
+			if len(q) > maxPendingReports {
+				q = q[len(q)-maxPendingReports:]
+			}
+			r.pending[w] = q
 		}
 	}
 }

@@ -167,7 +167,7 @@ func TestLoggerBlockedSinkNeverBlocksEmit(t *testing.T) {
 		t.Fatalf("Close waited %s for a stuck sink", time.Since(start))
 	}
 	if !strings.Contains(good.String(), `"kind":"audit"`) || !strings.Contains(good.String(), `"sink":"stuck"`) {
-		t.Fatal("good sink did not receive a KindAudit report about the stuck sink")
+		t.Fatalf("good sink did not receive a KindAudit report about the stuck sink; close: %v; good: %.300s", err, good.String()[max(0, good.Len()-300):])
 	}
 	// Emit after Close drops, never panics or blocks.
 	before := l.Dropped()
