@@ -15,6 +15,8 @@
 
 /* sandbox flags */
 #define SB_AUDIT 1 /* record would-be refusals, refuse nothing */
+#define SB_FENCE 2 /* a fence (sluice daemon --fence): it decides only for
+		    * cgroups below it that no other entry claims */
 
 /* allow entry flags */
 #define AL_DIRECT 1 /* kernel allow, no proxy */

@@ -28,11 +28,12 @@ type daemonProc struct {
 	state  string
 	cmd    *exec.Cmd
 	log    *syncBuffer
+	extra  []string // more daemon flags (e.g. --fence)
 }
 
-func startDaemon(t *testing.T, w *world) *daemonProc {
+func startDaemon(t *testing.T, w *world, extra ...string) *daemonProc {
 	t.Helper()
-	d := &daemonProc{t: t, w: w, socket: filepath.Join(w.dir, "sluice.sock"), state: filepath.Join(w.dir, "state")}
+	d := &daemonProc{t: t, w: w, socket: filepath.Join(w.dir, "sluice.sock"), state: filepath.Join(w.dir, "state"), extra: extra}
 	d.start()
 	t.Cleanup(func() {
 		// Detach whatever is left, then stop the daemon.
@@ -50,6 +51,7 @@ func (d *daemonProc) start() {
 	d.cmd = exec.Command(sluiceBin(d.t), "daemon", "--socket", d.socket, "--state-dir", d.state,
 		"--pin-dir", d.w.pin, "--dns-upstream", d.w.dns.Addr, "--dns-allow-loopback",
 		"--upstream-ca", d.w.api.CAFile, "--audit", filepath.Join(d.w.dir, "daemon-audit.jsonl"))
+	d.cmd.Args = append(d.cmd.Args, d.extra...)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	if err := d.cmd.Start(); err != nil {
 		d.t.Fatal(err)

@@ -38,6 +38,7 @@ type Daemon struct {
 
 	mu        sync.Mutex
 	sandboxes map[string]*managed
+	fences    []*Sandbox // see fence.go
 }
 
 type managed struct {
@@ -128,6 +129,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 	defer d.rt.Enforcer.Close()
 	defer d.audit.Close()
 	d.restore(ctx)
+	if err := d.startFences(ctx); err != nil {
+		d.stopFences()
+		return err
+	}
+	defer d.stopFences()
 
 	ln, err := listenControl(d.cfg.Socket)
 	if err != nil {
@@ -138,6 +144,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	defer stopEvents()
 	go d.rt.KernelEvents(evCtx)
 	go d.gcLoop(evCtx)
+	go d.watchCgroups(evCtx)
 	if d.cfg.Metrics != "" {
 		if err := d.serveMetrics(evCtx); err != nil {
 			ln.Close()
@@ -177,17 +184,6 @@ func (d *Daemon) gcLoop(ctx context.Context) {
 			d.rt.Enforcer.GC(30 * time.Second)
 			d.reapGone()
 			d.updateOccupancy()
-		}
-	}
-}
-
-// reapGone detaches sandboxes whose cgroup was removed (the container
-// ended without a detach).
-func (d *Daemon) reapGone() {
-	for _, info := range d.List() {
-		if id, err := cgroup.ID(info.Cgroup); err != nil || id != info.CgroupID {
-			d.log.Info("sandbox cgroup is gone; detaching", "sandbox", info.Name, "cgroup", info.Cgroup)
-			_ = d.Detach(info.Name)
 		}
 	}
 }
@@ -408,6 +404,12 @@ func (d *Daemon) Detach(name string) error {
 	if !ok {
 		return &apiError{http.StatusNotFound, fmt.Sprintf("no sandbox named %q (see sluice list)", name)}
 	}
+	return d.detachLocked(name, m)
+}
+
+// detachLocked detaches m (named name); d.mu is held.
+func (d *Daemon) detachLocked(name string, m *managed) error {
+	d.untrust(name)
 	err := m.sb.Detach()
 	delete(d.sandboxes, name)
 	d.metrics.ForgetSandbox(name)
@@ -473,7 +475,7 @@ func (d *Daemon) restore(ctx context.Context) {
 			continue
 		}
 		if id, err := cgroup.ID(r.Cgroup); err != nil || id != r.CgroupID {
-			d.log.Warn("sandbox cgroup is gone; removing its record", "sandbox", r.Name, "cgroup", r.Cgroup)
+			d.emitGone(r.Name, r.CgroupID, r.Cgroup)
 			d.rt.Enforcer.Sandbox(r.Cgroup, r.CgroupID).Detach()
 			os.Remove(f)
 			os.Remove(d.policyPath(r.Name))
@@ -524,6 +526,7 @@ func stateNames(stateDir string) map[uint64]string {
 			out[r.CgroupID] = r.Name
 		}
 	}
+	addFenceNames(stateDir, out)
 	return out
 }
 

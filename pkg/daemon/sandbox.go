@@ -55,6 +55,8 @@ type Spec struct {
 	// PreferProxyPort and PreferDNSPort are tried first (a restarted
 	// daemon keeps the redirect targets the kernel already has).
 	PreferProxyPort, PreferDNSPort uint16
+	// Fence registers the cgroup as a fence (see fence.go).
+	Fence bool
 }
 
 // Sandbox is one running sandbox: kernel registration, listeners, resolver
@@ -121,7 +123,9 @@ func (rt *Runtime) Start(ctx context.Context, spec Spec) (*Sandbox, error) {
 	}
 	s.policy.Store(spec.Policy)
 
-	kernel, err := rt.Enforcer.Attach(spec.CgroupPath, spec.CgroupID, kernelConfig(ls, spec.Policy))
+	kcfg := kernelConfig(ls, spec.Policy)
+	kcfg.Fence = spec.Fence
+	kernel, err := rt.Enforcer.Attach(spec.CgroupPath, spec.CgroupID, kcfg)
 	if err != nil {
 		ls.Close()
 		return nil, err
