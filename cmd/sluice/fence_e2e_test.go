@@ -139,3 +139,111 @@ func TestDaemonFenceRefusesUntilAttach(t *testing.T) {
 		t.Fatalf("sluice blocked shows no fenced refusal of port %d:\n%s", forbidden, out)
 	}
 }
+
+// TestDaemonFenceSurvivesRestart: with the daemon killed (SIGKILL) and
+// started again, a fenced cgroup stays refused throughout; the fence comes
+// from the config file's fence: list this time.
+func TestDaemonFenceSurvivesRestart(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	fence, fpath := fenceCgroup(t)
+	cfg := writePolicy(t, w.dir, "config.yaml", "fence: ["+fence+"]\n")
+	d := startDaemon(t, w, "--config", cfg)
+	forbidden, hits := forbiddenListener(t)
+	forbiddenAddr := fmt.Sprintf("127.0.0.2:%d", forbidden)
+	child, err := cgroup.Create(fpath, "ctr")
+	if err != nil {
+		t.Fatal(err)
+	}
+	check := func(when string) {
+		t.Helper()
+		if got := testutil.RunProbe(t, child, "tcp", forbiddenAddr); got != "error EPERM" {
+			t.Errorf("%s: connect: %q, want error EPERM", when, got)
+		}
+		if got := testutil.RunProbe(t, child, "dns", "udp|8.8.8.8:53|plain.test.|A"); strings.Contains(got, "NOERROR") {
+			t.Errorf("%s: DNS answered: %q", when, got)
+		}
+	}
+	check("daemon up")
+	d.kill9()
+	check("daemon killed")
+	d.start()
+	check("daemon restarted")
+	// The restarted daemon answers DNS for the fence again (NXDOMAIN).
+	if got := testutil.RunProbe(t, child, "dns", "udp|8.8.8.8:53|plain.test.|A"); !strings.HasPrefix(got, "ok NXDOMAIN") {
+		t.Errorf("after restart: fenced DNS: %q, want NXDOMAIN", got)
+	}
+	if n := hits.Load(); n != 0 {
+		t.Fatalf("the forbidden listener received %d connections", n)
+	}
+}
+
+func hasGoneEvent(evs []audit.Event, name string) bool {
+	for _, ev := range evs {
+		if ev.Kind == audit.KindSandbox && ev.Sandbox == name && ev.Decision == "cgroup_gone" && strings.Contains(ev.Reason, "removed") {
+			return true
+		}
+	}
+	return false
+}
+
+// TestDaemonDetachesWhenCgroupGone: a sandbox whose cgroup is removed is
+// detached by the daemon within seconds (list, pins, audit); a restarted
+// daemon does the same for a recorded sandbox whose cgroup went away while
+// it was down.
+func TestDaemonDetachesWhenCgroupGone(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	d := startDaemon(t, w)
+	p := writePolicy(t, w.dir, "p.yaml", "version: 1\nrules:\n  - name: p\n    hosts: [plain.test]\n")
+	mnt, err := cgroup.Mount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	auditPath := filepath.Join(w.dir, "daemon-audit.jsonl")
+	for _, c := range []struct {
+		name    string
+		restart bool
+	}{{"gone-live", false}, {"gone-restart", true}} {
+		cg, err := cgroup.Create(mnt, testutil.RandomName("sluice-test-"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cgroup.Remove(cg, 5*time.Second) })
+		id, err := cgroup.ID(cg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if out, err := d.cli("attach", "--policy", p, "--cgroup", cg, "--name", c.name); err != nil {
+			t.Fatalf("attach: %v\n%s", err, out)
+		}
+		links := filepath.Join(w.pin, "links", fmt.Sprint(id))
+		if _, err := os.Stat(links); err != nil {
+			t.Fatalf("no pinned links after attach: %v", err)
+		}
+		if c.restart {
+			d.kill9()
+		}
+		if err := cgroup.Remove(cg, 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		if c.restart {
+			d.start()
+		}
+		waitFor(t, c.name+" to leave sluice list", 10*time.Second, func() bool {
+			for _, n := range d.names() {
+				if n == c.name {
+					return false
+				}
+			}
+			return true
+		})
+		if _, err := os.Stat(links); !os.IsNotExist(err) {
+			t.Errorf("%s: pinned links still present: %v", c.name, err)
+		}
+		if _, err := os.Stat(filepath.Join(d.state, "sandboxes", c.name+".json")); !os.IsNotExist(err) {
+			t.Errorf("%s: state record still present: %v", c.name, err)
+		}
+		waitFor(t, "the cgroup_gone audit event of "+c.name, 5*time.Second, func() bool { return hasGoneEvent(readAudit(t, auditPath), c.name) })
+	}
+}
