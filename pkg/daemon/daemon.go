@@ -225,6 +225,9 @@ type AttachRequest struct {
 	PID        int    `json:"pid,omitempty"`
 	PolicyFile string `json:"policy_file"` // for messages
 	Policy     string `json:"policy"`      // YAML text
+	// Rootfs is the container's root file system in its mount namespace,
+	// from an OCI hook that runs before pivot_root (see trust.go).
+	Rootfs string `json:"rootfs,omitempty"`
 }
 
 // Info describes an attached sandbox in API answers.
@@ -357,6 +360,7 @@ func (d *Daemon) Attach(ctx context.Context, req AttachRequest) (Info, error) {
 		return Info{}, err
 	}
 	d.sandboxes[req.Name] = m
+	d.trustContainer(req.Name, req.PID, cgPath, req.Rootfs, ca)
 	return d.info(m), nil
 }
 
@@ -476,6 +480,7 @@ func (d *Daemon) restore(ctx context.Context) {
 		}
 		if id, err := cgroup.ID(r.Cgroup); err != nil || id != r.CgroupID {
 			d.emitGone(r.Name, r.CgroupID, r.Cgroup)
+			d.untrust(r.Name)
 			d.rt.Enforcer.Sandbox(r.Cgroup, r.CgroupID).Detach()
 			os.Remove(f)
 			os.Remove(d.policyPath(r.Name))
