@@ -127,10 +127,19 @@ func (e *dockerEngine) docker(timeout time.Duration, stdin io.Reader, args ...st
 	return strings.TrimSpace(string(out)), nil
 }
 
-// buildImage imports an image made from local files only: Debian's static
-// busybox, the static test client, and the host's CA bundle as the image's
-// system trust store.
+// buildImage imports an image made from local files only (imageTar).
 func (e *dockerEngine) buildImage(t *testing.T, tag string) {
+	t.Helper()
+	buf := imageTar(t)
+	if out, err := e.docker(2*time.Minute, buf, "import", "-", tag); err != nil {
+		t.Fatalf("docker import: %v\n%s", err, out)
+	}
+}
+
+// imageTar is a container root file system made from local files only:
+// Debian's static busybox, the static test client (testdata/fleetclient),
+// and the host's CA bundle as the image's system trust store.
+func imageTar(t *testing.T) *bytes.Buffer {
 	t.Helper()
 	client := filepath.Join(t.TempDir(), "fleetclient")
 	build := exec.Command("go", "build", "-o", client, "./testdata/fleetclient")
@@ -170,9 +179,7 @@ func (e *dockerEngine) buildImage(t *testing.T, tag string) {
 	if err := tw.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := e.docker(2*time.Minute, &buf, "import", "-", tag); err != nil {
-		t.Fatalf("docker import: %v\n%s", err, out)
-	}
+	return &buf
 }
 
 // run starts a detached container on the host network and returns its id.

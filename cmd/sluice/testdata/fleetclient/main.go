@@ -6,6 +6,7 @@
 //	fleetclient dns NAME            resolve with the Go resolver (/etc/resolv.conf)
 //	fleetclient https URL           GET with the system trust store
 //	fleetclient first ADDR... NAME  tcp to each ADDR and dns NAME, then sleep
+//	fleetclient once ADDR... NAME   the same without the sleep
 //	fleetclient loop ADDR DURATION  connect every 20ms, then print counts
 package main
 
@@ -75,13 +76,15 @@ func main() {
 		fmt.Println(dns(a[0]))
 	case "https":
 		fmt.Println(get(a[0]))
-	case "first":
+	case "first", "once":
 		for _, addr := range a[:len(a)-1] {
 			fmt.Println("tcp", addr, tcp(addr))
 		}
 		fmt.Println("dns", a[len(a)-1], dns(a[len(a)-1]))
 		fmt.Println("done")
-		time.Sleep(time.Hour)
+		if os.Args[1] == "first" {
+			time.Sleep(time.Hour)
+		}
 	case "loop":
 		d, err := time.ParseDuration(a[1])
 		if err != nil {
