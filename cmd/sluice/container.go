@@ -24,6 +24,7 @@ type containerFlags struct {
 	dockerSocket    string
 	containerdState string
 	namespace       string
+	crioRoot        string
 }
 
 func addContainerFlags(f *pflag.FlagSet, withID bool) *containerFlags {
@@ -31,15 +32,16 @@ func addContainerFlags(f *pflag.FlagSet, withID bool) *containerFlags {
 	if withID {
 		f.StringVar(&c.id, "container", "", "a container id, unique id prefix or (Docker) name: attach its init process")
 	}
-	f.StringVar(&c.runtime, "runtime", "", "container runtime: docker or containerd (default: whichever is present)")
+	f.StringVar(&c.runtime, "runtime", "", "container runtime: docker, containerd or cri-o (also podman) (default: whichever is present)")
 	f.StringVar(&c.dockerSocket, "docker-socket", containers.DefaultDockerSocket, "Docker Engine API socket")
 	f.StringVar(&c.containerdState, "containerd-state", containers.DefaultContainerdState, "containerd runtime v2 task state directory")
 	f.StringVar(&c.namespace, "namespace", "", "containerd namespace (default: search all)")
+	f.StringVar(&c.crioRoot, "crio-root", containers.DefaultCRIORunRoot, "CRI-O / Podman containers/storage run root")
 	return c
 }
 
 func (c *containerFlags) options() containers.Options {
-	return containers.Options{DockerSocket: c.dockerSocket, ContainerdState: c.containerdState, ContainerdNamespace: c.namespace}
+	return containers.Options{DockerSocket: c.dockerSocket, ContainerdState: c.containerdState, ContainerdNamespace: c.namespace, CRIORunRoot: c.crioRoot}
 }
 
 // resolve finds the container named by --container; ok is false when the
@@ -170,6 +172,7 @@ that prefix that no pod on the node owns are detached.`,
 			Resolvers: map[string]containers.Resolver{
 				containers.RuntimeContainerd: &containers.Containerd{StateDir: opts.ContainerdState, Namespace: "k8s.io"},
 				containers.RuntimeDocker:     containers.NewDocker(opts.DockerSocket),
+				containers.RuntimeCRIO:       &containers.CRIO{RunRoot: opts.CRIORunRoot},
 			},
 			PolicyDirs: o.policyDirs,
 		}
