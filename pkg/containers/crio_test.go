@@ -127,3 +127,28 @@ func TestResolveInStaysBelowRoot(t *testing.T) {
 		}
 	}
 }
+
+func TestPeerGroupOf(t *testing.T) {
+	mi := filepath.Join(t.TempDir(), "mountinfo")
+	data := `22 1 0:21 / / rw,relatime shared:1 - overlay overlay rw
+23 22 0:22 / /etc/ssl rw,relatime master:7 - tmpfs tmpfs rw
+24 22 0:23 / /etc/ssl\040x rw,relatime shared:9 - tmpfs tmpfs rw
+`
+	if err := os.WriteFile(mi, []byte(data), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ path, want string }{
+		{"/etc/hosts", "shared:1"},
+		{"/etc/ssl/certs/ca-certificates.crt", ""},
+		{"/etc/ssl x/cert.pem", "shared:9"},
+		{"/etc/sslx", "shared:1"},
+	} {
+		if got := peerGroupOf(mi, c.path); got != c.want {
+			t.Errorf("%s: %q, want %q", c.path, got, c.want)
+		}
+	}
+	groups, err := sharedPeerGroups(mi)
+	if err != nil || !groups["shared:1"] || !groups["shared:9"] || len(groups) != 2 {
+		t.Fatalf("sharedPeerGroups: %v %v", groups, err)
+	}
+}

@@ -89,8 +89,12 @@ func MountTrust(pid int, root, bundle string) ([]string, error) {
 			return nil, fmt.Errorf("making the bundle mount read-only: %w", err)
 		}
 	}
+	hostPeers, err := sharedPeerGroups("/proc/self/mountinfo")
+	if err != nil {
+		return nil, err
+	}
 	var mounted []string
-	err := inMountNS(pid, func() error {
+	err = inMountNS(pid, func() error {
 		seen := map[string]bool{}
 		for i, f := range TrustFiles {
 			target, err := resolveIn(root, f)
@@ -101,6 +105,11 @@ func MountTrust(pid int, root, bundle string) ([]string, error) {
 				continue
 			}
 			seen[target] = true
+			// A mount that propagates to our own namespace would put the
+			// bundle over the host's trust store too.
+			if g := peerGroupOf("/proc/thread-self/mountinfo", target); g != "" && hostPeers[g] {
+				return fmt.Errorf("%s is on a mount that shares propagation with the host (peer group %s): not mounting over it", target, g)
+			}
 			if err := unix.MoveMount(trees[i], "", unix.AT_FDCWD, target, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
 				return fmt.Errorf("mounting the sandbox bundle over %s: %w", target, err)
 			}
@@ -113,6 +122,53 @@ func MountTrust(pid int, root, bundle string) ([]string, error) {
 		mounted = nil
 	}
 	return mounted, err
+}
+
+// sharedPeerGroups returns the "shared:N" peer groups of a mountinfo file.
+func sharedPeerGroups(mountinfo string) (map[string]bool, error) {
+	data, err := os.ReadFile(mountinfo)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]bool{}
+	for _, line := range strings.Split(string(data), "\n") {
+		if g := sharedField(line); g != "" {
+			out[g] = true
+		}
+	}
+	return out, nil
+}
+
+// sharedField returns the "shared:N" optional field of a mountinfo line.
+func sharedField(line string) string {
+	f := strings.Fields(line)
+	for i := 6; i < len(f) && f[i] != "-"; i++ {
+		if strings.HasPrefix(f[i], "shared:") {
+			return f[i]
+		}
+	}
+	return ""
+}
+
+// peerGroupOf returns the "shared:N" peer group of the mount path is on
+// (the longest mount point that contains it), "" when it is not shared.
+func peerGroupOf(mountinfo, path string) string {
+	data, err := os.ReadFile(mountinfo)
+	if err != nil {
+		return ""
+	}
+	best, group := "", ""
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 5 {
+			continue
+		}
+		mp := cgroup.UnescapeMount(f[4])
+		if (path == mp || mp == "/" || strings.HasPrefix(path, mp+"/")) && len(mp) >= len(best) {
+			best, group = mp, sharedField(line)
+		}
+	}
+	return group
 }
 
 // UnmountTrust removes the mounts MountTrust made at paths in the mount

@@ -43,16 +43,22 @@ func cgroupAlive(path string, id uint64) bool {
 // without a detach): links unpinned, registration, allowlist and counters
 // removed, state deleted, and one audit event saying why.
 func (d *Daemon) reapGone() {
-	for _, info := range d.List() {
-		if cgroupAlive(info.Cgroup, info.CgroupID) {
+	d.mu.Lock()
+	recs := make([]record, 0, len(d.sandboxes))
+	for _, m := range d.sandboxes {
+		recs = append(recs, m.rec)
+	}
+	d.mu.Unlock()
+	for _, r := range recs {
+		if cgroupAlive(r.Cgroup, r.CgroupID) {
 			continue
 		}
 		d.mu.Lock()
-		m, ok := d.sandboxes[info.Name]
-		if ok && m.rec.CgroupID == info.CgroupID {
-			d.emitGone(info.Name, info.CgroupID, info.Cgroup)
-			if err := d.detachLocked(info.Name, m); err != nil {
-				d.log.Warn("detaching a sandbox whose cgroup is gone", "sandbox", info.Name, "err", err)
+		m, ok := d.sandboxes[r.Name]
+		if ok && m.rec.CgroupID == r.CgroupID {
+			d.emitGone(r.Name, r.CgroupID, r.Cgroup)
+			if err := d.detachLocked(r.Name, m); err != nil {
+				d.log.Warn("detaching a sandbox whose cgroup is gone", "sandbox", r.Name, "err", err)
 			}
 		}
 		d.mu.Unlock()
