@@ -14,6 +14,7 @@ import (
 	"github.com/sluice-dev/sluice/pkg/kube"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	"k8s.io/client-go/kubernetes"
 )
 
 // containerFlags select a container and its runtime. attach uses them
@@ -156,12 +157,12 @@ that prefix that no pod on the node owns are detached.`,
 			return err
 		}
 		log := slog.New(slog.NewJSONHandler(ro.stderr, &slog.HandlerOptions{Level: lvl})).With("component", "kube-watch")
-		var kc *kube.Client
+		var kc kubernetes.Interface
 		var err error
 		if o.api != "" {
-			kc, err = kube.NewClient(o.api, o.ca, o.tokenFile)
+			kc, err = kube.NewClientset(o.api, o.ca, o.tokenFile)
 		} else {
-			kc, err = kube.InClusterClient()
+			kc, err = kube.InClusterClientset()
 		}
 		if err != nil {
 			return err
