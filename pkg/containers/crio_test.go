@@ -2,6 +2,7 @@ package containers
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/sluice-dev/sluice/pkg/cgroup"
 	"github.com/sluice-dev/sluice/pkg/testutil"
+	"golang.org/x/sys/unix"
 )
 
 // fakeCRIORunRoot lays out RUNROOT/overlay-containers/ID/userdata/pidfile
@@ -150,5 +152,29 @@ func TestPeerGroupOf(t *testing.T) {
 	groups, err := sharedPeerGroups(mi)
 	if err != nil || !groups["shared:1"] || !groups["shared:9"] || len(groups) != 2 {
 		t.Fatalf("sharedPeerGroups: %v %v", groups, err)
+	}
+}
+
+// TestInMountNSNeverOnMainThread: the namespace switch never happens on the
+// main thread, whose namespaces /proc/self shows for the whole process.
+func TestInMountNSNeverOnMainThread(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	before, err := MountNS(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 200; i++ {
+		err := inMountNS(os.Getpid(), func() error {
+			if unix.Gettid() == unix.Getpid() {
+				return errors.New("ran on the main thread")
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if after, _ := MountNS(os.Getpid()); after != before {
+		t.Fatalf("the process's mount namespace changed: %d -> %d", before, after)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/sluice-dev/sluice/pkg/cgroup"
 	"golang.org/x/sys/unix"
@@ -185,10 +186,10 @@ func UnmountTrust(pid int, paths []string) error {
 	})
 }
 
-// inMountNS runs fn on a locked OS thread that has entered the mount
-// namespace of process pid (its root and working directory become that
-// namespace's root). The thread is never unlocked, so the Go runtime ends it
-// with the goroutine instead of reusing it.
+// inMountNS runs fn on a locked OS thread (never the main thread) that has
+// entered the mount namespace of process pid (its root and working
+// directory become that namespace's root). The thread is never unlocked, so
+// the Go runtime ends it with the goroutine instead of reusing it.
 func inMountNS(pid int, fn func() error) error {
 	ns, err := os.Open("/proc/" + strconv.Itoa(pid) + "/ns/mnt")
 	if err != nil {
@@ -197,7 +198,21 @@ func inMountNS(pid int, fn func() error) error {
 	defer ns.Close()
 	errc := make(chan error, 1)
 	go func() {
-		runtime.LockOSThread()
+		// Never the main thread: it cannot end with the goroutine, and
+		// /proc/self shows its namespaces (the whole process's mounts and
+		// cgroup paths would then read as the container's).
+		for i := 0; ; i++ {
+			runtime.LockOSThread()
+			if unix.Gettid() != unix.Getpid() {
+				break
+			}
+			runtime.UnlockOSThread()
+			if i == 1000 {
+				errc <- errors.New("entering a mount namespace: could not get off the main thread")
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
 		// setns(CLONE_NEWNS) needs a file system context of our own.
 		if err := unix.Unshare(unix.CLONE_FS); err != nil {
 			errc <- fmt.Errorf("unshare(CLONE_FS): %w", err)
