@@ -9,6 +9,10 @@
  * caller whose cgroup has no registered ancestor is refused: these programs are
  * only attached to sandbox cgroups, so that case means the sandbox is being
  * torn down or its registration was lost, and failing closed is right.
+ * A fence (sluice daemon --fence) is the exception: it is registered with
+ * SB_FENCE at a parent such as /docker, decides (refusing everything) only
+ * for cgroups below it that no sandbox claims, and when a sandbox below it is
+ * attached both run; see find_sandbox and already_redirected.
  *
  *   connect4/6   TCP to an allowlisted address: rewritten to the sandbox's proxy
  *                listener (127.0.0.1:P, or [::1]:P for IPv6); port 53 (TCP and
@@ -189,20 +193,32 @@ struct {
 } events SEC(".maps");
 
 /* find_sandbox returns the configuration of the outermost registered cgroup
- * among the caller's ancestors, and its id in *id. */
+ * among the caller's ancestors, and its id in *id. A fence entry (SB_FENCE)
+ * does not end the walk: a sandbox registered below it wins, and the fence
+ * (which refuses everything) decides only when none is. */
 static __always_inline struct sandbox_cfg *find_sandbox(__u64 *id)
 {
+	struct sandbox_cfg *fence = 0;
+	__u64 fence_id = 0;
 	for (int level = 0; level < MAX_CGROUP_DEPTH; level++) {
 		__u64 cg = bpf_get_current_ancestor_cgroup_id(level);
 		if (cg == 0)
 			break;
 		struct sandbox_cfg *cfg = bpf_map_lookup_elem(&sandboxes, &cg);
-		if (cfg) {
-			*id = cg;
-			return cfg;
+		if (!cfg)
+			continue;
+		if (cfg->flags & SB_FENCE) {
+			if (!fence) {
+				fence = cfg;
+				fence_id = cg;
+			}
+			continue;
 		}
+		*id = cg;
+		return cfg;
 	}
-	return 0;
+	*id = fence_id;
+	return fence;
 }
 
 static __always_inline void v4_to_addr(__u32 ip4, __u8 addr[16])
@@ -374,6 +390,29 @@ static __always_inline int is_resolver(const __u8 a[16], __u16 port, struct sand
 	return a[15] == 1;
 }
 
+/* already_redirected reports whether addr:port is this sandbox's proxy or
+ * resolver and the socket's storage says a program redirected it there. */
+static __always_inline int already_redirected(struct bpf_sock *sk, const __u8 a[16], __u16 port,
+					      struct sandbox_cfg *cfg)
+{
+	if (!sk || port == 0 || (port != cfg->proxy_port && port != cfg->dns_port))
+		return 0;
+	int loop = 0;
+	if (is_v4mapped(a)) {
+		loop = a[12] == 127 && a[13] == 0 && a[14] == 0 && a[15] == 1;
+	} else {
+		loop = 1;
+		for (int i = 0; i < 15; i++)
+			if (a[i])
+				loop = 0;
+		loop = loop && a[15] == 1;
+	}
+	if (!loop)
+		return 0;
+	struct orig *o = bpf_sk_storage_get(&orig_sk, sk, 0, 0);
+	return o && o->redirected;
+}
+
 /* decide handles connect and sendmsg for both families. It returns 1 to let
  * the call proceed (possibly rewritten) and 0 for EPERM. */
 static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 addr[16], int family,
@@ -403,6 +442,11 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 addr[16], int 
 		return 1;
 	}
 	if (proto == PROTO_UDP && is_resolver(addr, port, cfg))
+		return 1;
+	/* The same programs attached at a fence and at a sandbox below it
+	 * both run (the sandbox's first): a TCP connect the first already
+	 * redirected passes the second unchanged. */
+	if (proto == PROTO_TCP && !is_sendmsg && already_redirected(ctx->sk, addr, port, cfg))
 		return 1;
 
 	__u32 flags = 0;
@@ -755,17 +799,26 @@ static __always_inline int routed_packet(struct __sk_buff *skb, __u8 dst[16])
 }
 
 /* skb_sandbox finds the sandbox of a packet's socket (bpf_get_current_*
- * does not describe the sender in softirq context). */
+ * does not describe the sender in softirq context), as find_sandbox does:
+ * a fence entry counts only when no sandbox below it claims the socket. */
 static __always_inline __u64 skb_sandbox(struct __sk_buff *skb)
 {
+	__u64 fence_id = 0;
 	for (int level = 0; level < MAX_CGROUP_DEPTH; level++) {
 		__u64 cg = bpf_skb_ancestor_cgroup_id(skb, level);
 		if (cg == 0)
 			break;
-		if (bpf_map_lookup_elem(&sandboxes, &cg))
-			return cg;
+		struct sandbox_cfg *cfg = bpf_map_lookup_elem(&sandboxes, &cg);
+		if (!cfg)
+			continue;
+		if (cfg->flags & SB_FENCE) {
+			if (!fence_id)
+				fence_id = cg;
+			continue;
+		}
+		return cg;
 	}
-	return 0;
+	return fence_id;
 }
 
 /* refuse_skb counts and reports a refusal seen on egress. pid and comm are

@@ -22,6 +22,8 @@
 /* sandbox flags (sandbox_cfg.flags) */
 enum sandbox_flag {
 	SB_AUDIT = 1, /* record would-be refusals, refuse nothing */
+	SB_FENCE = 2, /* a fence (sluice daemon --fence): it decides only for
+		       * cgroups below it that no other entry claims */
 };
 
 /* allow entry flags (allow_val.flags) */

@@ -16,6 +16,10 @@ have ip || need+=(iproute2)
 have dig || need+=(dnsutils)
 have bpftool || need+=(bpftool)
 have runc || need+=(runc)
+# Container tests (cmd/sluice docker_e2e_test.go): a private dockerd with its
+# own containerd, images imported from local files (static busybox).
+have dockerd || need+=(docker.io)
+pkg_installed busybox-static || need+=(busybox-static)
 have python3 || need+=(python3)
 have node || need+=(nodejs)
 # sluice run's boundary tests (issue 15): clients that read only the

@@ -15,6 +15,7 @@ import (
 	"github.com/sluice-dev/sluice/pkg/kube"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	"k8s.io/client-go/kubernetes"
 )
 
 // containerFlags select a container and its runtime. attach uses them
@@ -25,6 +26,7 @@ type containerFlags struct {
 	dockerSocket    string
 	containerdState string
 	namespace       string
+	crioRoot        string
 }
 
 func addContainerFlags(f *pflag.FlagSet, withID bool) *containerFlags {
@@ -32,15 +34,16 @@ func addContainerFlags(f *pflag.FlagSet, withID bool) *containerFlags {
 	if withID {
 		f.StringVar(&c.id, "container", "", "a container id, unique id prefix or (Docker) name: attach its init process")
 	}
-	f.StringVar(&c.runtime, "runtime", "", "container runtime: docker or containerd (default: whichever is present)")
+	f.StringVar(&c.runtime, "runtime", "", "container runtime: docker, containerd or cri-o (also podman) (default: whichever is present)")
 	f.StringVar(&c.dockerSocket, "docker-socket", containers.DefaultDockerSocket, "Docker Engine API socket")
 	f.StringVar(&c.containerdState, "containerd-state", containers.DefaultContainerdState, "containerd runtime v2 task state directory")
 	f.StringVar(&c.namespace, "namespace", "", "containerd namespace (default: search all)")
+	f.StringVar(&c.crioRoot, "crio-root", containers.DefaultCRIORunRoot, "CRI-O / Podman containers/storage run root")
 	return c
 }
 
 func (c *containerFlags) options() containers.Options {
-	return containers.Options{DockerSocket: c.dockerSocket, ContainerdState: c.containerdState, ContainerdNamespace: c.namespace}
+	return containers.Options{DockerSocket: c.dockerSocket, ContainerdState: c.containerdState, ContainerdNamespace: c.namespace, CRIORunRoot: c.crioRoot}
 }
 
 // resolve finds the container named by --container; ok is false when the
@@ -150,12 +153,12 @@ that prefix that no pod on the node owns are detached.`,
 			return err
 		}
 		log := slog.New(slog.NewJSONHandler(ro.stderr, &slog.HandlerOptions{Level: lvl})).With("component", "kube-watch")
-		var kc *kube.Client
+		var kc kubernetes.Interface
 		var err error
 		if o.api != "" {
-			kc, err = kube.NewClient(o.api, o.ca, o.tokenFile)
+			kc, err = kube.NewClientset(o.api, o.ca, o.tokenFile)
 		} else {
-			kc, err = kube.InClusterClient()
+			kc, err = kube.InClusterClientset()
 		}
 		if err != nil {
 			return err
@@ -166,6 +169,7 @@ that prefix that no pod on the node owns are detached.`,
 			Resolvers: map[string]containers.Resolver{
 				containers.RuntimeContainerd: &containers.Containerd{StateDir: opts.ContainerdState, Namespace: "k8s.io"},
 				containers.RuntimeDocker:     containers.NewDocker(opts.DockerSocket),
+				containers.RuntimeCRIO:       &containers.CRIO{RunRoot: opts.CRIORunRoot},
 			},
 			PolicyDirs: o.policyDirs,
 		}

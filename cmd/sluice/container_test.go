@@ -81,7 +81,7 @@ func TestContainerResolveCommand(t *testing.T) {
 		{name: "auto picks containerd when docker is absent", args: []string{"--docker-socket", filepath.Join(state, "none.sock"), "--containerd-state", state, id},
 			want: containers.Target{Runtime: "containerd", ID: id, Namespace: "k8s.io", PID: pid, Cgroup: cg, Netns: "/proc/" + strconv.Itoa(pid) + "/ns/net"}},
 		{name: "docker unknown", args: []string{"--runtime", "docker", "--docker-socket", sock, "nope"}, wantErr: "No such container: nope"},
-		{name: "bad runtime", args: []string{"--runtime", "lxc", "x"}, wantErr: "expect 'docker' or 'containerd'"},
+		{name: "bad runtime", args: []string{"--runtime", "lxc", "x"}, wantErr: "expect 'docker', 'containerd' or 'cri-o'"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

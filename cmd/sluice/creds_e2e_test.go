@@ -206,7 +206,7 @@ rules:
 	cli("policy", "explain", pol, "GET", "https://allowed.test/x")
 	env, _ := inSandbox(t, cg, "", "sh", "-c", "env; cat /proc/self/environ")
 
-	evs, err := audit.ReadFile(filepath.Join(w.dir, "daemon-audit.jsonl"))
+	evs, err := audit.ReadFile(filepath.Join(w.dir, "sluice-audit.jsonl")) // startDaemon's --audit
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -226,7 +226,7 @@ rules:
 	lc.add("sandbox environment", []byte(env))
 	lc.add("daemon log", []byte(d.log.String()))
 	lc.add("CLI and sandbox output", cliOut.Bytes())
-	lc.addFile(t, filepath.Join(w.dir, "daemon-audit.jsonl"))
+	lc.addFile(t, filepath.Join(w.dir, "sluice-audit.jsonl")) // startDaemon's --audit
 	api.mu.Lock()
 	lc.add("upstream requests", api.saw.Bytes())
 	api.mu.Unlock()

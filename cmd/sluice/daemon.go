@@ -26,6 +26,7 @@ type daemonOptions struct {
 	metrics      string
 	logLevel     string
 	pprof        string
+	fences       []string
 }
 
 func newDaemonCmd(ro *rootOptions) *cobra.Command {
@@ -39,7 +40,9 @@ connections then fail, and work again when the daemon is back, with no
 re-attach. Flags override the config file.`,
 		Example: `  sluice daemon --config /etc/sluice/config.yaml
   # a private daemon for tests
-  sluice daemon --socket /tmp/s.sock --state-dir /tmp/state --dns-upstream 127.0.0.1:5353`,
+  sluice daemon --socket /tmp/s.sock --state-dir /tmp/state --dns-upstream 127.0.0.1:5353
+  # every Docker container is refused all egress until 'sluice attach --container'
+  sluice daemon --fence docker`,
 		Args:         cobra.NoArgs,
 		SilenceUsage: true,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -72,6 +75,9 @@ re-attach. Flags override the config file.`,
 			if f.Changed("metrics") {
 				cfg.Metrics = o.metrics
 			}
+			if f.Changed("fence") {
+				cfg.Fences = o.fences
+			}
 			var lvl slog.Level
 			if err := lvl.UnmarshalText([]byte(o.logLevel)); err != nil {
 				return err
@@ -100,6 +106,7 @@ re-attach. Flags override the config file.`,
 	f.StringVar(&o.pinDir, "pin-dir", "", "bpffs directory for pinned maps and links (default "+defaults.PinDir+")")
 	f.StringVar(&o.audit, "audit", "", "audit sink: a JSON-lines file, or - for standard error")
 	f.StringVar(&o.metrics, "metrics", "", "serve Prometheus /metrics on this address (e.g. 127.0.0.1:9090)")
+	f.StringArrayVar(&o.fences, "fence", nil, "cgroup relative to the cgroup2 mount (docker, system.slice, kubepods.slice) whose new child cgroups are refused all egress until attached (repeatable)")
 	f.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	f.StringVar(&o.pprof, "pprof", "", "serve Go pprof profiles on this loopback address (debugging)")
 	_ = f.MarkHidden("pprof")

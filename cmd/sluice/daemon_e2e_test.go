@@ -46,7 +46,9 @@ type daemonOpts struct {
 
 // startDaemon starts the default daemon of a test and stops it (after
 // detaching what is left) when the test ends.
-func startDaemon(t *testing.T, w *world) *daemonProc { return startDaemonWith(t, w, daemonOpts{}) }
+func startDaemon(t *testing.T, w *world, extra ...string) *daemonProc {
+	return startDaemonWith(t, w, daemonOpts{extra: extra})
+}
 
 // startDaemonWith is the one way tests start a daemon that must come up.
 func startDaemonWith(t *testing.T, w *world, o daemonOpts) *daemonProc {

@@ -1,279 +1,249 @@
 package main
 
 import (
-	"bytes"
+	"encoding/json"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sluice-dev/sluice/pkg/audit"
+	"github.com/sluice-dev/sluice/pkg/cgroup"
+	"github.com/sluice-dev/sluice/pkg/testutil"
 )
 
-// TestDaemonFenceIsolatesSandboxes: a daemon limited to 4096 open files;
-// sandbox A opens 2,500 connections (5,000 daemon descriptors unfenced) and
-// holds them. Its connections fence refuses the excess; meanwhile sandbox
-// B's HTTPS requests and DNS lookups all succeed; A's refusals are in the
-// audit log, the metrics and `sluice blocked`.
-func TestDaemonFenceIsolatesSandboxes(t *testing.T) {
-	w := newWorld(t)
-	w.dns.Set("allowed.test", "127.0.0.1")
-	d, auditPath, metricsAddr := startLimitedDaemon(t, w)
-
-	const limit, attempts = 400, 2500
-	pa := writePolicy(t, w.dir, "a.yaml", fmt.Sprintf("version: 1\nrules:\n  - {name: api, cidrs: [127.0.0.1/32], ports: [%d]}\nlimits: {connections: %d}\n", w.api.Port, limit))
-	pb := writePolicy(t, w.dir, "b.yaml", "version: 1\nrules:\n  - {name: api, hosts: [allowed.test]}\n")
-	cgA, pidA := sandboxProc(t, "")
-	cgB, pidB := sandboxProc(t, "")
-	for _, a := range []struct {
-		policy, name string
-		pid          int
-	}{{pa, "fa", pidA}, {pb, "fb", pidB}} {
-		if out, err := d.cli("attach", "--policy", a.policy, "--pid", fmt.Sprint(a.pid), "--name", a.name); err != nil {
-			t.Fatalf("attach %s: %v\n%s", a.name, err, out)
-		}
-	}
-
-	// A opens its connections and holds them.
-	flag := filepath.Join(w.dir, "release")
-	holdDone, holdOut := startProbeIn(t, cgA, "holdconns", fmt.Sprintf("127.0.0.1:%d|%d|%s", w.api.Port, attempts, flag), flag)
-	waitUntil(t, "sandbox A holding its connections", func() bool {
-		_, err := os.Stat(flag + ".ready")
-		return err == nil
-	})
-	summary, _ := os.ReadFile(flag + ".ready")
-	t.Logf("sandbox A: %s", summary)
-	fenceEvents := func() int {
-		b, _ := os.ReadFile(auditPath)
-		n := 0
-		for _, l := range strings.Split(string(b), "\n") {
-			if strings.Contains(l, `"kind":"fence"`) && strings.Contains(l, `"sandbox":"fa"`) && strings.Contains(l, `"reason":"connections"`) {
-				n++
-			}
-		}
-		return n
-	}
-	waitUntil(t, "A's refusals in the audit log", func() bool {
-		n := fenceEvents()
-		if n < attempts-limit-50 {
-			t.Logf("%d fence events so far", n)
-		}
-		return n >= attempts-limit-50
-	})
-
-	// Meanwhile B is served.
-	for i := 0; i < 3; i++ {
-		out, err := inSandbox(t, cgB, "", curlArgs(w, "allowed.test")...)
-		if err != nil || !strings.Contains(out, "hello from upstream") {
-			t.Fatalf("sandbox B request %d while A is at its fence: %v\n%s\ndaemon log:\n%s", i, err, out, d.log)
-		}
-		out, err = inSandbox(t, cgB, "", "dig", "+short", "+tries=1", "+time=3", "allowed.test", "@192.0.2.53")
-		if err != nil || strings.TrimSpace(out) != "127.0.0.1" {
-			t.Fatalf("sandbox B DNS lookup %d while A is at its fence: %v\n%s", i, err, out)
-		}
-	}
-	if strings.Contains(d.log.String(), "too many open files") {
-		t.Fatalf("the daemon ran out of descriptors:\n%s", d.log)
-	}
-
-	// A's refusals in the metrics and in `sluice blocked`.
-	resp, err := http.Get("http://" + metricsAddr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if !strings.Contains(string(body), `sluice_fence_refusals_total{fence="connections",sandbox="fa"}`) {
-		t.Fatalf("metrics lack A's fence refusals:\n%s", grepLines(string(body), "fence"))
-	}
-	if strings.Contains(string(body), `sandbox="fb"}`) && strings.Contains(grepLines(string(body), "fence_refusals"), `"fb"`) {
-		t.Fatalf("B was refused at a fence:\n%s", grepLines(string(body), "fence"))
-	}
-	out, err := exec.Command(sluiceBin(t), "blocked", "fa", "--pin-dir", w.pin, "--state-dir", d.state).CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "fence_connections") {
-		t.Fatalf("sluice blocked fa: %v\n%s", err, out)
-	}
-
-	os.WriteFile(flag, nil, 0o644)
-	<-holdDone
-	if !strings.HasPrefix(strings.TrimSpace(holdOut.String()), "ok connected=") {
-		t.Fatalf("holdconns probe: %s", holdOut.String())
-	}
-}
-
-func grepLines(s, sub string) string {
-	var out []string
-	for _, l := range strings.Split(s, "\n") {
-		if strings.Contains(l, sub) {
-			out = append(out, l)
-		}
-	}
-	return strings.Join(out, "\n")
-}
-
-func waitUntil(t *testing.T, what string, cond func() bool) {
+// fenceCgroup returns a fresh fence name (relative to the cgroup2 mount) and
+// its path; the directory and everything below it is removed at the end.
+// Tests use their own fence rather than a shared one such as "docker".
+func fenceCgroup(t *testing.T) (name, path string) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-// vmRSS returns a process's resident memory in KiB.
-func vmRSS(t *testing.T, pid int) int {
-	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	mnt, err := cgroup.Mount()
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
-			var kb int
-			fmt.Sscan(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), &kb)
-			return kb
-		}
-	}
-	t.Fatal("no VmRSS")
-	return 0
-}
-
-// startLimitedDaemon starts a private daemon with RLIMIT_NOFILE 4096 (soft
-// and hard; it raises the soft limit to the hard one), an audit log and a
-// metrics listener.
-func startLimitedDaemon(t *testing.T, w *world) (d *daemonProc, auditPath, metricsAddr string) {
-	t.Helper()
-	ml, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	metricsAddr = ml.Addr().String()
-	ml.Close()
-
-	d = &daemonProc{t: t, w: w, socket: filepath.Join(w.dir, "sluice.sock"), state: filepath.Join(w.dir, "state"), log: &syncBuffer{}}
-	auditPath = filepath.Join(w.dir, "daemon-audit.jsonl")
-	d.cmd = exec.Command("sh", "-c", `ulimit -n 4096 && ulimit -Hn 4096 && exec "$@"`, "sh",
-		sluiceBin(t), "daemon", "--socket", d.socket, "--state-dir", d.state,
-		"--pin-dir", w.pin, "--dns-upstream", w.dns.Addr, "--dns-allow-loopback",
-		"--upstream-ca", w.api.CAFile, "--audit", auditPath, "--metrics", metricsAddr)
-	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
-	err = d.cmd.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
+	name = testutil.RandomName("sluice-fence-")
+	path = filepath.Join(mnt, name)
 	t.Cleanup(func() {
-		for _, name := range d.names() {
-			d.cli("detach", name)
+		if err := cgroup.Remove(path, 10*time.Second); err != nil && !os.IsNotExist(err) {
+			t.Errorf("cleanup: %v", err)
 		}
-		d.stop()
 	})
-	waitUntil(t, "the daemon's control socket", func() bool {
-		c, err := net.Dial("unix", d.socket)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	})
-
-	return d, auditPath, metricsAddr
+	return name, path
 }
 
-// startProbeIn starts a probe of the test binary in the cgroup cg; done is
-// closed when it exits. The test's cleanup creates release (ending a
-// holding probe) and kills it.
-func startProbeIn(t *testing.T, cg, mode, target, release string, env ...string) (done chan struct{}, out *bytes.Buffer) {
+// readAudit parses the daemon's audit log.
+func readAudit(t *testing.T, path string) []audit.Event {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$", target)
-	cmd.Env = append(append(os.Environ(), "SLUICE_TEST_PROBE="+mode), env...)
-	out = &bytes.Buffer{}
-	cmd.Stdout, cmd.Stderr = out, out
-	fd, err := syscall.Open(cg, syscall.O_DIRECTORY|syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+	data, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: fd}
-	err = cmd.Start()
-	syscall.Close(fd)
-	if err != nil {
-		t.Fatal(err)
+	var evs []audit.Event
+	for _, line := range strings.Split(string(data), "\n") {
+		var ev audit.Event
+		if line != "" && json.Unmarshal([]byte(line), &ev) == nil {
+			evs = append(evs, ev)
+		}
 	}
-	done = make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
-	t.Cleanup(func() { os.WriteFile(release, nil, 0o644); cmd.Process.Kill(); <-done })
-	return done, out
+	return evs
 }
 
-// TestDaemonHeadFenceBoundsMemory: sandbox A opens 150 TLS connections to
-// an intercepted host, each with an unfinished 512 KiB request head (75 MiB
-// held unfenced). Its request_head_bytes fence (2 MiB) refuses the excess,
-// the daemon's memory stays far below what A sent, and sandbox B's
-// requests and lookups are served meanwhile.
-func TestDaemonHeadFenceBoundsMemory(t *testing.T) {
+// TestDaemonFenceRefusesUntilAttach: a cgroup created below a fence is
+// refused everything (EPERM, NXDOMAIN) from its first process on; attached,
+// its policy applies; detached, it is fenced again. The fence's refusals
+// show under "fenced" in sluice blocked.
+func TestDaemonFenceRefusesUntilAttach(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
-	w.dns.Set("allowed.test", "127.0.0.1")
-	d, auditPath, _ := startLimitedDaemon(t, w)
-	const conns, pad, limit = 150, 512 << 10, 2 << 20
-	pa := writePolicy(t, w.dir, "a.yaml", fmt.Sprintf("version: 1\nrules:\n  - {name: api, hosts: [allowed.test], paths: [\"/**\"]}\nlimits: {request_head_bytes: %d}\n", limit))
-	pb := writePolicy(t, w.dir, "b.yaml", "version: 1\nrules:\n  - {name: api, hosts: [allowed.test]}\n")
-	cgA, pidA := sandboxProc(t, "")
-	cgB, pidB := sandboxProc(t, "")
-	for _, a := range []struct {
-		policy, name string
-		pid          int
-	}{{pa, "ha", pidA}, {pb, "hb", pidB}} {
-		if out, err := d.cli("attach", "--policy", a.policy, "--pid", fmt.Sprint(a.pid), "--name", a.name); err != nil {
-			t.Fatalf("attach %s: %v\n%s", a.name, err, out)
-		}
+	fence, fpath := fenceCgroup(t)
+	d := startDaemon(t, w, "--fence", fence)
+	if _, err := os.Stat(fpath); err != nil {
+		t.Fatalf("the daemon did not create the fence cgroup: %v", err)
 	}
-	caPEM, err := d.cli("ca", "export", "ha")
+	forbidden, hits := forbiddenListener(t)
+	forbiddenAddr := fmt.Sprintf("127.0.0.2:%d", forbidden)
+	apiAddr := fmt.Sprintf("127.0.0.1:%d", w.api.Port)
+
+	child, err := cgroup.Create(fpath, "ctr")
 	if err != nil {
-		t.Fatalf("ca export: %v\n%s", err, caPEM)
-	}
-	caFile := filepath.Join(w.dir, "ha-ca.pem")
-	if err := os.WriteFile(caFile, []byte(caPEM), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	before := vmRSS(t, d.cmd.Process.Pid)
-	flag := filepath.Join(w.dir, "release-heads")
-	done, out := startProbeIn(t, cgA, "holdheads", fmt.Sprintf("allowed.test:%d|allowed.test|%d|%d|%s", w.api.Port, conns, pad, flag), flag, "SSL_CERT_FILE="+caFile)
-	waitUntil(t, "sandbox A sending its heads", func() bool {
-		_, err := os.Stat(flag + ".ready")
-		return err == nil
-	})
-	summary, _ := os.ReadFile(flag + ".ready")
-	t.Logf("sandbox A: %s", summary)
-	refused := func() int {
-		b, _ := os.ReadFile(auditPath)
-		return strings.Count(string(b), `"kind":"fence","sandbox":"ha"`)
-	}
-	// At most limit/pad heads fit (plus what was buffered before the
-	// fence saw it): most of the others are refused.
-	waitUntil(t, "A's head refusals in the audit log", func() bool { return refused() >= conns/2 })
-	grown := vmRSS(t, d.cmd.Process.Pid) - before
-	t.Logf("daemon RSS grew by %d KiB while A held %d unfinished heads of %d KiB (%d refused)", grown, conns, pad>>10, refused())
-	if grown > conns*(pad>>10)/2 {
-		t.Fatalf("daemon RSS grew by %d KiB: not bounded by the fence", grown)
-	}
-	for i := 0; i < 3; i++ {
-		o, err := inSandbox(t, cgB, "", curlArgs(w, "allowed.test")...)
-		if err != nil || !strings.Contains(o, "hello from upstream") {
-			t.Fatalf("sandbox B request %d while A is at its fence: %v\n%s", i, err, o)
-		}
-		o, err = inSandbox(t, cgB, "", "dig", "+short", "+tries=1", "+time=3", "allowed.test", "@192.0.2.53")
-		if err != nil || strings.TrimSpace(o) != "127.0.0.1" {
-			t.Fatalf("sandbox B DNS lookup %d: %v\n%s", i, err, o)
+	// Before attach: nothing, not even what the policy will allow.
+	for _, target := range []string{forbiddenAddr, apiAddr} {
+		if got := testutil.RunProbe(t, child, "tcp", target); got != "error EPERM" {
+			t.Errorf("fenced connect to %s: %q, want error EPERM", target, got)
 		}
 	}
-	os.WriteFile(flag, nil, 0o644)
-	<-done
-	if !strings.HasPrefix(strings.TrimSpace(out.String()), "ok sent=") {
-		t.Fatalf("holdheads probe: %s", out.String())
+	if got := testutil.RunProbe(t, child, "dns", "udp|8.8.8.8:53|plain.test.|A"); !strings.HasPrefix(got, "ok NXDOMAIN") {
+		t.Errorf("fenced DNS: %q, want NXDOMAIN", got)
+	}
+	// A grandchild (nested cgroup) is fenced too.
+	grand, err := cgroup.Create(child, "inner")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := testutil.RunProbe(t, grand, "tcp", apiAddr); got != "error EPERM" {
+		t.Errorf("fenced nested connect: %q, want error EPERM", got)
+	}
+
+	p := writePolicy(t, w.dir, "p.yaml", "version: 1\nrules:\n  - name: p\n    hosts: [plain.test]\n")
+	if out, err := d.cli("attach", "--policy", p, "--cgroup", child, "--name", "ctr"); err != nil {
+		t.Fatalf("attach: %v\n%s", err, out)
+	}
+	if out, err := inSandbox(t, child, "", curlArgs(w, "plain.test")...); err != nil || !strings.Contains(out, "hello from upstream") {
+		t.Fatalf("attached below the fence: curl plain.test: %v\n%s\n%s", err, out, d.log)
+	}
+	if out, err := inSandbox(t, grand, "", curlArgs(w, "plain.test")...); err != nil {
+		t.Fatalf("nested cgroup of the attached sandbox: %v\n%s", err, out)
+	}
+	if got := testutil.RunProbe(t, child, "tcp", forbiddenAddr); got != "error EPERM" {
+		t.Errorf("attached: connect to the forbidden listener: %q, want error EPERM", got)
+	}
+	// A sibling below the fence stays fenced.
+	sib, err := cgroup.Create(fpath, "other")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := testutil.RunProbe(t, sib, "tcp", apiAddr); got != "error EPERM" {
+		t.Errorf("sibling below the fence: %q, want error EPERM", got)
+	}
+
+	if out, err := d.cli("detach", "ctr"); err != nil {
+		t.Fatalf("detach: %v\n%s", err, out)
+	}
+	if got := testutil.RunProbe(t, child, "tcp", apiAddr); got != "error EPERM" {
+		t.Errorf("detached below the fence: %q, want error EPERM (fenced again)", got)
+	}
+	if n := hits.Load(); n != 0 {
+		t.Fatalf("the forbidden listener received %d connections", n)
+	}
+
+	out, err := exec.Command(sluiceBin(t), "blocked", "fenced", "--json", "--pin-dir", w.pin, "--state-dir", d.state).CombinedOutput()
+	if err != nil {
+		t.Fatalf("sluice blocked: %v\n%s", err, out)
+	}
+	var rows []blockedRow
+	if err := json.Unmarshal(out, &rows); err != nil {
+		t.Fatalf("sluice blocked --json: %v\n%s", err, out)
+	}
+	found := false
+	for _, r := range rows {
+		if r.Sandbox == "fenced" && r.Port == uint16(forbidden) {
+			found = true
+		}
+	}
+	if !found {
+		t.Fatalf("sluice blocked shows no fenced refusal of port %d:\n%s", forbidden, out)
+	}
+}
+
+// TestDaemonFenceSurvivesRestart: with the daemon killed (SIGKILL) and
+// started again, a fenced cgroup stays refused throughout; the fence comes
+// from the config file's fence: list this time.
+func TestDaemonFenceSurvivesRestart(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	fence, fpath := fenceCgroup(t)
+	cfg := writePolicy(t, w.dir, "config.yaml", "fence: ["+fence+"]\n")
+	d := startDaemon(t, w, "--config", cfg)
+	forbidden, hits := forbiddenListener(t)
+	forbiddenAddr := fmt.Sprintf("127.0.0.2:%d", forbidden)
+	child, err := cgroup.Create(fpath, "ctr")
+	if err != nil {
+		t.Fatal(err)
+	}
+	check := func(when string) {
+		t.Helper()
+		if got := testutil.RunProbe(t, child, "tcp", forbiddenAddr); got != "error EPERM" {
+			t.Errorf("%s: connect: %q, want error EPERM", when, got)
+		}
+		if got := testutil.RunProbe(t, child, "dns", "udp|8.8.8.8:53|plain.test.|A"); strings.Contains(got, "NOERROR") {
+			t.Errorf("%s: DNS answered: %q", when, got)
+		}
+	}
+	check("daemon up")
+	d.kill9()
+	check("daemon killed")
+	d.start()
+	check("daemon restarted")
+	// The restarted daemon answers DNS for the fence again (NXDOMAIN).
+	if got := testutil.RunProbe(t, child, "dns", "udp|8.8.8.8:53|plain.test.|A"); !strings.HasPrefix(got, "ok NXDOMAIN") {
+		t.Errorf("after restart: fenced DNS: %q, want NXDOMAIN", got)
+	}
+	if n := hits.Load(); n != 0 {
+		t.Fatalf("the forbidden listener received %d connections", n)
+	}
+}
+
+func hasGoneEvent(evs []audit.Event, name string) bool {
+	for _, ev := range evs {
+		if ev.Kind == audit.KindSandbox && ev.Sandbox == name && ev.Decision == "cgroup_gone" && strings.Contains(ev.Reason, "removed") {
+			return true
+		}
+	}
+	return false
+}
+
+// TestDaemonDetachesWhenCgroupGone: a sandbox whose cgroup is removed is
+// detached by the daemon within seconds (list, pins, audit); a restarted
+// daemon does the same for a recorded sandbox whose cgroup went away while
+// it was down.
+func TestDaemonDetachesWhenCgroupGone(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	d := startDaemon(t, w)
+	p := writePolicy(t, w.dir, "p.yaml", "version: 1\nrules:\n  - name: p\n    hosts: [plain.test]\n")
+	mnt, err := cgroup.Mount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	auditPath := filepath.Join(w.dir, "sluice-audit.jsonl") // startDaemon's --audit
+	for _, c := range []struct {
+		name    string
+		restart bool
+	}{{"gone-live", false}, {"gone-restart", true}} {
+		cg, err := cgroup.Create(mnt, testutil.RandomName("sluice-test-"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cgroup.Remove(cg, 5*time.Second) })
+		id, err := cgroup.ID(cg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if out, err := d.cli("attach", "--policy", p, "--cgroup", cg, "--name", c.name); err != nil {
+			t.Fatalf("attach: %v\n%s", err, out)
+		}
+		links := filepath.Join(w.pin, "links", fmt.Sprint(id))
+		if _, err := os.Stat(links); err != nil {
+			t.Fatalf("no pinned links after attach: %v", err)
+		}
+		if c.restart {
+			d.kill9()
+		}
+		if err := cgroup.Remove(cg, 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		if c.restart {
+			d.start()
+		}
+		waitFor(t, c.name+" to leave sluice list", 10*time.Second, func() bool {
+			for _, n := range d.names() {
+				if n == c.name {
+					return false
+				}
+			}
+			return true
+		})
+		if _, err := os.Stat(links); !os.IsNotExist(err) {
+			t.Errorf("%s: pinned links still present: %v", c.name, err)
+		}
+		if _, err := os.Stat(filepath.Join(d.state, "sandboxes", c.name+".json")); !os.IsNotExist(err) {
+			t.Errorf("%s: state record still present: %v", c.name, err)
+		}
+		waitFor(t, "the cgroup_gone audit event of "+c.name, 5*time.Second, func() bool { return hasGoneEvent(readAudit(t, auditPath), c.name) })
 	}
 }

@@ -58,7 +58,7 @@ the runtime refuses to start the container (fail closed).`,
 			switch plan.Op {
 			case containers.HookAttach:
 				info, err := client.Attach(ctx, daemon.AttachRequest{Name: plan.Name, PID: plan.PID,
-					PolicyFile: plan.PolicyFile, Policy: string(plan.Policy), Labels: plan.Labels})
+					PolicyFile: plan.PolicyFile, Policy: string(plan.Policy), Labels: plan.Labels, Rootfs: plan.Rootfs})
 				if err != nil {
 					return fmt.Errorf("attaching container %s: %w", st.ID, err)
 				}

@@ -16,12 +16,16 @@ import (
 const (
 	RuntimeDocker     = "docker"
 	RuntimeContainerd = "containerd"
+	// RuntimeCRIO is CRI-O, and Podman (the same containers/storage state);
+	// Kubernetes names CRI-O container ids "cri-o://ID".
+	RuntimeCRIO = "cri-o"
 )
 
 // Default locations of the runtimes' state.
 const (
 	DefaultDockerSocket    = "/var/run/docker.sock"
 	DefaultContainerdState = "/run/containerd/io.containerd.runtime.v2.task"
+	DefaultCRIORunRoot     = "/run/containers/storage"
 )
 
 // Target is a resolved container: what the daemon attaches to.
@@ -52,10 +56,13 @@ type Options struct {
 	ContainerdState string
 	// ContainerdNamespace limits the containerd search to one namespace.
 	ContainerdNamespace string
+	// CRIORunRoot is the containers/storage run root of CRI-O and Podman.
+	CRIORunRoot string
 }
 
-// New returns the resolver of one runtime: "docker", "containerd", or ""
-// for whichever is present on this host (Docker's socket first).
+// New returns the resolver of one runtime: "docker", "containerd", "cri-o"
+// ("crio", "podman"), or "" for whichever is present on this host (Docker's
+// socket first, then containerd, then CRI-O).
 func New(runtime string, o Options) (Resolver, error) {
 	if o.DockerSocket == "" {
 		o.DockerSocket = DefaultDockerSocket
@@ -63,11 +70,16 @@ func New(runtime string, o Options) (Resolver, error) {
 	if o.ContainerdState == "" {
 		o.ContainerdState = DefaultContainerdState
 	}
+	if o.CRIORunRoot == "" {
+		o.CRIORunRoot = DefaultCRIORunRoot
+	}
 	switch runtime {
 	case RuntimeDocker:
 		return NewDocker(o.DockerSocket), nil
 	case RuntimeContainerd:
 		return &Containerd{StateDir: o.ContainerdState, Namespace: o.ContainerdNamespace}, nil
+	case RuntimeCRIO, "crio", "podman":
+		return &CRIO{RunRoot: o.CRIORunRoot}, nil
 	case "":
 		if _, err := os.Stat(o.DockerSocket); err == nil {
 			return NewDocker(o.DockerSocket), nil
@@ -75,9 +87,12 @@ func New(runtime string, o Options) (Resolver, error) {
 		if _, err := os.Stat(o.ContainerdState); err == nil {
 			return &Containerd{StateDir: o.ContainerdState, Namespace: o.ContainerdNamespace}, nil
 		}
-		return nil, fmt.Errorf("no container runtime found: neither the Docker socket %s nor containerd's task state %s exists; pass --runtime and the location", o.DockerSocket, o.ContainerdState)
+		if _, err := os.Stat(o.CRIORunRoot); err == nil {
+			return &CRIO{RunRoot: o.CRIORunRoot}, nil
+		}
+		return nil, fmt.Errorf("no container runtime found: neither the Docker socket %s, containerd's task state %s nor CRI-O's run root %s exists; pass --runtime and the location", o.DockerSocket, o.ContainerdState, o.CRIORunRoot)
 	default:
-		return nil, fmt.Errorf("unknown container runtime %q: expect 'docker' or 'containerd'", runtime)
+		return nil, fmt.Errorf("unknown container runtime %q: expect 'docker', 'containerd' or 'cri-o' (also 'podman')", runtime)
 	}
 }
 

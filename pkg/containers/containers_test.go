@@ -272,8 +272,8 @@ func TestNewPicksRuntime(t *testing.T) {
 		{name: "containerd", runtime: "containerd", want: "*containers.Containerd"},
 		{name: "auto finds docker", o: Options{DockerSocket: sock, ContainerdState: state}, want: "*containers.Docker"},
 		{name: "auto falls back to containerd", o: Options{DockerSocket: filepath.Join(dir, "no.sock"), ContainerdState: state}, want: "*containers.Containerd"},
-		{name: "auto finds nothing", o: Options{DockerSocket: filepath.Join(dir, "no.sock"), ContainerdState: filepath.Join(dir, "none")}, wantErr: "no container runtime found"},
-		{name: "unknown", runtime: "podman", wantErr: "expect 'docker' or 'containerd'"},
+		{name: "auto finds nothing", o: Options{DockerSocket: filepath.Join(dir, "no.sock"), ContainerdState: filepath.Join(dir, "none"), CRIORunRoot: filepath.Join(dir, "none")}, wantErr: "no container runtime found"},
+		{name: "unknown", runtime: "rkt", wantErr: "expect 'docker', 'containerd' or 'cri-o'"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -100,6 +100,10 @@ type HookPlan struct {
 	// sluice.dev/name aside) that are valid labels (audit.ValidLabel), at
 	// most audit.MaxLabels of them in key order.
 	Labels map[string]string
+	// Rootfs is the container's root file system as seen in its mount
+	// namespace while the runtime runs createRuntime hooks (before
+	// pivot_root); "" once the container runs in it.
+	Rootfs string
 }
 
 // AnnotationLabels selects a container's annotations as sandbox labels:
@@ -157,7 +161,35 @@ func PlanHook(st OCIState, cfg HookConfig) (HookPlan, error) {
 	if err != nil {
 		return HookPlan{}, fmt.Errorf("annotation %s of container %s: %w", AnnotationPolicy, st.ID, err)
 	}
-	return HookPlan{Op: HookAttach, Name: name, PID: st.PID, PolicyFile: file, Policy: data, Labels: AnnotationLabels(st.Annotations)}, nil
+	plan := HookPlan{Op: HookAttach, Name: name, PID: st.PID, PolicyFile: file, Policy: data, Labels: AnnotationLabels(st.Annotations)}
+	if st.Status == "creating" {
+		plan.Rootfs = bundleRootfs(st.Bundle)
+	}
+	return plan, nil
+}
+
+// bundleRootfs reads root.path of the bundle's config.json (relative to the
+// bundle unless absolute); "" when there is none.
+func bundleRootfs(bundle string) string {
+	if bundle == "" || !filepath.IsAbs(bundle) {
+		return ""
+	}
+	data, err := os.ReadFile(filepath.Join(bundle, "config.json"))
+	if err != nil {
+		return ""
+	}
+	var cfg struct {
+		Root struct {
+			Path string `json:"path"`
+		} `json:"root"`
+	}
+	if json.Unmarshal(data, &cfg) != nil || cfg.Root.Path == "" {
+		return ""
+	}
+	if filepath.IsAbs(cfg.Root.Path) {
+		return filepath.Clean(cfg.Root.Path)
+	}
+	return filepath.Join(bundle, cfg.Root.Path)
 }
 
 // ResolvePolicy finds the file a policy reference names: an absolute path,

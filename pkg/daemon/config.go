@@ -42,6 +42,10 @@ type Config struct {
 	SecretProviders []string `yaml:"secret_providers"`
 	// SecretKeyFile overrides the store key location (default STATE/secrets.key).
 	SecretKeyFile string `yaml:"secret_key_file"`
+	// Fences are cgroups relative to the cgroup2 mount (docker,
+	// system.slice, kubepods.slice): every cgroup created below one is
+	// refused all egress until it is attached with a policy.
+	Fences []string `yaml:"fence"`
 }
 
 // LoadConfig reads a config file; an empty path gives the defaults.

@@ -38,6 +38,7 @@ type Daemon struct {
 
 	mu        sync.Mutex
 	sandboxes map[string]*managed
+	fences    []*Sandbox // see fence.go
 }
 
 type managed struct {
@@ -135,6 +136,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 	defer d.rt.Enforcer.Close()
 	defer d.audit.Close()
 	d.restore(ctx)
+	if err := d.startFences(ctx); err != nil {
+		d.stopFences()
+		return err
+	}
+	defer d.stopFences()
 
 	ln, err := listenControl(d.cfg.Socket)
 	if err != nil {
@@ -145,6 +151,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	defer stopEvents()
 	go d.rt.KernelEvents(evCtx)
 	go d.gcLoop(evCtx)
+	go d.watchCgroups(evCtx)
 	if d.cfg.Metrics != "" {
 		if err := d.serveMetrics(evCtx); err != nil {
 			ln.Close()
@@ -184,17 +191,6 @@ func (d *Daemon) gcLoop(ctx context.Context) {
 			d.rt.Enforcer.GC(30 * time.Second)
 			d.reapGone()
 			d.updateOccupancy()
-		}
-	}
-}
-
-// reapGone detaches sandboxes whose cgroup was removed (the container
-// ended without a detach).
-func (d *Daemon) reapGone() {
-	for _, info := range d.List() {
-		if id, err := cgroup.ID(info.Cgroup); err != nil || id != info.CgroupID {
-			d.log.Info("sandbox cgroup is gone; detaching", "sandbox", info.Name, "cgroup", info.Cgroup)
-			_ = d.Detach(info.Name)
 		}
 	}
 }
@@ -239,6 +235,9 @@ type AttachRequest struct {
 	// Labels (`--label k=v`) replace the sandbox's labels; nil keeps those
 	// of a sandbox being re-attached.
 	Labels map[string]string `json:"labels,omitempty"`
+	// Rootfs is the container's root file system in its mount namespace,
+	// from an OCI hook that runs before pivot_root (see trust.go).
+	Rootfs string `json:"rootfs,omitempty"`
 }
 
 // Info describes an attached sandbox in API answers.
@@ -383,6 +382,7 @@ func (d *Daemon) Attach(ctx context.Context, req AttachRequest) (Info, error) {
 		return Info{}, err
 	}
 	d.sandboxes[req.Name] = m
+	d.trustContainer(req.Name, req.PID, cgPath, req.Rootfs, ca)
 	return d.info(m), nil
 }
 
@@ -430,6 +430,12 @@ func (d *Daemon) Detach(name string) error {
 	if !ok {
 		return &apiError{http.StatusNotFound, fmt.Sprintf("no sandbox named %q (see sluice list)", name)}
 	}
+	return d.detachLocked(name, m)
+}
+
+// detachLocked detaches m (named name); d.mu is held.
+func (d *Daemon) detachLocked(name string, m *managed) error {
+	d.untrust(name)
 	err := m.sb.Detach()
 	delete(d.sandboxes, name)
 	d.metrics.ForgetSandbox(name)
@@ -495,7 +501,8 @@ func (d *Daemon) restore(ctx context.Context) {
 			continue
 		}
 		if id, err := cgroup.ID(r.Cgroup); err != nil || id != r.CgroupID {
-			d.log.Warn("sandbox cgroup is gone; removing its record", "sandbox", r.Name, "cgroup", r.Cgroup)
+			d.emitGone(r.Name, r.CgroupID, r.Cgroup)
+			d.untrust(r.Name)
 			d.rt.Enforcer.Sandbox(r.Cgroup, r.CgroupID).Detach()
 			os.Remove(f)
 			os.Remove(d.policyPath(r.Name))
@@ -546,6 +553,7 @@ func stateNames(stateDir string) map[uint64]string {
 			out[r.CgroupID] = r.Name
 		}
 	}
+	addFenceNames(stateDir, out)
 	return out
 }
 

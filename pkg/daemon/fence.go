@@ -1,70 +1,174 @@
 package daemon
 
 import (
+	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/sluice-dev/sluice/pkg/audit"
-	"github.com/sluice-dev/sluice/pkg/enforcer"
-	"github.com/sluice-dev/sluice/pkg/fence"
+	"github.com/sluice-dev/sluice/pkg/cgroup"
 	"github.com/sluice-dev/sluice/pkg/policy"
-	"golang.org/x/sys/unix"
+	"github.com/sluice-dev/sluice/pkg/tlsca"
 )
 
-// newFence returns a sandbox's resource fences: limits from its current
-// policy (defaults filled in), each refusal reported to emit as an audit event
-// (kind fence, which the metrics sink counts in
-// sluice_fence_refusals_total) and in the pinned refusal counters that
-// `sluice blocked` reads.
-func (rt *Runtime) newFence(s *Sandbox, emit audit.Emitter) *fence.Sandbox {
-	return fence.New(func() policy.Limits { return s.Policy().Fences() }, func(r fence.Refusal) {
-		proto, p := "tcp", uint16(enforcer.ProtoTCP)
-		if r.UDP {
-			proto, p = "udp", enforcer.ProtoUDP
-		}
-		ev := audit.Event{
-			V: audit.SchemaVersion, Time: time.Now(), Kind: audit.KindFence, Sandbox: s.Name, CgroupID: s.ID,
-			Decision: audit.DecisionDeny, Reason: r.Kind.String(), Proto: proto,
-		}
-		if r.Dst.IsValid() {
-			ev.Dst = r.Dst.String()
-		}
-		emit.Emit(ev)
-		if s.kernel != nil {
-			if err := s.kernel.Count(fenceReason(r.Kind), r.Dst, p); err != nil {
-				rt.Log.Debug("counting a fence refusal", "sandbox", s.Name, "err", err)
-			}
-		}
-	})
+// FenceName is the pseudo-sandbox a fence's refusals are reported under
+// (sluice blocked, the audit log).
+const FenceName = "fenced"
+
+// fencePolicy is a fence's policy: no rule, so the resolver answers
+// NXDOMAIN to every name and the kernel refuses every connect with EPERM.
+const fencePolicy = "version: 1\nrules: []\n"
+
+// fenceRecord is what the state dir keeps of one fence (fences.json), so a
+// restarted daemon keeps the resolver port the kernel redirects to, removes
+// fences no longer configured, and `sluice blocked` names their refusals.
+type fenceRecord struct {
+	Fence     string `json:"fence"` // as configured, relative to the cgroup2 mount
+	Cgroup    string `json:"cgroup"`
+	CgroupID  uint64 `json:"cgroup_id"`
+	ProxyPort uint16 `json:"proxy_port"`
+	DNSPort   uint16 `json:"dns_port"`
 }
 
-func fenceReason(k fence.Kind) enforcer.Reason {
-	switch k {
-	case fence.UpstreamConnections:
-		return enforcer.ReasonFenceUpstreamConnections
-	case fence.RequestHeadBytes:
-		return enforcer.ReasonFenceRequestHeadBytes
-	case fence.DNSQPS:
-		return enforcer.ReasonFenceDNSQPS
+func fencesPath(stateDir string) string { return filepath.Join(stateDir, "fences.json") }
+
+func readFences(stateDir string) []fenceRecord {
+	var out []fenceRecord
+	if data, err := os.ReadFile(fencesPath(stateDir)); err == nil {
+		_ = json.Unmarshal(data, &out)
 	}
-	return enforcer.ReasonFenceConnections
+	return out
 }
 
-// raiseNOFILE raises the soft RLIMIT_NOFILE to the hard limit: every
-// proxied connection holds two descriptors (client and upstream), and the
-// per-sandbox connections fences only help while the sum of them fits.
-// Processes the daemon starts get the limit it was started with (Go
-// restores it for children).
-func raiseNOFILE() (cur, max uint64, err error) {
-	var lim unix.Rlimit
-	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
-		return 0, 0, fmt.Errorf("reading RLIMIT_NOFILE: %w", err)
+func writeFences(stateDir string, recs []fenceRecord) error {
+	data, err := json.MarshalIndent(recs, "", "  ")
+	if err != nil {
+		return err
 	}
-	if lim.Cur < lim.Max {
-		lim.Cur = lim.Max
-		if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
-			return 0, 0, fmt.Errorf("raising RLIMIT_NOFILE to %d: %w", lim.Max, err)
+	tmp := fencesPath(stateDir) + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return fmt.Errorf("saving fences: %w", err)
+	}
+	return os.Rename(tmp, fencesPath(stateDir))
+}
+
+// addFenceNames names the fences recorded in stateDir FenceName in names.
+func addFenceNames(stateDir string, names map[uint64]string) {
+	for _, f := range readFences(stateDir) {
+		names[f.CgroupID] = FenceName
+	}
+}
+
+// checkFenceName validates a --fence value: a cgroup path relative to the
+// cgroup2 mount, without "..", and not the root itself.
+func checkFenceName(f string) error {
+	c := filepath.Clean("/" + f)
+	if f == "" || c == "/" {
+		return fmt.Errorf("fence %q: name a cgroup below the cgroup2 mount, e.g. docker, system.slice or kubepods.slice", f)
+	}
+	for _, part := range strings.Split(f, "/") {
+		if part == ".." {
+			return fmt.Errorf("fence %q: \"..\" is not allowed; give the path relative to the cgroup2 mount", f)
 		}
 	}
-	return lim.Cur, lim.Max, nil
+	return nil
+}
+
+// startFences attaches a fence at every configured cgroup (created when
+// missing, so containers started later land below it) and removes the
+// fences an earlier daemon had that are no longer configured. A fence
+// already pinned is updated in place, with no gap. An error leaves the
+// kernel side as it is (closed) and stops the daemon.
+func (d *Daemon) startFences(ctx context.Context) error {
+	prev := map[uint64]fenceRecord{}
+	for _, r := range readFences(d.cfg.StateDir) {
+		prev[r.CgroupID] = r
+	}
+	if len(d.cfg.Fences) == 0 && len(prev) == 0 {
+		return nil
+	}
+	root := d.cfg.CgroupRoot
+	if root == "" {
+		var err error
+		if root, err = cgroup.Mount(); err != nil {
+			return fmt.Errorf("fences: %w", err)
+		}
+	}
+	pol, err := policy.Parse("fence", []byte(fencePolicy))
+	if err != nil {
+		return fmt.Errorf("fence policy: %w", err)
+	}
+	var recs []fenceRecord
+	seen := map[uint64]bool{}
+	for _, f := range d.cfg.Fences {
+		if err := checkFenceName(f); err != nil {
+			return err
+		}
+		path := filepath.Join(root, filepath.Clean("/"+f))
+		if err := os.MkdirAll(path, 0o755); err != nil {
+			return fmt.Errorf("fence %s: creating %s: %w", f, path, err)
+		}
+		if err := d.checkNotSelf(path); err != nil {
+			return fmt.Errorf("fence %s: %w", f, err)
+		}
+		id, err := cgroup.ID(path)
+		if err != nil {
+			return fmt.Errorf("fence %s: %w", f, err)
+		}
+		if seen[id] {
+			continue
+		}
+		seen[id] = true
+		// The fence's proxy never intercepts (no rule allows anything);
+		// its CA only satisfies the sandbox plumbing.
+		ca, err := tlsca.New(FenceName, 24*time.Hour)
+		if err != nil {
+			return err
+		}
+		p := prev[id]
+		sb, err := d.rt.Start(ctx, Spec{Name: FenceName, CgroupPath: path, CgroupID: id, Policy: pol, CA: ca, Fence: true,
+			PreferProxyPort: p.ProxyPort, PreferDNSPort: p.DNSPort})
+		if err != nil {
+			return fmt.Errorf("fence %s: %w", f, err)
+		}
+		d.mu.Lock()
+		d.fences = append(d.fences, sb)
+		d.mu.Unlock()
+		recs = append(recs, fenceRecord{Fence: f, Cgroup: path, CgroupID: id, ProxyPort: sb.ProxyPort(), DNSPort: sb.DNSPort()})
+		d.log.Info("fence attached: cgroups created below it are refused all egress until attached", "fence", f, "cgroup", path)
+		d.audit.Emit(audit.Event{Kind: audit.KindSandbox, Sandbox: FenceName, CgroupID: id, Decision: "fence", Reason: "fence " + f + " at " + path})
+	}
+	// Fences of an earlier daemon that are no longer configured. Sandboxes
+	// below them keep their own links.
+	for id, r := range prev {
+		if seen[id] {
+			continue
+		}
+		err := d.rt.Enforcer.Sandbox(r.Cgroup, r.CgroupID).Detach()
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			d.log.Error("removing a fence no longer configured", "fence", r.Fence, "err", err)
+			recs = append(recs, r) // keep it recorded: it is still in the kernel
+			continue
+		}
+		d.log.Warn("fence removed: it is no longer configured", "fence", r.Fence, "cgroup", r.Cgroup)
+		d.audit.Emit(audit.Event{Kind: audit.KindSandbox, Sandbox: FenceName, CgroupID: id, Decision: "detach", Reason: "fence " + r.Fence + " is no longer configured"})
+	}
+	return writeFences(d.cfg.StateDir, recs)
+}
+
+// stopFences stops serving the fences' resolvers; the kernel side stays
+// (pinned), so fenced cgroups stay refused while no daemon runs.
+func (d *Daemon) stopFences() {
+	d.mu.Lock()
+	fences := d.fences
+	d.fences = nil
+	d.mu.Unlock()
+	for _, f := range fences {
+		f.Stop()
+	}
 }

@@ -60,6 +60,8 @@ type Spec struct {
 	// Labels go on every audit event of the sandbox and in its credential
 	// callback requests (CheckLabels).
 	Labels map[string]string
+	// Fence registers the cgroup as a fence (see fence.go).
+	Fence bool
 }
 
 // Sandbox is one running sandbox: kernel registration, listeners, resolver
@@ -132,7 +134,9 @@ func (rt *Runtime) Start(ctx context.Context, spec Spec) (*Sandbox, error) {
 	}
 	emit := labeledEmitter{rt.Audit, &s.labels}
 
-	kernel, err := rt.Enforcer.Attach(spec.CgroupPath, spec.CgroupID, kernelConfig(ls, spec.Policy))
+	kcfg := kernelConfig(ls, spec.Policy)
+	kcfg.Fence = spec.Fence
+	kernel, err := rt.Enforcer.Attach(spec.CgroupPath, spec.CgroupID, kcfg)
 	if err != nil {
 		ls.Close()
 		return nil, err

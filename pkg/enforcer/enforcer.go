@@ -37,6 +37,7 @@ const (
 	alStatic = uint32(sluiceAllowFlagAL_STATIC)
 	alUDP    = uint32(sluiceAllowFlagAL_UDP)
 	sbAudit  = uint32(sluiceSandboxFlagSB_AUDIT)
+	sbFence  = uint32(sluiceSandboxFlagSB_FENCE)
 )
 
 // Config configures an Enforcer.
@@ -147,6 +148,9 @@ type SandboxConfig struct {
 	ProxyPort uint16 // the sandbox's proxy listener port (127.0.0.1 and ::1)
 	DNSPort   uint16 // the sandbox's resolver port (127.0.0.1 and ::1)
 	Audit     bool   // record would-be refusals, refuse nothing but metadata
+	// Fence marks a fence (sluice daemon --fence): it decides only for the
+	// cgroups below it that no other registered sandbox claims.
+	Fence bool
 }
 
 type attachSpec struct {
@@ -189,6 +193,9 @@ func (e *Enforcer) Attach(path string, id uint64, cfg SandboxConfig) (*Sandbox, 
 	v := sluiceSandboxCfg{ProxyPort: cfg.ProxyPort, DnsPort: cfg.DNSPort}
 	if cfg.Audit {
 		v.Flags |= sbAudit
+	}
+	if cfg.Fence {
+		v.Flags |= sbFence
 	}
 	// Register before attaching: the programs refuse every socket of a
 	// cgroup they cannot find in the table.
@@ -414,6 +421,9 @@ func (s *Sandbox) SetConfig(cfg SandboxConfig) error {
 	v := sluiceSandboxCfg{ProxyPort: cfg.ProxyPort, DnsPort: cfg.DNSPort}
 	if cfg.Audit {
 		v.Flags |= sbAudit
+	}
+	if cfg.Fence {
+		v.Flags |= sbFence
 	}
 	if err := s.e.objs.Sandboxes.Update(s.id, v, ebpf.UpdateExist); err != nil {
 		return fmt.Errorf("updating sandbox %d: %w", s.id, err)

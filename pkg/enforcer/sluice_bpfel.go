@@ -134,6 +134,7 @@ type sluiceSandboxFlag uint32
 
 const (
 	sluiceSandboxFlagSB_AUDIT sluiceSandboxFlag = 1
+	sluiceSandboxFlagSB_FENCE sluiceSandboxFlag = 2
 )
 
 // Names of all BPF objects in the ELF.

@@ -20,6 +20,8 @@ type syncDaemon struct {
 	mu      sync.Mutex
 	calls   []string
 	initial []string
+	once    sync.Once
+	listed  chan struct{} // closed by the first List
 }
 
 func (d *syncDaemon) Attach(_ context.Context, name, cg, _ string, _ []byte, _ map[string]string) error {
@@ -34,7 +36,10 @@ func (d *syncDaemon) Detach(_ context.Context, name string) error {
 	d.calls = append(d.calls, "detach "+name)
 	return nil
 }
-func (d *syncDaemon) List(context.Context) ([]string, error) { return d.initial, nil }
+func (d *syncDaemon) List(context.Context) ([]string, error) {
+	d.once.Do(func() { close(d.listed) })
+	return d.initial, nil
+}
 func (d *syncDaemon) snapshot() []string {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -48,11 +53,18 @@ func TestRun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	d := &syncDaemon{initial: []string{"k8s.stale.pod", "manual"}, listed: make(chan struct{})}
 	srv, files, _ := fakeAPIServer(t, "tok", func(rv string) (int, string) {
 		if rv != "200" {
 			// After the recorded stream, keep later watches open and empty.
 			time.Sleep(200 * time.Millisecond)
 			return http.StatusOK, ""
+		}
+		// The recorded stream follows the first sync (as on a quiet
+		// cluster), so the golden order of calls is deterministic.
+		select {
+		case <-d.listed:
+		case <-time.After(10 * time.Second):
 		}
 		return http.StatusOK, string(events)
 	})
@@ -68,7 +80,6 @@ func TestRun(t *testing.T) {
 		id := strings.Repeat(ch, 64)
 		res[id] = containers.Target{PID: 1, Cgroup: "/sys/fs/cgroup/kubepods/pod" + uid + "/" + id}
 	}
-	d := &syncDaemon{initial: []string{"k8s.stale.pod", "manual"}}
 	ap := &Applier{Daemon: d, Resolvers: map[string]containers.Resolver{"containerd": res}, PolicyDirs: []string{dir}}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})

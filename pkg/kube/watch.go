@@ -1,21 +1,21 @@
 package kube
 
 import (
-	"bufio"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"net"
-	"net/http"
-	"net/url"
-	"os"
-	"strings"
+	"sync"
 	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
 )
 
 // Service-account files kubelet mounts into every pod.
@@ -23,164 +23,65 @@ const (
 	ServiceAccountDir = "/var/run/secrets/kubernetes.io/serviceaccount"
 )
 
-// ErrExpired reports a watch whose resourceVersion is too old (HTTP 410):
-// list again.
-var ErrExpired = errors.New("watch expired (410 Gone): relist")
+// ResyncPeriod is how often Run reconciles the whole pod list against the
+// daemon's sandboxes: it retries failed actions and detaches sandboxes
+// whose pods vanished unseen.
+const ResyncPeriod = 5 * time.Minute
 
-// Client is a minimal Kubernetes API client for listing and watching the
-// pods of one node. It reads the bearer token file on every request, so
-// rotated service-account tokens are picked up.
-type Client struct {
-	Base      string // https://host:port
-	TokenFile string
-	hc        *http.Client
-}
-
-// NewClient returns a client for the API server at base, trusting the PEM
-// roots in caFile ("" for the system roots), authenticating with the token
-// in tokenFile ("" for none).
-func NewClient(base, caFile, tokenFile string) (*Client, error) {
-	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12}
-	if caFile != "" {
-		pem, err := os.ReadFile(caFile)
-		if err != nil {
-			return nil, fmt.Errorf("reading the API server CA: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("no certificate in %s", caFile)
-		}
-		tlsCfg.RootCAs = pool
+// NewClientset returns a client-go clientset for the API server at api,
+// trusting the PEM roots in caFile ("" for the system roots) and sending the
+// bearer token in tokenFile ("" for none; re-read when it rotates).
+func NewClientset(api, caFile, tokenFile string) (kubernetes.Interface, error) {
+	cfg := &rest.Config{Host: api, BearerTokenFile: tokenFile, TLSClientConfig: rest.TLSClientConfig{CAFile: caFile},
+		UserAgent: "sluice-kube-watch"}
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
 	}
-	tr := &http.Transport{TLSClientConfig: tlsCfg, Proxy: nil, ResponseHeaderTimeout: 30 * time.Second}
-	return &Client{Base: strings.TrimRight(base, "/"), TokenFile: tokenFile, hc: &http.Client{Transport: tr}}, nil
+	return cs, nil
 }
 
-// InClusterClient returns a client from the pod's environment
+// InClusterClientset returns a clientset from the pod's environment
 // (KUBERNETES_SERVICE_HOST/PORT) and its service-account token and CA.
-func InClusterClient() (*Client, error) {
-	host, port := os.Getenv("KUBERNETES_SERVICE_HOST"), os.Getenv("KUBERNETES_SERVICE_PORT")
-	if host == "" || port == "" {
-		return nil, errors.New("not running in a Kubernetes pod: KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT are unset (use --kube-api)")
+func InClusterClientset() (kubernetes.Interface, error) {
+	cfg, err := rest.InClusterConfig()
+	if err != nil {
+		return nil, fmt.Errorf("not running in a Kubernetes pod (use --kube-api): %w", err)
 	}
-	return NewClient("https://"+net.JoinHostPort(host, port), ServiceAccountDir+"/ca.crt", ServiceAccountDir+"/token")
+	cfg.UserAgent = "sluice-kube-watch"
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	return cs, nil
 }
 
-func (c *Client) get(ctx context.Context, q url.Values) (*http.Response, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.Base+"/api/v1/pods?"+q.Encode(), nil)
+// fromAPI converts a client-go pod to the part the reconciler reads.
+func fromAPI(p *corev1.Pod) (Pod, error) {
+	// The reconciler's Pod mirrors the API's JSON field names; a JSON
+	// round trip keeps one definition of that mapping.
+	data, err := json.Marshal(p)
 	if err != nil {
-		return nil, err
+		return Pod{}, err
 	}
-	req.Header.Set("Accept", "application/json")
-	if c.TokenFile != "" {
-		tok, err := os.ReadFile(c.TokenFile)
-		if err != nil {
-			return nil, fmt.Errorf("reading the service-account token: %w", err)
-		}
-		req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(tok)))
+	var out Pod
+	if err := json.Unmarshal(data, &out); err != nil {
+		return Pod{}, err
 	}
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("kubernetes API: %w", err)
-	}
-	if resp.StatusCode == http.StatusGone {
-		resp.Body.Close()
-		return nil, ErrExpired
-	}
-	if resp.StatusCode != http.StatusOK {
-		defer resp.Body.Close()
-		var st struct {
-			Message string `json:"message"`
-		}
-		data, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-		if json.Unmarshal(data, &st) == nil && st.Message != "" {
-			return nil, fmt.Errorf("kubernetes API: %s: %s", resp.Status, st.Message)
-		}
-		return nil, fmt.Errorf("kubernetes API: %s", resp.Status)
-	}
-	return resp, nil
+	return out, nil
 }
 
-func nodeSelector(node string) string { return "spec.nodeName=" + node }
-
-// ListPods lists the pods of node and returns the list's resourceVersion.
-func (c *Client) ListPods(ctx context.Context, node string) ([]Pod, string, error) {
-	resp, err := c.get(ctx, url.Values{"fieldSelector": {nodeSelector(node)}})
-	if err != nil {
-		return nil, "", err
-	}
-	defer resp.Body.Close()
-	var list struct {
-		Metadata struct {
-			ResourceVersion string `json:"resourceVersion"`
-		} `json:"metadata"`
-		Items []Pod `json:"items"`
-	}
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 256<<20)).Decode(&list); err != nil {
-		return nil, "", fmt.Errorf("kubernetes API: decoding the pod list: %w", err)
-	}
-	return list.Items, list.Metadata.ResourceVersion, nil
-}
-
-// WatchPods streams the pod events of node from resourceVersion rv to fn
-// until the stream ends, ctx is done or fn fails. It returns the last
-// resourceVersion seen (to resume from) and ErrExpired when the API server
-// says rv is too old.
-func (c *Client) WatchPods(ctx context.Context, node, rv string, fn func(Event) error) (string, error) {
-	resp, err := c.get(ctx, url.Values{"fieldSelector": {nodeSelector(node)}, "watch": {"1"},
-		"resourceVersion": {rv}, "allowWatchBookmarks": {"true"}, "timeoutSeconds": {"300"}})
-	if err != nil {
-		return rv, err
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 0, 64<<10), 16<<20)
-	for sc.Scan() {
-		line := sc.Bytes()
-		if len(strings.TrimSpace(string(line))) == 0 {
-			continue
-		}
-		var raw struct {
-			Type   string          `json:"type"`
-			Object json.RawMessage `json:"object"`
-		}
-		if err := json.Unmarshal(line, &raw); err != nil {
-			return rv, fmt.Errorf("kubernetes API: malformed watch event: %w", err)
-		}
-		if raw.Type == "ERROR" {
-			var st struct {
-				Code    int    `json:"code"`
-				Message string `json:"message"`
-			}
-			_ = json.Unmarshal(raw.Object, &st)
-			if st.Code == http.StatusGone {
-				return rv, ErrExpired
-			}
-			return rv, fmt.Errorf("kubernetes API: watch error %d: %s", st.Code, st.Message)
-		}
-		var ev Event
-		ev.Type = raw.Type
-		if err := json.Unmarshal(raw.Object, &ev.Object); err != nil {
-			return rv, fmt.Errorf("kubernetes API: malformed pod in watch event: %w", err)
-		}
-		if v := ev.Object.Metadata.ResourceVersion; v != "" {
-			rv = v
-		}
-		if err := fn(ev); err != nil {
-			return rv, err
-		}
-	}
-	if err := sc.Err(); err != nil && ctx.Err() == nil {
-		return rv, fmt.Errorf("kubernetes API: reading the watch: %w", err)
-	}
-	return rv, ctx.Err()
-}
-
-// Run lists and watches the pods of node and applies the reconciler's
-// actions until ctx is done. Failed actions are logged and retried on the
-// pod's next event and at every relist (every watch timeout, 5 minutes).
-func Run(ctx context.Context, c *Client, node string, ap *Applier, log *slog.Logger) error {
+// Run watches the pods of node through a client-go shared informer (list,
+// then watch, relisting when the watch expires) and applies the
+// reconciler's actions until ctx is done. At the first sync and every
+// ResyncPeriod it reconciles the whole list against the daemon's
+// sandboxes. Failed actions are logged and retried on the pod's next event
+// and at the next resync.
+func Run(ctx context.Context, cs kubernetes.Interface, node string, ap *Applier, log *slog.Logger) error {
 	r := NewReconciler(node)
+	// mu serialises the reconciler and the daemon calls: informer
+	// notifications and the periodic sync.
+	var mu sync.Mutex
 	apply := func(acts []Action) {
 		for _, a := range acts {
 			if err := ap.Apply(ctx, a); err != nil {
@@ -191,31 +92,95 @@ func Run(ctx context.Context, c *Client, node string, ap *Applier, log *slog.Log
 			log.Info("pod action", "op", a.Op, "sandbox", a.Sandbox, "pod", a.Pod, "policy", a.Policy, "reason", a.Reason)
 		}
 	}
-	backoff := time.Second
-	for ctx.Err() == nil {
-		pods, rv, err := c.ListPods(ctx, node)
-		if err == nil {
-			var have []string
-			if have, err = ap.Daemon.List(ctx); err == nil {
-				apply(r.Sync(pods, have))
-				backoff = time.Second
-				// One watch until the server ends it (timeoutSeconds), then
-				// relist: the relist retries failed actions and detaches
-				// sandboxes whose pods vanished unseen.
-				_, err = c.WatchPods(ctx, node, rv, func(ev Event) error { apply(r.Handle(ev)); return nil })
-			}
+	factory := informers.NewSharedInformerFactoryWithOptions(cs, 0,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "spec.nodeName=" + node }))
+	pods := factory.Core().V1().Pods()
+	inf := pods.Informer()
+	_ = inf.SetWatchErrorHandler(func(_ *cache.Reflector, err error) {
+		if ctx.Err() == nil {
+			log.Warn("pod watch", "err", err)
 		}
-		if ctx.Err() != nil {
+	})
+	handle := func(typ string, obj any) {
+		if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+			obj = d.Obj
+		}
+		p, ok := obj.(*corev1.Pod)
+		if !ok {
+			return
+		}
+		pod, err := fromAPI(p)
+		if err != nil {
+			log.Warn("pod watch: unreadable pod", "pod", p.Namespace+"/"+p.Name, "err", err)
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		apply(r.Handle(Event{Type: typ, Object: pod}))
+	}
+	resync := func() error {
+		objs, err := pods.Lister().List(labels.Everything())
+		if err != nil {
+			return err
+		}
+		list := make([]Pod, 0, len(objs))
+		for _, p := range objs {
+			pod, err := fromAPI(p)
+			if err != nil {
+				return err
+			}
+			list = append(list, pod)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		have, err := ap.Daemon.List(ctx)
+		if err != nil {
+			return fmt.Errorf("listing the daemon's sandboxes: %w", err)
+		}
+		apply(r.Sync(list, have))
+		return nil
+	}
+
+	// The handler sees every listed pod (ADDED) and every later change;
+	// the first sync after it has seen the list detaches stale sandboxes
+	// and retries what failed.
+	reg, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { handle("ADDED", obj) },
+		UpdateFunc: func(_, obj any) { handle("MODIFIED", obj) },
+		DeleteFunc: func(obj any) { handle("DELETED", obj) },
+	})
+	if err != nil {
+		return fmt.Errorf("pod informer: %w", err)
+	}
+	factory.Start(ctx.Done())
+	defer factory.Shutdown()
+	if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced, reg.HasSynced) {
+		return nil // ctx done
+	}
+	backoff := time.Second
+	for {
+		err := resync()
+		if err == nil {
 			break
 		}
-		if err != nil && !errors.Is(err, ErrExpired) {
-			log.Warn("pod watch", "err", err, "retry_in", backoff)
-			select {
-			case <-ctx.Done():
-			case <-time.After(backoff):
+		log.Warn("pod watch: first sync", "err", err, "retry_in", backoff)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, time.Minute)
+	}
+	t := time.NewTicker(ResyncPeriod)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			if err := resync(); err != nil && !errors.Is(err, context.Canceled) {
+				log.Warn("pod watch: resync", "err", err)
 			}
-			backoff = min(backoff*2, time.Minute)
 		}
 	}
-	return nil
 }

@@ -1,10 +1,8 @@
 package kube
 
 import (
-	"bufio"
 	"context"
 	"encoding/pem"
-	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -13,6 +11,10 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 )
 
 // fakeAPIServer serves GET /api/v1/pods (list and watch) over TLS on
@@ -29,6 +31,7 @@ func fakeAPIServer(t *testing.T, token string, watchBody func(rv string) (int, s
 		mu.Lock()
 		seen = append(seen, r.URL.RawQuery)
 		mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
 		if r.Header.Get("Authorization") != "Bearer "+token {
 			w.WriteHeader(http.StatusUnauthorized)
 			fmt.Fprint(w, `{"kind":"Status","message":"Unauthorized"}`)
@@ -60,107 +63,58 @@ func fakeAPIServer(t *testing.T, token string, watchBody func(rv string) (int, s
 	return srv, ca + "|" + tok, &seen
 }
 
-func newTestClient(t *testing.T, srv *httptest.Server, files string) *Client {
+func newTestClient(t *testing.T, srv *httptest.Server, files string) kubernetes.Interface {
 	t.Helper()
 	ca, tok, _ := strings.Cut(files, "|")
-	c, err := NewClient(srv.URL, ca, tok)
+	c, err := NewClientset(srv.URL, ca, tok)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return c
 }
 
-func TestListAndWatch(t *testing.T) {
-	events, err := os.ReadFile(eventsFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, files, _ := fakeAPIServer(t, "tok-1", func(rv string) (int, string) {
-		if rv != "200" {
-			return http.StatusBadRequest, "{}"
-		}
-		return http.StatusOK, string(events)
-	})
+// TestClientsetListsNodePods: the clientset sends the token and the node's
+// field selector, and decodes the recorded list.
+func TestClientsetListsNodePods(t *testing.T) {
+	srv, files, seen := fakeAPIServer(t, "tok-1", func(string) (int, string) { return http.StatusOK, "" })
 	c := newTestClient(t, srv, files)
-	pods, rv, err := c.ListPods(context.Background(), "node-a")
+	list, err := c.CoreV1().Pods("").List(context.Background(), metav1.ListOptions{FieldSelector: "spec.nodeName=node-a"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(pods) != 2 || rv != "200" || pods[0].Metadata.Name != "agent-7f9c" {
-		t.Fatalf("list: rv %s, %d pods", rv, len(pods))
+	if len(list.Items) != 2 || list.ResourceVersion != "200" || list.Items[0].Name != "agent-7f9c" {
+		t.Fatalf("list: rv %s, %d pods", list.ResourceVersion, len(list.Items))
 	}
-	var n int
-	r := NewReconciler("node-a")
-	var ops []string
-	last, err := c.WatchPods(context.Background(), "node-a", rv, func(ev Event) error {
-		n++
-		for _, a := range r.Handle(ev) {
-			ops = append(ops, string(a.Op))
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
+	p, err := fromAPI(&list.Items[0])
+	if err != nil || p.Metadata.UID != "aaaaaaaa-1111-4111-8111-aaaaaaaaaaaa" || p.Metadata.Annotations[AnnotationPolicy] != "agent" || runningContainer(&p) == "" {
+		t.Fatalf("fromAPI: %+v, %v", p, err)
 	}
-	sc := bufio.NewScanner(strings.NewReader(string(events)))
-	lines := 0
-	for sc.Scan() {
-		lines++
-	}
-	if n != lines || last != "116" {
-		t.Fatalf("watched %d of %d events, last rv %q", n, lines, last)
-	}
-	if strings.Join(ops, ",") != "attach,attach,attach,detach,attach,detach,detach,attach,detach" {
-		t.Fatalf("ops %v", ops)
+	if len(*seen) == 0 {
+		t.Fatal("no request seen")
 	}
 }
 
-func TestWatchErrors(t *testing.T) {
-	tests := []struct {
-		name    string
-		token   string
-		code    int
-		body    string
-		wantErr string
-		is      error
-	}{
-		{name: "expired in stream", token: "tok", code: 200, body: `{"type":"ERROR","object":{"kind":"Status","code":410,"message":"too old resource version"}}` + "\n", is: ErrExpired},
-		{name: "expired status", token: "tok", code: 410, body: `{}`, is: ErrExpired},
-		{name: "other error event", token: "tok", code: 200, body: `{"type":"ERROR","object":{"code":500,"message":"etcd down"}}` + "\n", wantErr: "watch error 500: etcd down"},
-		{name: "garbage", token: "tok", code: 200, body: "not json\n", wantErr: "malformed watch event"},
-		{name: "bad token", token: "wrong", code: 200, body: "", wantErr: "401 Unauthorized: Unauthorized"},
+func TestClientsetBadToken(t *testing.T) {
+	srv, files, _ := fakeAPIServer(t, "tok", func(string) (int, string) { return 200, "" })
+	ca, _, _ := strings.Cut(files, "|")
+	tok := filepath.Join(t.TempDir(), "token")
+	os.WriteFile(tok, []byte("wrong"), 0o600)
+	c, err := NewClientset(srv.URL, ca, tok)
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			srv, files, _ := fakeAPIServer(t, "tok", func(string) (int, string) { return tt.code, tt.body })
-			ca, _, _ := strings.Cut(files, "|")
-			tok := filepath.Join(t.TempDir(), "token")
-			os.WriteFile(tok, []byte(tt.token), 0o600)
-			c, err := NewClient(srv.URL, ca, tok)
-			if err != nil {
-				t.Fatal(err)
-			}
-			_, err = c.WatchPods(context.Background(), "node-a", "1", func(Event) error { return nil })
-			if tt.is != nil {
-				if !errors.Is(err, tt.is) {
-					t.Fatalf("err = %v, want %v", err, tt.is)
-				}
-				return
-			}
-			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-				t.Fatalf("err = %v, want %q", err, tt.wantErr)
-			}
-		})
+	if _, err := c.CoreV1().Pods("").List(context.Background(), metav1.ListOptions{FieldSelector: "spec.nodeName=node-a"}); !apierrors.IsUnauthorized(err) {
+		t.Fatalf("err = %v, want 401 Unauthorized", err)
 	}
 }
 
 func TestClientRefusesUntrustedServer(t *testing.T) {
 	srv, _, _ := fakeAPIServer(t, "tok", func(string) (int, string) { return 200, "" })
-	c, err := NewClient(srv.URL, "", "")
+	c, err := NewClientset(srv.URL, "", "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := c.ListPods(context.Background(), "node-a"); err == nil || !strings.Contains(err.Error(), "certificate") {
+	if _, err := c.CoreV1().Pods("").List(context.Background(), metav1.ListOptions{FieldSelector: "spec.nodeName=node-a"}); err == nil || !strings.Contains(err.Error(), "certificate") {
 		t.Fatalf("err = %v, want a certificate error", err)
 	}
 }
