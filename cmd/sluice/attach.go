@@ -3,10 +3,12 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"sort"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -139,7 +141,11 @@ func newListCmd(ro *rootOptions) *cobra.Command {
 			defer cancel()
 			infos, err := daemon.NewClient(ro.socket).List(ctx)
 			runs := daemon.ListRuns() // live `sluice run` sandboxes
-			if err != nil && len(runs) == 0 {
+			// Without a daemon (no socket, nobody listening) the runs are
+			// all there is; any other failure (permission denied, a bad
+			// answer) is an error, not a shorter list.
+			noDaemon := errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED)
+			if err != nil && (len(runs) == 0 || !noDaemon) {
 				return err
 			}
 			if err != nil {

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -196,8 +197,19 @@ rules:
 	var infos []struct {
 		Name   string
 		Labels map[string]string
+		RunPID int `json:"run_pid"`
 	}
-	if err := json.Unmarshal([]byte(cli("list", "--json")), &infos); err != nil || len(infos) != 1 || infos[0].Labels["user"] != "alice" || infos[0].Labels["team"] != "ml" {
+	err := json.Unmarshal([]byte(cli("list", "--json")), &infos)
+	// sluice list also shows the host's live sluice run sandboxes (other
+	// tests run in parallel): keep the daemon's own.
+	infos = slices.DeleteFunc(infos, func(i struct {
+		Name   string
+		Labels map[string]string
+		RunPID int `json:"run_pid"`
+	}) bool {
+		return i.RunPID != 0
+	})
+	if err != nil || len(infos) != 1 || infos[0].Labels["user"] != "alice" || infos[0].Labels["team"] != "ml" {
 		t.Fatalf("list after restart: %+v %v", infos, err)
 	}
 	if out := cli("list"); !strings.Contains(out, "team=ml,user=alice") {
@@ -335,12 +347,30 @@ rules:
     hosts: [allowed.test]
     callback: {url: "http://%s/credentials", ttl: 5m, timeout: 2s}
 `, ln.Addr()))
-	script := fmt.Sprintf(`curl -sS --max-time 10 https://allowed.test:%d/v1/x; echo; echo ---list; %s list --json --socket %s/none.sock 2>/dev/null`,
-		w.api.Port, sluiceBin(t), w.dir)
-	out, code := w.run(t, pol, "--label", "user=alice", "--label", "team=ml", "--name", "labelled", "--", "sh", "-c", script)
+	// The sandbox cannot see sluice's records (its own mount and PID
+	// namespaces): list from outside while the command waits.
+	ready, listed := filepath.Join(w.dir, "ready"), filepath.Join(w.dir, "listed")
+	script := `curl -sS --max-time 10 "$0"; echo; touch "$1"; i=0; while [ ! -e "$2" ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done`
+	listOut := make(chan string, 1)
+	go func() {
+		defer os.WriteFile(listed, nil, 0o644)
+		deadline := time.Now().Add(60 * time.Second)
+		for time.Now().Before(deadline) {
+			if _, err := os.Stat(ready); err == nil {
+				out, _ := exec.Command(sluiceBin(t), "list", "--json", "--socket", filepath.Join(w.dir, "none.sock")).Output()
+				listOut <- string(out)
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		listOut <- ""
+	}()
+	out, code := w.run(t, pol, "--label", "user=alice", "--label", "team=ml", "--name", "labelled", "--", "sh", "-c", script,
+		fmt.Sprintf("https://allowed.test:%d/v1/x", w.api.Port), ready, listed)
 	if code != 0 {
 		t.Fatalf("sluice run: exit %d\n%s", code, out)
 	}
+	list := <-listOut
 	reqs := w.api.Requests()
 	if len(reqs) != 1 || reqs[0].Header.Get("Authorization") != "Bearer for-alice" {
 		t.Fatalf("upstream requests %+v\n%s", reqs, out)
@@ -350,7 +380,6 @@ rules:
 		t.Errorf("callback bodies %v", bodies)
 	}
 	mu.Unlock()
-	_, list, _ := strings.Cut(out, "---list\n")
 	var infos []struct {
 		Name   string
 		Labels map[string]string

@@ -151,7 +151,15 @@ for i in range(1000):
     rcodes[rc] = rcodes.get(rc, 0) + 1
 print("rcodes", sorted(rcodes.items(), key=str))
 `
-	out, code := w.run(t, "", "python3", "-c", script)
+	// The demo policy with a dns_qps fence above this loop's rate: the
+	// fence would drop queries past it (TestDNSQPSFence covers that); this
+	// test is about what the resolver answers.
+	demo, err := os.ReadFile("../../testdata/policies/demo.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol := writePolicy(t, w.dir, "exfil.yaml", string(demo)+"\nlimits: {dns_qps: 1000000}\n")
+	out, code := w.run(t, pol, "python3", "-c", script)
 	if code != 0 {
 		t.Fatalf("exfiltration script: exit %d\n%s", code, out)
 	}

@@ -170,6 +170,10 @@ var explainCases = map[string][]struct {
 		{"POST", "https://other.example.com/v1/files", false, 3},
 		{"PUT", "https://upload.example.com/v1/files", true, 0},
 	},
+	"dev-server-listen.yaml": {
+		{"GET", "https://api.example.com/v1/x", false, 0},
+		{"GET", "https://other.example.com/", false, 3},
+	},
 	"per-process.yaml": {
 		{"GET", "https://git.example.com/acme/app.git/info/refs", false, 0},
 		{"POST", "https://api.openai.com/v1/chat/completions", false, 0},

@@ -1,7 +1,6 @@
 package enforcer
 
 import (
-	"bytes"
 	"errors"
 	"io"
 	"net"
@@ -25,7 +24,7 @@ func startServe(t *testing.T, ns, cg, network, addr, msg string) (netip.AddrPort
 	ready := filepath.Join(t.TempDir(), "ready")
 	cmd := exec.Command("ip", "netns", "exec", ns, os.Args[0], "-test.run=^$", network+"|"+addr+"|"+msg+"|"+ready)
 	cmd.Env = append(os.Environ(), "SLUICE_TEST_PROBE=serve")
-	var out bytes.Buffer
+	var out testutil.SyncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	fd, err := unix.Open(cg, unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -39,7 +38,7 @@ func startServe(t *testing.T, ns, cg, network, addr, msg string) (netip.AddrPort
 	done := make(chan struct{})
 	go func() { cmd.Wait(); close(done) }()
 	t.Cleanup(func() { cmd.Process.Kill(); <-done })
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for {
 		b, err := os.ReadFile(ready)
 		if err == nil {
