@@ -3,7 +3,6 @@ package proxy
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -204,14 +203,6 @@ type reqState struct {
 }
 
 type injected struct{ name, value string }
-
-// dialPlan says where an upstream connection goes: the original
-// destination, or a remap target resolved by Config.Resolve.
-type dialPlan struct {
-	addr    netip.AddrPort
-	resolve string
-	port    uint16
-}
 
 // ServeHTTP handles one intercepted request of an HTTP/2 client (HTTP/1.x
 // clients are served by serveH1).
@@ -632,65 +623,4 @@ func (p *Proxy) upstreamError(w http.ResponseWriter, r *http.Request, err error)
 		return
 	}
 	writeText(w, http.StatusBadGateway, "sluice: "+rs.upstreamFailed(err)+"\n")
-}
-
-// upstreamFailed records a failed upstream exchange (502) and returns the
-// message for the sandbox.
-func (rs *reqState) upstreamFailed(err error) string {
-	rs.status = http.StatusBadGateway
-	var msg string
-	var ve *tls.CertificateVerificationError
-	var he x509.HostnameError
-	var ua x509.UnknownAuthorityError
-	switch {
-	case errors.As(err, &ve), errors.As(err, &he), errors.As(err, &ua):
-		msg = fmt.Sprintf("upstream %s failed TLS verification: %v", rs.upHostPort, err)
-	case errors.Is(err, context.DeadlineExceeded), isTimeout(err):
-		msg = fmt.Sprintf("upstream %s timed out", rs.upHostPort)
-	default:
-		msg = fmt.Sprintf("upstream %s: %v", rs.upHostPort, err)
-	}
-	msg = rs.redactMessage(msg)
-	rs.errMsg = msg
-	return msg
-}
-
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
-}
-
-// dialUpstream is the transport's dialer: it never resolves the request's
-// host; it dials the dial plan carried by the request context.
-func (p *Proxy) dialUpstream(ctx context.Context, network, _ string) (net.Conn, error) {
-	rs, _ := ctx.Value(reqKey{}).(*reqState)
-	if rs == nil {
-		return nil, errors.New("upstream dial without a sluice request")
-	}
-	return p.dial(ctx, network, rs.plan)
-}
-
-// dial connects to a dial plan.
-func (p *Proxy) dial(ctx context.Context, network string, plan dialPlan) (net.Conn, error) {
-	if plan.resolve == "" {
-		return p.cfg.Dial(ctx, network, plan.addr.String())
-	}
-	addrs, err := p.cfg.Resolve(ctx, plan.resolve)
-	if err != nil {
-		return nil, fmt.Errorf("resolving %s: %w", plan.resolve, err)
-	}
-	if len(addrs) == 0 {
-		return nil, fmt.Errorf("resolving %s: no addresses", plan.resolve)
-	}
-	var first error
-	for _, a := range addrs {
-		c, err := p.cfg.Dial(ctx, network, netip.AddrPortFrom(a.Unmap(), plan.port).String())
-		if err == nil {
-			return c, nil
-		}
-		if first == nil {
-			first = err
-		}
-	}
-	return nil, first
 }

@@ -207,54 +207,6 @@ func (p *Proxy) Close() {
 	p.h2.CloseIdleConnections()
 }
 
-// newTransport is an upstream pool: HTTP/1.1 only, or HTTP/2 where the
-// upstream offers it. It never resolves names (dialUpstream).
-func (p *Proxy) newTransport(h2 bool, idlePerHost int) *http.Transport {
-	cfg := &p.cfg
-	t := &http.Transport{
-		Proxy:       nil, // never an environment proxy
-		DialContext: p.dialUpstream,
-		TLSClientConfig: &tls.Config{
-			RootCAs:            cfg.RootCAs,
-			MinVersion:         tls.VersionTLS12,
-			ClientSessionCache: p.sessions,
-		},
-		ForceAttemptHTTP2:     h2,
-		DisableCompression:    true, // pass Accept-Encoding and bodies through untouched
-		MaxIdleConns:          1024,
-		MaxIdleConnsPerHost:   idlePerHost,
-		IdleConnTimeout:       90 * time.Second,
-		TLSHandshakeTimeout:   cfg.HandshakeTimeout,
-		ExpectContinueTimeout: time.Second,
-		ResponseHeaderTimeout: cfg.ResponseHeaderTimeout,
-		WriteBufferSize:       32 << 10,
-		ReadBufferSize:        32 << 10,
-	}
-	if !h2 {
-		t.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
-	}
-	return t
-}
-
-// protoRouter forwards an intercepted request upstream, preserving the
-// client's protocol: HTTP/2 clients (gRPC, modern SDKs) go over HTTP/2 where
-// the upstream offers it, HTTP/1.1 clients over HTTP/1.1 (cheaper per
-// request, and semantics such as Upgrade stay as the client meant them).
-type protoRouter struct{ p *Proxy }
-
-func (pr protoRouter) RoundTrip(r *http.Request) (*http.Response, error) {
-	p := pr.p
-	rs, _ := r.Context().Value(reqKey{}).(*reqState)
-	r = rs.traceInformational(r)
-	if rs != nil && rs.ci.viaCIDR {
-		return rs.ci.ownTransport(p, r.ProtoMajor == 2).RoundTrip(r)
-	}
-	if r.ProtoMajor == 2 {
-		return p.h2.RoundTrip(r)
-	}
-	return p.h1.RoundTrip(r)
-}
-
 // Serve accepts the sandbox's redirected connections on ln until ctx is
 // done (then it closes ln and every open connection and returns nil) or ln
 // fails permanently. sb must have Policy, Orig and CA set; it is copied, so
