@@ -184,19 +184,7 @@ func New(cfg Config, log *slog.Logger) *Proxy {
 	p := &Proxy{cfg: cfg, log: log, sessions: tls.NewLRUClientSessionCache(1024)}
 	p.h1 = p.newTransport(false, cfg.MaxIdleConnsPerHost)
 	p.h2 = p.newTransport(true, cfg.MaxIdleConnsPerHost)
-	p.rp = &httputil.ReverseProxy{
-		Rewrite:   rewrite,
-		Transport: protoRouter{p},
-		// Bodies of unknown length (chunked, SSE) are flushed after every
-		// write (ReverseProxy treats ContentLength -1 and text/event-stream
-		// as FlushInterval -1); known-length bodies go through the server's
-		// buffer, which is flushed when full and at the end.
-		FlushInterval:  0,
-		BufferPool:     bufPool{},
-		ModifyResponse: p.modifyResponse,
-		ErrorHandler:   p.upstreamError,
-		ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelDebug),
-	}
+	p.rp = p.newReverseProxy()
 	return p
 }
 
@@ -332,15 +320,6 @@ func (s *server) emit(ev audit.Event) {
 	s.sb.Audit.Emit(ev)
 }
 
-// bufPool is the ReverseProxy copy buffer pool (32 KiB buffers).
-type bufPool struct{}
-
+// copyBufs holds the 32 KiB copy buffers of every path (body relays,
+// splice fallbacks, the ReverseProxy through bufPool).
 var copyBufs = sync.Pool{New: func() any { return new([32 << 10]byte) }}
-
-func (bufPool) Get() []byte { return copyBufs.Get().(*[32 << 10]byte)[:] }
-
-func (bufPool) Put(b []byte) {
-	if cap(b) == 32<<10 {
-		copyBufs.Put((*[32 << 10]byte)(b[:32<<10]))
-	}
-}
