@@ -8,6 +8,13 @@ import (
 	"sync"
 )
 
+// TLS termination: a connection the policy intercepts (conn.go decides)
+// becomes a clientConn, which replays the peeked bytes; a TLS client is
+// answered with a leaf of the sandbox CA for the name the connection was
+// decided on, and the negotiated protocol picks the front end: h2 goes to
+// the sandbox's http.Server (h2.go), anything else, and cleartext HTTP, to
+// serveH1 (h1.go).
+
 // clientConn is the sandbox side of an intercepted connection: it replays
 // the peeked bytes, counts bytes and emits the connection event on Close.
 type clientConn struct {
@@ -65,8 +72,8 @@ func (s *server) newTLSConfig() *tls.Config {
 
 // intercept terminates TLS (when the client speaks it) and serves the
 // connection: HTTP/1.x in this goroutine (serveH1), HTTP/2 by the sandbox's
-// http.Server. It reports whether the connection
-// was handed off (then its Close emits the connection event).
+// http.Server. It reports whether the connection was handed off (then its
+// Close emits the connection event).
 func (s *server) intercept(ctx context.Context, c net.Conn, peeked []byte, ci *connInfo) bool {
 	if ci.host != "" {
 		ci.hostPort = joinHostPort(ci.host, ci.port())
