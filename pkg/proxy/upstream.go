@@ -7,9 +7,12 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -24,9 +27,12 @@ import (
 //     connection while its requests go to the same upstream, then returned
 //     to the Proxy's idlePool, keyed by upKey (scheme, authority, TLS name,
 //     dial plan). A connection admitted by a CIDR rule never shares.
+//     writeRequest writes a request on it; h1.go reads the answer.
 //   - HTTP/2 clients (h2.go) use http.Transport pools (newTransport), chosen
 //     per request by protoRouter; CIDR-admitted connections have their own
 //     (connInfo.ownTransport).
+//
+// upstreamFailed turns a failed exchange into the 502 the sandbox reads.
 
 // dialPlan says where an upstream connection goes: the original
 // destination, or a remap target resolved by Config.Resolve.
@@ -34,32 +40,6 @@ type dialPlan struct {
 	addr    netip.AddrPort
 	resolve string
 	port    uint16
-}
-
-// upstreamFailed records a failed upstream exchange (502) and returns the
-// message for the sandbox.
-func (rs *reqState) upstreamFailed(err error) string {
-	rs.status = http.StatusBadGateway
-	var msg string
-	var ve *tls.CertificateVerificationError
-	var he x509.HostnameError
-	var ua x509.UnknownAuthorityError
-	switch {
-	case errors.As(err, &ve), errors.As(err, &he), errors.As(err, &ua):
-		msg = fmt.Sprintf("upstream %s failed TLS verification: %v", rs.upHostPort, err)
-	case errors.Is(err, context.DeadlineExceeded), isTimeout(err):
-		msg = fmt.Sprintf("upstream %s timed out", rs.upHostPort)
-	default:
-		msg = fmt.Sprintf("upstream %s: %v", rs.upHostPort, err)
-	}
-	msg = rs.redactMessage(msg)
-	rs.errMsg = msg
-	return msg
-}
-
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // dialUpstream is the transport's dialer: it never resolves the request's
@@ -421,4 +401,135 @@ func (ip *idlePool) closeAll() {
 			u.close()
 		}
 	}
+}
+
+// writeRequest writes req's head and body for an HTTP/1.1 upstream, as
+// Request.Write would for a client request (origin-form target, Host,
+// framing from ContentLength, request trailers), without adding a
+// User-Agent. The caller flushes.
+func writeRequest(bw *bufio.Writer, req *http.Request) error {
+	bw.WriteString(req.Method)
+	bw.WriteByte(' ')
+	bw.WriteString(req.URL.RequestURI())
+	bw.WriteString(" HTTP/1.1\r\n")
+	writeField(bw, "Host", req.Host)
+	delete(req.Header, "Content-Length")
+	delete(req.Header, "Transfer-Encoding")
+	body := req.Body
+	if body == http.NoBody {
+		body = nil
+	}
+	chunked := body != nil && req.ContentLength < 0
+	switch {
+	case chunked:
+		bw.WriteString("Transfer-Encoding: chunked\r\n")
+		if len(req.Trailer) > 0 {
+			keys := make([]string, 0, len(req.Trailer))
+			for k := range req.Trailer {
+				keys = append(keys, k)
+			}
+			writeField(bw, "Trailer", strings.Join(keys, ", "))
+		}
+	case req.ContentLength > 0:
+		var b [20]byte
+		bw.WriteString("Content-Length: ")
+		bw.Write(strconv.AppendInt(b[:0], req.ContentLength, 10))
+		bw.WriteString("\r\n")
+	case req.Method == http.MethodPost || req.Method == http.MethodPut || req.Method == http.MethodPatch:
+		bw.WriteString("Content-Length: 0\r\n")
+	}
+	writeHeader(bw, req.Header)
+	bw.WriteString("\r\n")
+	if body == nil {
+		return nil
+	}
+	if !chunked {
+		br := bodyReader{r: io.LimitReader(body, req.ContentLength)}
+		n, err := bw.ReadFrom(&br)
+		if br.err != nil {
+			return bodyError{br.err}
+		}
+		if err == nil && n != req.ContentLength {
+			err = bodyError{io.ErrUnexpectedEOF}
+		}
+		return err
+	}
+	buf := copyBufs.Get().(*[32 << 10]byte)
+	defer copyBufs.Put(buf)
+	for {
+		n, err := body.Read(buf[:])
+		if err != nil && err != io.EOF {
+			return bodyError{err}
+		}
+		if n > 0 {
+			var hb [20]byte
+			bw.Write(strconv.AppendInt(hb[:0], int64(n), 16))
+			bw.WriteString("\r\n")
+			bw.Write(buf[:n])
+			bw.WriteString("\r\n")
+			// Streamed request bodies reach the upstream as they come.
+			if ferr := bw.Flush(); ferr != nil {
+				return ferr
+			}
+		}
+		if err == io.EOF {
+			break
+		}
+	}
+	bw.WriteString("0\r\n")
+	for k, vv := range req.Trailer {
+		for _, v := range vv {
+			writeField(bw, k, v)
+		}
+	}
+	bw.WriteString("\r\n")
+	return nil
+}
+
+// bodyError is a failure to read the client's request body.
+type bodyError struct{ err error }
+
+func (e bodyError) Error() string { return "reading the request body: " + e.err.Error() }
+
+func (e bodyError) Unwrap() error { return e.err }
+
+// bodyReader records the error of the client's body apart from those of
+// the upstream write.
+type bodyReader struct {
+	r   io.Reader
+	err error
+}
+
+func (b *bodyReader) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if err != nil && err != io.EOF {
+		b.err = err
+	}
+	return n, err
+}
+
+// upstreamFailed records a failed upstream exchange (502) and returns the
+// message for the sandbox.
+func (rs *reqState) upstreamFailed(err error) string {
+	rs.status = http.StatusBadGateway
+	var msg string
+	var ve *tls.CertificateVerificationError
+	var he x509.HostnameError
+	var ua x509.UnknownAuthorityError
+	switch {
+	case errors.As(err, &ve), errors.As(err, &he), errors.As(err, &ua):
+		msg = fmt.Sprintf("upstream %s failed TLS verification: %v", rs.upHostPort, err)
+	case errors.Is(err, context.DeadlineExceeded), isTimeout(err):
+		msg = fmt.Sprintf("upstream %s timed out", rs.upHostPort)
+	default:
+		msg = fmt.Sprintf("upstream %s: %v", rs.upHostPort, err)
+	}
+	msg = rs.redactMessage(msg)
+	rs.errMsg = msg
+	return msg
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
