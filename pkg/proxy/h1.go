@@ -29,7 +29,7 @@ import (
 // goroutine hand-offs of every request (the Transport's writeLoop and
 // readLoop, the server's background read), which dominated the keep-alive
 // profile (PERF.md). HTTP/2 clients keep the standard library path
-// (ServeHTTP).
+// (ServeHTTP, h2.go).
 //
 // What the loop does that the standard library did for it:
 //   - the server's request checks: HTTP/1.x only, exactly one valid Host on
@@ -41,8 +41,8 @@ import (
 //     (103 Early Hints) relayed;
 //   - response bodies of unknown length re-chunked and flushed after every
 //     read (server-sent events arrive as written), trailers relayed;
-//   - upstream connections: pinned per client connection, returned to a
-//     shared idle pool (keyed by scheme, authority, TLS name and dial plan)
+//   - upstream connections (upstream.go): pinned per client connection,
+//     returned to a shared idle pool (keyed by scheme, authority, TLS name and dial plan)
 //     when the client connection ends, checked for a peer close before
 //     reuse, and a request without a body retried once on a fresh
 //     connection when a reused one turns out dead.
