@@ -338,12 +338,7 @@ func (l *secretLookup) lookup(name string) (string, error) {
 // an agent can read.
 func (s *server) refusal(r *http.Request, rs *reqState, host, reason string) (int, string) {
 	rs.status = http.StatusForbidden
-	path := r.URL.Path
-	if path == "" {
-		path = "/"
-	}
-	return http.StatusForbidden, fmt.Sprintf("sluice policy: %s %s%s refused: %s\nhost: %s\nmethod: %s\npath: %s\n",
-		r.Method, host, path, reason, host, r.Method, path)
+	return http.StatusForbidden, refusalBody(r, host, reason)
 }
 
 // badTarget is the 400 answer to a request whose method or target sluice
@@ -352,12 +347,18 @@ func (s *server) badTarget(r *http.Request, rs *reqState, host string, err error
 	rs.decision = audit.DecisionDeny
 	rs.ev.Reason = "bad request: " + err.Error()
 	rs.status = http.StatusBadRequest
+	return http.StatusBadRequest, refusalBody(r, host, "bad request: "+err.Error()+" (sluice forwards only targets it can match unambiguously)")
+}
+
+// refusalBody is the plain-text body of every refusal of a request (policy,
+// bad target, request shaping), naming host, method and path.
+func refusalBody(r *http.Request, host, reason string) string {
 	path := r.URL.Path
 	if path == "" {
 		path = "/"
 	}
-	return http.StatusBadRequest, fmt.Sprintf("sluice policy: %s %s%s refused: bad request: %s (sluice forwards only targets it can match unambiguously)\nhost: %s\nmethod: %s\npath: %s\n",
-		r.Method, host, path, err, host, r.Method, path)
+	return fmt.Sprintf("sluice policy: %s %s%s refused: %s\nhost: %s\nmethod: %s\npath: %s\n",
+		r.Method, host, path, reason, host, r.Method, path)
 }
 
 // finish emits the request's event.
