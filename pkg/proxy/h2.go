@@ -21,34 +21,14 @@ import (
 // protoRouter (upstream.go) picks the pool, modifyResponse filters the
 // answer (filter.go), and upstreamError answers a failed exchange.
 
-// chanListener hands intercepted connections to the sandbox's http.Server.
-type chanListener struct {
-	ch     chan net.Conn
-	done   chan struct{}
-	once   sync.Once
-	closed bool
-}
-
-func (l *chanListener) Accept() (net.Conn, error) {
-	select {
-	case c := <-l.ch:
-		return c, nil
-	case <-l.done:
-		return nil, net.ErrClosed
-	}
-}
-
-func (l *chanListener) Close() error {
-	l.once.Do(func() { close(l.done) })
-	return nil
-}
-
-func (l *chanListener) Addr() net.Addr { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)} }
-
+// connKey carries a connection's *connInfo in its requests' contexts;
+// reqKey carries a request's *reqState to rewrite, the transport's dialer,
+// modifyResponse and upstreamError.
 type connKey struct{}
-
 type reqKey struct{}
 
+// startHTTP makes the sandbox-facing TLS configuration (tls.go) and starts
+// the http.Server that serves HTTP/2 clients from chanListener.
 func (s *server) startHTTP() {
 	s.tlsConfig = s.newTLSConfig()
 	s.httpLn = &chanListener{ch: make(chan net.Conn), done: make(chan struct{})}
@@ -80,6 +60,23 @@ func (s *server) startHTTP() {
 		defer s.httpWG.Done()
 		s.httpSrv.Serve(s.httpLn)
 	}()
+}
+
+// newReverseProxy is the forwarder of the HTTP/2 front end.
+func (p *Proxy) newReverseProxy() *httputil.ReverseProxy {
+	return &httputil.ReverseProxy{
+		Rewrite:   rewrite,
+		Transport: protoRouter{p},
+		// Bodies of unknown length (chunked, SSE) are flushed after every
+		// write (ReverseProxy treats ContentLength -1 and text/event-stream
+		// as FlushInterval -1); known-length bodies go through the server's
+		// buffer, which is flushed when full and at the end.
+		FlushInterval:  0,
+		BufferPool:     bufPool{},
+		ModifyResponse: p.modifyResponse,
+		ErrorHandler:   p.upstreamError,
+		ErrorLog:       slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
+	}
 }
 
 // ServeHTTP handles one intercepted request of an HTTP/2 client (HTTP/1.x
@@ -158,6 +155,30 @@ func (p *Proxy) upstreamError(w http.ResponseWriter, r *http.Request, err error)
 	writeText(w, http.StatusBadGateway, "sluice: "+rs.upstreamFailed(err)+"\n")
 }
 
+// chanListener hands intercepted connections to the sandbox's http.Server.
+type chanListener struct {
+	ch     chan net.Conn
+	done   chan struct{}
+	once   sync.Once
+	closed bool
+}
+
+func (l *chanListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *chanListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *chanListener) Addr() net.Addr { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)} }
+
 // bufPool is the ReverseProxy copy buffer pool (32 KiB buffers).
 type bufPool struct{}
 
@@ -166,22 +187,5 @@ func (bufPool) Get() []byte { return copyBufs.Get().(*[32 << 10]byte)[:] }
 func (bufPool) Put(b []byte) {
 	if cap(b) == 32<<10 {
 		copyBufs.Put((*[32 << 10]byte)(b[:32<<10]))
-	}
-}
-
-// newReverseProxy is the forwarder of the HTTP/2 front end.
-func (p *Proxy) newReverseProxy() *httputil.ReverseProxy {
-	return &httputil.ReverseProxy{
-		Rewrite:   rewrite,
-		Transport: protoRouter{p},
-		// Bodies of unknown length (chunked, SSE) are flushed after every
-		// write (ReverseProxy treats ContentLength -1 and text/event-stream
-		// as FlushInterval -1); known-length bodies go through the server's
-		// buffer, which is flushed when full and at the end.
-		FlushInterval:  0,
-		BufferPool:     bufPool{},
-		ModifyResponse: p.modifyResponse,
-		ErrorHandler:   p.upstreamError,
-		ErrorLog:       slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
 	}
 }
