@@ -128,101 +128,6 @@ type h1Conn struct {
 	watch  clientWatch
 }
 
-// watchAfter: a wait on the upstream (response head, known-length body)
-// longer than this starts watching the client for a close; streamed
-// bodies of unknown length are watched from the start.
-const watchAfter = time.Second
-
-// aLongTimeAgo is a read deadline that has passed: it wakes a blocked read.
-var aLongTimeAgo = time.Unix(1, 0)
-
-// clientWatch notices a client that goes away while sluice waits on the
-// upstream (a long poll, a quiet event stream), and closes the upstream
-// connection so the wait ends, as http.Server's background read did. It
-// costs a goroutine only for waits that last.
-type clientWatch struct {
-	h       *h1Conn
-	mu      sync.Mutex
-	u       *upConn // armed: the upstream connection to close
-	running bool
-	done    chan struct{}
-	gone    atomic.Bool
-	timer   *time.Timer
-}
-
-// arm watches the client for the wait on u, after the given delay.
-func (w *clientWatch) arm(u *upConn, after time.Duration) {
-	w.mu.Lock()
-	w.u = u
-	w.mu.Unlock()
-	if after == 0 {
-		w.start()
-		return
-	}
-	if w.timer == nil {
-		w.timer = time.AfterFunc(after, w.start)
-	} else {
-		w.timer.Reset(after)
-	}
-}
-
-func (w *clientWatch) start() {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.u == nil || w.running {
-		return
-	}
-	w.running = true
-	w.done = make(chan struct{})
-	u, done, h := w.u, w.done, w.h
-	// The request's head deadline may still be set; the watch has none
-	// (disarm sets one in the past, after this, under the same lock).
-	h.c.SetReadDeadline(time.Time{})
-	go func() {
-		defer close(done)
-		// Data (a pipelined request) or a timeout from disarm end the
-		// watch; an EOF or a reset means the client is gone.
-		if _, err := h.br.Peek(1); err != nil && !isTimeout(err) {
-			w.gone.Store(true)
-			u.c.Close()
-		}
-	}()
-}
-
-// disarm ends the watch; the client connection is the caller's again.
-func (w *clientWatch) disarm() {
-	if w.timer != nil {
-		w.timer.Stop()
-	}
-	w.mu.Lock()
-	w.u = nil
-	running, done := w.running, w.done
-	w.running = false
-	w.mu.Unlock()
-	if running {
-		w.h.c.SetReadDeadline(aLongTimeAgo)
-		<-done
-		w.h.c.SetReadDeadline(time.Time{})
-	}
-}
-
-// lingerTime bounds lingeringClose.
-const lingerTime = 500 * time.Millisecond
-
-// lingeringClose ends the sending side and reads what the client still
-// sends for a moment: closing a socket with unread data makes the kernel
-// reset the connection, and a client still uploading could lose the
-// answer it has been sent (http.Server does the same).
-func lingeringClose(c net.Conn, br *bufio.Reader) {
-	if cw, ok := c.(interface{ CloseWrite() error }); ok {
-		cw.CloseWrite()
-	}
-	c.SetReadDeadline(time.Now().Add(lingerTime))
-	buf := copyBufs.Get().(*[32 << 10]byte)
-	defer copyBufs.Put(buf)
-	io.CopyBuffer(io.Discard, br, buf[:])
-}
-
 // serveH1 serves an intercepted HTTP/1.x connection until it ends, then
 // closes it.
 func (s *server) serveH1(ctx context.Context, c net.Conn, ci *connInfo) {
@@ -595,27 +500,6 @@ func (h *h1Conn) forward(ctx context.Context, req *http.Request, rs *reqState, c
 // stopped reading a request body.
 const earlyAnswerWait = 2 * time.Second
 
-// writeHeader writes the fields of h (in map order).
-func writeHeader(bw *bufio.Writer, h http.Header) {
-	for k, vv := range h {
-		for _, v := range vv {
-			writeField(bw, k, v)
-		}
-	}
-}
-
-// writeField writes one header field; CR and LF in the value become
-// spaces, as in Header.Write, so no value can add a field.
-func writeField(bw *bufio.Writer, k, v string) {
-	bw.WriteString(k)
-	bw.WriteString(": ")
-	if strings.ContainsAny(v, "\r\n") {
-		v = strings.NewReplacer("\r", " ", "\n", " ").Replace(v)
-	}
-	bw.WriteString(strings.TrimSpace(v))
-	bw.WriteString("\r\n")
-}
-
 func replayable(req *http.Request) bool {
 	switch req.Method {
 	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
@@ -768,6 +652,27 @@ func (h *h1Conn) writeResponse(req *http.Request, resp *http.Response, closeAfte
 	return bw.Flush() == nil && !closeAfter, true
 }
 
+// writeHeader writes the fields of h (in map order).
+func writeHeader(bw *bufio.Writer, h http.Header) {
+	for k, vv := range h {
+		for _, v := range vv {
+			writeField(bw, k, v)
+		}
+	}
+}
+
+// writeField writes one header field; CR and LF in the value become
+// spaces, as in Header.Write, so no value can add a field.
+func writeField(bw *bufio.Writer, k, v string) {
+	bw.WriteString(k)
+	bw.WriteString(": ")
+	if strings.ContainsAny(v, "\r\n") {
+		v = strings.NewReplacer("\r", " ", "\n", " ").Replace(v)
+	}
+	bw.WriteString(strings.TrimSpace(v))
+	bw.WriteString("\r\n")
+}
+
 // switchProtocols relays a 101 answer to a WebSocket upgrade and then the
 // bytes both ways until either side ends.
 func (h *h1Conn) switchProtocols(req *http.Request, resp *http.Response, rs *reqState, reqUp string) bool {
@@ -807,4 +712,99 @@ func copyWith(dst io.Writer, src io.Reader) {
 	buf := copyBufs.Get().(*[32 << 10]byte)
 	defer copyBufs.Put(buf)
 	io.CopyBuffer(dst, src, buf[:])
+}
+
+// watchAfter: a wait on the upstream (response head, known-length body)
+// longer than this starts watching the client for a close; streamed
+// bodies of unknown length are watched from the start.
+const watchAfter = time.Second
+
+// aLongTimeAgo is a read deadline that has passed: it wakes a blocked read.
+var aLongTimeAgo = time.Unix(1, 0)
+
+// clientWatch notices a client that goes away while sluice waits on the
+// upstream (a long poll, a quiet event stream), and closes the upstream
+// connection so the wait ends, as http.Server's background read did. It
+// costs a goroutine only for waits that last.
+type clientWatch struct {
+	h       *h1Conn
+	mu      sync.Mutex
+	u       *upConn // armed: the upstream connection to close
+	running bool
+	done    chan struct{}
+	gone    atomic.Bool
+	timer   *time.Timer
+}
+
+// arm watches the client for the wait on u, after the given delay.
+func (w *clientWatch) arm(u *upConn, after time.Duration) {
+	w.mu.Lock()
+	w.u = u
+	w.mu.Unlock()
+	if after == 0 {
+		w.start()
+		return
+	}
+	if w.timer == nil {
+		w.timer = time.AfterFunc(after, w.start)
+	} else {
+		w.timer.Reset(after)
+	}
+}
+
+func (w *clientWatch) start() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.u == nil || w.running {
+		return
+	}
+	w.running = true
+	w.done = make(chan struct{})
+	u, done, h := w.u, w.done, w.h
+	// The request's head deadline may still be set; the watch has none
+	// (disarm sets one in the past, after this, under the same lock).
+	h.c.SetReadDeadline(time.Time{})
+	go func() {
+		defer close(done)
+		// Data (a pipelined request) or a timeout from disarm end the
+		// watch; an EOF or a reset means the client is gone.
+		if _, err := h.br.Peek(1); err != nil && !isTimeout(err) {
+			w.gone.Store(true)
+			u.c.Close()
+		}
+	}()
+}
+
+// disarm ends the watch; the client connection is the caller's again.
+func (w *clientWatch) disarm() {
+	if w.timer != nil {
+		w.timer.Stop()
+	}
+	w.mu.Lock()
+	w.u = nil
+	running, done := w.running, w.done
+	w.running = false
+	w.mu.Unlock()
+	if running {
+		w.h.c.SetReadDeadline(aLongTimeAgo)
+		<-done
+		w.h.c.SetReadDeadline(time.Time{})
+	}
+}
+
+// lingerTime bounds lingeringClose.
+const lingerTime = 500 * time.Millisecond
+
+// lingeringClose ends the sending side and reads what the client still
+// sends for a moment: closing a socket with unread data makes the kernel
+// reset the connection, and a client still uploading could lose the
+// answer it has been sent (http.Server does the same).
+func lingeringClose(c net.Conn, br *bufio.Reader) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	}
+	c.SetReadDeadline(time.Now().Add(lingerTime))
+	buf := copyBufs.Get().(*[32 << 10]byte)
+	defer copyBufs.Put(buf)
+	io.CopyBuffer(io.Discard, br, buf[:])
 }
