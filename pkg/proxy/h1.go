@@ -412,70 +412,9 @@ func (h *h1Conn) forward(ctx context.Context, req *http.Request, rs *reqState, c
 	req.Host = rs.outHost
 	req.Close = false
 
-	var resp *http.Response
-	for attempt := 0; ; attempt++ {
-		u, err := h.upstream(ctx, rs)
-		if err != nil {
-			return h.failed(req, rs, err)
-		}
-		u.busy()
-		reused := u.used
-		u.used = true
-		wrote := false
-		if err = writeRequest(u.bw, req); err == nil {
-			err = u.bw.Flush()
-		}
-		var be bodyError
-		if code, body, ok := h.s.shapeFailed(req, rs, err); ok {
-			// Shaping refused the body while streaming: the upstream
-			// connection is dropped before the request completes.
-			h.dropUp()
-			h.linger = true
-			h.writeText(code, body, req, true)
-			return false
-		}
-		if errors.As(err, &be) {
-			// The client's body failed (it went away, or its chunking is
-			// broken): nothing sensible reaches the upstream.
-			h.dropUp()
-			h.linger = true
-			rs.status, rs.errMsg = http.StatusBadRequest, "reading the request body: "+be.err.Error()
-			h.writeText(http.StatusBadRequest, "sluice: "+rs.errMsg+"\n", req, true)
-			return false
-		}
-		if err != nil && req.Body != nil && req.Body != http.NoBody {
-			// An upstream may answer early and stop reading a body it
-			// refuses (401, 413): relay that answer rather than a 502.
-			u.c.SetReadDeadline(time.Now().Add(earlyAnswerWait))
-			if r, rerr := http.ReadResponse(u.br, req); rerr == nil && r.StatusCode >= 200 {
-				u.c.SetReadDeadline(time.Time{})
-				resp, err, closeAfter = r, nil, true
-				r.Close = true // the upstream connection is spent
-				h.linger = true
-				break
-			}
-		}
-		if err == nil {
-			wrote = true
-			resp, err = h.readResponse(u, req)
-		}
-		if err == nil {
-			break
-		}
-		h.dropUp()
-		if h.watch.gone.Load() {
-			rs.status, rs.errMsg = 499, "client closed the request"
-			return false
-		}
-		// A reused connection the upstream closed while idle: retry a
-		// request that has no body once on a fresh one. A request that may
-		// have reached the upstream is retried only when repeating it is
-		// harmless.
-		if attempt == 0 && reused && !isTimeout(err) && ctx.Err() == nil &&
-			(req.Body == nil || req.Body == http.NoBody) && (!wrote || replayable(req)) {
-			continue
-		}
-		return h.failed(req, rs, err)
+	resp, closeAfter := h.exchange(ctx, req, rs, closeAfter)
+	if resp == nil {
+		return false
 	}
 	u := h.up
 	if err := filterResponse(rs, resp, req.Method); err != nil {
@@ -494,6 +433,79 @@ func (h *h1Conn) forward(ctx context.Context, req *http.Request, rs *reqState, c
 		u.idleAt = time.Now()
 	}
 	return keep
+}
+
+// exchange sends req on an upstream connection and reads the answer,
+// retrying once on a fresh connection when a reused one turns out dead. A
+// nil response means the client has been answered already (an error) and
+// the connection ends; closeAfter comes back true when the answer spent the
+// upstream connection.
+func (h *h1Conn) exchange(ctx context.Context, req *http.Request, rs *reqState, closeAfter bool) (*http.Response, bool) {
+	for attempt := 0; ; attempt++ {
+		u, err := h.upstream(ctx, rs)
+		if err != nil {
+			h.failed(req, rs, err)
+			return nil, closeAfter
+		}
+		u.busy()
+		reused := u.used
+		u.used = true
+		wrote := false
+		if err = writeRequest(u.bw, req); err == nil {
+			err = u.bw.Flush()
+		}
+		var be bodyError
+		if code, body, ok := h.s.shapeFailed(req, rs, err); ok {
+			// Shaping refused the body while streaming: the upstream
+			// connection is dropped before the request completes.
+			h.dropUp()
+			h.linger = true
+			h.writeText(code, body, req, true)
+			return nil, closeAfter
+		}
+		if errors.As(err, &be) {
+			// The client's body failed (it went away, or its chunking is
+			// broken): nothing sensible reaches the upstream.
+			h.dropUp()
+			h.linger = true
+			rs.status, rs.errMsg = http.StatusBadRequest, "reading the request body: "+be.err.Error()
+			h.writeText(http.StatusBadRequest, "sluice: "+rs.errMsg+"\n", req, true)
+			return nil, closeAfter
+		}
+		if err != nil && req.Body != nil && req.Body != http.NoBody {
+			// An upstream may answer early and stop reading a body it
+			// refuses (401, 413): relay that answer rather than a 502.
+			u.c.SetReadDeadline(time.Now().Add(earlyAnswerWait))
+			if r, rerr := http.ReadResponse(u.br, req); rerr == nil && r.StatusCode >= 200 {
+				u.c.SetReadDeadline(time.Time{})
+				r.Close = true // the upstream connection is spent
+				h.linger = true
+				return r, true
+			}
+		}
+		if err == nil {
+			wrote = true
+			var resp *http.Response
+			if resp, err = h.readResponse(u, req); err == nil {
+				return resp, closeAfter
+			}
+		}
+		h.dropUp()
+		if h.watch.gone.Load() {
+			rs.status, rs.errMsg = 499, "client closed the request"
+			return nil, closeAfter
+		}
+		// A reused connection the upstream closed while idle: retry a
+		// request that has no body once on a fresh one. A request that may
+		// have reached the upstream is retried only when repeating it is
+		// harmless.
+		if attempt == 0 && reused && !isTimeout(err) && ctx.Err() == nil &&
+			(req.Body == nil || req.Body == http.NoBody) && (!wrote || replayable(req)) {
+			continue
+		}
+		h.failed(req, rs, err)
+		return nil, closeAfter
+	}
 }
 
 // earlyAnswerWait bounds the wait for an upstream's answer after it
