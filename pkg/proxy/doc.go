@@ -17,8 +17,8 @@
 //     name. HTTP/1.x clients are served by one loop per connection (h1.go:
 //     read, check, forward on a pinned upstream connection, relay, with no
 //     goroutine hand-off per request); HTTP/2 clients by http.Server and
-//     httputil.ReverseProxy over a pooled transport (HTTP/2 where the
-//     upstream offers it).
+//     httputil.ReverseProxy over a pooled transport (h2.go; HTTP/2 where
+//     the upstream offers it).
 //
 // Decision with names. A name from SNI or Host is trusted only when the
 // sandbox's resolver bound it to the original address (NameLookup), or bound
@@ -103,4 +103,29 @@
 //
 // A Proxy is safe for concurrent use; Serve returns after every connection
 // it accepted is closed.
+//
+// # Reading the code
+//
+// The files follow the path of a connection and its requests:
+//
+//   - proxy.go: the API (Config, Sandbox, New) and Serve, the accept loop;
+//     fence.go: the sandbox's connection and request-head fences.
+//   - conn.go: per connection, the original destination, the peek (the
+//     ClientHello and HTTP head parsers are in peek.go, names in host.go,
+//     the process in process.go) and the decision: refuse, splice (also in
+//     conn.go) or intercept.
+//   - tls.go: interception: TLS termination with the sandbox CA, and the
+//     hand-off to a front end by the negotiated protocol.
+//   - h1.go: the HTTP/1.x front end, one loop per client connection: read a
+//     request, gate it, forward it, relay the answer.
+//   - h2.go: the HTTP/2 front end: http.Server and httputil.ReverseProxy.
+//   - gate.go: the request gate both front ends call: policy match in
+//     canonical form, cleartext and audit mode, upstream target,
+//     credentials (authn.go for oauth2 and aws_sigv4); then request shaping
+//     (shape.go, shape_prefilter.go).
+//   - upstream.go: dial plans, the HTTP/1.1 upstream connections and their
+//     idle pool, the http.Transport pools of the HTTP/2 path, upstream TLS.
+//   - filter.go: the response filter: Alt-Svc dropped, echoed secrets
+//     redacted (redact.go) in headers, bodies, trailers and WebSocket frames
+//     (websocket.go).
 package proxy

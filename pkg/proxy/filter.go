@@ -17,16 +17,17 @@ import (
 
 	"github.com/andybalholm/brotli"
 	"github.com/klauspost/compress/zstd"
+	"github.com/sluice-dev/sluice/pkg/audit"
 )
 
 // The response filter: what an upstream answers passes here before it
 // reaches the sandbox, on both the HTTP/1.x loop (h1.go) and the HTTP/2
-// ReverseProxy path (intercept.go). When the request carried injected
-// secrets, every part of the answer the sandbox can read is redacted
-// (redact.go): the final header, 1xx informational headers (103 Early
-// Hints), the body after content decoding (gzip, deflate, br, zstd; an
-// unknown coding fails closed with 502), trailers, and the server's
-// WebSocket frames after a 101.
+// ReverseProxy path (h2.go, through modifyResponse). When the request
+// carried injected secrets, every part of the answer the sandbox can read
+// is redacted (redact.go): the final header, 1xx informational headers
+// (103 Early Hints), the body after content decoding (gzip, deflate, br,
+// zstd; an unknown coding fails closed with 502), trailers, and the
+// server's WebSocket frames after a 101.
 
 // upstreamRequest adjusts the headers of a request that carries injected
 // secrets before it goes upstream: ask for an identity body (the filter
@@ -328,4 +329,81 @@ func (l *lazyDecoder) start() (io.Reader, error) {
 		return d, nil
 	}
 	return nil, errors.New("unknown coding")
+}
+
+func (p *Proxy) modifyResponse(resp *http.Response) error {
+	return filterResponse(resp.Request.Context().Value(reqKey{}).(*reqState), resp, resp.Request.Method)
+}
+
+// memBody is a response body held in memory. Bodies of up to 32 KiB use a
+// pooled buffer, returned on Close.
+type memBody struct {
+	b      []byte
+	off    int
+	pooled *[32 << 10]byte
+}
+
+func newMemBody(n int64) *memBody {
+	if n <= 32<<10 {
+		p := copyBufs.Get().(*[32 << 10]byte)
+		return &memBody{b: p[:0], pooled: p}
+	}
+	return &memBody{b: make([]byte, 0, n)}
+}
+
+func (m *memBody) Read(p []byte) (int, error) {
+	if m.off >= len(m.b) {
+		return 0, io.EOF
+	}
+	n := copy(p, m.b[m.off:])
+	m.off += n
+	return n, nil
+}
+
+func (m *memBody) Close() error {
+	if m.pooled != nil {
+		copyBufs.Put(m.pooled)
+	}
+	m.b, m.off, m.pooled = nil, 0, nil
+	return nil
+}
+
+// maxBufferedRedact is the largest known-length response body redacted in
+// memory (keeping its Content-Length); larger ones are redacted streaming.
+const maxBufferedRedact = 64 << 10
+
+func readAtMost(r io.Reader, buf []byte, n int64) ([]byte, error) {
+	for int64(len(buf)) < n {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		m, err := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+m]
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return buf, nil
+}
+
+// bodyEcho records an injected secret echoed in the response body.
+func (rs *reqState) bodyEcho() {
+	rs.ci.s.secretEvent(rs, "injected secret echoed in response body")
+}
+
+func (s *server) secretEvent(rs *reqState, reason string) {
+	s.emit(audit.Event{
+		Kind:     audit.KindSecret,
+		CgroupID: rs.ci.orig.CgroupID,
+		PID:      rs.ci.orig.PID,
+		Comm:     rs.ci.orig.Comm,
+		Decision: audit.DecisionDeny,
+		Rule:     ruleName(rs.rule),
+		Reason:   reason + "; redacted",
+		Host:     rs.host,
+		Path:     rs.path,
+	})
 }

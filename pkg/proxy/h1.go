@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/tls"
 	"errors"
 	"io"
 	"math"
@@ -15,7 +14,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"golang.org/x/net/http/httpguts"
@@ -31,7 +29,7 @@ import (
 // goroutine hand-offs of every request (the Transport's writeLoop and
 // readLoop, the server's background read), which dominated the keep-alive
 // profile (PERF.md). HTTP/2 clients keep the standard library path
-// (ServeHTTP).
+// (ServeHTTP, h2.go).
 //
 // What the loop does that the standard library did for it:
 //   - the server's request checks: HTTP/1.x only, exactly one valid Host on
@@ -43,8 +41,8 @@ import (
 //     (103 Early Hints) relayed;
 //   - response bodies of unknown length re-chunked and flushed after every
 //     read (server-sent events arrive as written), trailers relayed;
-//   - upstream connections: pinned per client connection, returned to a
-//     shared idle pool (keyed by scheme, authority, TLS name and dial plan)
+//   - upstream connections (upstream.go): pinned per client connection,
+//     returned to a shared idle pool (keyed by scheme, authority, TLS name and dial plan)
 //     when the client connection ends, checked for a peer close before
 //     reuse, and a request without a body retried once on a fresh
 //     connection when a reused one turns out dead.
@@ -55,10 +53,6 @@ const maxHeaderBytes = 1 << 20
 // pinnedIdle: a client connection idle for longer returns its upstream
 // connection to the pool.
 const pinnedIdle = time.Second
-
-// idleCheckAfter: a pinned upstream idle for longer is checked for a peer
-// close before it carries the next request.
-const idleCheckAfter = 100 * time.Millisecond
 
 // Buffers. An idle client connection holds only its 4 KiB reader (as with
 // http.Server); the 16 KiB writer and the upstream connection's reader and
@@ -132,101 +126,6 @@ type h1Conn struct {
 	// it is closed gently (lingeringClose).
 	linger bool
 	watch  clientWatch
-}
-
-// watchAfter: a wait on the upstream (response head, known-length body)
-// longer than this starts watching the client for a close; streamed
-// bodies of unknown length are watched from the start.
-const watchAfter = time.Second
-
-// aLongTimeAgo is a read deadline that has passed: it wakes a blocked read.
-var aLongTimeAgo = time.Unix(1, 0)
-
-// clientWatch notices a client that goes away while sluice waits on the
-// upstream (a long poll, a quiet event stream), and closes the upstream
-// connection so the wait ends, as http.Server's background read did. It
-// costs a goroutine only for waits that last.
-type clientWatch struct {
-	h       *h1Conn
-	mu      sync.Mutex
-	u       *upConn // armed: the upstream connection to close
-	running bool
-	done    chan struct{}
-	gone    atomic.Bool
-	timer   *time.Timer
-}
-
-// arm watches the client for the wait on u, after the given delay.
-func (w *clientWatch) arm(u *upConn, after time.Duration) {
-	w.mu.Lock()
-	w.u = u
-	w.mu.Unlock()
-	if after == 0 {
-		w.start()
-		return
-	}
-	if w.timer == nil {
-		w.timer = time.AfterFunc(after, w.start)
-	} else {
-		w.timer.Reset(after)
-	}
-}
-
-func (w *clientWatch) start() {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.u == nil || w.running {
-		return
-	}
-	w.running = true
-	w.done = make(chan struct{})
-	u, done, h := w.u, w.done, w.h
-	// The request's head deadline may still be set; the watch has none
-	// (disarm sets one in the past, after this, under the same lock).
-	h.c.SetReadDeadline(time.Time{})
-	go func() {
-		defer close(done)
-		// Data (a pipelined request) or a timeout from disarm end the
-		// watch; an EOF or a reset means the client is gone.
-		if _, err := h.br.Peek(1); err != nil && !isTimeout(err) {
-			w.gone.Store(true)
-			u.c.Close()
-		}
-	}()
-}
-
-// disarm ends the watch; the client connection is the caller's again.
-func (w *clientWatch) disarm() {
-	if w.timer != nil {
-		w.timer.Stop()
-	}
-	w.mu.Lock()
-	w.u = nil
-	running, done := w.running, w.done
-	w.running = false
-	w.mu.Unlock()
-	if running {
-		w.h.c.SetReadDeadline(aLongTimeAgo)
-		<-done
-		w.h.c.SetReadDeadline(time.Time{})
-	}
-}
-
-// lingerTime bounds lingeringClose.
-const lingerTime = 500 * time.Millisecond
-
-// lingeringClose ends the sending side and reads what the client still
-// sends for a moment: closing a socket with unread data makes the kernel
-// reset the connection, and a client still uploading could lose the
-// answer it has been sent (http.Server does the same).
-func lingeringClose(c net.Conn, br *bufio.Reader) {
-	if cw, ok := c.(interface{ CloseWrite() error }); ok {
-		cw.CloseWrite()
-	}
-	c.SetReadDeadline(time.Now().Add(lingerTime))
-	buf := copyBufs.Get().(*[32 << 10]byte)
-	defer copyBufs.Put(buf)
-	io.CopyBuffer(io.Discard, br, buf[:])
 }
 
 // serveH1 serves an intercepted HTTP/1.x connection until it ends, then
@@ -513,70 +412,9 @@ func (h *h1Conn) forward(ctx context.Context, req *http.Request, rs *reqState, c
 	req.Host = rs.outHost
 	req.Close = false
 
-	var resp *http.Response
-	for attempt := 0; ; attempt++ {
-		u, err := h.upstream(ctx, rs)
-		if err != nil {
-			return h.failed(req, rs, err)
-		}
-		u.busy()
-		reused := u.used
-		u.used = true
-		wrote := false
-		if err = writeRequest(u.bw, req); err == nil {
-			err = u.bw.Flush()
-		}
-		var be bodyError
-		if code, body, ok := h.s.shapeFailed(req, rs, err); ok {
-			// Shaping refused the body while streaming: the upstream
-			// connection is dropped before the request completes.
-			h.dropUp()
-			h.linger = true
-			h.writeText(code, body, req, true)
-			return false
-		}
-		if errors.As(err, &be) {
-			// The client's body failed (it went away, or its chunking is
-			// broken): nothing sensible reaches the upstream.
-			h.dropUp()
-			h.linger = true
-			rs.status, rs.errMsg = http.StatusBadRequest, "reading the request body: "+be.err.Error()
-			h.writeText(http.StatusBadRequest, "sluice: "+rs.errMsg+"\n", req, true)
-			return false
-		}
-		if err != nil && req.Body != nil && req.Body != http.NoBody {
-			// An upstream may answer early and stop reading a body it
-			// refuses (401, 413): relay that answer rather than a 502.
-			u.c.SetReadDeadline(time.Now().Add(earlyAnswerWait))
-			if r, rerr := http.ReadResponse(u.br, req); rerr == nil && r.StatusCode >= 200 {
-				u.c.SetReadDeadline(time.Time{})
-				resp, err, closeAfter = r, nil, true
-				r.Close = true // the upstream connection is spent
-				h.linger = true
-				break
-			}
-		}
-		if err == nil {
-			wrote = true
-			resp, err = h.readResponse(u, req)
-		}
-		if err == nil {
-			break
-		}
-		h.dropUp()
-		if h.watch.gone.Load() {
-			rs.status, rs.errMsg = 499, "client closed the request"
-			return false
-		}
-		// A reused connection the upstream closed while idle: retry a
-		// request that has no body once on a fresh one. A request that may
-		// have reached the upstream is retried only when repeating it is
-		// harmless.
-		if attempt == 0 && reused && !isTimeout(err) && ctx.Err() == nil &&
-			(req.Body == nil || req.Body == http.NoBody) && (!wrote || replayable(req)) {
-			continue
-		}
-		return h.failed(req, rs, err)
+	resp, closeAfter := h.exchange(ctx, req, rs, closeAfter)
+	if resp == nil {
+		return false
 	}
 	u := h.up
 	if err := filterResponse(rs, resp, req.Method); err != nil {
@@ -597,135 +435,82 @@ func (h *h1Conn) forward(ctx context.Context, req *http.Request, rs *reqState, c
 	return keep
 }
 
-// writeRequest writes req's head and body for an HTTP/1.1 upstream, as
-// Request.Write would for a client request (origin-form target, Host,
-// framing from ContentLength, request trailers), without adding a
-// User-Agent. The caller flushes.
-func writeRequest(bw *bufio.Writer, req *http.Request) error {
-	bw.WriteString(req.Method)
-	bw.WriteByte(' ')
-	bw.WriteString(req.URL.RequestURI())
-	bw.WriteString(" HTTP/1.1\r\n")
-	writeField(bw, "Host", req.Host)
-	delete(req.Header, "Content-Length")
-	delete(req.Header, "Transfer-Encoding")
-	body := req.Body
-	if body == http.NoBody {
-		body = nil
-	}
-	chunked := body != nil && req.ContentLength < 0
-	switch {
-	case chunked:
-		bw.WriteString("Transfer-Encoding: chunked\r\n")
-		if len(req.Trailer) > 0 {
-			keys := make([]string, 0, len(req.Trailer))
-			for k := range req.Trailer {
-				keys = append(keys, k)
-			}
-			writeField(bw, "Trailer", strings.Join(keys, ", "))
+// exchange sends req on an upstream connection and reads the answer,
+// retrying once on a fresh connection when a reused one turns out dead. A
+// nil response means the client has been answered already (an error) and
+// the connection ends; closeAfter comes back true when the answer spent the
+// upstream connection.
+func (h *h1Conn) exchange(ctx context.Context, req *http.Request, rs *reqState, closeAfter bool) (*http.Response, bool) {
+	for attempt := 0; ; attempt++ {
+		u, err := h.upstream(ctx, rs)
+		if err != nil {
+			h.failed(req, rs, err)
+			return nil, closeAfter
 		}
-	case req.ContentLength > 0:
-		var b [20]byte
-		bw.WriteString("Content-Length: ")
-		bw.Write(strconv.AppendInt(b[:0], req.ContentLength, 10))
-		bw.WriteString("\r\n")
-	case req.Method == http.MethodPost || req.Method == http.MethodPut || req.Method == http.MethodPatch:
-		bw.WriteString("Content-Length: 0\r\n")
-	}
-	writeHeader(bw, req.Header)
-	bw.WriteString("\r\n")
-	if body == nil {
-		return nil
-	}
-	if !chunked {
-		br := bodyReader{r: io.LimitReader(body, req.ContentLength)}
-		n, err := bw.ReadFrom(&br)
-		if br.err != nil {
-			return bodyError{br.err}
+		u.busy()
+		reused := u.used
+		u.used = true
+		wrote := false
+		if err = writeRequest(u.bw, req); err == nil {
+			err = u.bw.Flush()
 		}
-		if err == nil && n != req.ContentLength {
-			err = bodyError{io.ErrUnexpectedEOF}
+		var be bodyError
+		if code, body, ok := h.s.shapeFailed(req, rs, err); ok {
+			// Shaping refused the body while streaming: the upstream
+			// connection is dropped before the request completes.
+			h.dropUp()
+			h.linger = true
+			h.writeText(code, body, req, true)
+			return nil, closeAfter
 		}
-		return err
-	}
-	buf := copyBufs.Get().(*[32 << 10]byte)
-	defer copyBufs.Put(buf)
-	for {
-		n, err := body.Read(buf[:])
-		if err != nil && err != io.EOF {
-			return bodyError{err}
+		if errors.As(err, &be) {
+			// The client's body failed (it went away, or its chunking is
+			// broken): nothing sensible reaches the upstream.
+			h.dropUp()
+			h.linger = true
+			rs.status, rs.errMsg = http.StatusBadRequest, "reading the request body: "+be.err.Error()
+			h.writeText(http.StatusBadRequest, "sluice: "+rs.errMsg+"\n", req, true)
+			return nil, closeAfter
 		}
-		if n > 0 {
-			var hb [20]byte
-			bw.Write(strconv.AppendInt(hb[:0], int64(n), 16))
-			bw.WriteString("\r\n")
-			bw.Write(buf[:n])
-			bw.WriteString("\r\n")
-			// Streamed request bodies reach the upstream as they come.
-			if ferr := bw.Flush(); ferr != nil {
-				return ferr
+		if err != nil && req.Body != nil && req.Body != http.NoBody {
+			// An upstream may answer early and stop reading a body it
+			// refuses (401, 413): relay that answer rather than a 502.
+			u.c.SetReadDeadline(time.Now().Add(earlyAnswerWait))
+			if r, rerr := http.ReadResponse(u.br, req); rerr == nil && r.StatusCode >= 200 {
+				u.c.SetReadDeadline(time.Time{})
+				r.Close = true // the upstream connection is spent
+				h.linger = true
+				return r, true
 			}
 		}
-		if err == io.EOF {
-			break
+		if err == nil {
+			wrote = true
+			var resp *http.Response
+			if resp, err = h.readResponse(u, req); err == nil {
+				return resp, closeAfter
+			}
 		}
-	}
-	bw.WriteString("0\r\n")
-	for k, vv := range req.Trailer {
-		for _, v := range vv {
-			writeField(bw, k, v)
+		h.dropUp()
+		if h.watch.gone.Load() {
+			rs.status, rs.errMsg = 499, "client closed the request"
+			return nil, closeAfter
 		}
+		// A reused connection the upstream closed while idle: retry a
+		// request that has no body once on a fresh one. A request that may
+		// have reached the upstream is retried only when repeating it is
+		// harmless.
+		if attempt == 0 && reused && !isTimeout(err) && ctx.Err() == nil &&
+			(req.Body == nil || req.Body == http.NoBody) && (!wrote || replayable(req)) {
+			continue
+		}
+		h.failed(req, rs, err)
+		return nil, closeAfter
 	}
-	bw.WriteString("\r\n")
-	return nil
-}
-
-// bodyError is a failure to read the client's request body.
-type bodyError struct{ err error }
-
-func (e bodyError) Error() string { return "reading the request body: " + e.err.Error() }
-
-func (e bodyError) Unwrap() error { return e.err }
-
-// bodyReader records the error of the client's body apart from those of
-// the upstream write.
-type bodyReader struct {
-	r   io.Reader
-	err error
-}
-
-func (b *bodyReader) Read(p []byte) (int, error) {
-	n, err := b.r.Read(p)
-	if err != nil && err != io.EOF {
-		b.err = err
-	}
-	return n, err
 }
 
 // earlyAnswerWait bounds the wait for an upstream's answer after it
 // stopped reading a request body.
 const earlyAnswerWait = 2 * time.Second
-
-// writeHeader writes the fields of h (in map order).
-func writeHeader(bw *bufio.Writer, h http.Header) {
-	for k, vv := range h {
-		for _, v := range vv {
-			writeField(bw, k, v)
-		}
-	}
-}
-
-// writeField writes one header field; CR and LF in the value become
-// spaces, as in Header.Write, so no value can add a field.
-func writeField(bw *bufio.Writer, k, v string) {
-	bw.WriteString(k)
-	bw.WriteString(": ")
-	if strings.ContainsAny(v, "\r\n") {
-		v = strings.NewReplacer("\r", " ", "\n", " ").Replace(v)
-	}
-	bw.WriteString(strings.TrimSpace(v))
-	bw.WriteString("\r\n")
-}
 
 func replayable(req *http.Request) bool {
 	switch req.Method {
@@ -879,6 +664,27 @@ func (h *h1Conn) writeResponse(req *http.Request, resp *http.Response, closeAfte
 	return bw.Flush() == nil && !closeAfter, true
 }
 
+// writeHeader writes the fields of h (in map order).
+func writeHeader(bw *bufio.Writer, h http.Header) {
+	for k, vv := range h {
+		for _, v := range vv {
+			writeField(bw, k, v)
+		}
+	}
+}
+
+// writeField writes one header field; CR and LF in the value become
+// spaces, as in Header.Write, so no value can add a field.
+func writeField(bw *bufio.Writer, k, v string) {
+	bw.WriteString(k)
+	bw.WriteString(": ")
+	if strings.ContainsAny(v, "\r\n") {
+		v = strings.NewReplacer("\r", " ", "\n", " ").Replace(v)
+	}
+	bw.WriteString(strings.TrimSpace(v))
+	bw.WriteString("\r\n")
+}
+
 // switchProtocols relays a 101 answer to a WebSocket upgrade and then the
 // bytes both ways until either side ends.
 func (h *h1Conn) switchProtocols(req *http.Request, resp *http.Response, rs *reqState, reqUp string) bool {
@@ -920,276 +726,97 @@ func copyWith(dst io.Writer, src io.Reader) {
 	io.CopyBuffer(dst, src, buf[:])
 }
 
-// upKey identifies upstream connections that may carry each other's
-// requests.
-type upKey struct {
-	scheme, hostPort, serverName string
-	plan                         dialPlan
+// watchAfter: a wait on the upstream (response head, known-length body)
+// longer than this starts watching the client for a close; streamed
+// bodies of unknown length are watched from the start.
+const watchAfter = time.Second
+
+// aLongTimeAgo is a read deadline that has passed: it wakes a blocked read.
+var aLongTimeAgo = time.Unix(1, 0)
+
+// clientWatch notices a client that goes away while sluice waits on the
+// upstream (a long poll, a quiet event stream), and closes the upstream
+// connection so the wait ends, as http.Server's background read did. It
+// costs a goroutine only for waits that last.
+type clientWatch struct {
+	h       *h1Conn
+	mu      sync.Mutex
+	u       *upConn // armed: the upstream connection to close
+	running bool
+	done    chan struct{}
+	gone    atomic.Bool
+	timer   *time.Timer
 }
 
-// upConn is one upstream connection.
-type upConn struct {
-	key    upKey
-	raw    net.Conn // the TCP connection (under TLS for https)
-	c      net.Conn
-	br     *bufio.Reader
-	bw     *bufio.Writer
-	used   bool
-	idleAt time.Time
-	timer  *time.Timer // removes it from the idle pool
-}
-
-func (u *upConn) close() {
-	u.c.Close()
-	u.idle()
-}
-
-// busy gives u its buffers for an exchange.
-func (u *upConn) busy() {
-	if u.br == nil {
-		u.br, u.bw = getReader(u.c), getWriter(u.c)
-	}
-}
-
-// idle returns u's buffers between exchanges (the caller has made sure
-// nothing is buffered: see forward).
-func (u *upConn) idle() {
-	if u.br != nil {
-		putReader(u.br)
-		putWriter(u.bw)
-		u.br, u.bw = nil, nil
-	}
-}
-
-// alive reports whether an idle upstream connection can carry a request:
-// the peer has not closed it and sent nothing unasked (one MSG_PEEK).
-func (u *upConn) alive() bool {
-	if u.br != nil && u.br.Buffered() > 0 {
-		return false
-	}
-	sc, ok := u.raw.(syscall.Conn)
-	if !ok {
-		return true
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return false
-	}
-	alive := false
-	err = rc.Read(func(fd uintptr) bool {
-		var b [1]byte
-		n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		alive = n < 0 && (err == syscall.EAGAIN || err == syscall.EWOULDBLOCK)
-		return true
-	})
-	return err == nil && alive
-}
-
-// upstream returns the connection for rs: the pinned one if it fits, else
-// an idle pooled one, else a new one.
-func (h *h1Conn) upstream(ctx context.Context, rs *reqState) (*upConn, error) {
-	key := upKey{scheme: rs.scheme, hostPort: rs.upHostPort, plan: rs.plan}
-	if rs.scheme == "https" {
-		key.serverName = rs.upHost
-	}
-	if u := h.up; u != nil {
-		if u.key == key && (time.Since(u.idleAt) < idleCheckAfter || u.alive()) {
-			return u, nil
-		}
-		h.releaseUp()
-	}
-	p := h.s.p
-	if !h.ci.viaCIDR {
-		for {
-			u := p.idle.get(key)
-			if u == nil {
-				break
-			}
-			if u.alive() {
-				return h.pin(u)
-			}
-			u.close()
-		}
-	}
-	u, err := p.dialUp(ctx, key)
-	if err != nil {
-		return nil, err
-	}
-	return h.pin(u)
-}
-
-// pin makes u this connection's upstream, tracked by the server so that
-// stopping Serve closes it (a request waiting on a silent upstream must not
-// hold Serve up).
-func (h *h1Conn) pin(u *upConn) (*upConn, error) {
-	if !h.s.track(u.raw) {
-		u.close()
-		return nil, net.ErrClosed
-	}
-	h.up = u
-	return u, nil
-}
-
-// unpin detaches the pinned upstream connection and returns it.
-func (h *h1Conn) unpin() *upConn {
-	u := h.up
-	if u != nil {
-		h.s.untrack(u.raw)
-		h.up = nil
-	}
-	return u
-}
-
-// dropUp closes the pinned upstream connection.
-func (h *h1Conn) dropUp() {
-	if u := h.unpin(); u != nil {
-		u.close()
-	}
-}
-
-// releaseUp returns the pinned upstream connection to the idle pool (never
-// one of a connection admitted by a CIDR rule: those keep their own).
-func (h *h1Conn) releaseUp() {
-	u := h.unpin()
-	if u == nil {
+// arm watches the client for the wait on u, after the given delay.
+func (w *clientWatch) arm(u *upConn, after time.Duration) {
+	w.mu.Lock()
+	w.u = u
+	w.mu.Unlock()
+	if after == 0 {
+		w.start()
 		return
 	}
-	if h.ci.viaCIDR || !h.s.p.idle.put(u, h.s.p.cfg.MaxIdleConnsPerHost) {
-		u.close()
-	}
-}
-
-// dialUp connects to key's upstream and, for https, verifies its
-// certificate for the server name against the configured roots.
-func (p *Proxy) dialUp(ctx context.Context, key upKey) (*upConn, error) {
-	raw, err := p.dial(ctx, "tcp", key.plan)
-	if err != nil {
-		return nil, err
-	}
-	c := raw
-	if key.scheme == "https" {
-		tc := tls.Client(raw, p.upstreamTLS(key.serverName))
-		hctx, cancel := context.WithTimeout(ctx, p.cfg.HandshakeTimeout)
-		err := tc.HandshakeContext(hctx)
-		cancel()
-		if err != nil {
-			raw.Close()
-			return nil, err
-		}
-		c = tc
-	}
-	return &upConn{key: key, raw: raw, c: c}, nil
-}
-
-// upstreamTLS is the client configuration for an upstream name (cached:
-// one per name).
-func (p *Proxy) upstreamTLS(name string) *tls.Config {
-	if c, ok := p.upTLS.Load(name); ok {
-		return c.(*tls.Config)
-	}
-	c := &tls.Config{
-		ServerName:         name,
-		RootCAs:            p.cfg.RootCAs,
-		MinVersion:         tls.VersionTLS12,
-		ClientSessionCache: p.sessions,
-	}
-	if n := p.upTLSCount.Add(1); n > 4096 {
-		p.upTLS.Clear() // bound the cache; configurations are cheap to make
-		p.upTLSCount.Store(0)
-	}
-	p.upTLS.Store(name, c)
-	return c
-}
-
-// idlePool keeps upstream connections between client connections.
-type idlePool struct {
-	mu     sync.Mutex
-	conns  map[upKey][]*upConn
-	closed bool
-}
-
-// get takes the most recently idle connection for key, or nil.
-func (ip *idlePool) get(key upKey) *upConn {
-	ip.mu.Lock()
-	defer ip.mu.Unlock()
-	l := ip.conns[key]
-	if len(l) == 0 {
-		return nil
-	}
-	u := l[len(l)-1]
-	l[len(l)-1] = nil
-	if len(l) == 1 {
-		delete(ip.conns, key)
+	if w.timer == nil {
+		w.timer = time.AfterFunc(after, w.start)
 	} else {
-		ip.conns[key] = l[:len(l)-1]
+		w.timer.Reset(after)
 	}
-	u.timer.Stop()
-	return u
 }
 
-// put keeps u for reuse; false when the pool is full or closed.
-func (ip *idlePool) put(u *upConn, max int) bool {
-	ip.mu.Lock()
-	defer ip.mu.Unlock()
-	if ip.closed || len(ip.conns[u.key]) >= max {
-		return false
+func (w *clientWatch) start() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.u == nil || w.running {
+		return
 	}
-	if ip.conns == nil {
-		ip.conns = make(map[upKey][]*upConn)
-	}
-	ip.conns[u.key] = append(ip.conns[u.key], u)
-	u.idleAt = time.Now()
-	if u.timer == nil {
-		u.timer = time.AfterFunc(idleConnTimeout, func() { ip.expire(u) })
-	} else {
-		u.timer.Reset(idleConnTimeout)
-	}
-	return true
-}
-
-// idleConnTimeout closes pooled upstream connections idle for longer.
-const idleConnTimeout = 90 * time.Second
-
-func (ip *idlePool) expire(u *upConn) {
-	ip.mu.Lock()
-	l := ip.conns[u.key]
-	for i, x := range l {
-		if x == u {
-			l = append(l[:i], l[i+1:]...)
-			if len(l) == 0 {
-				delete(ip.conns, u.key)
-			} else {
-				ip.conns[u.key] = l
-			}
-			ip.mu.Unlock()
-			u.close()
-			return
+	w.running = true
+	w.done = make(chan struct{})
+	u, done, h := w.u, w.done, w.h
+	// The request's head deadline may still be set; the watch has none
+	// (disarm sets one in the past, after this, under the same lock).
+	h.c.SetReadDeadline(time.Time{})
+	go func() {
+		defer close(done)
+		// Data (a pipelined request) or a timeout from disarm end the
+		// watch; an EOF or a reset means the client is gone.
+		if _, err := h.br.Peek(1); err != nil && !isTimeout(err) {
+			w.gone.Store(true)
+			u.c.Close()
 		}
-	}
-	ip.mu.Unlock()
+	}()
 }
 
-// len is the number of idle connections.
-func (ip *idlePool) len() int {
-	ip.mu.Lock()
-	defer ip.mu.Unlock()
-	n := 0
-	for _, l := range ip.conns {
-		n += len(l)
+// disarm ends the watch; the client connection is the caller's again.
+func (w *clientWatch) disarm() {
+	if w.timer != nil {
+		w.timer.Stop()
 	}
-	return n
+	w.mu.Lock()
+	w.u = nil
+	running, done := w.running, w.done
+	w.running = false
+	w.mu.Unlock()
+	if running {
+		w.h.c.SetReadDeadline(aLongTimeAgo)
+		<-done
+		w.h.c.SetReadDeadline(time.Time{})
+	}
 }
 
-// closeAll closes every idle connection; later puts are refused.
-func (ip *idlePool) closeAll() {
-	ip.mu.Lock()
-	all := ip.conns
-	ip.conns, ip.closed = nil, true
-	ip.mu.Unlock()
-	for _, l := range all {
-		for _, u := range l {
-			u.timer.Stop()
-			u.close()
-		}
+// lingerTime bounds lingeringClose.
+const lingerTime = 500 * time.Millisecond
+
+// lingeringClose ends the sending side and reads what the client still
+// sends for a moment: closing a socket with unread data makes the kernel
+// reset the connection, and a client still uploading could lose the
+// answer it has been sent (http.Server does the same).
+func lingeringClose(c net.Conn, br *bufio.Reader) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
 	}
+	c.SetReadDeadline(time.Now().Add(lingerTime))
+	buf := copyBufs.Get().(*[32 << 10]byte)
+	defer copyBufs.Put(buf)
+	io.CopyBuffer(io.Discard, br, buf[:])
 }

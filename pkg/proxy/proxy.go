@@ -184,19 +184,7 @@ func New(cfg Config, log *slog.Logger) *Proxy {
 	p := &Proxy{cfg: cfg, log: log, sessions: tls.NewLRUClientSessionCache(1024)}
 	p.h1 = p.newTransport(false, cfg.MaxIdleConnsPerHost)
 	p.h2 = p.newTransport(true, cfg.MaxIdleConnsPerHost)
-	p.rp = &httputil.ReverseProxy{
-		Rewrite:   rewrite,
-		Transport: protoRouter{p},
-		// Bodies of unknown length (chunked, SSE) are flushed after every
-		// write (ReverseProxy treats ContentLength -1 and text/event-stream
-		// as FlushInterval -1); known-length bodies go through the server's
-		// buffer, which is flushed when full and at the end.
-		FlushInterval:  0,
-		BufferPool:     bufPool{},
-		ModifyResponse: p.modifyResponse,
-		ErrorHandler:   p.upstreamError,
-		ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelDebug),
-	}
+	p.rp = p.newReverseProxy()
 	return p
 }
 
@@ -205,54 +193,6 @@ func (p *Proxy) Close() {
 	p.idle.closeAll()
 	p.h1.CloseIdleConnections()
 	p.h2.CloseIdleConnections()
-}
-
-// newTransport is an upstream pool: HTTP/1.1 only, or HTTP/2 where the
-// upstream offers it. It never resolves names (dialUpstream).
-func (p *Proxy) newTransport(h2 bool, idlePerHost int) *http.Transport {
-	cfg := &p.cfg
-	t := &http.Transport{
-		Proxy:       nil, // never an environment proxy
-		DialContext: p.dialUpstream,
-		TLSClientConfig: &tls.Config{
-			RootCAs:            cfg.RootCAs,
-			MinVersion:         tls.VersionTLS12,
-			ClientSessionCache: p.sessions,
-		},
-		ForceAttemptHTTP2:     h2,
-		DisableCompression:    true, // pass Accept-Encoding and bodies through untouched
-		MaxIdleConns:          1024,
-		MaxIdleConnsPerHost:   idlePerHost,
-		IdleConnTimeout:       90 * time.Second,
-		TLSHandshakeTimeout:   cfg.HandshakeTimeout,
-		ExpectContinueTimeout: time.Second,
-		ResponseHeaderTimeout: cfg.ResponseHeaderTimeout,
-		WriteBufferSize:       32 << 10,
-		ReadBufferSize:        32 << 10,
-	}
-	if !h2 {
-		t.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
-	}
-	return t
-}
-
-// protoRouter forwards an intercepted request upstream, preserving the
-// client's protocol: HTTP/2 clients (gRPC, modern SDKs) go over HTTP/2 where
-// the upstream offers it, HTTP/1.1 clients over HTTP/1.1 (cheaper per
-// request, and semantics such as Upgrade stay as the client meant them).
-type protoRouter struct{ p *Proxy }
-
-func (pr protoRouter) RoundTrip(r *http.Request) (*http.Response, error) {
-	p := pr.p
-	rs, _ := r.Context().Value(reqKey{}).(*reqState)
-	r = rs.traceInformational(r)
-	if rs != nil && rs.ci.viaCIDR {
-		return rs.ci.ownTransport(p, r.ProtoMajor == 2).RoundTrip(r)
-	}
-	if r.ProtoMajor == 2 {
-		return p.h2.RoundTrip(r)
-	}
-	return p.h1.RoundTrip(r)
 }
 
 // Serve accepts the sandbox's redirected connections on ln until ctx is
@@ -380,15 +320,6 @@ func (s *server) emit(ev audit.Event) {
 	s.sb.Audit.Emit(ev)
 }
 
-// bufPool is the ReverseProxy copy buffer pool (32 KiB buffers).
-type bufPool struct{}
-
+// copyBufs holds the 32 KiB copy buffers of every path (body relays,
+// splice fallbacks, the ReverseProxy through bufPool).
 var copyBufs = sync.Pool{New: func() any { return new([32 << 10]byte) }}
-
-func (bufPool) Get() []byte { return copyBufs.Get().(*[32 << 10]byte)[:] }
-
-func (bufPool) Put(b []byte) {
-	if cap(b) == 32<<10 {
-		copyBufs.Put((*[32 << 10]byte)(b[:32<<10]))
-	}
-}

@@ -158,12 +158,7 @@ func (s *server) shapeRefusal(r *http.Request, rs *reqState, e *shapeError) (int
 	rs.decision = audit.DecisionDeny
 	rs.ev.Reason = e.reason
 	rs.status = e.code
-	path := r.URL.Path
-	if path == "" {
-		path = "/"
-	}
-	return e.code, fmt.Sprintf("sluice policy: %s %s%s refused: %s\nhost: %s\nmethod: %s\npath: %s\n",
-		r.Method, rs.host, path, e.reason, rs.host, r.Method, path)
+	return e.code, refusalBody(r, rs.host, e.reason)
 }
 
 // shapeFailed turns a body read that failed because of shaping (found while

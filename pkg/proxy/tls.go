@@ -1,0 +1,111 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"net"
+	"sync"
+)
+
+// TLS termination: a connection the policy intercepts (conn.go decides)
+// becomes a clientConn, which replays the peeked bytes; a TLS client is
+// answered with a leaf of the sandbox CA for the name the connection was
+// decided on, and the negotiated protocol picks the front end: h2 goes to
+// the sandbox's http.Server (h2.go), anything else, and cleartext HTTP, to
+// serveH1 (h1.go).
+
+// clientConn is the sandbox side of an intercepted connection: it replays
+// the peeked bytes, counts bytes and emits the connection event on Close.
+type clientConn struct {
+	net.Conn
+	prefix []byte
+	ci     *connInfo
+	once   sync.Once
+}
+
+func (c *clientConn) Read(b []byte) (int, error) {
+	if len(c.prefix) > 0 {
+		n := copy(b, c.prefix)
+		c.prefix = c.prefix[n:]
+		return n, nil
+	}
+	n, err := c.Conn.Read(b)
+	c.ci.up.Add(int64(n))
+	return n, err
+}
+
+func (c *clientConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	c.ci.down.Add(int64(n))
+	return n, err
+}
+
+func (c *clientConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(func() {
+		s := c.ci.s
+		s.untrack(c.Conn)
+		c.ci.closeOwn()
+		s.connEvent(c.ci)
+	})
+	return err
+}
+
+// newTLSConfig is the sandbox-facing TLS configuration of one server. It is
+// shared by all its connections, so TLS session tickets let clients resume;
+// the leaf is chosen per connection from the name the connection was
+// decided on (the SNI, or the bound name when the client sent none).
+func (s *server) newTLSConfig() *tls.Config {
+	return &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		NextProtos: []string{"h2", "http/1.1"},
+		GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+			cc, ok := hello.Conn.(*clientConn)
+			if !ok {
+				return nil, errors.New("unexpected connection type")
+			}
+			return s.sb.CA.Leaf(cc.ci.host)
+		},
+	}
+}
+
+// intercept terminates TLS (when the client speaks it) and serves the
+// connection: HTTP/1.x in this goroutine (serveH1), HTTP/2 by the sandbox's
+// http.Server. It reports whether the connection was handed off (then its
+// Close emits the connection event).
+func (s *server) intercept(ctx context.Context, c net.Conn, peeked []byte, ci *connInfo) bool {
+	if ci.host != "" {
+		ci.hostPort = joinHostPort(ci.host, ci.port())
+	}
+	cc := &clientConn{Conn: c, prefix: peeked, ci: ci}
+	var hc net.Conn = cc
+	if ci.proto == protoTLS {
+		tc := tls.Server(cc, s.tlsConfig)
+		hctx, cancel := context.WithTimeout(ctx, s.p.cfg.HandshakeTimeout)
+		err := tc.HandshakeContext(hctx)
+		cancel()
+		if err != nil {
+			if ci.denied == "" {
+				ci.reason = "TLS handshake with client: " + err.Error()
+			}
+			return false
+		}
+		hc = tc
+		if tc.ConnectionState().NegotiatedProtocol != "h2" {
+			s.serveH1(ctx, hc, ci)
+			return true
+		}
+	} else {
+		s.serveH1(ctx, hc, ci)
+		return true
+	}
+	select {
+	case s.httpLn.ch <- hc:
+		return true
+	case <-s.httpLn.done:
+		return false
+	case <-ctx.Done():
+		return false
+	}
+}
