@@ -101,6 +101,9 @@ type Config struct {
 	MaxIdleConnsPerHost int
 	// MaxConcurrentStreams per HTTP/2 client connection; default 250.
 	MaxConcurrentStreams int
+	// KernelSplice moves spliced connections' bytes in the kernel (issue
+	// #21). nil: the user-space splice.
+	KernelSplice KernelSplicer
 }
 
 // RootPool returns the system roots plus the certificates in the given PEM
