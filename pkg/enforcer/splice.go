@@ -107,7 +107,13 @@ func (s *Splicer) Add(client, up *net.TCPConn) (*SplicePair, error) {
 			return fail(fmt.Errorf("kernel splice: peers: %w", err))
 		}
 	}
-	// Upstream first: an skb of the client must always find its peer.
+	// Both in targets (no program: redirect targets only) before either
+	// gets the verdict: no skb can find its peer missing.
+	for _, kv := range [][2]uint64{{cck, uint64(cfd)}, {uck, uint64(ufd)}} {
+		if err := s.objs.Targets.Update(kv[0], kv[1], ebpf.UpdateNoExist); err != nil {
+			return fail(fmt.Errorf("kernel splice: sockhash (targets): %w", err))
+		}
+	}
 	if err := s.objs.Socks.Update(uck, uint64(ufd), ebpf.UpdateNoExist); err != nil {
 		return fail(fmt.Errorf("kernel splice: sockhash (upstream): %w", err))
 	}
@@ -145,6 +151,7 @@ func (p *SplicePair) Remove() { p.removeOnce.Do(p.remove) }
 func (p *SplicePair) remove() {
 	for _, k := range []uint64{p.cck, p.uck} {
 		p.s.objs.Socks.Delete(k)
+		p.s.objs.Targets.Delete(k)
 		p.s.objs.Peers.Delete(k)
 		p.s.objs.Moved.Delete(k)
 	}

@@ -19,6 +19,7 @@ const (
 	spliceMapMoved          = "moved"
 	spliceMapPeers          = "peers"
 	spliceMapSocks          = "socks"
+	spliceMapTargets        = "targets"
 	spliceProgSpliceVerdict = "splice_verdict"
 )
 
@@ -71,9 +72,10 @@ type spliceProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type spliceMapSpecs struct {
-	Moved *ebpf.MapSpec `ebpf:"moved"`
-	Peers *ebpf.MapSpec `ebpf:"peers"`
-	Socks *ebpf.MapSpec `ebpf:"socks"`
+	Moved   *ebpf.MapSpec `ebpf:"moved"`
+	Peers   *ebpf.MapSpec `ebpf:"peers"`
+	Socks   *ebpf.MapSpec `ebpf:"socks"`
+	Targets *ebpf.MapSpec `ebpf:"targets"`
 }
 
 // spliceVariableSpecs contains global variables before they are loaded into the kernel.
@@ -102,9 +104,10 @@ func (o *spliceObjects) Close() error {
 //
 // It can be passed to loadSpliceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type spliceMaps struct {
-	Moved *ebpf.Map `ebpf:"moved"`
-	Peers *ebpf.Map `ebpf:"peers"`
-	Socks *ebpf.Map `ebpf:"socks"`
+	Moved   *ebpf.Map `ebpf:"moved"`
+	Peers   *ebpf.Map `ebpf:"peers"`
+	Socks   *ebpf.Map `ebpf:"socks"`
+	Targets *ebpf.Map `ebpf:"targets"`
 }
 
 func (m *spliceMaps) Close() error {
@@ -112,6 +115,7 @@ func (m *spliceMaps) Close() error {
 		m.Moved,
 		m.Peers,
 		m.Socks,
+		m.Targets,
 	)
 }
 
