@@ -3,8 +3,11 @@ package daemon
 import (
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
+	"os"
 	"strconv"
+	"strings"
 )
 
 // listeners are one sandbox's redirect targets: the proxy on 127.0.0.1:P and
@@ -59,8 +62,41 @@ func openListeners(preferProxy, preferDNS uint16) (*listeners, error) {
 			return nil, err
 		}
 	}
+	// Thousands of sandboxes (issue #21: 10,000 per host) fill the
+	// ephemeral range: bind(0) keeps offering ports whose other family is
+	// taken. Try explicit random ports of the range instead.
+	lo, hi := ephemeralRange()
+	for try := 0; try < 4000; try++ {
+		l.Close()
+		*l = listeners{}
+		p, d := lo+rand.IntN(hi-lo+1), lo+rand.IntN(hi-lo+1)
+		if p == d {
+			continue
+		}
+		if err = l.open(uint16(p), uint16(d)); err == nil {
+			return l, nil
+		}
+	}
 	l.Close()
 	return nil, fmt.Errorf("opening sandbox listeners: no free port pair found: %w", err)
+}
+
+// ephemeralRange is net.ipv4.ip_local_port_range (default 32768-60999).
+func ephemeralRange() (int, int) {
+	lo, hi := 32768, 60999
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return lo, hi
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 2 {
+		a, err1 := strconv.Atoi(f[0])
+		z, err2 := strconv.Atoi(f[1])
+		if err1 == nil && err2 == nil && a > 0 && z >= a && z < 65536 {
+			return a, z
+		}
+	}
+	return lo, hi
 }
 
 var errPortTaken = errors.New("port taken in the other family")
