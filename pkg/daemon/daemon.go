@@ -64,6 +64,7 @@ type record struct {
 // New prepares a daemon: loads the eBPF programs, opens the secret store,
 // the audit sinks, the resolver and the proxy.
 func New(cfg Config, log *slog.Logger) (*Daemon, error) {
+	raiseNoFile(log)
 	cfg.defaults()
 	if err := os.MkdirAll(filepath.Join(cfg.StateDir, "sandboxes"), 0o700); err != nil {
 		return nil, fmt.Errorf("creating state dir: %w", err)

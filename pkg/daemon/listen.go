@@ -8,6 +8,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 )
 
 // listeners are one sandbox's redirect targets: the proxy on 127.0.0.1:P and
@@ -101,6 +102,15 @@ func ephemeralRange() (int, int) {
 
 var errPortTaken = errors.New("port taken in the other family")
 
+// portErr is errPortTaken for a port in use, else the error itself (out of
+// descriptors must not read as a port clash).
+func portErr(err error) error {
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return errPortTaken
+	}
+	return fmt.Errorf("sandbox listener: %w", err)
+}
+
 func (l *listeners) open(proxyPort, dnsPort uint16) error {
 	var err error
 	l.proxy4, err = net.Listen("tcp4", "127.0.0.1:"+strconv.Itoa(int(proxyPort)))
@@ -111,7 +121,7 @@ func (l *listeners) open(proxyPort, dnsPort uint16) error {
 	v6 := hasIPv6Loopback()
 	if v6 {
 		if l.proxy6, err = net.Listen("tcp6", "[::1]:"+strconv.Itoa(int(l.proxyPort))); err != nil {
-			return errPortTaken
+			return portErr(err)
 		}
 	}
 	l.dnsUDP4, err = net.ListenPacket("udp4", "127.0.0.1:"+strconv.Itoa(int(dnsPort)))
@@ -121,14 +131,14 @@ func (l *listeners) open(proxyPort, dnsPort uint16) error {
 	l.dnsPort = uint16(l.dnsUDP4.LocalAddr().(*net.UDPAddr).Port)
 	p := strconv.Itoa(int(l.dnsPort))
 	if l.dnsTCP4, err = net.Listen("tcp4", "127.0.0.1:"+p); err != nil {
-		return errPortTaken
+		return portErr(err)
 	}
 	if v6 {
 		if l.dnsUDP6, err = net.ListenPacket("udp6", "[::1]:"+p); err != nil {
-			return errPortTaken
+			return portErr(err)
 		}
 		if l.dnsTCP6, err = net.Listen("tcp6", "[::1]:"+p); err != nil {
-			return errPortTaken
+			return portErr(err)
 		}
 	}
 	return nil
