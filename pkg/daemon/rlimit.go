@@ -16,11 +16,12 @@ const fdsPerSandbox = 6
 // raiseNoFile lifts RLIMIT_NOFILE (soft and hard) to fs.nr_open when the
 // process may (root): 10,000 sandboxes need 60,000 descriptors for their
 // listeners alone (issue #21), above the usual hard limits (20,000 here;
-// systemd's default 524,288 is enough). Failure is logged, not fatal.
-func raiseNoFile(log *slog.Logger) {
+// systemd's default 524,288 is enough). Raising the hard limit needs
+// CAP_SYS_RESOURCE. Failure is logged and returned, not fatal.
+func raiseNoFile(log *slog.Logger) error {
 	var cur unix.Rlimit
 	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &cur); err != nil {
-		return
+		return err
 	}
 	want := uint64(1 << 20)
 	if b, err := os.ReadFile("/proc/sys/fs/nr_open"); err == nil {
@@ -29,7 +30,7 @@ func raiseNoFile(log *slog.Logger) {
 		}
 	}
 	if cur.Cur >= want && cur.Max >= want {
-		return
+		return nil
 	}
 	lim := unix.Rlimit{Cur: max(cur.Cur, want), Max: max(cur.Max, want)}
 	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
@@ -38,5 +39,7 @@ func raiseNoFile(log *slog.Logger) {
 		unix.Setrlimit(unix.RLIMIT_NOFILE, &lim)
 		log.Info("open-file limit not raised: each sandbox holds 6 descriptors",
 			"limit", cur.Max, "sandboxes", cur.Max/fdsPerSandbox, "err", err)
+		return err
 	}
+	return nil
 }
