@@ -65,6 +65,7 @@ type record struct {
 // New prepares a daemon: loads the eBPF programs, opens the secret store,
 // the audit sinks, the resolver and the proxy.
 func New(cfg Config, log *slog.Logger) (*Daemon, error) {
+	raiseNoFile(log)
 	cfg.defaults()
 	if cur, _, err := raiseNOFILE(); err != nil {
 		log.Warn("open file limit not raised", "err", err)

@@ -3,8 +3,12 @@ package daemon
 import (
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
+	"os"
 	"strconv"
+	"strings"
+	"syscall"
 )
 
 // listeners are one sandbox's redirect targets: the proxy on 127.0.0.1:P and
@@ -59,11 +63,53 @@ func openListeners(preferProxy, preferDNS uint16) (*listeners, error) {
 			return nil, err
 		}
 	}
+	// Thousands of sandboxes (issue #21: 10,000 per host) fill the
+	// ephemeral range: bind(0) keeps offering ports whose other family is
+	// taken. Try explicit random ports of the range instead.
+	lo, hi := ephemeralRange()
+	for try := 0; try < 4000; try++ {
+		l.Close()
+		*l = listeners{}
+		p, d := lo+rand.IntN(hi-lo+1), lo+rand.IntN(hi-lo+1)
+		if p == d {
+			continue
+		}
+		if err = l.open(uint16(p), uint16(d)); err == nil {
+			return l, nil
+		}
+	}
 	l.Close()
 	return nil, fmt.Errorf("opening sandbox listeners: no free port pair found: %w", err)
 }
 
+// ephemeralRange is net.ipv4.ip_local_port_range (default 32768-60999).
+func ephemeralRange() (int, int) {
+	lo, hi := 32768, 60999
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return lo, hi
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 2 {
+		a, err1 := strconv.Atoi(f[0])
+		z, err2 := strconv.Atoi(f[1])
+		if err1 == nil && err2 == nil && a > 0 && z >= a && z < 65536 {
+			return a, z
+		}
+	}
+	return lo, hi
+}
+
 var errPortTaken = errors.New("port taken in the other family")
+
+// portErr is errPortTaken for a port in use, else the error itself (out of
+// descriptors must not read as a port clash).
+func portErr(err error) error {
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return errPortTaken
+	}
+	return fmt.Errorf("sandbox listener: %w", err)
+}
 
 func (l *listeners) open(proxyPort, dnsPort uint16) error {
 	var err error
@@ -75,7 +121,7 @@ func (l *listeners) open(proxyPort, dnsPort uint16) error {
 	v6 := hasIPv6Loopback()
 	if v6 {
 		if l.proxy6, err = net.Listen("tcp6", "[::1]:"+strconv.Itoa(int(l.proxyPort))); err != nil {
-			return errPortTaken
+			return portErr(err)
 		}
 	}
 	l.dnsUDP4, err = net.ListenPacket("udp4", "127.0.0.1:"+strconv.Itoa(int(dnsPort)))
@@ -85,14 +131,14 @@ func (l *listeners) open(proxyPort, dnsPort uint16) error {
 	l.dnsPort = uint16(l.dnsUDP4.LocalAddr().(*net.UDPAddr).Port)
 	p := strconv.Itoa(int(l.dnsPort))
 	if l.dnsTCP4, err = net.Listen("tcp4", "127.0.0.1:"+p); err != nil {
-		return errPortTaken
+		return portErr(err)
 	}
 	if v6 {
 		if l.dnsUDP6, err = net.ListenPacket("udp6", "[::1]:"+p); err != nil {
-			return errPortTaken
+			return portErr(err)
 		}
 		if l.dnsTCP6, err = net.Listen("tcp6", "[::1]:"+p); err != nil {
-			return errPortTaken
+			return portErr(err)
 		}
 	}
 	return nil

@@ -362,5 +362,6 @@ func newResolverAndProxy(upstreams []string, allowLoopback bool, upstreamCAs []s
 	if err != nil {
 		return nil, nil, err
 	}
-	return resolver, proxy.New(proxy.Config{RootCAs: roots}, log.With("component", "proxy")), nil
+	plog := log.With("component", "proxy")
+	return resolver, proxy.New(proxy.Config{RootCAs: roots, KernelSplice: kernelSplicer(plog)}, plog), nil
 }

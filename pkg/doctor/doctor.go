@@ -54,6 +54,9 @@ type Env struct {
 	// BPFProbe creates and closes a tiny BPF map (the bpf syscall works and
 	// the caller may use it).
 	BPFProbe func() error
+	// SpliceProbe loads the kernel splice programs (nil: the real probe,
+	// enforcer.ProbeSplice).
+	SpliceProbe func() error
 	// Socket is the daemon's control socket; Daemon probes it (nil: the
 	// daemon check only looks for the socket file).
 	Socket string
@@ -65,7 +68,7 @@ type Env struct {
 }
 
 // Checks are the names of every check, in the order Run reports them.
-var Checks = []string{"kernel", "bpf syscall", "cgroup v2", "bpffs", "capabilities", "daemon"}
+var Checks = []string{"kernel", "bpf syscall", "cgroup v2", "bpffs", "capabilities", "kernel splice", "daemon"}
 
 func (e *Env) defaults() {
 	if e.MountInfo == "" {
@@ -131,6 +134,9 @@ func Run(ctx context.Context, env Env) Report {
 		add(checkBPFFS(env, mounts))
 	}
 	add(checkCaps(env))
+	if !skip["kernel splice"] {
+		add(checkSplice(env))
+	}
 	if !skip["daemon"] {
 		add(checkDaemon(ctx, env))
 	}

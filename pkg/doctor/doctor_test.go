@@ -18,6 +18,7 @@ func fakeEnv(mountinfo, status string) Env {
 		ProcStatus:    filepath.Join("testdata", status),
 		KernelRelease: func() (string, error) { return "6.18.44-generic", nil },
 		BPFProbe:      func() error { return nil },
+		SpliceProbe:   func() error { return nil },
 	}
 }
 

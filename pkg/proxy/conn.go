@@ -432,6 +432,9 @@ func (s *server) splice(ctx context.Context, c net.Conn, peeked []byte, ci *conn
 			return
 		}
 	}
+	if s.kernelSplice(c, up, len(peeked), ci) {
+		return
+	}
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {

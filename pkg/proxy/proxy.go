@@ -107,6 +107,9 @@ type Config struct {
 	// (for processes: rules and the events). nil: /proc/PID/exe through a
 	// pidfd (process.go).
 	Exe func(pid uint32) (string, error)
+	// KernelSplice moves spliced connections' bytes in the kernel (issue
+	// #21). nil: the user-space splice.
+	KernelSplice KernelSplicer
 }
 
 // RootPool returns the system roots plus the certificates in the given PEM

@@ -13,6 +13,7 @@ wanted=(
 	squid-openssl:squid
 	mitmproxy:mitmdump
 	dnsmasq-base:dnsmasq
+	unbound:unbound
 	dnsperf:dnsperf
 	curl:curl
 )

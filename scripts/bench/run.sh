@@ -16,11 +16,17 @@
 #   e  squid ssl-bump adding the same header (explicit proxy, hey -x)
 #   f  mitmproxy adding the same header (explicit proxy, hey -x)
 #   g  DNS cached-answer qps: the sluice resolver (dnsperf inside
-#      `sluice run`, port 53 redirected by the kernel) against dnsmasq as a
-#      forwarder to the same authoritative server
+#      `sluice run`, port 53 redirected by the kernel) against dnsmasq and
+#      against unbound (one thread per CPU), both caching forwarders to the
+#      same authoritative server
 #   h  connect() cost inside against outside a sandbox (direct CIDR rule)
 #   i  bulk download (BENCH_BULK_BYTES, default 1 GiB) direct, through
 #      splice and through intercept
+# b and i splice are also measured with SLUICE_KERNEL_SPLICE=0 (the
+# user-space splice), for the kernel (sockhash) against user-space row.
+# CPU per request (KEY.cpu) is the CPU time (user + system, /proc/PID/stat
+# or the exit rusage of `sluice run`) the proxy process used over the run,
+# divided by the requests the upstream counted.
 # The load generators of b, c, d, g and i run INSIDE `sluice run` (real
 # cgroup, real eBPF redirect, real resolver and proxy), as a user runs them.
 #
@@ -113,6 +119,8 @@ POL
 SL=("$SLUICE" run --no-summary --policy "$work/bench.yaml" --dns-upstream "$DNS_ADDR" --dns-allow-loopback
 	--upstream-ca "$UP_CA" --secret-env BENCH_TOKEN --user root --)
 sl() { "${SL[@]}" "$@"; }
+# sl_user: sl with the user-space splice (no sockhash), for the b/i rows.
+sl_user() { SLUICE_KERNEL_SPLICE=0 "${SL[@]}" "$@"; }
 # The same with every decision written to an audit file (issue 8: audit on
 # must stay within 10% of audit off).
 SLA=("${SL[@]:0:${#SL[@]}-1}" --audit "$work/audit.jsonl" --)
@@ -197,6 +205,41 @@ if have dnsmasq; then
 	pids+=($!)
 	wait_tcp "$dnsmasq_port" || { log "dnsmasq did not start: $(tail -n 3 "$work/dnsmasq.out")"; dnsmasq_port=; }
 fi
+unbound_port=
+if have unbound; then
+	log "starting unbound (caching forwarder, $(nproc) threads)"
+	unbound_port=$("$B/probe" freeport)
+	mkdir -p "$work/unbound"
+	cat >"$work/unbound/unbound.conf" <<CONF
+server:
+	interface: 127.0.0.1
+	port: $unbound_port
+	do-ip6: no
+	num-threads: $(nproc)
+	so-reuseport: yes
+	username: ""
+	chroot: ""
+	directory: "$work/unbound"
+	pidfile: ""
+	use-syslog: no
+	logfile: ""
+	verbosity: 0
+	access-control: 127.0.0.0/8 allow
+	do-not-query-localhost: no
+	module-config: "iterator"
+	qname-minimisation: no
+	msg-cache-size: 16m
+	rrset-cache-size: 32m
+remote-control:
+	control-enable: no
+forward-zone:
+	name: "."
+	forward-addr: ${DNS_ADDR%:*}@${DNS_ADDR##*:}
+CONF
+	unbound -d -c "$work/unbound/unbound.conf" >"$work/unbound.out" 2>&1 &
+	pids+=($!)
+	wait_tcp "$unbound_port" || { log "unbound did not start: $(tail -n 3 "$work/unbound.out")"; unbound_port=; }
+fi
 printf 'api.bench.test A\n' >"$work/queries"
 
 # --- h: connect() server and its policy (direct CIDR rule, no proxy) ---
@@ -238,6 +281,7 @@ hey_row() {
 	case $mode in
 	direct) cmd=(ns "${hey[@]}") ;;
 	sluice) cmd=("$B/probe" cputime "$work/cpu.outer" "${SL[@]}" "${hey[@]}") ;;
+	sluice-user) cmd=("$B/probe" cputime "$work/cpu.outer" env SLUICE_KERNEL_SPLICE=0 "${SL[@]}" "${hey[@]}") ;;
 	sluice-audit) cmd=("${SLA[@]}" "${hey[@]}") ;;
 	squid) cmd=("${hey[@]}") px0=$(proc_cpu "$squid_pid") ;;
 	mitm) cmd=("${hey[@]}") px0=$(proc_cpu "$mitm_pid") ;;
@@ -273,7 +317,7 @@ hey_row() {
 	client=$(cpu_file "$work/cpu.client")
 	upstream=$(awk -v a="$up0" -v b="$up1" 'BEGIN { print b - a }')
 	case $mode in
-	sluice) proxy=$(awk -v o="$(cpu_file "$work/cpu.outer")" -v c="$client" -v s="$sl_startup" 'BEGIN { print o - c - s }') ;;
+	sluice | sluice-user) proxy=$(awk -v o="$(cpu_file "$work/cpu.outer")" -v c="$client" -v s="$sl_startup" 'BEGIN { print o - c - s }') ;;
 	squid | mitm) proxy=$(awk -v a="$px0" -v b="$px1" 'BEGIN { print b - a }') ;;
 	esac
 	us() { awk -v c="$1" -v n="$n" 'BEGIN { printf "%.1f", 1e6 * c / n }'; }
@@ -410,6 +454,7 @@ for round in $(seq "$ROUNDS"); do
 	log "round $round/$ROUNDS: a-f HTTPS load (hey -z ${DUR}s -c $CONC)"
 	need a.ka "$hey_ok" "hey not available" && hey_row a.ka direct -- -host api.bench.test "$API/"
 	need b.ka "${hey_ok:+$sluice_ok}" "hey or sluice not available" && hey_row b.ka sluice -- -host splice.bench.test "$SPLICE/"
+	need b.user "${hey_ok:+$sluice_ok}" "hey or sluice not available" && hey_row b.user sluice-user -- -host splice.bench.test "$SPLICE/"
 	need c.ka "${hey_ok:+$sluice_ok}" "hey or sluice not available" && hey_row c.ka sluice -- -host api.bench.test "$API/"
 	need e.ka "${hey_ok:+$squid_port}" "hey or squid-openssl not available" &&
 		hey_row e.ka squid -- -x "http://127.0.0.1:$squid_port" "$API/"
@@ -431,11 +476,14 @@ for round in $(seq "$ROUNDS"); do
 	want i.direct && bulk_row i.direct -- -resolve api.bench.test:127.0.0.1 -cacert "$UP_CA" "$API/bulk?n=$BULK"
 	# splice passes the upstream's own certificate through: trust its CA
 	need i.splice "$sluice_ok" "sluice not built" && bulk_row i.splice sl -- -cacert "$UP_CA" "$SPLICE/bulk?n=$BULK"
+	need i.splice.user "$sluice_ok" "sluice not built" &&
+		bulk_row i.splice.user sl_user -- -cacert "$UP_CA" "$SPLICE/bulk?n=$BULK"
 	need i.intercept "$sluice_ok" "sluice not built" && bulk_row i.intercept sl -- "$API/bulk?n=$BULK"
 
 	log "round $round/$ROUNDS: g DNS cached answers (${DUR}s each)"
 	need g.sluice "$sluice_ok" "sluice not built" && dns_row g.sluice 127.0.0.1 53 sl
 	need g.peer "$dnsmasq_port" "dnsmasq not available" && dns_row g.peer 127.0.0.1 "$dnsmasq_port" env
+	need g.unbound "$unbound_port" "unbound not available" && dns_row g.unbound 127.0.0.1 "$unbound_port" env
 
 	log "round $round/$ROUNDS: h connect()"
 	want h.outside && connect_row h.outside env
@@ -478,7 +526,7 @@ bulk_label="$BULK bytes"
 	-setup "rounds=$ROUNDS (median), interleaved" \
 	-setup "load=hey -z ${DUR}s -c $CONC, HTTP/1.1, 3-byte body; latency: $LAT_N sequential requests, one client; bulk: $BULK bytes, one GET" \
 	-setup "sluice=$(ver "$SLUICE" version)" \
-	-setup "tools=$(dpkg-query -W -f '${Package} ${Version}, ' hey squid-openssl mitmproxy dnsmasq-base dnsperf 2>/dev/null | sed 's/, $//')" \
+	-setup "tools=$(dpkg-query -W -f '${Package} ${Version}, ' hey squid-openssl mitmproxy dnsmasq-base unbound dnsperf 2>/dev/null | sed 's/, $//')" \
 	-setup "go=$(go env GOVERSION)" \
 	-setup "duration=$(($(date +%s) - start_ts)) s"
 echo "results written to $OUT and $MD"
