@@ -32,7 +32,7 @@ test: deps build ## the whole suite: lint, stale eBPF check, unit, privileged e2
 	@$(MAKE) --no-print-directory lint
 	@$(MAKE) --no-print-directory check-generate
 	SLUICE_BIN=$(CURDIR)/$(BIN) $(GO) test $(GOTEST_FLAGS) ./...
-	@scripts/fuzz.sh 10s
+	@scripts/fuzz.sh 5s
 
 test-unit: ## unprivileged tests only
 	$(GO) test -count=1 ./...
