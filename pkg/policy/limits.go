@@ -30,7 +30,7 @@ var DefaultLimits = Limits{
 	Connections:         512,
 	UpstreamConnections: 512,
 	RequestHeadBytes:    16 << 20,
-	DNSQPS:              200,
+	DNSQPS:              1000,
 }
 
 // limitFields is the one table of limits: YAML name, bounds, and where the

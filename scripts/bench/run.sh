@@ -113,6 +113,8 @@ rules:
       - {name: Authorization, type: secret, value: "Bearer {BENCH_TOKEN}"}
   - name: bench-splice
     hosts: [splice.bench.test]
+# Row g measures the resolver's throughput, not the per-sandbox DNS fence.
+limits: {dns_qps: 1048576}
 POL
 # --user root: the load generators and their files live in root's work
 # directory (the sandbox boundary still applies).
