@@ -65,13 +65,8 @@ type record struct {
 // New prepares a daemon: loads the eBPF programs, opens the secret store,
 // the audit sinks, the resolver and the proxy.
 func New(cfg Config, log *slog.Logger) (*Daemon, error) {
-	raiseNoFile(log)
+	raiseNoFile(log) // logs what it could not do
 	cfg.defaults()
-	if cur, _, err := raiseNOFILE(); err != nil {
-		log.Warn("open file limit not raised", "err", err)
-	} else {
-		log.Debug("open file limit", "RLIMIT_NOFILE", cur)
-	}
 	if err := os.MkdirAll(filepath.Join(cfg.StateDir, "sandboxes"), 0o700); err != nil {
 		return nil, fmt.Errorf("creating state dir: %w", err)
 	}

@@ -1,14 +1,12 @@
 package daemon
 
 import (
-	"fmt"
 	"time"
 
 	"github.com/sluice-dev/sluice/pkg/audit"
 	"github.com/sluice-dev/sluice/pkg/enforcer"
 	"github.com/sluice-dev/sluice/pkg/fence"
 	"github.com/sluice-dev/sluice/pkg/policy"
-	"golang.org/x/sys/unix"
 )
 
 // newFence returns a sandbox's resource fences: limits from its current
@@ -48,23 +46,4 @@ func fenceReason(k fence.Kind) enforcer.Reason {
 		return enforcer.ReasonFenceDNSQPS
 	}
 	return enforcer.ReasonFenceConnections
-}
-
-// raiseNOFILE raises the soft RLIMIT_NOFILE to the hard limit: every
-// proxied connection holds two descriptors (client and upstream), and the
-// per-sandbox connections fences only help while the sum of them fits.
-// Processes the daemon starts get the limit it was started with (Go
-// restores it for children).
-func raiseNOFILE() (cur, max uint64, err error) {
-	var lim unix.Rlimit
-	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
-		return 0, 0, fmt.Errorf("reading RLIMIT_NOFILE: %w", err)
-	}
-	if lim.Cur < lim.Max {
-		lim.Cur = lim.Max
-		if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
-			return 0, 0, fmt.Errorf("raising RLIMIT_NOFILE to %d: %w", lim.Max, err)
-		}
-	}
-	return lim.Cur, lim.Max, nil
 }
