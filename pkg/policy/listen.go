@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
-	"strconv"
 
 	"gopkg.in/yaml.v3"
 )
@@ -57,21 +56,7 @@ func (ps *parser) listen(path string, n *yaml.Node) *Listen {
 		fp := join(path, f.key.Value)
 		switch f.key.Value {
 		case "ports":
-			items, ok := ps.seq(f.val, fp)
-			if !ok {
-				continue
-			}
-			for j, it := range items {
-				jp := fmt.Sprintf("%s[%d]", fp, j)
-				v, err := strconv.ParseUint(it.Value, 10, 16)
-				if it.Kind != yaml.ScalarNode || it.Tag != "!!int" || err != nil || v == 0 {
-					ps.errf(it, jp, "%q is not a port; expect an integer from 1 to 65535", it.Value)
-					continue
-				}
-				if !slices.Contains(l.Ports, uint16(v)) {
-					l.Ports = append(l.Ports, uint16(v))
-				}
-			}
+			l.Ports = ps.ports(f.val, fp)
 			if len(l.Ports) > maxListenPorts {
 				ps.errf(f.val, fp, "at most %d ports per listen rule; split it into several rules", maxListenPorts)
 			}

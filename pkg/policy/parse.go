@@ -414,21 +414,7 @@ func (ps *parser) rule(i int, n *yaml.Node) (*Rule, *ruleSrc) {
 			}
 		case "ports":
 			portsNode = f.val
-			items, ok := ps.seq(f.val, fp)
-			if !ok {
-				continue
-			}
-			for j, it := range items {
-				jp := fmt.Sprintf("%s[%d]", fp, j)
-				v, err := strconv.ParseUint(it.Value, 10, 16)
-				if it.Kind != yaml.ScalarNode || it.Tag != "!!int" || err != nil || v == 0 {
-					ps.errf(it, jp, "%q is not a port; expect an integer from 1 to 65535", it.Value)
-					continue
-				}
-				if !slices.Contains(r.Ports, uint16(v)) {
-					r.Ports = append(r.Ports, uint16(v))
-				}
-			}
+			r.Ports = ps.ports(f.val, fp)
 		case "cidrs":
 			vals, nodes := ps.strs(f.val, fp)
 			for j, s := range vals {
@@ -959,4 +945,24 @@ func sortedKeys(m map[string]string) []string {
 	}
 	slices.Sort(keys)
 	return keys
+}
+
+// ports parses a list of ports (1–65535, duplicates dropped) at path.
+func (ps *parser) ports(n *yaml.Node, path string) []uint16 {
+	items, ok := ps.seq(n, path)
+	if !ok {
+		return nil
+	}
+	var out []uint16
+	for j, it := range items {
+		v, err := strconv.ParseUint(it.Value, 10, 16)
+		if it.Kind != yaml.ScalarNode || it.Tag != "!!int" || err != nil || v == 0 {
+			ps.errf(it, fmt.Sprintf("%s[%d]", path, j), "%q is not a port; expect an integer from 1 to 65535", it.Value)
+			continue
+		}
+		if !slices.Contains(out, uint16(v)) {
+			out = append(out, uint16(v))
+		}
+	}
+	return out
 }
