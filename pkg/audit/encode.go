@@ -111,25 +111,7 @@ func optStrings(b []byte, key string, ss []string) []byte {
 
 // optLabels writes a string map with sorted keys, as encoding/json does.
 func optLabels(b []byte, key string, m map[string]string) []byte {
-	if len(m) == 0 {
-		return b
-	}
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	b = append(b, key...)
-	b = append(b, '{')
-	for i, k := range keys {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = appendString(b, k)
-		b = append(b, ':')
-		b = appendString(b, m[k])
-	}
-	return append(b, '}')
+	return optMap(b, key, m, appendString)
 }
 
 // appendFloat formats like encoding/json's float64 encoder.
@@ -209,6 +191,12 @@ func appendString(b []byte, s string) []byte {
 
 // optCounts encodes a map of counts with sorted keys, as encoding/json does.
 func optCounts(b []byte, key string, m map[string]int) []byte {
+	return optMap(b, key, m, func(b []byte, v int) []byte { return strconv.AppendInt(b, int64(v), 10) })
+}
+
+// optMap writes key and m as a JSON object with sorted keys (nothing when
+// m is empty), each value written by appendV.
+func optMap[V any](b []byte, key string, m map[string]V, appendV func([]byte, V) []byte) []byte {
 	if len(m) == 0 {
 		return b
 	}
@@ -225,7 +213,7 @@ func optCounts(b []byte, key string, m map[string]int) []byte {
 		}
 		b = appendString(b, k)
 		b = append(b, ':')
-		b = strconv.AppendInt(b, int64(m[k]), 10)
+		b = appendV(b, m[k])
 	}
 	return append(b, '}')
 }
