@@ -3,6 +3,7 @@ package containers
 import (
 	"errors"
 	"fmt"
+	"github.com/sluice-dev/sluice/pkg/tlsca"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -13,18 +14,6 @@ import (
 	"github.com/sluice-dev/sluice/pkg/cgroup"
 	"golang.org/x/sys/unix"
 )
-
-// TrustFiles are the system trust bundles that TLS libraries read, one per
-// distribution family (Go's crypto/x509 list for Linux). The ones present in
-// a container get the sandbox bundle mounted over them.
-var TrustFiles = []string{
-	"/etc/ssl/certs/ca-certificates.crt",                // Debian, Ubuntu, Gentoo, Alpine, Arch
-	"/etc/pki/tls/certs/ca-bundle.crt",                  // Fedora, RHEL 6
-	"/etc/ssl/ca-bundle.pem",                            // openSUSE
-	"/etc/pki/tls/cacert.pem",                           // OpenELEC
-	"/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem", // CentOS, RHEL 7
-	"/etc/ssl/cert.pem",                                 // Alpine, Wolfi
-}
 
 // MountNS returns the inode of process pid's mount namespace.
 func MountNS(pid int) (uint64, error) {
@@ -61,7 +50,7 @@ func ForeignMountNamespaces(path string, max int) map[uint64]int {
 }
 
 // MountTrust bind-mounts the file bundle (read-only) over every file of
-// TrustFiles present in the mount namespace of process pid, and returns the
+// tlsca.TrustFiles present in the mount namespace of process pid, and returns the
 // paths it mounted over (inside that namespace). root is where the
 // container's root file system is in that namespace: "/" for a running
 // container, the rootfs path for a runtime hook run before pivot_root.
@@ -79,7 +68,7 @@ func MountTrust(pid int, root, bundle string) ([]string, error) {
 			unix.Close(fd)
 		}
 	}()
-	for range TrustFiles {
+	for range tlsca.TrustFiles {
 		fd, err := unix.OpenTree(unix.AT_FDCWD, bundle, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
 		if err != nil {
 			return nil, fmt.Errorf("open_tree %s: %w", bundle, err)
@@ -97,7 +86,7 @@ func MountTrust(pid int, root, bundle string) ([]string, error) {
 	var mounted []string
 	err = inMountNS(pid, func() error {
 		seen := map[string]bool{}
-		for i, f := range TrustFiles {
+		for i, f := range tlsca.TrustFiles {
 			target, err := resolveIn(root, f)
 			if err != nil || seen[target] {
 				continue // absent in this image

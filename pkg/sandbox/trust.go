@@ -1,26 +1,10 @@
 package sandbox
 
 import (
+	"github.com/sluice-dev/sluice/pkg/tlsca"
 	"os"
 	"path/filepath"
 )
-
-// TrustFiles are the distributions' PEM trust bundles. Those that exist on
-// the host are covered by the sandbox bundle (system roots plus the
-// sandbox CA) in the sandbox's mount namespace, so that clients which read
-// no environment variable (GnuTLS wget, PHP's curl, httplib2, ...) trust
-// the sandbox CA too.
-var TrustFiles = []string{
-	"/etc/ssl/certs/ca-certificates.crt",                      // Debian, Ubuntu, Alpine, Gentoo
-	"/etc/pki/tls/certs/ca-bundle.crt",                        // Fedora, RHEL
-	"/etc/pki/tls/cert.pem",                                   // Fedora, RHEL (OpenSSL default)
-	"/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",       // Fedora, RHEL (p11-kit export)
-	"/etc/pki/ca-trust/extracted/openssl/ca-bundle.trust.crt", // Fedora, RHEL (OpenSSL trusted form)
-	"/etc/pki/tls/certs/ca-bundle.trust.crt",                  // older RHEL
-	"/etc/ssl/cert.pem",                                       // Alpine, macOS-style OpenSSL, LibreSSL
-	"/etc/ssl/ca-bundle.pem",                                  // openSUSE
-	"/etc/ca-certificates/extracted/tls-ca-bundle.pem",        // Arch
-}
 
 // JavaTrustFiles are the Java trust stores (covered by a PKCS#12 store of
 // the same certificates): the distributions' shared stores and every JDK's
@@ -57,7 +41,7 @@ func TrustBinds(bundle, javaStore string) []Bind {
 			out = append(out, Bind{Source: src, Target: real})
 		}
 	}
-	add(bundle, TrustFiles)
+	add(bundle, tlsca.TrustFiles)
 	if javaStore != "" {
 		add(javaStore, JavaTrustFiles())
 	}

@@ -12,6 +12,23 @@ import (
 	"software.sslmate.com/src/go-pkcs12"
 )
 
+// TrustFiles are the distributions' PEM trust bundles, which TLS libraries
+// read without any environment variable (GnuTLS wget, PHP's curl, httplib2,
+// Go's crypto/x509, ...). sluice run (pkg/sandbox) and container attach
+// (pkg/containers) mount the sandbox bundle over those that exist.
+var TrustFiles = []string{
+	"/etc/ssl/certs/ca-certificates.crt",                      // Debian, Ubuntu, Alpine, Gentoo
+	"/etc/pki/tls/certs/ca-bundle.crt",                        // Fedora, RHEL
+	"/etc/pki/tls/cert.pem",                                   // Fedora, RHEL (OpenSSL default)
+	"/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",       // Fedora, RHEL (p11-kit export)
+	"/etc/pki/ca-trust/extracted/openssl/ca-bundle.trust.crt", // Fedora, RHEL (OpenSSL trusted form)
+	"/etc/pki/tls/certs/ca-bundle.trust.crt",                  // older RHEL
+	"/etc/pki/tls/cacert.pem",                                 // OpenELEC
+	"/etc/ssl/cert.pem",                                       // Alpine, Wolfi, LibreSSL
+	"/etc/ssl/ca-bundle.pem",                                  // openSUSE
+	"/etc/ca-certificates/extracted/tls-ca-bundle.pem",        // Arch
+}
+
 // SystemRootFiles are the places the host's CA bundle is looked for, in order
 // (Debian/Ubuntu/Alpine, Fedora/RHEL, openSUSE, Arch's p11-kit export).
 var SystemRootFiles = []string{
