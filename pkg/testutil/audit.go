@@ -10,7 +10,7 @@ import (
 
 // WaitTimeout bounds every wait in this package: long enough for a loaded
 // 2-core CI machine, short enough that a hung test fails in seconds.
-const WaitTimeout = 10 * time.Second
+const WaitTimeout = 30 * time.Second
 
 // WaitFor polls cond until it holds, and fails the test naming what it
 // waited for when WaitTimeout passes first. Tests wait on conditions, never

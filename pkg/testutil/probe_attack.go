@@ -260,7 +260,7 @@ func probeDoH(url, name, port string) string {
 	m := new(dns.Msg)
 	m.SetQuestion(dns.Fqdn(name), dns.TypeA)
 	q, _ := m.Pack()
-	cl := &http.Client{Timeout: 5 * time.Second}
+	cl := &http.Client{Timeout: 20 * time.Second}
 	resp, err := cl.Post(url, "application/dns-message", bytes.NewReader(q))
 	if err != nil {
 		return "error doh: " + errnoName(err)
