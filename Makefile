@@ -4,9 +4,9 @@ GO ?= go
 BIN := bin/sluice
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
-# -parallel 4: the e2e tests of cmd/sluice mostly wait on processes they start;
+# -parallel 2: the e2e tests of cmd/sluice mostly wait on processes they start;
 # more of them at once than the 2 cores of CI shortens the suite.
-GOTEST_FLAGS ?= -race -count=1 -parallel 4
+GOTEST_FLAGS ?= -race -count=1 -parallel 2
 
 .DEFAULT_GOAL := build
 

@@ -227,7 +227,7 @@ func TestSandboxSeesNoSecretAnywhere(t *testing.T) {
 	}()
 	url := fmt.Sprintf("https://allowed.test:%d/scan", w.api.Port)
 	out, code := w.run(t, pol, "--secret-env", "LEAK_TOKEN", "--",
-		"sh", "-c", `curl -sS --max-time 10 "$0" && touch "$1" && i=0 && while [ ! -e "$2" ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done`,
+		"sh", "-c", `curl -sS --max-time 30 "$0" && touch "$1" && i=0 && while [ ! -e "$2" ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done`,
 		url, ready, scanned)
 	r := <-done
 	if code != 0 || !strings.Contains(out, "hello from upstream /scan") {
