@@ -4,8 +4,8 @@ GO ?= go
 BIN := bin/sluice
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
-# -parallel 2: the e2e tests of cmd/sluice mostly wait on processes they start;
-# more of them at once than the 2 cores of CI shortens the suite.
+# -parallel 2: the e2e tests of cmd/sluice run two at a time. At 4, two loaded
+# fresh-clone runs on 2 cores timed out a daemon start and a curl.
 GOTEST_FLAGS ?= -race -count=1 -parallel 2
 
 .DEFAULT_GOAL := build
