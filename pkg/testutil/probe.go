@@ -19,6 +19,9 @@ import (
 // sandbox cgroup.
 const probeEnv = "SLUICE_TEST_PROBE"
 
+// probeTimeout bounds a probe's connect and its wait for a reply.
+const probeTimeout = 10 * time.Second
+
 // MaybeRunProbe must be called first in TestMain of packages that use
 // RunProbe. In a re-executed child it performs the probe, prints the result
 // on stdout and exits; otherwise it returns.
@@ -36,15 +39,21 @@ func MaybeRunProbe() {
 func runProbe(mode, target string) string {
 	switch mode {
 	case "tcp":
-		c, err := net.DialTimeout("tcp", target, 3*time.Second)
+		// A refusal is immediate (EPERM, or EOF from the proxy); the
+		// generous timeouts only matter for an allowed connection through a
+		// daemon slowed by a loaded machine (a CI run once missed 3 s).
+		c, err := net.DialTimeout("tcp", target, probeTimeout)
 		if err != nil {
 			return "error " + errnoName(err)
 		}
 		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+		_ = c.SetDeadline(time.Now().Add(probeTimeout))
 		_, _ = c.Write([]byte("ping\n"))
 		buf := make([]byte, 256)
-		n, _ := c.Read(buf)
+		n, rerr := c.Read(buf)
+		if n == 0 && errors.Is(rerr, os.ErrDeadlineExceeded) {
+			return "ok [no reply in " + probeTimeout.String() + "]"
+		}
 		return "ok " + strings.TrimSpace(string(buf[:n]))
 	case "bindtcp": // bind a specific source address first, then connect
 		d := net.Dialer{Timeout: 3 * time.Second, LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 5)}}
