@@ -15,9 +15,10 @@
 #define MAX_LISTEN 65536
 #define MAX_EXT_HEADERS 8 /* IPv6 extension headers walked on egress */
 
-/* Enums reach Go through bpf2go -type, and the Go side names a refusal
- * reason after its enumerator (REASON_NOT_ALLOWED renders "not_allowed"), so
- * a new reason is one line here plus its use in a program. */
+/* Flag enums reach Go through bpf2go -type. enum reason is read by Go from
+ * the object's BTF, and a refusal reason is named after its enumerator
+ * (REASON_NOT_ALLOWED renders "not_allowed"), so a new reason is one line
+ * here plus its use in a program: no Go edit. */
 
 /* sandbox flags (sandbox_cfg.flags) */
 enum sandbox_flag {

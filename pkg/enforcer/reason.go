@@ -11,35 +11,59 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Reason is why sluice refused something: enum reason of bpf/sluice.h,
-// emitted by bpf2go -type. The kernel programs count most reasons; the
-// daemon counts the resource fences (see Sandbox.Refuse) in the same map.
+// Reason is why sluice refused something: enum reason of bpf/sluice.h. The
+// kernel programs count most reasons; the daemon counts the resource fences
+// (see Sandbox.Refuse) in the same map.
+//
+// Go reads the enum from the BTF of the embedded object (not from bpf2go
+// -type), so a new reason is bpf/sluice.h, its use in bpf/sluice.c and the
+// regenerated object: no Go file changes (issue #16).
 type Reason uint32
 
 // The reasons Go code tests for. The others need no Go name: String
 // renders every reason from the enum itself.
-const (
-	ReasonSocketType    = Reason(sluiceReasonREASON_SOCKET_TYPE)
-	ReasonRoutingOption = Reason(sluiceReasonREASON_ROUTING_OPTION)
-	ReasonRoutedPacket  = Reason(sluiceReasonREASON_ROUTED_PACKET)
-	ReasonInbound       = Reason(sluiceReasonREASON_INBOUND)
+var (
+	ReasonSocketType    = reasonNamed("REASON_SOCKET_TYPE")
+	ReasonRoutingOption = reasonNamed("REASON_ROUTING_OPTION")
+	ReasonRoutedPacket  = reasonNamed("REASON_ROUTED_PACKET")
+	ReasonInbound       = reasonNamed("REASON_INBOUND")
 )
 
-// reasonNames maps each enumerator of enum reason to its rendered name,
-// read from the BTF of the embedded object: REASON_NOT_ALLOWED renders as
-// "not_allowed". A new reason therefore needs no Go edit.
-var reasonNames = sync.OnceValue(func() map[Reason]string {
-	out := map[Reason]string{}
+// reasonEnum is enum reason as the embedded object's BTF has it,
+// enumerator name to value.
+var reasonEnum = sync.OnceValue(func() map[string]Reason {
 	spec, err := btf.LoadSpecFromReader(bytes.NewReader(_SluiceBytes))
 	if err != nil {
-		return out
+		panic("enforcer: the embedded eBPF object has no BTF: " + err.Error())
 	}
 	var e *btf.Enum
 	if err := spec.TypeByName("reason", &e); err != nil {
-		return out
+		panic("enforcer: the embedded eBPF object has no enum reason: " + err.Error())
 	}
+	out := make(map[string]Reason, len(e.Values))
 	for _, v := range e.Values {
-		out[Reason(v.Value)] = strings.ToLower(strings.TrimPrefix(v.Name, "REASON_"))
+		out[v.Name] = Reason(v.Value)
+	}
+	return out
+})
+
+// reasonNamed is the value of an enumerator of enum reason. A name the
+// object lacks is a build mistake (a renamed enumerator): it panics at
+// package initialisation, so every test of the package catches it.
+func reasonNamed(name string) Reason {
+	r, ok := reasonEnum()[name]
+	if !ok {
+		panic("enforcer: enum reason in bpf/sluice.h has no " + name)
+	}
+	return r
+}
+
+// reasonNames maps each reason to its rendered name: REASON_NOT_ALLOWED
+// renders as "not_allowed".
+var reasonNames = sync.OnceValue(func() map[Reason]string {
+	out := map[Reason]string{}
+	for name, r := range reasonEnum() {
+		out[r] = strings.ToLower(strings.TrimPrefix(name, "REASON_"))
 	}
 	return out
 })
@@ -102,9 +126,9 @@ func protoName(p uint16) string {
 }
 
 // The reasons the daemon counts itself: its resource fences.
-const (
-	ReasonFenceConnections         = Reason(sluiceReasonREASON_FENCE_CONNECTIONS)
-	ReasonFenceUpstreamConnections = Reason(sluiceReasonREASON_FENCE_UPSTREAM_CONNECTIONS)
-	ReasonFenceRequestHeadBytes    = Reason(sluiceReasonREASON_FENCE_REQUEST_HEAD_BYTES)
-	ReasonFenceDNSQPS              = Reason(sluiceReasonREASON_FENCE_DNS_QPS)
+var (
+	ReasonFenceConnections         = reasonNamed("REASON_FENCE_CONNECTIONS")
+	ReasonFenceUpstreamConnections = reasonNamed("REASON_FENCE_UPSTREAM_CONNECTIONS")
+	ReasonFenceRequestHeadBytes    = reasonNamed("REASON_FENCE_REQUEST_HEAD_BYTES")
+	ReasonFenceDNSQPS              = reasonNamed("REASON_FENCE_DNS_QPS")
 )

@@ -11,12 +11,13 @@ func TestReasonNamesFromEnum(t *testing.T) {
 		r    Reason
 		want string
 	}{
-		{Reason(sluiceReasonREASON_NOT_ALLOWED), "not_allowed"},
-		{Reason(sluiceReasonREASON_METADATA), "metadata"},
+		{reasonNamed("REASON_NOT_ALLOWED"), "not_allowed"},
+		{reasonNamed("REASON_METADATA"), "metadata"},
 		{ReasonSocketType, "socket_type"},
-		{Reason(sluiceReasonREASON_UNKNOWN_SANDBOX), "unknown_sandbox"},
-		{Reason(sluiceReasonREASON_BIND), "bind"},
+		{reasonNamed("REASON_UNKNOWN_SANDBOX"), "unknown_sandbox"},
+		{reasonNamed("REASON_BIND"), "bind"},
 		{Reason(9999), "reason_9999"},
+		{Reason(1), "not_allowed"}, // the value in bpf/sluice.h, not only a name lookup
 	}
 	for _, tt := range tests {
 		if got := tt.r.String(); got != tt.want {
@@ -35,8 +36,8 @@ func TestRender(t *testing.T) {
 		dst                        netip.AddrPort
 		reason, wantProto, wantDst string
 	}{
-		{"tcp", Reason(sluiceReasonREASON_NOT_ALLOWED), ProtoTCP, dst, "not_allowed", "tcp", "1.2.3.4:22"},
-		{"udp", Reason(sluiceReasonREASON_UDP), ProtoUDP, dst, "udp", "udp", "1.2.3.4:22"},
+		{"tcp", reasonNamed("REASON_NOT_ALLOWED"), ProtoTCP, dst, "not_allowed", "tcp", "1.2.3.4:22"},
+		{"udp", reasonNamed("REASON_UDP"), ProtoUDP, dst, "udp", "udp", "1.2.3.4:22"},
 		{"socket", ReasonSocketType, 132, netip.AddrPortFrom(netip.IPv6Unspecified(), 0), "socket_type", "proto-132", ""},
 	}
 	for _, tt := range tests {

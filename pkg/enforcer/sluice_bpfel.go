@@ -102,27 +102,6 @@ type sluiceOrigKey struct {
 	Pad     uint32
 }
 
-type sluiceReason uint32
-
-const (
-	sluiceReasonREASON_NOT_ALLOWED                sluiceReason = 1
-	sluiceReasonREASON_EXPIRED                    sluiceReason = 2
-	sluiceReasonREASON_PORT                       sluiceReason = 3
-	sluiceReasonREASON_UDP                        sluiceReason = 4
-	sluiceReasonREASON_METADATA                   sluiceReason = 5
-	sluiceReasonREASON_SOCKET_TYPE                sluiceReason = 6
-	sluiceReasonREASON_UNKNOWN_SANDBOX            sluiceReason = 7
-	sluiceReasonREASON_DENY_RULE                  sluiceReason = 8
-	sluiceReasonREASON_BIND                       sluiceReason = 9
-	sluiceReasonREASON_ROUTING_OPTION             sluiceReason = 10
-	sluiceReasonREASON_ROUTED_PACKET              sluiceReason = 11
-	sluiceReasonREASON_INBOUND                    sluiceReason = 12
-	sluiceReasonREASON_FENCE_CONNECTIONS          sluiceReason = 13
-	sluiceReasonREASON_FENCE_UPSTREAM_CONNECTIONS sluiceReason = 14
-	sluiceReasonREASON_FENCE_REQUEST_HEAD_BYTES   sluiceReason = 15
-	sluiceReasonREASON_FENCE_DNS_QPS              sluiceReason = 16
-)
-
 type sluiceSandboxCfg struct {
 	_         structs.HostLayout
 	ProxyPort uint16
