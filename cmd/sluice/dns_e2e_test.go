@@ -152,7 +152,7 @@ for i in range(1000):
 print("rcodes", sorted(rcodes.items(), key=str))
 `
 	// The demo policy with a dns_qps fence above this loop's rate: the
-	// fence would drop queries past it (TestDNSQPSFence covers that); this
+	// fence would answer queries past it REFUSED (TestDNSQPSFence covers that); this
 	// test is about what the resolver answers.
 	demo, err := os.ReadFile("../../testdata/policies/demo.yaml")
 	if err != nil {

@@ -18,11 +18,12 @@ var (
 	ksErr  error
 )
 
-// kernelSplicer returns the process's kernel splicer, or nil (the proxy
-// splices in user space) when SLUICE_KERNEL_SPLICE=0 or the kernel lacks a
-// feature (`sluice doctor` says which).
+// kernelSplicer returns the process's kernel splicer when
+// SLUICE_KERNEL_SPLICE=1, or nil (the proxy splices in user space, faster
+// on the kernels measured: pkg/enforcer/PERF.md) otherwise or when the
+// kernel lacks a feature (`sluice doctor` says which).
 func kernelSplicer(log *slog.Logger) proxy.KernelSplicer {
-	if os.Getenv("SLUICE_KERNEL_SPLICE") == "0" {
+	if os.Getenv("SLUICE_KERNEL_SPLICE") != "1" {
 		return nil
 	}
 	ksOnce.Do(func() { ks, ksErr = enforcer.NewSplicer() })

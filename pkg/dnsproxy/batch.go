@@ -61,7 +61,8 @@ func (h *handler) readBatches(uc *net.UDPConn, wg *sync.WaitGroup, sem chan stru
 			p := b.bufs[i][:b.n[i]]
 			if !h.sb.Fence.Query(now) {
 				h.sb.Fence.Refuse(fence.DNSQPS, netip.AddrPort{}, true)
-				continue // dropped: the client retries
+				h.refuseUDP(uc, uc, udpPeer{ap: b.peers[i]}, p)
+				continue
 			}
 			ans, t, key := h.fastHit(p, now, b.outs[i], b.key)
 			b.key = key

@@ -3,6 +3,7 @@ package dnsproxy
 import (
 	"context"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -12,8 +13,10 @@ import (
 	"github.com/sluice-dev/sluice/pkg/policy"
 )
 
-// TestDNSQPSFence: past the sandbox's dns_qps fence, UDP queries are
-// dropped and others answered REFUSED, each refusal reported once.
+// TestDNSQPSFence: past the sandbox's dns_qps fence, every query (UDP and
+// TCP) is answered REFUSED, with an Extended DNS Error naming the limit for
+// EDNS0 clients, and each refusal is reported once; no query goes
+// unanswered.
 func TestDNSQPSFence(t *testing.T) {
 	t.Parallel()
 	up := startUpstream(t, zone("allowed.test. 300 IN A 192.0.2.10"))
@@ -34,7 +37,8 @@ func TestDNSQPSFence(t *testing.T) {
 		t.Fatalf("rcodes %v, %d refusals reported; want 5 answers and 3 REFUSED", rcodes, refused)
 	}
 
-	// UDP, on a sandbox with a fresh bucket: a burst of 30 gets 10 answers.
+	// UDP, on a sandbox with a fresh bucket: a burst of 30 gets about 10
+	// answers and a REFUSED for each of the others.
 	e2 := newEnv(t, Config{Upstreams: []string{up.addr}}, newTestPolicy("allowed.test"))
 	f := fence.New(func() policy.Limits { return policy.Limits{DNSQPS: 10} }, nil)
 	e2.sb.Fence = f
@@ -56,31 +60,61 @@ func TestDNSQPSFence(t *testing.T) {
 		q := new(dns.Msg)
 		q.SetQuestion("allowed.test.", dns.TypeA)
 		q.Id = uint16(i + 1)
+		if i%2 == 0 {
+			q.SetEdns0(1232, false)
+		}
 		b, _ := q.Pack()
 		if _, err := c.Write(b); err != nil {
 			t.Fatal(err)
 		}
 	}
-	answered := 0
+	answered, refusedUDP := 0, 0
+	seen := map[uint16]bool{}
 	buf := make([]byte, 1500)
 	deadline := time.Now().Add(10 * time.Second)
-	for answered+int(f.Usage().Refused[fence.DNSQPS]) < burst {
+	for len(seen) < burst {
 		if time.Now().After(deadline) {
-			t.Fatalf("after %d answers and %d refusals: no more answers", answered, f.Usage().Refused[fence.DNSQPS])
+			t.Fatalf("after %d answers and %d REFUSED of %d queries: no more replies (a query was dropped)", answered, refusedUDP, burst)
 		}
-		c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+		c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
 		n, err := c.Read(buf)
 		if err != nil {
-			continue // a refusal may still be on its way: check again
+			continue
 		}
 		var m dns.Msg
-		if m.Unpack(buf[:n]) == nil && m.Rcode == dns.RcodeSuccess {
+		if err := m.Unpack(buf[:n]); err != nil || seen[m.Id] {
+			t.Fatalf("reply %d unparsable or repeated: %v", m.Id, err)
+		}
+		seen[m.Id] = true
+		switch m.Rcode {
+		case dns.RcodeSuccess:
 			answered++
+		case dns.RcodeRefused:
+			refusedUDP++
+			if len(m.Question) != 1 || m.Question[0].Name != "allowed.test." {
+				t.Errorf("REFUSED %d does not echo the question: %v", m.Id, m.Question)
+			}
+			ede := ""
+			if opt := m.IsEdns0(); opt != nil {
+				for _, o := range opt.Option {
+					if e, ok := o.(*dns.EDNS0_EDE); ok {
+						ede = e.ExtraText
+					}
+				}
+			}
+			if wantEDE := m.Id%2 == 1; wantEDE != strings.Contains(ede, "dns_qps") {
+				t.Errorf("REFUSED %d: extended error %q; want one naming dns_qps only for EDNS0 queries", m.Id, ede)
+			}
+		default:
+			t.Fatalf("reply %d: rcode %s", m.Id, dns.RcodeToString[m.Rcode])
 		}
 	}
 	// The bucket refills while the burst is read: at least the first
 	// second's worth, never the whole burst.
 	if answered < 10 || answered >= burst {
 		t.Fatalf("%d of %d queries answered with dns_qps 10", answered, burst)
+	}
+	if got := f.Usage().Refused[fence.DNSQPS]; got != uint64(refusedUDP) {
+		t.Fatalf("%d REFUSED answers, %d refusals counted", refusedUDP, got)
 	}
 }

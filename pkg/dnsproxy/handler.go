@@ -52,9 +52,7 @@ func (h *handler) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	}
 	if !h.sb.Fence.Query(h.r.now()) {
 		h.sb.Fence.Refuse(fence.DNSQPS, netip.AddrPort{}, !tcp)
-		m := new(dns.Msg)
-		m.SetRcode(req, dns.RcodeRefused)
-		_ = w.WriteMsg(m)
+		_ = w.WriteMsg(qpsRefusal(req))
 		return
 	}
 	rp := h.r.answer(h.sb, req, tcp)

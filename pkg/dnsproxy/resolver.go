@@ -64,8 +64,9 @@ type Sandbox struct {
 	// Origins attributes queries to the process that sent them (pid and
 	// command, recorded by the kernel). Nil leaves them unattributed.
 	Origins Origins
-	// Fence holds the sandbox's dns_qps fence: a query past it is dropped
-	// (UDP; the client retries) or answered REFUSED (TCP). Nil: none.
+	// Fence holds the sandbox's dns_qps fence: a query past it is answered
+	// REFUSED, with an Extended DNS Error naming the limit when the client
+	// speaks EDNS0 (UDP and TCP alike). Nil: none.
 	Fence *fence.Sandbox
 }
 

@@ -97,7 +97,8 @@ func (h *handler) readUDP(pc net.PacketConn, wg *sync.WaitGroup, sem chan struct
 		now := h.r.now()
 		if !h.sb.Fence.Query(now) {
 			h.sb.Fence.Refuse(fence.DNSQPS, netip.AddrPort{}, true)
-			continue // dropped: the client retries
+			h.refuseUDP(pc, nil, peer, p)
+			continue
 		}
 		var fast bool
 		out, key, fast = h.fastUDP(pc, peer, p, now, out, key)

@@ -22,8 +22,9 @@
 #   h  connect() cost inside against outside a sandbox (direct CIDR rule)
 #   i  bulk download (BENCH_BULK_BYTES, default 1 GiB) direct, through
 #      splice and through intercept
-# b and i splice are also measured with SLUICE_KERNEL_SPLICE=0 (the
-# user-space splice), for the kernel (sockhash) against user-space row.
+# b and i splice (the default user-space splice) are also measured with
+# SLUICE_KERNEL_SPLICE=1 (the in-kernel splice: sockhash + sk_skb verdict),
+# for the kernel against user-space row.
 # CPU per request (KEY.cpu) is the CPU time (user + system, /proc/PID/stat
 # or the exit rusage of `sluice run`) the proxy process used over the run,
 # divided by the requests the upstream counted.
@@ -121,8 +122,8 @@ POL
 SL=("$SLUICE" run --no-summary --policy "$work/bench.yaml" --dns-upstream "$DNS_ADDR" --dns-allow-loopback
 	--upstream-ca "$UP_CA" --secret-env BENCH_TOKEN --user root --)
 sl() { "${SL[@]}" "$@"; }
-# sl_user: sl with the user-space splice (no sockhash), for the b/i rows.
-sl_user() { SLUICE_KERNEL_SPLICE=0 "${SL[@]}" "$@"; }
+# sl_kernel: sl with the in-kernel splice (sockhash), for the b/i rows.
+sl_kernel() { SLUICE_KERNEL_SPLICE=1 "${SL[@]}" "$@"; }
 # The same with every decision written to an audit file (issue 8: audit on
 # must stay within 10% of audit off).
 SLA=("${SL[@]:0:${#SL[@]}-1}" --audit "$work/audit.jsonl" --)
@@ -283,7 +284,7 @@ hey_row() {
 	case $mode in
 	direct) cmd=(ns "${hey[@]}") ;;
 	sluice) cmd=("$B/probe" cputime "$work/cpu.outer" "${SL[@]}" "${hey[@]}") ;;
-	sluice-user) cmd=("$B/probe" cputime "$work/cpu.outer" env SLUICE_KERNEL_SPLICE=0 "${SL[@]}" "${hey[@]}") ;;
+	sluice-kernel) cmd=("$B/probe" cputime "$work/cpu.outer" env SLUICE_KERNEL_SPLICE=1 "${SL[@]}" "${hey[@]}") ;;
 	sluice-audit) cmd=("${SLA[@]}" "${hey[@]}") ;;
 	squid) cmd=("${hey[@]}") px0=$(proc_cpu "$squid_pid") ;;
 	mitm) cmd=("${hey[@]}") px0=$(proc_cpu "$mitm_pid") ;;
@@ -319,7 +320,7 @@ hey_row() {
 	client=$(cpu_file "$work/cpu.client")
 	upstream=$(awk -v a="$up0" -v b="$up1" 'BEGIN { print b - a }')
 	case $mode in
-	sluice | sluice-user) proxy=$(awk -v o="$(cpu_file "$work/cpu.outer")" -v c="$client" -v s="$sl_startup" 'BEGIN { print o - c - s }') ;;
+	sluice | sluice-kernel) proxy=$(awk -v o="$(cpu_file "$work/cpu.outer")" -v c="$client" -v s="$sl_startup" 'BEGIN { print o - c - s }') ;;
 	squid | mitm) proxy=$(awk -v a="$px0" -v b="$px1" 'BEGIN { print b - a }') ;;
 	esac
 	us() { awk -v c="$1" -v n="$n" 'BEGIN { printf "%.1f", 1e6 * c / n }'; }
@@ -456,7 +457,7 @@ for round in $(seq "$ROUNDS"); do
 	log "round $round/$ROUNDS: a-f HTTPS load (hey -z ${DUR}s -c $CONC)"
 	need a.ka "$hey_ok" "hey not available" && hey_row a.ka direct -- -host api.bench.test "$API/"
 	need b.ka "${hey_ok:+$sluice_ok}" "hey or sluice not available" && hey_row b.ka sluice -- -host splice.bench.test "$SPLICE/"
-	need b.user "${hey_ok:+$sluice_ok}" "hey or sluice not available" && hey_row b.user sluice-user -- -host splice.bench.test "$SPLICE/"
+	need b.kernel "${hey_ok:+$sluice_ok}" "hey or sluice not available" && hey_row b.kernel sluice-kernel -- -host splice.bench.test "$SPLICE/"
 	need c.ka "${hey_ok:+$sluice_ok}" "hey or sluice not available" && hey_row c.ka sluice -- -host api.bench.test "$API/"
 	need e.ka "${hey_ok:+$squid_port}" "hey or squid-openssl not available" &&
 		hey_row e.ka squid -- -x "http://127.0.0.1:$squid_port" "$API/"
@@ -478,8 +479,8 @@ for round in $(seq "$ROUNDS"); do
 	want i.direct && bulk_row i.direct -- -resolve api.bench.test:127.0.0.1 -cacert "$UP_CA" "$API/bulk?n=$BULK"
 	# splice passes the upstream's own certificate through: trust its CA
 	need i.splice "$sluice_ok" "sluice not built" && bulk_row i.splice sl -- -cacert "$UP_CA" "$SPLICE/bulk?n=$BULK"
-	need i.splice.user "$sluice_ok" "sluice not built" &&
-		bulk_row i.splice.user sl_user -- -cacert "$UP_CA" "$SPLICE/bulk?n=$BULK"
+	need i.splice.kernel "$sluice_ok" "sluice not built" &&
+		bulk_row i.splice.kernel sl_kernel -- -cacert "$UP_CA" "$SPLICE/bulk?n=$BULK"
 	need i.intercept "$sluice_ok" "sluice not built" && bulk_row i.intercept sl -- "$API/bulk?n=$BULK"
 
 	log "round $round/$ROUNDS: g DNS cached answers (${DUR}s each)"
