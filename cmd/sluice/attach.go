@@ -12,8 +12,11 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/sluice-dev/sluice/pkg/daemon"
 	"github.com/spf13/cobra"
+
+	"github.com/sluice-dev/sluice/pkg/api"
+	"github.com/sluice-dev/sluice/pkg/client"
+	"github.com/sluice-dev/sluice/pkg/daemon"
 )
 
 type attachOptions struct {
@@ -80,7 +83,7 @@ tokens.`,
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			info, err := daemon.NewClient(ro.socket).Attach(ctx, daemon.AttachRequest{
+			info, err := client.New(ro.socket).Attach(ctx, api.AttachRequest{
 				Name: name, Cgroup: o.cgroup, PID: o.pid, PolicyFile: o.policy, Policy: string(text), Labels: labels})
 			if err != nil {
 				return err
@@ -117,7 +120,7 @@ func newDetachCmd(ro *rootOptions) *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			if err := daemon.NewClient(ro.socket).Detach(ctx, args[0]); err != nil {
+			if err := client.New(ro.socket).Detach(ctx, args[0]); err != nil {
 				return err
 			}
 			fmt.Fprintf(ro.stdout, "detached %s\n", args[0])
@@ -139,7 +142,7 @@ func newListCmd(ro *rootOptions) *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			infos, err := daemon.NewClient(ro.socket).List(ctx)
+			infos, err := client.New(ro.socket).List(ctx)
 			runs := daemon.ListRuns() // live `sluice run` sandboxes
 			// Without a daemon (no socket, nobody listening) the runs are
 			// all there is; any other failure (permission denied, a bad
@@ -192,7 +195,7 @@ the daemon's state directory.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			pem, err := daemon.NewClient(ro.socket).CA(ctx, args[0])
+			pem, err := client.New(ro.socket).CA(ctx, args[0])
 			if err != nil {
 				return err
 			}

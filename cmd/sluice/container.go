@@ -9,13 +9,14 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/sluice-dev/sluice/pkg/containers"
-	"github.com/sluice-dev/sluice/pkg/daemon"
-	"github.com/sluice-dev/sluice/pkg/defaults"
-	"github.com/sluice-dev/sluice/pkg/kube"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"k8s.io/client-go/kubernetes"
+
+	"github.com/sluice-dev/sluice/pkg/client"
+	"github.com/sluice-dev/sluice/pkg/containers"
+	"github.com/sluice-dev/sluice/pkg/defaults"
+	"github.com/sluice-dev/sluice/pkg/kube"
 )
 
 // containerFlags select a container and its runtime. attach uses them
@@ -165,7 +166,7 @@ that prefix that no pod on the node owns are detached.`,
 		}
 		opts := cf.options()
 		ap := &kube.Applier{
-			Daemon: daemon.PodSandboxes{Client: daemon.NewClient(ro.socket)},
+			Daemon: client.PodSandboxes{Client: client.New(ro.socket)},
 			Resolvers: map[string]containers.Resolver{
 				containers.RuntimeContainerd: &containers.Containerd{StateDir: opts.ContainerdState, Namespace: "k8s.io"},
 				containers.RuntimeDocker:     containers.NewDocker(opts.DockerSocket),

@@ -16,9 +16,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluice-dev/sluice/pkg/api"
 	"github.com/sluice-dev/sluice/pkg/audit"
 	"github.com/sluice-dev/sluice/pkg/cgroup"
-	"github.com/sluice-dev/sluice/pkg/daemon"
 )
 
 // dockerEngine is a private dockerd for one test: its own data root, exec
@@ -357,7 +357,7 @@ func listedCgroupID(t *testing.T, d *daemonProc, name string) uint64 {
 	if err != nil {
 		return 0
 	}
-	var infos []daemon.Info
+	var infos []api.Info
 	if json.Unmarshal([]byte(out), &infos) != nil {
 		return 0
 	}

@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sluice-dev/sluice/pkg/api"
 	"github.com/sluice-dev/sluice/pkg/audit"
 	"github.com/sluice-dev/sluice/pkg/cgroup"
 	"github.com/sluice-dev/sluice/pkg/enforcer"
@@ -142,7 +143,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: d.api(), ConnContext: withPeerCred, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: d.handler(), ConnContext: withPeerCred, ReadHeaderTimeout: 10 * time.Second}
 	evCtx, stopEvents := context.WithCancel(ctx)
 	defer stopEvents()
 	go d.rt.KernelEvents(evCtx)
@@ -221,48 +222,11 @@ func listenControl(path string) (net.Listener, error) {
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
 
-// AttachRequest is the body of POST /v1/sandboxes.
-type AttachRequest struct {
-	Name       string `json:"name"`
-	Cgroup     string `json:"cgroup,omitempty"`
-	PID        int    `json:"pid,omitempty"`
-	PolicyFile string `json:"policy_file"` // for messages
-	Policy     string `json:"policy"`      // YAML text
-	// Labels (`--label k=v`) replace the sandbox's labels; nil keeps those
-	// of a sandbox being re-attached.
-	Labels map[string]string `json:"labels,omitempty"`
-	// Rootfs is the container's root file system in its mount namespace,
-	// from an OCI hook that runs before pivot_root (see trust.go).
-	Rootfs string `json:"rootfs,omitempty"`
-}
-
-// Info describes an attached sandbox in API answers.
-type Info struct {
-	Name      string    `json:"name"`
-	Cgroup    string    `json:"cgroup"`
-	CgroupID  uint64    `json:"cgroup_id"`
-	Netns     string    `json:"netns,omitempty"`
-	Policy    string    `json:"policy_file"`
-	Mode      string    `json:"mode"`
-	Rules     int       `json:"rules"`
-	ProxyPort uint16    `json:"proxy_port"`
-	DNSPort   uint16    `json:"dns_port"`
-	Created   time.Time `json:"created"`
-	Updated   time.Time `json:"updated"`
-	// Warnings are the policy's warnings (file:line:col: field: message).
-	Warnings []string `json:"warnings,omitempty"`
-	// Labels are the sandbox's labels (`--label k=v`, pod labels).
-	Labels map[string]string `json:"labels,omitempty"`
-	// RunPID is the process of a `sluice run` sandbox (ListRuns); 0 for
-	// the daemon's sandboxes.
-	RunPID int `json:"run_pid,omitempty"`
-}
-
 // Attach attaches a sandbox, or replaces the policy of the sandbox of the
 // same name live.
-func (d *Daemon) Attach(ctx context.Context, req AttachRequest) (Info, error) {
+func (d *Daemon) Attach(ctx context.Context, req api.AttachRequest) (api.Info, error) {
 	if !nameRE.MatchString(req.Name) {
-		return Info{}, &apiError{http.StatusBadRequest, fmt.Sprintf("invalid sandbox name %q: use letters, digits, '.', '_' and '-' (at most 63)", req.Name)}
+		return api.Info{}, &apiError{http.StatusBadRequest, fmt.Sprintf("invalid sandbox name %q: use letters, digits, '.', '_' and '-' (at most 63)", req.Name)}
 	}
 	pfile := req.PolicyFile
 	if pfile == "" {
@@ -270,75 +234,75 @@ func (d *Daemon) Attach(ctx context.Context, req AttachRequest) (Info, error) {
 	}
 	pol, err := policy.Parse(pfile, []byte(req.Policy))
 	if err != nil {
-		return Info{}, &apiError{http.StatusBadRequest, err.Error()}
+		return api.Info{}, &apiError{http.StatusBadRequest, err.Error()}
 	}
 	if err := CheckLabels(req.Labels); err != nil {
-		return Info{}, &apiError{http.StatusBadRequest, err.Error()}
+		return api.Info{}, &apiError{http.StatusBadRequest, err.Error()}
 	}
 	cgPath := req.Cgroup
 	netns := ""
 	switch {
 	case req.PID > 0 && cgPath != "":
-		return Info{}, &apiError{http.StatusBadRequest, "give either cgroup or pid, not both"}
+		return api.Info{}, &apiError{http.StatusBadRequest, "give either cgroup or pid, not both"}
 	case req.PID > 0:
 		if cgPath, err = cgroup.OfPID(req.PID); err != nil {
-			return Info{}, &apiError{http.StatusBadRequest, err.Error()}
+			return api.Info{}, &apiError{http.StatusBadRequest, err.Error()}
 		}
 		if err := d.checkNotSelf(cgPath); err != nil {
-			return Info{}, err
+			return api.Info{}, err
 		}
 		if netns, err = netnsOfPID(req.PID); err != nil {
-			return Info{}, &apiError{http.StatusBadRequest, err.Error()}
+			return api.Info{}, &apiError{http.StatusBadRequest, err.Error()}
 		}
 	case cgPath != "":
 		if !filepath.IsAbs(cgPath) {
 			root := d.cfg.CgroupRoot
 			if root == "" {
 				if root, err = cgroup.Mount(); err != nil {
-					return Info{}, err
+					return api.Info{}, err
 				}
 			}
 			cgPath = filepath.Join(root, cgPath)
 		}
 		if err := d.checkNotSelf(cgPath); err != nil {
-			return Info{}, err
+			return api.Info{}, err
 		}
 		if netns, err = netnsOfCgroup(cgPath); err != nil {
-			return Info{}, &apiError{http.StatusBadRequest, err.Error()}
+			return api.Info{}, &apiError{http.StatusBadRequest, err.Error()}
 		}
 	default:
-		return Info{}, &apiError{http.StatusBadRequest, "give the sandbox's cgroup or pid"}
+		return api.Info{}, &apiError{http.StatusBadRequest, "give the sandbox's cgroup or pid"}
 	}
 	id, err := cgroup.ID(cgPath)
 	if err != nil {
-		return Info{}, &apiError{http.StatusBadRequest, err.Error()}
+		return api.Info{}, &apiError{http.StatusBadRequest, err.Error()}
 	}
 
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for name, m := range d.sandboxes {
 		if m.rec.CgroupID == id && name != req.Name {
-			return Info{}, &apiError{http.StatusConflict, fmt.Sprintf("cgroup %s is already attached as sandbox %q: detach it first (sluice detach %s)", cgPath, name, name)}
+			return api.Info{}, &apiError{http.StatusConflict, fmt.Sprintf("cgroup %s is already attached as sandbox %q: detach it first (sluice detach %s)", cgPath, name, name)}
 		}
 	}
 	// The state dir keeps the policy text; opaque values go to the
 	// encrypted store only.
 	text, opaque, err := splitOpaque(req.Name, pol, []byte(req.Policy))
 	if err != nil {
-		return Info{}, err
+		return api.Info{}, err
 	}
 	for ref, v := range opaque {
 		if err := d.store.PutOpaque(ref, v); err != nil {
-			return Info{}, fmt.Errorf("storing opaque value %s: %w", ref, err)
+			return api.Info{}, fmt.Errorf("storing opaque value %s: %w", ref, err)
 		}
 	}
 	now := time.Now().UTC()
 	if m, ok := d.sandboxes[req.Name]; ok {
 		if m.rec.CgroupID != id {
-			return Info{}, &apiError{http.StatusConflict, fmt.Sprintf("sandbox %q is attached to %s; detach it before reusing the name for %s", req.Name, m.rec.Cgroup, cgPath)}
+			return api.Info{}, &apiError{http.StatusConflict, fmt.Sprintf("sandbox %q is attached to %s; detach it before reusing the name for %s", req.Name, m.rec.Cgroup, cgPath)}
 		}
 		if err := m.sb.SetPolicy(pol); err != nil {
-			return Info{}, err
+			return api.Info{}, err
 		}
 		m.rec.PolicyFile, m.rec.Updated = pfile, now
 		if req.Labels != nil {
@@ -347,35 +311,35 @@ func (d *Daemon) Attach(ctx context.Context, req AttachRequest) (Info, error) {
 		}
 		d.logWarnings(req.Name, pol)
 		if err := d.savePolicyText(req.Name, text); err != nil {
-			return Info{}, err
+			return api.Info{}, err
 		}
 		if err := d.saveRecord(m.rec); err != nil {
-			return Info{}, err
+			return api.Info{}, err
 		}
 		d.emitPolicy(m, "policy_replaced")
 		return d.info(m), nil
 	}
 	ca, _, err := tlsca.LoadOrCreate(filepath.Join(d.cfg.StateDir, "sandboxes", req.Name+".ca"), req.Name, 30*24*time.Hour)
 	if err != nil {
-		return Info{}, err
+		return api.Info{}, err
 	}
 	sb, err := d.rt.Start(ctx, Spec{Name: req.Name, CgroupPath: cgPath, CgroupID: id, Policy: pol, CA: ca, InNetns: inNetns(netns), Labels: req.Labels})
 	if err != nil {
 		if errors.Is(err, enforcer.ErrSandboxTableFull) {
-			return Info{}, &apiError{http.StatusInsufficientStorage, err.Error()}
+			return api.Info{}, &apiError{http.StatusInsufficientStorage, err.Error()}
 		}
-		return Info{}, err
+		return api.Info{}, err
 	}
 	d.logWarnings(req.Name, pol)
 	m := &managed{sb: sb, rec: record{Name: req.Name, Cgroup: cgPath, CgroupID: id, Netns: netnsName(netns), PolicyFile: pfile,
 		ProxyPort: sb.ProxyPort(), DNSPort: sb.DNSPort(), Created: now, Updated: now, Labels: req.Labels}}
 	if err := d.savePolicyText(req.Name, text); err != nil {
 		sb.Detach()
-		return Info{}, err
+		return api.Info{}, err
 	}
 	if err := d.saveRecord(m.rec); err != nil {
 		sb.Detach()
-		return Info{}, err
+		return api.Info{}, err
 	}
 	d.sandboxes[req.Name] = m
 	d.trustContainer(req.Name, req.PID, cgPath, req.Rootfs, ca)
@@ -443,10 +407,10 @@ func (d *Daemon) detachLocked(name string, m *managed) error {
 }
 
 // List describes the attached sandboxes, sorted by name.
-func (d *Daemon) List() []Info {
+func (d *Daemon) List() []api.Info {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	out := make([]Info, 0, len(d.sandboxes))
+	out := make([]api.Info, 0, len(d.sandboxes))
 	for _, m := range d.sandboxes {
 		out = append(out, d.info(m))
 	}
@@ -454,13 +418,13 @@ func (d *Daemon) List() []Info {
 	return out
 }
 
-func (d *Daemon) info(m *managed) Info {
+func (d *Daemon) info(m *managed) api.Info {
 	p := m.sb.Policy()
 	var warnings []string
 	for _, w := range p.Warnings {
 		warnings = append(warnings, w.String())
 	}
-	return Info{Name: m.rec.Name, Cgroup: m.rec.Cgroup, CgroupID: m.rec.CgroupID, Netns: m.rec.Netns, Policy: m.rec.PolicyFile, Warnings: warnings,
+	return api.Info{Name: m.rec.Name, Cgroup: m.rec.Cgroup, CgroupID: m.rec.CgroupID, Netns: m.rec.Netns, Policy: m.rec.PolicyFile, Warnings: warnings,
 		Mode: p.Mode.String(), Rules: len(p.Rules), ProxyPort: m.sb.ProxyPort(), DNSPort: m.sb.DNSPort(),
 		Created: m.rec.Created, Updated: m.rec.Updated, Labels: m.sb.Labels()}
 }

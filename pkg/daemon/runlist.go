@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"syscall"
 	"time"
+
+	"github.com/sluice-dev/sluice/pkg/api"
 )
 
 // publishRun writes the Info of a live `sluice run` sandbox to
@@ -18,7 +20,7 @@ import (
 func publishRun(sb *Sandbox, policyFile string) func() {
 	p := sb.Policy()
 	now := time.Now().UTC()
-	info := Info{Name: sb.Name, Cgroup: sb.Cgroup, CgroupID: sb.ID, Policy: policyFile, Mode: p.Mode.String(), Rules: len(p.Rules),
+	info := api.Info{Name: sb.Name, Cgroup: sb.Cgroup, CgroupID: sb.ID, Policy: policyFile, Mode: p.Mode.String(), Rules: len(p.Rules),
 		ProxyPort: sb.ProxyPort(), DNSPort: sb.DNSPort(), Created: now, Updated: now, Labels: sb.Labels(), RunPID: os.Getpid()}
 	data, err := json.Marshal(info)
 	if err != nil || os.MkdirAll(RunDir, 0o755) != nil {
@@ -35,11 +37,11 @@ func publishRun(sb *Sandbox, policyFile string) func() {
 
 // ListRuns returns the live `sluice run` sandboxes, sorted by name; the
 // records of runs whose process is gone are skipped.
-func ListRuns() []Info {
+func ListRuns() []api.Info {
 	files, _ := filepath.Glob(filepath.Join(RunDir, "*.json"))
-	var out []Info
+	var out []api.Info
 	for _, f := range files {
-		var info Info
+		var info api.Info
 		data, err := os.ReadFile(f)
 		if err != nil || json.Unmarshal(data, &info) != nil || info.RunPID <= 0 {
 			continue
