@@ -8,9 +8,12 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/sluice-dev/sluice/pkg/daemon"
-	"github.com/sluice-dev/sluice/pkg/enforcer"
 	"github.com/spf13/cobra"
+
+	"github.com/sluice-dev/sluice/pkg/daemon"
+	"github.com/sluice-dev/sluice/pkg/defaults"
+	"github.com/sluice-dev/sluice/pkg/enforcer"
+	"github.com/sluice-dev/sluice/pkg/statedir"
 )
 
 type blockedOptions struct {
@@ -71,7 +74,7 @@ works while the daemon is down. Needs root (or CAP_BPF).`,
 	cmd.Flags().BoolVar(&o.watch, "watch", false, "refresh until interrupted")
 	cmd.Flags().DurationVar(&o.interval, "interval", 2*time.Second, "refresh interval with --watch")
 	cmd.Flags().StringVar(&o.pinDir, "pin-dir", enforcer.DefaultPinDir, "bpffs directory of the pinned maps")
-	cmd.Flags().StringVar(&o.stateDir, "state-dir", daemon.DefaultStateDir, "daemon state directory (for sandbox names)")
+	cmd.Flags().StringVar(&o.stateDir, "state-dir", defaults.StateDir, "daemon state directory (for sandbox names)")
 	return cmd
 }
 
@@ -91,7 +94,7 @@ func blockedRows(o *blockedOptions, name string) ([]blockedRow, error) {
 	if err != nil {
 		return nil, err
 	}
-	names := daemon.SandboxNames(o.stateDir)
+	names := daemon.SandboxNames(statedir.Dir(o.stateDir))
 	out := []blockedRow{}
 	for _, r := range rows {
 		n := names[r.Sandbox]

@@ -65,7 +65,7 @@ func TestClientRoundTrips(t *testing.T) {
 	if err := c.Detach(ctx, "gone"); err == nil || err.Error() != "no sandbox named gone" {
 		t.Errorf("Detach error = %v, want the daemon's message", err)
 	}
-	var pods PodSandboxes = PodSandboxes{Client: c}
+	pods := PodSandboxes{Client: c}
 	if names, err := pods.List(ctx); err != nil || strings.Join(names, ",") != "a,b" {
 		t.Errorf("PodSandboxes.List = %v, %v", names, err)
 	}

@@ -22,6 +22,7 @@ import (
 	"github.com/sluice-dev/sluice/pkg/enforcer"
 	"github.com/sluice-dev/sluice/pkg/policy"
 	"github.com/sluice-dev/sluice/pkg/secrets"
+	"github.com/sluice-dev/sluice/pkg/statedir"
 	"github.com/sluice-dev/sluice/pkg/tlsca"
 )
 
@@ -30,6 +31,7 @@ import (
 // Run once.
 type Daemon struct {
 	cfg     Config
+	dir     statedir.Dir // cfg.StateDir
 	log     *slog.Logger
 	rt      *Runtime
 	store   *secrets.Store
@@ -68,10 +70,11 @@ type record struct {
 func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 	raiseNoFile(log) // logs what it could not do
 	cfg.defaults()
-	if err := os.MkdirAll(filepath.Join(cfg.StateDir, "sandboxes"), 0o700); err != nil {
+	dir := statedir.Dir(cfg.StateDir)
+	if err := os.MkdirAll(dir.Sandboxes(), 0o700); err != nil {
 		return nil, fmt.Errorf("creating state dir: %w", err)
 	}
-	store, err := secrets.OpenStore(cfg.StateDir, secrets.KeySource{File: cfg.SecretKeyFile}, log.With("component", "secrets"))
+	store, err := secrets.OpenStore(dir.Path(), secrets.KeySource{File: cfg.SecretKeyFile}, log.With("component", "secrets"))
 	if err != nil {
 		return nil, err
 	}
@@ -84,7 +87,7 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 		providers = append(providers, p)
 	}
 	chain := secrets.NewChain(providers...)
-	signer, err := secrets.LoadOrCreateSigningKey(cfg.StateDir)
+	signer, err := secrets.LoadOrCreateSigningKey(dir.Path())
 	if err != nil {
 		return nil, err
 	}
@@ -111,7 +114,7 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 		return nil, err
 	}
 	d := &Daemon{
-		cfg: cfg, log: log, store: store, audit: alog, bcast: bcast, metrics: metrics,
+		cfg: cfg, dir: dir, log: log, store: store, audit: alog, bcast: bcast, metrics: metrics,
 		sandboxes: map[string]*managed{},
 		rt: &Runtime{
 			Log: log, Enforcer: enf, Resolver: resolver, Proxy: px,
@@ -319,7 +322,7 @@ func (d *Daemon) Attach(ctx context.Context, req api.AttachRequest) (api.Info, e
 		d.emitPolicy(m, "policy_replaced")
 		return d.info(m), nil
 	}
-	ca, _, err := tlsca.LoadOrCreate(filepath.Join(d.cfg.StateDir, "sandboxes", req.Name+".ca"), req.Name, 30*24*time.Hour)
+	ca, _, err := tlsca.LoadOrCreate(d.dir.CA(req.Name), req.Name, 30*24*time.Hour)
 	if err != nil {
 		return api.Info{}, err
 	}
@@ -369,17 +372,13 @@ func (d *Daemon) emitPolicy(m *managed, what string) {
 	d.audit.Emit(audit.Event{Kind: audit.KindSandbox, Sandbox: m.rec.Name, CgroupID: m.rec.CgroupID, Decision: what, Labels: m.sb.Labels()})
 }
 
-func (d *Daemon) policyPath(name string) string {
-	return filepath.Join(d.cfg.StateDir, "sandboxes", name+".policy.yaml")
-}
-
 // savePolicyText keeps the policy (opaque values replaced) for restarts.
 func (d *Daemon) savePolicyText(name string, text []byte) error {
-	tmp := d.policyPath(name) + ".tmp"
+	tmp := d.dir.Policy(name) + ".tmp"
 	if err := os.WriteFile(tmp, text, 0o600); err != nil {
 		return fmt.Errorf("saving sandbox policy: %w", err)
 	}
-	return os.Rename(tmp, d.policyPath(name))
+	return os.Rename(tmp, d.dir.Policy(name))
 }
 
 // Detach removes a sandbox: kernel side, listeners, state.
@@ -399,9 +398,7 @@ func (d *Daemon) detachLocked(name string, m *managed) error {
 	err := m.sb.Detach()
 	delete(d.sandboxes, name)
 	d.metrics.ForgetSandbox(name)
-	os.Remove(d.recordPath(name))
-	os.Remove(d.policyPath(name))
-	os.RemoveAll(filepath.Join(d.cfg.StateDir, "sandboxes", name+".ca"))
+	d.dir.RemoveSandbox(name)
 	_, _ = d.store.DeleteOpaque(name)
 	return err
 }
@@ -429,28 +426,23 @@ func (d *Daemon) info(m *managed) api.Info {
 		Created: m.rec.Created, Updated: m.rec.Updated, Labels: m.sb.Labels()}
 }
 
-func (d *Daemon) recordPath(name string) string {
-	return filepath.Join(d.cfg.StateDir, "sandboxes", name+".json")
-}
-
 func (d *Daemon) saveRecord(r record) error {
 	data, err := json.MarshalIndent(r, "", "  ")
 	if err != nil {
 		return err
 	}
-	tmp := d.recordPath(r.Name) + ".tmp"
+	tmp := d.dir.Record(r.Name) + ".tmp"
 	if err := os.WriteFile(tmp, data, 0o600); err != nil {
 		return fmt.Errorf("saving sandbox state: %w", err)
 	}
-	return os.Rename(tmp, d.recordPath(r.Name))
+	return os.Rename(tmp, d.dir.Record(r.Name))
 }
 
 // restore re-adopts every sandbox recorded in the state dir whose cgroup
 // still exists; the pinned links are updated to this process's programs
 // in place, so enforcement has no gap.
 func (d *Daemon) restore(ctx context.Context) {
-	files, _ := filepath.Glob(filepath.Join(d.cfg.StateDir, "sandboxes", "*.json"))
-	for _, f := range files {
+	for _, f := range d.dir.Records() {
 		var r record
 		data, err := os.ReadFile(f)
 		if err == nil {
@@ -465,12 +457,11 @@ func (d *Daemon) restore(ctx context.Context) {
 			d.untrust(r.Name)
 			d.rt.Enforcer.Sandbox(r.Cgroup, r.CgroupID).Detach()
 			os.Remove(f)
-			os.Remove(d.policyPath(r.Name))
-			os.RemoveAll(filepath.Join(d.cfg.StateDir, "sandboxes", r.Name+".ca"))
+			d.dir.RemoveSandbox(r.Name)
 			_, _ = d.store.DeleteOpaque(r.Name)
 			continue
 		}
-		text, err := os.ReadFile(d.policyPath(r.Name))
+		text, err := os.ReadFile(d.dir.Policy(r.Name))
 		var pol *policy.Policy
 		if err == nil {
 			pol, err = policy.Parse(r.PolicyFile, text)
@@ -480,7 +471,7 @@ func (d *Daemon) restore(ctx context.Context) {
 		}
 		var ca *tlsca.CA
 		if err == nil {
-			ca, _, err = tlsca.LoadOrCreate(filepath.Join(d.cfg.StateDir, "sandboxes", r.Name+".ca"), r.Name, 30*24*time.Hour)
+			ca, _, err = tlsca.LoadOrCreate(d.dir.CA(r.Name), r.Name, 30*24*time.Hour)
 		}
 		var sb *Sandbox
 		if err == nil {
@@ -504,16 +495,15 @@ func (d *Daemon) restore(ctx context.Context) {
 }
 
 // stateNames reads the sandbox names recorded in the daemon's state dir.
-func stateNames(stateDir string) map[uint64]string {
+func stateNames(dir statedir.Dir) map[uint64]string {
 	out := map[uint64]string{}
-	files, _ := filepath.Glob(filepath.Join(stateDir, "sandboxes", "*.json"))
-	for _, f := range files {
+	for _, f := range dir.Records() {
 		var r record
 		if data, err := os.ReadFile(f); err == nil && json.Unmarshal(data, &r) == nil {
 			out[r.CgroupID] = r.Name
 		}
 	}
-	addFenceNames(stateDir, out)
+	addFenceNames(dir, out)
 	return out
 }
 

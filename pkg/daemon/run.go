@@ -16,15 +16,16 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/sluice-dev/sluice/pkg/audit"
 	"github.com/sluice-dev/sluice/pkg/cgroup"
-	"github.com/sluice-dev/sluice/pkg/defaults"
 	"github.com/sluice-dev/sluice/pkg/enforcer"
 	"github.com/sluice-dev/sluice/pkg/policy"
 	"github.com/sluice-dev/sluice/pkg/sandbox"
 	"github.com/sluice-dev/sluice/pkg/secrets"
+	"github.com/sluice-dev/sluice/pkg/statedir"
 	"github.com/sluice-dev/sluice/pkg/tlsca"
-	"golang.org/x/sys/unix"
 )
 
 // RunOptions configures a one-shot sandbox (`sluice run`).
@@ -112,15 +113,15 @@ func Run(ctx context.Context, o RunOptions) (int, error) {
 		}
 	}
 	providers := []secrets.Provider{secrets.Static(static)}
-	stateDir := o.StateDir
-	if stateDir == "" {
-		stateDir = DefaultStateDir
+	dir := statedir.Dir(o.StateDir)
+	if dir == "" {
+		dir = statedir.Default
 	}
 	var store *secrets.Store // receives rotated oauth2 refresh tokens
-	if ok, err := secrets.StoreExists(stateDir); err != nil {
+	if ok, err := secrets.StoreExists(dir.Path()); err != nil {
 		return 0, err
 	} else if ok {
-		if store, err = secrets.OpenStore(stateDir, secrets.KeySource{}, log.With("component", "secrets")); err != nil {
+		if store, err = secrets.OpenStore(dir.Path(), secrets.KeySource{}, log.With("component", "secrets")); err != nil {
 			return 0, err
 		}
 		providers = append(providers, store)
@@ -128,7 +129,7 @@ func Run(ctx context.Context, o RunOptions) (int, error) {
 	chain := secrets.NewChain(providers...)
 	var signer ed25519.PrivateKey
 	if hasCallbacks(pol) {
-		if signer, err = secrets.LoadOrCreateSigningKey(stateDir); err != nil {
+		if signer, err = secrets.LoadOrCreateSigningKey(dir.Path()); err != nil {
 			return 0, err
 		}
 	}
@@ -230,7 +231,7 @@ func Run(ctx context.Context, o RunOptions) (int, error) {
 
 	// The command, below the sandbox init, started directly inside the
 	// cgroup.
-	cfg, err := sandboxConfig(ctx, o, pol, static, chain, name, tmp, bundle, caOnly, stateDir)
+	cfg, err := sandboxConfig(ctx, o, pol, static, chain, name, tmp, bundle, caOnly, dir)
 	if err != nil {
 		return 0, err
 	}
@@ -286,32 +287,27 @@ wait:
 	return code, nil
 }
 
-// RunDir holds the records of live `sluice run` sandboxes, so that
-// `sluice blocked` can name them.
-const RunDir = defaults.RunDir
+// runs holds the records of live `sluice run` sandboxes, so that
+// `sluice list` and `sluice blocked` can show and name them.
+const runs = statedir.DefaultRunDir
 
 func writeRunRecord(name, cg string, id uint64) error {
-	if err := os.MkdirAll(RunDir, 0o755); err != nil {
+	if err := os.MkdirAll(runs.Path(), 0o755); err != nil {
 		return err
 	}
 	rec := strings.Join([]string{name, cg, strconv.Itoa(os.Getpid())}, "\n") + "\n"
-	return os.WriteFile(filepath.Join(RunDir, strconv.FormatUint(id, 10)), []byte(rec), 0o644)
+	return os.WriteFile(runs.Name(id), []byte(rec), 0o644)
 }
 
 func removeRunRecord(id uint64) {
-	os.Remove(filepath.Join(RunDir, strconv.FormatUint(id, 10)))
+	os.Remove(runs.Name(id))
 }
 
 // RunNames maps the cgroup ids of live `sluice run` sandboxes to their names.
 func RunNames() map[uint64]string {
 	out := map[uint64]string{}
-	entries, _ := os.ReadDir(RunDir)
-	for _, e := range entries {
-		id, err := strconv.ParseUint(e.Name(), 10, 64)
-		if err != nil {
-			continue
-		}
-		data, err := os.ReadFile(filepath.Join(RunDir, e.Name()))
+	for _, id := range runs.Names() {
+		data, err := os.ReadFile(runs.Name(id))
 		if err != nil {
 			continue
 		}
@@ -321,14 +317,11 @@ func RunNames() map[uint64]string {
 	return out
 }
 
-// DefaultStateDir is the daemon's state directory.
-const DefaultStateDir = defaults.StateDir
-
 // SandboxNames maps cgroup ids to sandbox names, from the records of live
-// `sluice run` sandboxes and the daemon's state directory.
-func SandboxNames(stateDir string) map[uint64]string {
+// `sluice run` sandboxes and the daemon's state directory dir.
+func SandboxNames(dir statedir.Dir) map[uint64]string {
 	names := RunNames()
-	for id, n := range stateNames(stateDir) {
+	for id, n := range stateNames(dir) {
 		names[id] = n
 	}
 	return names

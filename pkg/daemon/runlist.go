@@ -4,9 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"os"
-	"path/filepath"
 	"sort"
-	"strconv"
 	"syscall"
 	"time"
 
@@ -14,7 +12,7 @@ import (
 )
 
 // publishRun writes the Info of a live `sluice run` sandbox to
-// RunDir/<cgroup id>.json so that `sluice list` shows it (labels
+// the run directory (statedir.RunDir.Info) so that `sluice list` shows it (labels
 // included); the returned function removes it. Failures only cost the
 // listing.
 func publishRun(sb *Sandbox, policyFile string) func() {
@@ -23,10 +21,10 @@ func publishRun(sb *Sandbox, policyFile string) func() {
 	info := api.Info{Name: sb.Name, Cgroup: sb.Cgroup, CgroupID: sb.ID, Policy: policyFile, Mode: p.Mode.String(), Rules: len(p.Rules),
 		ProxyPort: sb.ProxyPort(), DNSPort: sb.DNSPort(), Created: now, Updated: now, Labels: sb.Labels(), RunPID: os.Getpid()}
 	data, err := json.Marshal(info)
-	if err != nil || os.MkdirAll(RunDir, 0o755) != nil {
+	if err != nil || os.MkdirAll(runs.Path(), 0o755) != nil {
 		return func() {}
 	}
-	path := filepath.Join(RunDir, strconv.FormatUint(sb.ID, 10)+".json")
+	path := runs.Info(sb.ID)
 	tmp := path + ".tmp"
 	if os.WriteFile(tmp, data, 0o644) != nil || os.Rename(tmp, path) != nil {
 		os.Remove(tmp)
@@ -38,9 +36,8 @@ func publishRun(sb *Sandbox, policyFile string) func() {
 // ListRuns returns the live `sluice run` sandboxes, sorted by name; the
 // records of runs whose process is gone are skipped.
 func ListRuns() []api.Info {
-	files, _ := filepath.Glob(filepath.Join(RunDir, "*.json"))
 	var out []api.Info
-	for _, f := range files {
+	for _, f := range runs.Infos() {
 		var info api.Info
 		data, err := os.ReadFile(f)
 		if err != nil || json.Unmarshal(data, &info) != nil || info.RunPID <= 0 {

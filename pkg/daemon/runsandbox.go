@@ -12,6 +12,7 @@ import (
 	"github.com/sluice-dev/sluice/pkg/policy"
 	"github.com/sluice-dev/sluice/pkg/sandbox"
 	"github.com/sluice-dev/sluice/pkg/secrets"
+	"github.com/sluice-dev/sluice/pkg/statedir"
 	"github.com/sluice-dev/sluice/pkg/tlsca"
 )
 
@@ -29,8 +30,8 @@ func (r *runSandbox) release() { r.id.Release() }
 // temporary directory (mode 0755, removed at exit) holding bundle and
 // caOnly.
 func sandboxConfig(ctx context.Context, o RunOptions, pol *policy.Policy, static map[string]string,
-	chain *secrets.Chain, name, tmp, bundle, caOnly, stateDir string) (*runSandbox, error) {
-	id, err := sandbox.ResolveUser(o.User, stateDir, os.Getenv)
+	chain *secrets.Chain, name, tmp, bundle, caOnly string, dir statedir.Dir) (*runSandbox, error) {
+	id, err := sandbox.ResolveUser(o.User, dir.Path(), os.Getenv)
 	if err != nil {
 		return nil, err
 	}
@@ -96,7 +97,7 @@ func sandboxConfig(ctx context.Context, o RunOptions, pol *policy.Policy, static
 		return nil, fmt.Errorf("creating the sandbox scratch directory: %w", err)
 	}
 	cg2, _ := cgroup.Mount()
-	hide := []string{stateDir, DefaultStateDir, filepath.Dir(RunDir), enforcer.DefaultPinDir}
+	hide := []string{dir.Path(), statedir.Default.Path(), filepath.Dir(runs.Path()), enforcer.DefaultPinDir}
 	if o.PinDir != "" {
 		hide = append(hide, o.PinDir)
 	}
