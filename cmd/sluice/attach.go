@@ -17,6 +17,7 @@ import (
 	"github.com/sluice-dev/sluice/pkg/api"
 	"github.com/sluice-dev/sluice/pkg/client"
 	"github.com/sluice-dev/sluice/pkg/daemon"
+	"github.com/sluice-dev/sluice/pkg/runner"
 )
 
 type attachOptions struct {
@@ -143,7 +144,7 @@ func newListCmd(ro *rootOptions) *cobra.Command {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			infos, err := client.New(ro.socket).List(ctx)
-			runs := daemon.ListRuns() // live `sluice run` sandboxes
+			runs := runner.List() // live `sluice run` sandboxes
 			// Without a daemon (no socket, nobody listening) the runs are
 			// all there is; any other failure (permission denied, a bad
 			// answer) is an error, not a shorter list.

@@ -10,9 +10,9 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/sluice-dev/sluice/pkg/daemon"
 	"github.com/sluice-dev/sluice/pkg/defaults"
 	"github.com/sluice-dev/sluice/pkg/enforcer"
+	"github.com/sluice-dev/sluice/pkg/runner"
 	"github.com/sluice-dev/sluice/pkg/statedir"
 )
 
@@ -94,7 +94,7 @@ func blockedRows(o *blockedOptions, name string) ([]blockedRow, error) {
 	if err != nil {
 		return nil, err
 	}
-	names := daemon.SandboxNames(statedir.Dir(o.stateDir))
+	names := runner.SandboxNames(statedir.Dir(o.stateDir))
 	out := []blockedRow{}
 	for _, r := range rows {
 		n := names[r.Sandbox]

@@ -105,28 +105,17 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 	alog := audit.NewLogger(log.With("component", "audit"), audit.LoggerOptions{}, sinks...)
 	metrics.WatchLogger(alog)
 
-	resolver, px, err := newResolverAndProxy(cfg.DNSUpstreams, cfg.DNSAllowLoopback, cfg.UpstreamCAs, log)
+	rt, err := NewRuntime(RuntimeOptions{
+		DNSUpstreams: cfg.DNSUpstreams, DNSAllowLoopback: cfg.DNSAllowLoopback, UpstreamCAs: cfg.UpstreamCAs, PinDir: cfg.PinDir,
+		Secrets: chain, Store: store, Signer: signer, Audit: alog,
+	}, log)
 	if err != nil {
 		return nil, err
 	}
-	enf, err := enforcer.Open(enforcer.Config{PinDir: cfg.PinDir}, log.With("component", "enforcer"))
-	if err != nil {
-		return nil, err
-	}
-	d := &Daemon{
-		cfg: cfg, dir: dir, log: log, store: store, audit: alog, bcast: bcast, metrics: metrics,
+	return &Daemon{
+		cfg: cfg, dir: dir, log: log, rt: rt, store: store, audit: alog, bcast: bcast, metrics: metrics,
 		sandboxes: map[string]*managed{},
-		rt: &Runtime{
-			Log: log, Enforcer: enf, Resolver: resolver, Proxy: px,
-			Secrets:   chain,
-			Callbacks: secrets.NewCallbacks(signer, nil, log.With("component", "callback")),
-			Audit:     alog,
-		},
-	}
-	if err := d.rt.setCredentials(chain, store, cfg.UpstreamCAs); err != nil {
-		return nil, err
-	}
-	return d, nil
+	}, nil
 }
 
 // Run re-adopts the sandboxes recorded in the state dir, serves the control
@@ -494,8 +483,9 @@ func (d *Daemon) restore(ctx context.Context) {
 	}
 }
 
-// stateNames reads the sandbox names recorded in the daemon's state dir.
-func stateNames(dir statedir.Dir) map[uint64]string {
+// StateNames reads the sandbox names recorded in the daemon's state
+// directory dir (fences included).
+func StateNames(dir statedir.Dir) map[uint64]string {
 	out := map[uint64]string{}
 	for _, f := range dir.Records() {
 		var r record

@@ -1,6 +1,6 @@
 // Package daemon wires one sandbox's enforcer registration, resolver and
-// proxy together (Runtime, Sandbox), runs one-shot sandboxes (Run, for
-// `sluice run`), and implements the long-running host agent with its control
+// proxy together (Runtime, Sandbox; pkg/runner uses them for `sluice run`),
+// and implements the long-running host agent with its control
 // API on a Unix socket (Daemon; the client is pkg/client, the wire types
 // pkg/api).
 //

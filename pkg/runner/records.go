@@ -1,21 +1,25 @@
-package daemon
+package runner
 
 import (
 	"encoding/json"
 	"errors"
 	"os"
 	"sort"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/sluice-dev/sluice/pkg/api"
+	"github.com/sluice-dev/sluice/pkg/daemon"
+	"github.com/sluice-dev/sluice/pkg/statedir"
 )
 
 // publishRun writes the Info of a live `sluice run` sandbox to
 // the run directory (statedir.RunDir.Info) so that `sluice list` shows it (labels
 // included); the returned function removes it. Failures only cost the
 // listing.
-func publishRun(sb *Sandbox, policyFile string) func() {
+func publishRun(sb *daemon.Sandbox, policyFile string) func() {
 	p := sb.Policy()
 	now := time.Now().UTC()
 	info := api.Info{Name: sb.Name, Cgroup: sb.Cgroup, CgroupID: sb.ID, Policy: policyFile, Mode: p.Mode.String(), Rules: len(p.Rules),
@@ -33,9 +37,9 @@ func publishRun(sb *Sandbox, policyFile string) func() {
 	return func() { os.Remove(path) }
 }
 
-// ListRuns returns the live `sluice run` sandboxes, sorted by name; the
+// List returns the live `sluice run` sandboxes, sorted by name; the
 // records of runs whose process is gone are skipped.
-func ListRuns() []api.Info {
+func List() []api.Info {
 	var out []api.Info
 	for _, f := range runs.Infos() {
 		var info api.Info
@@ -50,4 +54,44 @@ func ListRuns() []api.Info {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
+}
+
+// runs holds the records of live `sluice run` sandboxes, so that
+// `sluice list` and `sluice blocked` can show and name them.
+const runs = statedir.DefaultRunDir
+
+func writeRunRecord(name, cg string, id uint64) error {
+	if err := os.MkdirAll(runs.Path(), 0o755); err != nil {
+		return err
+	}
+	rec := strings.Join([]string{name, cg, strconv.Itoa(os.Getpid())}, "\n") + "\n"
+	return os.WriteFile(runs.Name(id), []byte(rec), 0o644)
+}
+
+func removeRunRecord(id uint64) {
+	os.Remove(runs.Name(id))
+}
+
+// Names maps the cgroup ids of live `sluice run` sandboxes to their names.
+func Names() map[uint64]string {
+	out := map[uint64]string{}
+	for _, id := range runs.Names() {
+		data, err := os.ReadFile(runs.Name(id))
+		if err != nil {
+			continue
+		}
+		name, _, _ := strings.Cut(string(data), "\n")
+		out[id] = name
+	}
+	return out
+}
+
+// SandboxNames maps cgroup ids to sandbox names, from the records of live
+// `sluice run` sandboxes and the daemon's state directory dir.
+func SandboxNames(dir statedir.Dir) map[uint64]string {
+	names := Names()
+	for id, n := range daemon.StateNames(dir) {
+		names[id] = n
+	}
+	return names
 }

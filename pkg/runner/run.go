@@ -1,4 +1,4 @@
-package daemon
+package runner
 
 import (
 	"context"
@@ -12,7 +12,6 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -20,7 +19,7 @@ import (
 
 	"github.com/sluice-dev/sluice/pkg/audit"
 	"github.com/sluice-dev/sluice/pkg/cgroup"
-	"github.com/sluice-dev/sluice/pkg/enforcer"
+	"github.com/sluice-dev/sluice/pkg/daemon"
 	"github.com/sluice-dev/sluice/pkg/policy"
 	"github.com/sluice-dev/sluice/pkg/sandbox"
 	"github.com/sluice-dev/sluice/pkg/secrets"
@@ -28,8 +27,8 @@ import (
 	"github.com/sluice-dev/sluice/pkg/tlsca"
 )
 
-// RunOptions configures a one-shot sandbox (`sluice run`).
-type RunOptions struct {
+// Options configures a one-shot sandbox (`sluice run`).
+type Options struct {
 	PolicyFile   string
 	Name         string
 	Command      []string
@@ -53,7 +52,7 @@ type RunOptions struct {
 	// os.LookupEnv.
 	LookupEnv func(string) (string, bool)
 
-	// Labels (--label k=v, CheckLabels) go on every audit event and in
+	// Labels (--label k=v, daemon.CheckLabels) go on every audit event and in
 	// each credential callback request of the sandbox.
 	Labels map[string]string
 
@@ -66,7 +65,7 @@ type RunOptions struct {
 // returns the command's exit status. Everything it creates (cgroup, links,
 // registration, listeners, CA bundle) is removed before it returns, also when
 // the command is killed or sluice gets SIGINT/SIGTERM.
-func Run(ctx context.Context, o RunOptions) (int, error) {
+func Run(ctx context.Context, o Options) (int, error) {
 	log := o.Log
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(o.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
@@ -148,17 +147,14 @@ func Run(ctx context.Context, o RunOptions) (int, error) {
 	alog := audit.NewLogger(log.With("component", "audit"), audit.LoggerOptions{}, sinks...)
 	defer alog.Close()
 
-	resolver, px, err := newResolverAndProxy(o.DNSUpstreams, o.DNSAllowLoopback, o.UpstreamCAs, log)
+	rt, err := daemon.NewRuntime(daemon.RuntimeOptions{
+		DNSUpstreams: o.DNSUpstreams, DNSAllowLoopback: o.DNSAllowLoopback, UpstreamCAs: o.UpstreamCAs, PinDir: o.PinDir,
+		Secrets: chain, Store: store, Signer: signer, Audit: alog,
+	}, log)
 	if err != nil {
 		return 0, err
 	}
-	defer px.Close()
-
-	enf, err := enforcer.Open(enforcer.Config{PinDir: o.PinDir}, log.With("component", "enforcer"))
-	if err != nil {
-		return 0, err
-	}
-	defer enf.Close()
+	defer rt.Close()
 
 	// The sandbox cgroup, below our own.
 	self, err := cgroup.Self()
@@ -206,16 +202,11 @@ func Run(ctx context.Context, o RunOptions) (int, error) {
 		return 0, fmt.Errorf("writing the CA certificate: %w", err)
 	}
 
-	rt := &Runtime{Log: log, Enforcer: enf, Resolver: resolver, Proxy: px, Secrets: chain,
-		Callbacks: secrets.NewCallbacks(signer, nil, log.With("component", "callback")), Audit: alog}
-	if err := rt.setCredentials(chain, store, o.UpstreamCAs); err != nil {
-		return 0, err
-	}
 	evCtx, stopEvents := context.WithCancel(ctx)
 	defer stopEvents()
 	go rt.KernelEvents(evCtx)
 
-	sb, err := rt.Start(ctx, Spec{Name: name, CgroupPath: cgPath, CgroupID: cgID, Policy: pol, CA: ca, Labels: o.Labels})
+	sb, err := rt.Start(ctx, daemon.Spec{Name: name, CgroupPath: cgPath, CgroupID: cgID, Policy: pol, CA: ca, Labels: o.Labels})
 	if err != nil {
 		return 0, err
 	}
@@ -285,46 +276,6 @@ wait:
 		_ = summary.WriteSummary(o.Stderr)
 	}
 	return code, nil
-}
-
-// runs holds the records of live `sluice run` sandboxes, so that
-// `sluice list` and `sluice blocked` can show and name them.
-const runs = statedir.DefaultRunDir
-
-func writeRunRecord(name, cg string, id uint64) error {
-	if err := os.MkdirAll(runs.Path(), 0o755); err != nil {
-		return err
-	}
-	rec := strings.Join([]string{name, cg, strconv.Itoa(os.Getpid())}, "\n") + "\n"
-	return os.WriteFile(runs.Name(id), []byte(rec), 0o644)
-}
-
-func removeRunRecord(id uint64) {
-	os.Remove(runs.Name(id))
-}
-
-// RunNames maps the cgroup ids of live `sluice run` sandboxes to their names.
-func RunNames() map[uint64]string {
-	out := map[uint64]string{}
-	for _, id := range runs.Names() {
-		data, err := os.ReadFile(runs.Name(id))
-		if err != nil {
-			continue
-		}
-		name, _, _ := strings.Cut(string(data), "\n")
-		out[id] = name
-	}
-	return out
-}
-
-// SandboxNames maps cgroup ids to sandbox names, from the records of live
-// `sluice run` sandboxes and the daemon's state directory dir.
-func SandboxNames(dir statedir.Dir) map[uint64]string {
-	names := RunNames()
-	for id, n := range stateNames(dir) {
-		names[id] = n
-	}
-	return names
 }
 
 func hasCallbacks(p *policy.Policy) bool {

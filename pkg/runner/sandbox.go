@@ -1,4 +1,4 @@
-package daemon
+package runner
 
 import (
 	"context"
@@ -29,7 +29,7 @@ func (r *runSandbox) release() { r.id.Release() }
 // trust files it sees and what is hidden from it. tmp is the run's
 // temporary directory (mode 0755, removed at exit) holding bundle and
 // caOnly.
-func sandboxConfig(ctx context.Context, o RunOptions, pol *policy.Policy, static map[string]string,
+func sandboxConfig(ctx context.Context, o Options, pol *policy.Policy, static map[string]string,
 	chain *secrets.Chain, name, tmp, bundle, caOnly string, dir statedir.Dir) (*runSandbox, error) {
 	id, err := sandbox.ResolveUser(o.User, dir.Path(), os.Getenv)
 	if err != nil {
