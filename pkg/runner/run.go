@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -66,216 +67,324 @@ type Options struct {
 // registration, listeners, CA bundle) is removed before it returns, also when
 // the command is killed or sluice gets SIGINT/SIGTERM.
 func Run(ctx context.Context, o Options) (int, error) {
-	log := o.Log
-	if log == nil {
-		log = slog.New(slog.NewTextHandler(o.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	r := &run{o: o, log: o.Log}
+	defer r.cleanup()
+	if err := r.prepare(); err != nil {
+		return 0, err
 	}
-	if len(o.Command) == 0 {
-		return 0, errors.New("no command given: sluice run --policy FILE -- CMD [ARGS...]")
+	for _, step := range []func(context.Context) error{
+		r.loadSecrets, r.openAudit, r.openRuntime, r.createCgroup, r.writeTrustFiles, r.startSandbox,
+	} {
+		if err := step(ctx); err != nil {
+			return 0, err
+		}
+	}
+	code, err := r.runCommand(ctx)
+	if err != nil {
+		return 0, err
+	}
+	if o.Summary {
+		r.writeSummary()
+	}
+	return code, nil
+}
+
+// run is one `sluice run`: what each step of Run makes and the next ones
+// use.
+type run struct {
+	o   Options
+	log *slog.Logger
+	pol *policy.Policy
+	dir statedir.Dir
+
+	static map[string]string // secrets from --secrets-file and --secret-env
+	chain  *secrets.Chain
+	store  *secrets.Store // nil without a secret store
+	signer ed25519.PrivateKey
+
+	summary *audit.Summary
+	alog    *audit.Logger
+	rt      *daemon.Runtime
+
+	name   string
+	cgPath string
+	cgID   uint64
+	ca     *tlsca.CA
+	trust  trustFiles
+	sb     *daemon.Sandbox
+
+	// undo holds what to release when Run returns, in the order of
+	// creation; cleanup runs it backwards.
+	undo []func()
+}
+
+// trustFiles are the run's temporary directory (mode 0755, removed at
+// exit) and the certificate files in it the command trusts.
+type trustFiles struct {
+	tmp    string
+	bundle string // the system roots and the sandbox CA
+	caOnly string // the sandbox CA alone
+}
+
+func (r *run) onExit(f func()) { r.undo = append(r.undo, f) }
+
+func (r *run) cleanup() {
+	for i := len(r.undo) - 1; i >= 0; i-- {
+		r.undo[i]()
+	}
+}
+
+// prepare checks the options, makes the process undumpable and loads the
+// policy.
+func (r *run) prepare() error {
+	if r.log == nil {
+		r.log = slog.New(slog.NewTextHandler(r.o.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
+	if len(r.o.Command) == 0 {
+		return errors.New("no command given: sluice run --policy FILE -- CMD [ARGS...]")
 	}
 	// Nothing in the sandbox (nor another user) may read our memory,
 	// which holds the secrets.
 	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
-		return 0, fmt.Errorf("prctl(PR_SET_DUMPABLE): %w", err)
+		return fmt.Errorf("prctl(PR_SET_DUMPABLE): %w", err)
 	}
-	lookupEnv := o.LookupEnv
+	pol, err := policy.Load(r.o.PolicyFile)
+	if err != nil {
+		return err
+	}
+	for _, w := range pol.Warnings {
+		fmt.Fprintln(r.o.Stderr, "sluice:", w.String())
+	}
+	r.pol = pol
+	r.dir = statedir.Dir(r.o.StateDir)
+	if r.dir == "" {
+		r.dir = statedir.Default
+	}
+	return nil
+}
+
+// loadSecrets reads the secrets from the file and from sluice's own
+// environment (the variables used are scrubbed from the child's
+// environment), opens the secret store when there is one and, when the
+// policy has callbacks, the signing key.
+func (r *run) loadSecrets(context.Context) error {
+	lookupEnv := r.o.LookupEnv
 	if lookupEnv == nil {
 		lookupEnv = os.LookupEnv
 	}
-	pol, err := policy.Load(o.PolicyFile)
-	if err != nil {
-		return 0, err
-	}
-	for _, w := range pol.Warnings {
-		fmt.Fprintln(o.Stderr, "sluice:", w.String())
-	}
-
-	// Secrets: from the file and from sluice's own environment; the
-	// variables used are scrubbed from the child's environment.
-	static := map[string]string{}
-	if o.SecretsFile != "" {
-		m, err := secrets.ParseSecretsFile(o.SecretsFile)
+	r.static = map[string]string{}
+	if r.o.SecretsFile != "" {
+		m, err := secrets.ParseSecretsFile(r.o.SecretsFile)
 		if err != nil {
-			return 0, err
+			return err
 		}
-		for k, v := range m {
-			static[k] = v
-		}
+		maps.Copy(r.static, m)
 	}
-	if len(o.SecretEnv) > 0 {
-		m, err := secrets.FromEnv(o.SecretEnv, lookupEnv)
+	if len(r.o.SecretEnv) > 0 {
+		m, err := secrets.FromEnv(r.o.SecretEnv, lookupEnv)
 		if err != nil {
-			return 0, err
+			return err
 		}
-		for k, v := range m {
-			static[k] = v
-		}
+		maps.Copy(r.static, m)
 	}
-	providers := []secrets.Provider{secrets.Static(static)}
-	dir := statedir.Dir(o.StateDir)
-	if dir == "" {
-		dir = statedir.Default
-	}
-	var store *secrets.Store // receives rotated oauth2 refresh tokens
-	if ok, err := secrets.StoreExists(dir.Path()); err != nil {
-		return 0, err
+	providers := []secrets.Provider{secrets.Static(r.static)}
+	// The store receives rotated oauth2 refresh tokens.
+	if ok, err := secrets.StoreExists(r.dir.Path()); err != nil {
+		return err
 	} else if ok {
-		if store, err = secrets.OpenStore(dir.Path(), secrets.KeySource{}, log.With("component", "secrets")); err != nil {
-			return 0, err
+		if r.store, err = secrets.OpenStore(r.dir.Path(), secrets.KeySource{}, r.log.With("component", "secrets")); err != nil {
+			return err
 		}
-		providers = append(providers, store)
+		providers = append(providers, r.store)
 	}
-	chain := secrets.NewChain(providers...)
-	var signer ed25519.PrivateKey
-	if hasCallbacks(pol) {
-		if signer, err = secrets.LoadOrCreateSigningKey(dir.Path()); err != nil {
-			return 0, err
+	r.chain = secrets.NewChain(providers...)
+	if hasCallbacks(r.pol) {
+		var err error
+		if r.signer, err = secrets.LoadOrCreateSigningKey(r.dir.Path()); err != nil {
+			return err
 		}
 	}
+	return nil
+}
 
-	// Audit sinks.
-	var sinks []audit.Sink
-	summary := audit.NewSummary()
-	sinks = append(sinks, summary)
-	sink, err := audit.OpenSink(o.AuditPath, audit.SinkOptions{Stderr: o.Stderr})
+// openAudit opens the audit sinks: the exit summary and --audit.
+func (r *run) openAudit(context.Context) error {
+	r.summary = audit.NewSummary()
+	sinks := []audit.Sink{r.summary}
+	sink, err := audit.OpenSink(r.o.AuditPath, audit.SinkOptions{Stderr: r.o.Stderr})
 	if err != nil {
-		return 0, err
+		return err
 	}
 	if sink != nil {
 		sinks = append(sinks, sink)
 	}
-	alog := audit.NewLogger(log.With("component", "audit"), audit.LoggerOptions{}, sinks...)
-	defer alog.Close()
+	r.alog = audit.NewLogger(r.log.With("component", "audit"), audit.LoggerOptions{}, sinks...)
+	r.onExit(func() { r.alog.Close() })
+	return nil
+}
 
+// openRuntime opens the resolver, the proxy and the eBPF programs, for
+// this sandbox alone.
+func (r *run) openRuntime(context.Context) error {
 	rt, err := daemon.NewRuntime(daemon.RuntimeOptions{
-		DNSUpstreams: o.DNSUpstreams, DNSAllowLoopback: o.DNSAllowLoopback, UpstreamCAs: o.UpstreamCAs, PinDir: o.PinDir,
-		Secrets: chain, Store: store, Signer: signer, Audit: alog,
-	}, log)
+		DNSUpstreams: r.o.DNSUpstreams, DNSAllowLoopback: r.o.DNSAllowLoopback, UpstreamCAs: r.o.UpstreamCAs, PinDir: r.o.PinDir,
+		Secrets: r.chain, Store: r.store, Signer: r.signer, Audit: r.alog,
+	}, r.log)
 	if err != nil {
-		return 0, err
+		return err
 	}
-	defer rt.Close()
+	r.rt = rt
+	r.onExit(rt.Close)
+	return nil
+}
 
-	// The sandbox cgroup, below our own.
+// createCgroup creates the sandbox cgroup, below our own, and names the
+// sandbox after it unless --name was given.
+func (r *run) createCgroup(context.Context) error {
 	self, err := cgroup.Self()
 	if err != nil {
-		return 0, err
+		return err
 	}
 	cgName := "sluice-run-" + strconv.Itoa(os.Getpid())
 	cgPath, err := cgroup.Create(self, cgName)
 	if err != nil {
-		return 0, fmt.Errorf("%w (sluice run needs write access to its own cgroup %s)", err, self)
+		return fmt.Errorf("%w (sluice run needs write access to its own cgroup %s)", err, self)
 	}
-	defer func() {
+	r.cgPath = cgPath
+	r.onExit(func() {
 		if err := cgroup.Remove(cgPath, 5*time.Second); err != nil {
-			log.Error("removing sandbox cgroup", "err", err)
+			r.log.Error("removing sandbox cgroup", "err", err)
 		}
-	}()
-	cgID, err := cgroup.ID(cgPath)
-	if err != nil {
-		return 0, err
+	})
+	if r.cgID, err = cgroup.ID(cgPath); err != nil {
+		return err
 	}
-	name := o.Name
-	if name == "" {
-		name = cgName
+	r.name = r.o.Name
+	if r.name == "" {
+		r.name = cgName
 	}
+	return nil
+}
 
-	ca, err := tlsca.New(name, 24*time.Hour)
+// writeTrustFiles creates the sandbox CA and writes the files the command
+// trusts into a temporary directory.
+func (r *run) writeTrustFiles(context.Context) error {
+	ca, err := tlsca.New(r.name, 24*time.Hour)
 	if err != nil {
-		return 0, err
+		return err
 	}
+	r.ca = ca
 	tmp, err := os.MkdirTemp("", "sluice-run-")
 	if err != nil {
-		return 0, err
+		return err
 	}
-	defer os.RemoveAll(tmp)
+	r.onExit(func() { os.RemoveAll(tmp) })
 	if err := os.Chmod(tmp, 0o755); err != nil {
-		return 0, err
+		return err
 	}
+	r.trust = trustFiles{tmp: tmp, bundle: filepath.Join(tmp, "ca-bundle.pem"), caOnly: filepath.Join(tmp, "sluice-ca.pem")}
 	sysRoots, _ := tlsca.SystemRootsPEM()
-	bundle := filepath.Join(tmp, "ca-bundle.pem")
-	if err := os.WriteFile(bundle, tlsca.Bundle(sysRoots, ca), 0o644); err != nil {
-		return 0, fmt.Errorf("writing the CA bundle: %w", err)
+	if err := os.WriteFile(r.trust.bundle, tlsca.Bundle(sysRoots, ca), 0o644); err != nil {
+		return fmt.Errorf("writing the CA bundle: %w", err)
 	}
-	caOnly := filepath.Join(tmp, "sluice-ca.pem")
-	if err := os.WriteFile(caOnly, ca.CertPEM(), 0o644); err != nil {
-		return 0, fmt.Errorf("writing the CA certificate: %w", err)
+	if err := os.WriteFile(r.trust.caOnly, ca.CertPEM(), 0o644); err != nil {
+		return fmt.Errorf("writing the CA certificate: %w", err)
 	}
+	return nil
+}
 
+// startSandbox reads the kernel's events, registers the cgroup, serves
+// the sandbox's resolver and proxy, and writes the run records.
+func (r *run) startSandbox(ctx context.Context) error {
 	evCtx, stopEvents := context.WithCancel(ctx)
-	defer stopEvents()
-	go rt.KernelEvents(evCtx)
+	r.onExit(stopEvents)
+	go r.rt.KernelEvents(evCtx)
 
-	sb, err := rt.Start(ctx, daemon.Spec{Name: name, CgroupPath: cgPath, CgroupID: cgID, Policy: pol, CA: ca, Labels: o.Labels})
+	sb, err := r.rt.Start(ctx, daemon.Spec{Name: r.name, CgroupPath: r.cgPath, CgroupID: r.cgID, Policy: r.pol, CA: r.ca, Labels: r.o.Labels})
 	if err != nil {
-		return 0, err
+		return err
 	}
-	defer func() {
+	r.sb = sb
+	r.onExit(func() {
 		if err := sb.Detach(); err != nil {
-			log.Error("detaching sandbox", "err", err)
+			r.log.Error("detaching sandbox", "err", err)
 		}
-	}()
-	if err := writeRunRecord(name, cgPath, cgID); err == nil {
-		defer removeRunRecord(cgID)
+	})
+	if err := writeRunRecord(r.name, r.cgPath, r.cgID); err == nil {
+		r.onExit(func() { removeRunRecord(r.cgID) })
 	}
-	defer publishRun(sb, o.PolicyFile)() // runlist.go: `sluice list`
+	r.onExit(publishRun(sb, r.o.PolicyFile)) // records.go: `sluice list`
+	return nil
+}
 
-	// The command, below the sandbox init, started directly inside the
-	// cgroup.
-	cfg, err := sandboxConfig(ctx, o, pol, static, chain, name, tmp, bundle, caOnly, dir)
+// runCommand starts the command below the sandbox init, directly inside
+// the cgroup, passes our signals on to it, and returns its exit status
+// once it ended; whatever it left in the cgroup is killed.
+func (r *run) runCommand(ctx context.Context) (int, error) {
+	cfg, err := r.sandboxConfig(ctx)
 	if err != nil {
 		return 0, err
 	}
-	defer cfg.release()
-	cgFD, err := unix.Open(cgPath, unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	r.onExit(cfg.release)
+	cgFD, err := unix.Open(r.cgPath, unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return 0, fmt.Errorf("opening cgroup: %w", err)
 	}
-	defer unix.Close(cgFD)
-	cmd := sandbox.Command(cgFD, o.Stdin, o.Stdout, o.Stderr)
+	r.onExit(func() { unix.Close(cgFD) })
+	cmd := sandbox.Command(cgFD, r.o.Stdin, r.o.Stdout, r.o.Stderr)
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT)
-	defer signal.Stop(sigs)
+	r.onExit(func() { signal.Stop(sigs) })
 	if err := sandbox.Start(cmd, &cfg.Config); err != nil {
 		return 0, err
 	}
+	werr := wait(ctx, cmd, sigs)
+	// Whatever the command left running in the sandbox goes with it.
+	_ = cgroup.Kill(r.cgPath)
+	return exitCode(werr)
+}
+
+// wait waits for cmd, passing sigs on to it and killing it when ctx is
+// done.
+func wait(ctx context.Context, cmd *exec.Cmd, sigs <-chan os.Signal) error {
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
-	var werr error
-wait:
 	for {
 		select {
 		case s := <-sigs:
 			_ = cmd.Process.Signal(s)
 		case <-ctx.Done():
 			_ = cmd.Process.Kill()
-		case werr = <-done:
-			break wait
+		case err := <-done:
+			return err
 		}
 	}
-	// Whatever the command left running in the sandbox goes with it.
-	_ = cgroup.Kill(cgPath)
+}
 
-	code := 0
+// exitCode is the exit status of a command that ended with err, as a
+// shell reports it (128+N for signal N).
+func exitCode(err error) (int, error) {
 	var ee *exec.ExitError
 	switch {
-	case werr == nil:
-	case errors.As(werr, &ee):
+	case err == nil:
+		return 0, nil
+	case errors.As(err, &ee):
 		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-			code = 128 + int(ws.Signal())
-		} else {
-			code = ee.ExitCode()
+			return 128 + int(ws.Signal()), nil
 		}
+		return ee.ExitCode(), nil
 	default:
-		return 0, werr
+		return 0, err
 	}
-	if o.Summary {
-		fctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		_ = alog.Flush(fctx)
-		cancel()
-		_ = summary.WriteSummary(o.Stderr)
-	}
-	return code, nil
+}
+
+// writeSummary prints the allowed/denied summary once the audit events
+// are out.
+func (r *run) writeSummary() {
+	fctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	_ = r.alog.Flush(fctx)
+	cancel()
+	_ = r.summary.WriteSummary(r.o.Stderr)
 }
 
 func hasCallbacks(p *policy.Policy) bool {
