@@ -217,8 +217,37 @@ var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
 // Attach attaches a sandbox, or replaces the policy of the sandbox of the
 // same name live.
 func (d *Daemon) Attach(ctx context.Context, req api.AttachRequest) (api.Info, error) {
+	pfile, pol, err := checkAttach(req)
+	if err != nil {
+		return api.Info{}, err
+	}
+	t, err := d.attachTarget(req)
+	if err != nil {
+		return api.Info{}, err
+	}
+
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for name, m := range d.sandboxes {
+		if m.rec.CgroupID == t.id && name != req.Name {
+			return api.Info{}, &apiError{http.StatusConflict, fmt.Sprintf("cgroup %s is already attached as sandbox %q: detach it first (sluice detach %s)", t.cgPath, name, name)}
+		}
+	}
+	text, err := d.storeOpaque(req.Name, pol, req.Policy)
+	if err != nil {
+		return api.Info{}, err
+	}
+	if m, ok := d.sandboxes[req.Name]; ok {
+		return d.replaceLocked(m, req, t, pfile, pol, text)
+	}
+	return d.startLocked(ctx, req, t, pfile, pol, text)
+}
+
+// checkAttach validates an attach request's name, policy and labels, and
+// returns the policy and the file name it is reported under.
+func checkAttach(req api.AttachRequest) (string, *policy.Policy, error) {
 	if !nameRE.MatchString(req.Name) {
-		return api.Info{}, &apiError{http.StatusBadRequest, fmt.Sprintf("invalid sandbox name %q: use letters, digits, '.', '_' and '-' (at most 63)", req.Name)}
+		return "", nil, &apiError{http.StatusBadRequest, fmt.Sprintf("invalid sandbox name %q: use letters, digits, '.', '_' and '-' (at most 63)", req.Name)}
 	}
 	pfile := req.PolicyFile
 	if pfile == "" {
@@ -226,96 +255,123 @@ func (d *Daemon) Attach(ctx context.Context, req api.AttachRequest) (api.Info, e
 	}
 	pol, err := policy.Parse(pfile, []byte(req.Policy))
 	if err != nil {
-		return api.Info{}, &apiError{http.StatusBadRequest, err.Error()}
+		return "", nil, &apiError{http.StatusBadRequest, err.Error()}
 	}
 	if err := CheckLabels(req.Labels); err != nil {
-		return api.Info{}, &apiError{http.StatusBadRequest, err.Error()}
+		return "", nil, &apiError{http.StatusBadRequest, err.Error()}
 	}
-	cgPath := req.Cgroup
-	netns := ""
+	return pfile, pol, nil
+}
+
+// target is the cgroup an attach request names, and its network
+// namespace ("" the daemon's own).
+type target struct {
+	cgPath string
+	id     uint64
+	netns  string
+}
+
+// attachTarget finds the cgroup (and network namespace) of the request's
+// pid or cgroup path; a cgroup holding the daemon itself is refused.
+func (d *Daemon) attachTarget(req api.AttachRequest) (target, error) {
+	var t target
+	var err error
 	switch {
-	case req.PID > 0 && cgPath != "":
-		return api.Info{}, &apiError{http.StatusBadRequest, "give either cgroup or pid, not both"}
+	case req.PID > 0 && req.Cgroup != "":
+		return t, &apiError{http.StatusBadRequest, "give either cgroup or pid, not both"}
 	case req.PID > 0:
-		if cgPath, err = cgroup.OfPID(req.PID); err != nil {
-			return api.Info{}, &apiError{http.StatusBadRequest, err.Error()}
+		if t.cgPath, err = cgroup.OfPID(req.PID); err != nil {
+			return t, &apiError{http.StatusBadRequest, err.Error()}
 		}
-		if err := d.checkNotSelf(cgPath); err != nil {
-			return api.Info{}, err
+		if err := d.checkNotSelf(t.cgPath); err != nil {
+			return t, err
 		}
-		if netns, err = netnsOfPID(req.PID); err != nil {
-			return api.Info{}, &apiError{http.StatusBadRequest, err.Error()}
+		if t.netns, err = netnsOfPID(req.PID); err != nil {
+			return t, &apiError{http.StatusBadRequest, err.Error()}
 		}
-	case cgPath != "":
-		if !filepath.IsAbs(cgPath) {
-			root := d.cfg.CgroupRoot
-			if root == "" {
-				if root, err = cgroup.Mount(); err != nil {
-					return api.Info{}, err
-				}
-			}
-			cgPath = filepath.Join(root, cgPath)
+	case req.Cgroup != "":
+		if t.cgPath, err = d.cgroupPath(req.Cgroup); err != nil {
+			return t, err
 		}
-		if err := d.checkNotSelf(cgPath); err != nil {
-			return api.Info{}, err
+		if err := d.checkNotSelf(t.cgPath); err != nil {
+			return t, err
 		}
-		if netns, err = netnsOfCgroup(cgPath); err != nil {
-			return api.Info{}, &apiError{http.StatusBadRequest, err.Error()}
+		if t.netns, err = netnsOfCgroup(t.cgPath); err != nil {
+			return t, &apiError{http.StatusBadRequest, err.Error()}
 		}
 	default:
-		return api.Info{}, &apiError{http.StatusBadRequest, "give the sandbox's cgroup or pid"}
+		return t, &apiError{http.StatusBadRequest, "give the sandbox's cgroup or pid"}
 	}
-	id, err := cgroup.ID(cgPath)
-	if err != nil {
-		return api.Info{}, &apiError{http.StatusBadRequest, err.Error()}
+	if t.id, err = cgroup.ID(t.cgPath); err != nil {
+		return t, &apiError{http.StatusBadRequest, err.Error()}
 	}
+	return t, nil
+}
 
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	for name, m := range d.sandboxes {
-		if m.rec.CgroupID == id && name != req.Name {
-			return api.Info{}, &apiError{http.StatusConflict, fmt.Sprintf("cgroup %s is already attached as sandbox %q: detach it first (sluice detach %s)", cgPath, name, name)}
+// cgroupPath makes a cgroup path relative to the cgroup2 mount (or the
+// configured cgroup root) absolute.
+func (d *Daemon) cgroupPath(p string) (string, error) {
+	if filepath.IsAbs(p) {
+		return p, nil
+	}
+	root := d.cfg.CgroupRoot
+	if root == "" {
+		var err error
+		if root, err = cgroup.Mount(); err != nil {
+			return "", err
 		}
 	}
-	// The state dir keeps the policy text; opaque values go to the
-	// encrypted store only.
-	text, opaque, err := splitOpaque(req.Name, pol, []byte(req.Policy))
+	return filepath.Join(root, p), nil
+}
+
+// storeOpaque puts the policy's opaque values in the encrypted store and
+// returns the policy text without them, which the state dir keeps.
+func (d *Daemon) storeOpaque(name string, pol *policy.Policy, policyText string) ([]byte, error) {
+	text, opaque, err := splitOpaque(name, pol, []byte(policyText))
 	if err != nil {
-		return api.Info{}, err
+		return nil, err
 	}
 	for ref, v := range opaque {
 		if err := d.store.PutOpaque(ref, v); err != nil {
-			return api.Info{}, fmt.Errorf("storing opaque value %s: %w", ref, err)
+			return nil, fmt.Errorf("storing opaque value %s: %w", ref, err)
 		}
 	}
-	now := time.Now().UTC()
-	if m, ok := d.sandboxes[req.Name]; ok {
-		if m.rec.CgroupID != id {
-			return api.Info{}, &apiError{http.StatusConflict, fmt.Sprintf("sandbox %q is attached to %s; detach it before reusing the name for %s", req.Name, m.rec.Cgroup, cgPath)}
-		}
-		if err := m.sb.SetPolicy(pol); err != nil {
-			return api.Info{}, err
-		}
-		m.rec.PolicyFile, m.rec.Updated = pfile, now
-		if req.Labels != nil {
-			m.rec.Labels = req.Labels
-			m.sb.SetLabels(req.Labels)
-		}
-		d.logWarnings(req.Name, pol)
-		if err := d.savePolicyText(req.Name, text); err != nil {
-			return api.Info{}, err
-		}
-		if err := d.saveRecord(m.rec); err != nil {
-			return api.Info{}, err
-		}
-		d.emitPolicy(m, "policy_replaced")
-		return d.info(m), nil
+	return text, nil
+}
+
+// replaceLocked replaces the policy (and the labels, when given) of the
+// attached sandbox m live; d.mu is held.
+func (d *Daemon) replaceLocked(m *managed, req api.AttachRequest, t target, pfile string, pol *policy.Policy, text []byte) (api.Info, error) {
+	if m.rec.CgroupID != t.id {
+		return api.Info{}, &apiError{http.StatusConflict, fmt.Sprintf("sandbox %q is attached to %s; detach it before reusing the name for %s", req.Name, m.rec.Cgroup, t.cgPath)}
 	}
+	if err := m.sb.SetPolicy(pol); err != nil {
+		return api.Info{}, err
+	}
+	m.rec.PolicyFile, m.rec.Updated = pfile, time.Now().UTC()
+	if req.Labels != nil {
+		m.rec.Labels = req.Labels
+		m.sb.SetLabels(req.Labels)
+	}
+	d.logWarnings(req.Name, pol)
+	if err := d.savePolicyText(req.Name, text); err != nil {
+		return api.Info{}, err
+	}
+	if err := d.saveRecord(m.rec); err != nil {
+		return api.Info{}, err
+	}
+	d.emitPolicy(m, "policy_replaced")
+	return d.info(m), nil
+}
+
+// startLocked starts a new sandbox, records it in the state dir and puts
+// its CA into the container's trust files; d.mu is held.
+func (d *Daemon) startLocked(ctx context.Context, req api.AttachRequest, t target, pfile string, pol *policy.Policy, text []byte) (api.Info, error) {
 	ca, _, err := tlsca.LoadOrCreate(d.dir.CA(req.Name), req.Name, 30*24*time.Hour)
 	if err != nil {
 		return api.Info{}, err
 	}
-	sb, err := d.rt.Start(ctx, Spec{Name: req.Name, CgroupPath: cgPath, CgroupID: id, Policy: pol, CA: ca, InNetns: inNetns(netns), Labels: req.Labels})
+	sb, err := d.rt.Start(ctx, Spec{Name: req.Name, CgroupPath: t.cgPath, CgroupID: t.id, Policy: pol, CA: ca, InNetns: inNetns(t.netns), Labels: req.Labels})
 	if err != nil {
 		if errors.Is(err, enforcer.ErrSandboxTableFull) {
 			return api.Info{}, &apiError{http.StatusInsufficientStorage, err.Error()}
@@ -323,7 +379,8 @@ func (d *Daemon) Attach(ctx context.Context, req api.AttachRequest) (api.Info, e
 		return api.Info{}, err
 	}
 	d.logWarnings(req.Name, pol)
-	m := &managed{sb: sb, rec: record{Name: req.Name, Cgroup: cgPath, CgroupID: id, Netns: netnsName(netns), PolicyFile: pfile,
+	now := time.Now().UTC()
+	m := &managed{sb: sb, rec: record{Name: req.Name, Cgroup: t.cgPath, CgroupID: t.id, Netns: netnsName(t.netns), PolicyFile: pfile,
 		ProxyPort: sb.ProxyPort(), DNSPort: sb.DNSPort(), Created: now, Updated: now, Labels: req.Labels}}
 	if err := d.savePolicyText(req.Name, text); err != nil {
 		sb.Detach()
@@ -334,7 +391,7 @@ func (d *Daemon) Attach(ctx context.Context, req api.AttachRequest) (api.Info, e
 		return api.Info{}, err
 	}
 	d.sandboxes[req.Name] = m
-	d.trustContainer(req.Name, req.PID, cgPath, req.Rootfs, ca)
+	d.trustContainer(req.Name, req.PID, t.cgPath, req.Rootfs, ca)
 	return d.info(m), nil
 }
 
