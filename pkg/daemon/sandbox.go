@@ -280,12 +280,6 @@ func (rt *Runtime) forget(s *Sandbox) {
 	}
 }
 
-// NameOf returns the name of the sandbox with cgroup id id, or "".
-func (rt *Runtime) NameOf(id uint64) string {
-	name, _ := rt.nameAndLabels(id)
-	return name
-}
-
 func (rt *Runtime) nameAndLabels(id uint64) (string, map[string]string) {
 	rt.mu.Lock()
 	defer rt.mu.Unlock()
