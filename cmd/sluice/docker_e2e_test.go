@@ -18,6 +18,7 @@ import (
 
 	"github.com/sluice-dev/sluice/pkg/api"
 	"github.com/sluice-dev/sluice/pkg/audit"
+	"github.com/sluice-dev/sluice/pkg/blocked"
 	"github.com/sluice-dev/sluice/pkg/cgroup"
 )
 
@@ -377,7 +378,7 @@ func fencedRefusals(t *testing.T, w *world, d *daemonProc, port int) uint64 {
 	if err != nil {
 		return 0
 	}
-	var rows []blockedRow
+	var rows []blocked.Row
 	_ = json.Unmarshal(out, &rows)
 	var n uint64
 	for _, r := range rows {

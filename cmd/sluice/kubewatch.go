@@ -11,7 +11,6 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/sluice-dev/sluice/pkg/client"
-	"github.com/sluice-dev/sluice/pkg/containers"
 	"github.com/sluice-dev/sluice/pkg/defaults"
 	"github.com/sluice-dev/sluice/pkg/kube"
 )
@@ -61,19 +60,7 @@ that prefix that no pod on the node owns are detached.`,
 		if err != nil {
 			return err
 		}
-		opts := cf.options()
-		ap := &kube.Applier{
-			Daemon: client.PodSandboxes{Client: client.New(ro.socket)},
-			Resolvers: map[string]containers.Resolver{
-				containers.RuntimeContainerd: &containers.Containerd{StateDir: opts.ContainerdState, Namespace: "k8s.io"},
-				containers.RuntimeDocker:     containers.NewDocker(opts.DockerSocket),
-				containers.RuntimeCRIO:       &containers.CRIO{RunRoot: opts.CRIORunRoot},
-			},
-			PolicyDirs: o.policyDirs,
-		}
-		if cf.namespace != "" {
-			ap.Resolvers[containers.RuntimeContainerd] = &containers.Containerd{StateDir: opts.ContainerdState, Namespace: cf.namespace}
-		}
+		ap := kube.NewApplier(client.PodSandboxes{Client: client.New(ro.socket)}, cf.options(), o.policyDirs)
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 		defer stop()
 		log.Info("watching pods", "node", o.node, "policy_dirs", o.policyDirs)

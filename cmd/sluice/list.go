@@ -3,11 +3,9 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"sort"
 	"strings"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -35,8 +33,7 @@ func newListCmd(ro *rootOptions) *cobra.Command {
 			// Without a daemon (no socket, nobody listening) the runs are
 			// all there is; any other failure (permission denied, a bad
 			// answer) is an error, not a shorter list.
-			noDaemon := errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED)
-			if err != nil && (len(runs) == 0 || !noDaemon) {
+			if err != nil && (len(runs) == 0 || !client.NoDaemon(err)) {
 				return err
 			}
 			if err != nil {

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"syscall"
 
 	"github.com/sluice-dev/sluice/pkg/api"
 	"github.com/sluice-dev/sluice/pkg/audit"
@@ -63,6 +64,13 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 		return err
 	}
 	return json.NewDecoder(resp.Body).Decode(out)
+}
+
+// NoDaemon reports whether err says that no daemon serves the socket (no
+// socket file, or nobody listening), as opposed to a daemon that refused
+// or answered badly.
+func NoDaemon(err error) bool {
+	return errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED)
 }
 
 func unwrapURL(err error) error {

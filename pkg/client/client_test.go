@@ -78,4 +78,7 @@ func TestClientNoDaemon(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "cannot reach the sluice daemon at "+sock) {
 		t.Errorf("List without a daemon: %v", err)
 	}
+	if !NoDaemon(err) {
+		t.Errorf("NoDaemon(%v) = false, want true (no socket)", err)
+	}
 }

@@ -85,13 +85,3 @@ func Names() map[uint64]string {
 	}
 	return out
 }
-
-// SandboxNames maps cgroup ids to sandbox names, from the records of live
-// `sluice run` sandboxes and the daemon's state directory dir.
-func SandboxNames(dir statedir.Dir) map[uint64]string {
-	names := Names()
-	for id, n := range daemon.StateNames(dir) {
-		names[id] = n
-	}
-	return names
-}
