@@ -5,6 +5,7 @@
 // below them is built here and nowhere else; the defaults stay in
 // pkg/defaults.
 //
-// It builds names only: it creates, reads and removes nothing except what
-// RemoveSandbox says.
+// It builds names and lists directories; it writes nothing, and removes
+// only in RemoveSandbox. The values are plain strings, safe to copy and to
+// use concurrently.
 package statedir
