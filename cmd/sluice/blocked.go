@@ -3,14 +3,15 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"sort"
-	"strconv"
 	"text/tabwriter"
 	"time"
 
-	"github.com/sluice-dev/sluice/pkg/daemon"
-	"github.com/sluice-dev/sluice/pkg/enforcer"
 	"github.com/spf13/cobra"
+
+	"github.com/sluice-dev/sluice/pkg/blocked"
+	"github.com/sluice-dev/sluice/pkg/defaults"
+	"github.com/sluice-dev/sluice/pkg/enforcer"
+	"github.com/sluice-dev/sluice/pkg/statedir"
 )
 
 type blockedOptions struct {
@@ -40,7 +41,7 @@ works while the daemon is down. Needs root (or CAP_BPF).`,
 				name = args[0]
 			}
 			for {
-				rows, err := blockedRows(o, name)
+				rows, err := blocked.Read(o.pinDir, statedir.Dir(o.stateDir), name)
 				if err != nil {
 					return err
 				}
@@ -71,50 +72,11 @@ works while the daemon is down. Needs root (or CAP_BPF).`,
 	cmd.Flags().BoolVar(&o.watch, "watch", false, "refresh until interrupted")
 	cmd.Flags().DurationVar(&o.interval, "interval", 2*time.Second, "refresh interval with --watch")
 	cmd.Flags().StringVar(&o.pinDir, "pin-dir", enforcer.DefaultPinDir, "bpffs directory of the pinned maps")
-	cmd.Flags().StringVar(&o.stateDir, "state-dir", daemon.DefaultStateDir, "daemon state directory (for sandbox names)")
+	cmd.Flags().StringVar(&o.stateDir, "state-dir", defaults.StateDir, "daemon state directory (for sandbox names)")
 	return cmd
 }
 
-type blockedRow struct {
-	Sandbox  string    `json:"sandbox"`
-	CgroupID uint64    `json:"cgroup_id"`
-	Dst      string    `json:"dst"`
-	Port     uint16    `json:"port"`
-	Proto    string    `json:"proto"`
-	Reason   string    `json:"reason"`
-	Count    uint64    `json:"count"`
-	LastSeen time.Time `json:"last_seen"`
-}
-
-func blockedRows(o *blockedOptions, name string) ([]blockedRow, error) {
-	rows, err := enforcer.ReadBlocked(o.pinDir)
-	if err != nil {
-		return nil, err
-	}
-	names := daemon.SandboxNames(o.stateDir)
-	out := []blockedRow{}
-	for _, r := range rows {
-		n := names[r.Sandbox]
-		if n == "" {
-			n = "cgroup:" + strconv.FormatUint(r.Sandbox, 10)
-		}
-		if name != "" && n != name {
-			continue
-		}
-		v := enforcer.Render(r.Reason, r.Proto, r.Dst)
-		out = append(out, blockedRow{Sandbox: n, CgroupID: r.Sandbox, Dst: v.Addr, Port: v.Port,
-			Proto: v.Proto, Reason: v.Reason, Count: r.Count, LastSeen: r.LastSeen.UTC().Truncate(time.Second)})
-	}
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].Sandbox != out[j].Sandbox {
-			return out[i].Sandbox < out[j].Sandbox
-		}
-		return out[i].LastSeen.After(out[j].LastSeen)
-	})
-	return out, nil
-}
-
-func printBlocked(ro *rootOptions, rows []blockedRow) {
+func printBlocked(ro *rootOptions, rows []blocked.Row) {
 	if len(rows) == 0 {
 		fmt.Fprintln(ro.stdout, "no refused connections")
 		return

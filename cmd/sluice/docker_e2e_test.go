@@ -16,9 +16,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluice-dev/sluice/pkg/api"
 	"github.com/sluice-dev/sluice/pkg/audit"
+	"github.com/sluice-dev/sluice/pkg/blocked"
 	"github.com/sluice-dev/sluice/pkg/cgroup"
-	"github.com/sluice-dev/sluice/pkg/daemon"
 )
 
 // dockerEngine is a private dockerd for one test: its own data root, exec
@@ -357,7 +358,7 @@ func listedCgroupID(t *testing.T, d *daemonProc, name string) uint64 {
 	if err != nil {
 		return 0
 	}
-	var infos []daemon.Info
+	var infos []api.Info
 	if json.Unmarshal([]byte(out), &infos) != nil {
 		return 0
 	}
@@ -377,7 +378,7 @@ func fencedRefusals(t *testing.T, w *world, d *daemonProc, port int) uint64 {
 	if err != nil {
 		return 0
 	}
-	var rows []blockedRow
+	var rows []blocked.Row
 	_ = json.Unmarshal(out, &rows)
 	var n uint64
 	for _, r := range rows {

@@ -8,10 +8,11 @@ import (
 	"strings"
 	"text/tabwriter"
 
-	"github.com/sluice-dev/sluice/pkg/daemon"
+	"github.com/spf13/cobra"
+
+	"github.com/sluice-dev/sluice/pkg/client"
 	"github.com/sluice-dev/sluice/pkg/defaults"
 	"github.com/sluice-dev/sluice/pkg/doctor"
-	"github.com/spf13/cobra"
 )
 
 type doctorOptions struct {
@@ -45,13 +46,13 @@ warning), 1 when a check fails (or warns, with --strict).`,
 					return fmt.Errorf("--skip %q: expect one of %s", c, strings.Join(quoted(doctor.Checks), ", "))
 				}
 			}
-			client := daemon.NewClient(ro.socket)
+			cl := client.New(ro.socket)
 			rep := doctor.Run(cmd.Context(), doctor.Env{
 				MountInfo: o.mountinfo,
 				BPFFS:     o.bpffs,
 				Socket:    ro.socket,
 				Daemon: func(ctx context.Context) error {
-					_, err := client.List(ctx)
+					_, err := cl.List(ctx)
 					return err
 				},
 				Strict: o.strict,

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/sluice-dev/sluice/pkg/audit"
+	"github.com/sluice-dev/sluice/pkg/blocked"
 	"github.com/sluice-dev/sluice/pkg/cgroup"
 	"github.com/sluice-dev/sluice/pkg/testutil"
 )
@@ -125,7 +126,7 @@ func TestDaemonFenceRefusesUntilAttach(t *testing.T) {
 	if err != nil {
 		t.Fatalf("sluice blocked: %v\n%s", err, out)
 	}
-	var rows []blockedRow
+	var rows []blocked.Row
 	if err := json.Unmarshal(out, &rows); err != nil {
 		t.Fatalf("sluice blocked --json: %v\n%s", err, out)
 	}

@@ -10,10 +10,12 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/sluice-dev/sluice/pkg/audit"
+	"github.com/sluice-dev/sluice/pkg/client"
 	"github.com/sluice-dev/sluice/pkg/daemon"
 	"github.com/sluice-dev/sluice/pkg/defaults"
-	"github.com/spf13/cobra"
 )
 
 type logsOptions struct {
@@ -140,7 +142,7 @@ func runLogs(cmd *cobra.Command, ro *rootOptions, o *logsOptions, name string) e
 	if o.stream {
 		// The daemon's live stream: every event of every sink, even
 		// when the daemon writes no audit file.
-		return daemon.NewClient(ro.socket).Events(ctx, name, show)
+		return client.New(ro.socket).Events(ctx, name, show)
 	}
 	return audit.Follow(ctx, o.file, o.poll, show)
 }

@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/sluice-dev/sluice/pkg/containers"
-	"github.com/sluice-dev/sluice/pkg/daemon"
-	"github.com/sluice-dev/sluice/pkg/defaults"
 	"github.com/spf13/cobra"
+
+	"github.com/sluice-dev/sluice/pkg/api"
+	"github.com/sluice-dev/sluice/pkg/client"
+	"github.com/sluice-dev/sluice/pkg/containers"
+	"github.com/sluice-dev/sluice/pkg/defaults"
 )
 
 type ociHookOptions struct {
@@ -54,17 +56,17 @@ the runtime refuses to start the container (fail closed).`,
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), o.timeout)
 			defer cancel()
-			client := daemon.NewClient(ro.socket)
+			cl := client.New(ro.socket)
 			switch plan.Op {
 			case containers.HookAttach:
-				info, err := client.Attach(ctx, daemon.AttachRequest{Name: plan.Name, PID: plan.PID,
+				info, err := cl.Attach(ctx, api.AttachRequest{Name: plan.Name, PID: plan.PID,
 					PolicyFile: plan.PolicyFile, Policy: string(plan.Policy), Labels: plan.Labels, Rootfs: plan.Rootfs})
 				if err != nil {
 					return fmt.Errorf("attaching container %s: %w", st.ID, err)
 				}
 				fmt.Fprintf(ro.stdout, "attached %s (container %s, pid %d, cgroup %s)\n", info.Name, st.ID, plan.PID, info.Cgroup)
 			case containers.HookDetach:
-				if err := client.Detach(ctx, plan.Name); err != nil {
+				if err := cl.Detach(ctx, plan.Name); err != nil {
 					return fmt.Errorf("detaching container %s: %w", st.ID, err)
 				}
 				fmt.Fprintf(ro.stdout, "detached %s (container %s)\n", plan.Name, st.ID)

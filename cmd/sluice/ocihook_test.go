@@ -15,8 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluice-dev/sluice/pkg/api"
 	"github.com/sluice-dev/sluice/pkg/containers"
-	"github.com/sluice-dev/sluice/pkg/daemon"
 	"github.com/sluice-dev/sluice/pkg/testutil"
 )
 
@@ -25,7 +25,7 @@ type recordingDaemon struct {
 	socket string
 	mu     sync.Mutex
 	reqs   []string // "METHOD PATH"
-	bodies []daemon.AttachRequest
+	bodies []api.AttachRequest
 	fail   string
 }
 
@@ -54,7 +54,7 @@ func newRecordingDaemon(t *testing.T) *recordingDaemon {
 		switch {
 		case r.Method == http.MethodPost && r.URL.Path == "/v1/sandboxes":
 			data, _ := io.ReadAll(r.Body)
-			var req daemon.AttachRequest
+			var req api.AttachRequest
 			dec := json.NewDecoder(strings.NewReader(string(data)))
 			dec.DisallowUnknownFields()
 			if err := dec.Decode(&req); err != nil {
@@ -62,7 +62,7 @@ func newRecordingDaemon(t *testing.T) *recordingDaemon {
 				return
 			}
 			d.bodies = append(d.bodies, req)
-			json.NewEncoder(w).Encode(daemon.Info{Name: req.Name, Cgroup: "/sys/fs/cgroup/x"})
+			json.NewEncoder(w).Encode(api.Info{Name: req.Name, Cgroup: "/sys/fs/cgroup/x"})
 		case r.Method == http.MethodDelete:
 			json.NewEncoder(w).Encode(map[string]string{"detached": r.PathValue("name")})
 		default:
@@ -93,18 +93,18 @@ func TestOCIHookRequests(t *testing.T) {
 		state    string
 		fail     string
 		wantReq  string
-		wantBody *daemon.AttachRequest
+		wantBody *api.AttachRequest
 		wantOut  string
 		wantErr  string
 	}{
 		{name: "createRuntime attaches", state: ociState(id, "created", 4242, map[string]string{"sluice.dev/policy": "agent", "sluice.dev/name": "agent-42"}),
-			wantReq: "POST /v1/sandboxes", wantBody: &daemon.AttachRequest{Name: "agent-42", PID: 4242, PolicyFile: filepath.Join(dir, "agent.yaml"), Policy: pol},
+			wantReq: "POST /v1/sandboxes", wantBody: &api.AttachRequest{Name: "agent-42", PID: 4242, PolicyFile: filepath.Join(dir, "agent.yaml"), Policy: pol},
 			wantOut: "attached agent-42"},
 		{name: "default name", state: ociState(id, "creating", 7, map[string]string{"sluice.dev/policy": "agent"}),
-			wantReq: "POST /v1/sandboxes", wantBody: &daemon.AttachRequest{Name: "oci-" + id[:32], PID: 7, PolicyFile: filepath.Join(dir, "agent.yaml"), Policy: pol}},
+			wantReq: "POST /v1/sandboxes", wantBody: &api.AttachRequest{Name: "oci-" + id[:32], PID: 7, PolicyFile: filepath.Join(dir, "agent.yaml"), Policy: pol}},
 		{name: "annotations become labels", state: ociState(id, "created", 9, map[string]string{"sluice.dev/policy": "agent", "sluice.dev/name": "agent-9",
 			"io.kubernetes.pod.name": "alice-agent", "sluice.dev/user": "alice", "bad key": "x", "long": strings.Repeat("v", 2000)}),
-			wantReq: "POST /v1/sandboxes", wantBody: &daemon.AttachRequest{Name: "agent-9", PID: 9, PolicyFile: filepath.Join(dir, "agent.yaml"), Policy: pol,
+			wantReq: "POST /v1/sandboxes", wantBody: &api.AttachRequest{Name: "agent-9", PID: 9, PolicyFile: filepath.Join(dir, "agent.yaml"), Policy: pol,
 				Labels: map[string]string{"io.kubernetes.pod.name": "alice-agent", "sluice.dev/user": "alice"}}},
 		{name: "poststop detaches", state: ociState(id, "stopped", 0, map[string]string{"sluice.dev/policy": "agent", "sluice.dev/name": "agent-42"}),
 			wantReq: "DELETE /v1/sandboxes/agent-42", wantOut: "detached agent-42"},
@@ -178,7 +178,7 @@ func TestOCIHookAttachesRealProcess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err, lout)
 	}
-	var infos []daemon.Info
+	var infos []api.Info
 	if err := json.Unmarshal([]byte(lout), &infos); err != nil {
 		t.Fatal(err)
 	}

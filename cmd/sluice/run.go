@@ -3,10 +3,12 @@ package main
 import (
 	"context"
 
+	"github.com/spf13/cobra"
+
 	"github.com/sluice-dev/sluice/pkg/daemon"
 	"github.com/sluice-dev/sluice/pkg/defaults"
+	"github.com/sluice-dev/sluice/pkg/runner"
 	"github.com/sluice-dev/sluice/pkg/sandbox"
-	"github.com/spf13/cobra"
 )
 
 type runOptions struct {
@@ -69,7 +71,7 @@ intercepted hosts without flags.`,
 			if err != nil {
 				return err
 			}
-			code, err := daemon.Run(context.Background(), daemon.RunOptions{
+			code, err := runner.Run(context.Background(), runner.Options{
 				User:             o.user,
 				LookupEnv:        lookupEnv,
 				StateDir:         o.stateDir,

@@ -12,8 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluice-dev/sluice/pkg/api"
 	"github.com/sluice-dev/sluice/pkg/cgroup"
-	"github.com/sluice-dev/sluice/pkg/daemon"
+	"github.com/sluice-dev/sluice/pkg/client"
 	"github.com/sluice-dev/sluice/pkg/testutil"
 )
 
@@ -42,7 +43,7 @@ func TestDaemonScale(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cl := daemon.NewClient(d.socket)
+	cl := client.New(d.socket)
 	t.Cleanup(func() {
 		for i := 0; i < n; i++ {
 			cl.Detach(context.Background(), fmt.Sprintf("scale-%d", i))
@@ -57,7 +58,7 @@ func TestDaemonScale(t *testing.T) {
 	}
 	attach := func(i int) time.Duration {
 		start := time.Now()
-		if _, err := cl.Attach(context.Background(), daemon.AttachRequest{Name: fmt.Sprintf("scale-%d", i), Cgroup: cgs[i],
+		if _, err := cl.Attach(context.Background(), api.AttachRequest{Name: fmt.Sprintf("scale-%d", i), Cgroup: cgs[i],
 			PolicyFile: "scale.yaml", Policy: string(policyText)}); err != nil {
 			t.Fatalf("attach %d: %v", i, err)
 		}

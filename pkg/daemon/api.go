@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,6 +9,7 @@ import (
 	"net"
 	"net/http"
 
+	"github.com/sluice-dev/sluice/pkg/api"
 	"github.com/sluice-dev/sluice/pkg/audit"
 	"golang.org/x/sys/unix"
 )
@@ -47,10 +47,10 @@ func withPeerCred(ctx context.Context, c net.Conn) context.Context {
 
 const maxRequestBody = 4 << 20
 
-func (d *Daemon) api() http.Handler {
+func (d *Daemon) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/sandboxes", func(w http.ResponseWriter, r *http.Request) {
-		var req AttachRequest
+		var req api.AttachRequest
 		dec := json.NewDecoder(io.LimitReader(r.Body, maxRequestBody))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&req); err != nil {
@@ -142,121 +142,8 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 func writeErr(w http.ResponseWriter, err error) {
 	var ae *apiError
 	if errors.As(err, &ae) {
-		writeJSON(w, ae.status, map[string]string{"error": ae.msg})
+		writeJSON(w, ae.status, api.Error{Error: ae.msg})
 		return
 	}
-	writeJSON(w, http.StatusInternalServerError, map[string]string{"error": err.Error()})
+	writeJSON(w, http.StatusInternalServerError, api.Error{Error: err.Error()})
 }
-
-// Client talks to a daemon's control socket.
-type Client struct {
-	Socket string
-	hc     *http.Client
-}
-
-// NewClient returns a client for the socket at path.
-func NewClient(path string) *Client {
-	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "unix", path)
-	}}
-	return &Client{Socket: path, hc: &http.Client{Transport: tr}}
-}
-
-func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
-	var rd io.Reader
-	if body != nil {
-		data, err := json.Marshal(body)
-		if err != nil {
-			return err
-		}
-		rd = bytesReader(data)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://sluice"+path, rd)
-	if err != nil {
-		return err
-	}
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		return fmt.Errorf("cannot reach the sluice daemon at %s (is `sluice daemon` running? --socket or SLUICE_SOCKET select another): %w", c.Socket, unwrapURL(err))
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode/100 != 2 {
-		var e struct {
-			Error string `json:"error"`
-		}
-		data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-		if json.Unmarshal(data, &e) == nil && e.Error != "" {
-			return errors.New(e.Error)
-		}
-		return fmt.Errorf("daemon answered %s", resp.Status)
-	}
-	if out == nil {
-		return nil
-	}
-	if b, ok := out.(*[]byte); ok {
-		*b, err = io.ReadAll(resp.Body)
-		return err
-	}
-	return json.NewDecoder(resp.Body).Decode(out)
-}
-
-func unwrapURL(err error) error {
-	var ue interface{ Unwrap() error }
-	if errors.As(err, &ue) {
-		if inner := ue.Unwrap(); inner != nil {
-			return inner
-		}
-	}
-	return err
-}
-
-// Attach attaches or replaces a sandbox.
-func (c *Client) Attach(ctx context.Context, req AttachRequest) (Info, error) {
-	var info Info
-	err := c.do(ctx, http.MethodPost, "/v1/sandboxes", req, &info)
-	return info, err
-}
-
-// Detach removes a sandbox.
-func (c *Client) Detach(ctx context.Context, name string) error {
-	return c.do(ctx, http.MethodDelete, "/v1/sandboxes/"+name, nil, nil)
-}
-
-// List lists the sandboxes.
-func (c *Client) List(ctx context.Context) ([]Info, error) {
-	var out []Info
-	err := c.do(ctx, http.MethodGet, "/v1/sandboxes", nil, &out)
-	return out, err
-}
-
-// CA returns a sandbox's CA certificate (PEM).
-func (c *Client) CA(ctx context.Context, name string) ([]byte, error) {
-	var out []byte
-	err := c.do(ctx, http.MethodGet, "/v1/sandboxes/"+name+"/ca", nil, &out)
-	return out, err
-}
-
-// Events streams audit events (of one sandbox when name is set) to fn
-// until ctx is done or the daemon goes away.
-func (c *Client) Events(ctx context.Context, name string, fn func(audit.Event) error) error {
-	path := "/v1/events"
-	if name != "" {
-		path += "?sandbox=" + name
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://sluice"+path, nil)
-	if err != nil {
-		return err
-	}
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		return fmt.Errorf("cannot reach the sluice daemon at %s: %w", c.Socket, unwrapURL(err))
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("daemon answered %s", resp.Status)
-	}
-	return audit.Decode(resp.Body, fn)
-}
-
-func bytesReader(b []byte) io.Reader { return bytes.NewReader(b) }

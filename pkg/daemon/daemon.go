@@ -16,11 +16,13 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sluice-dev/sluice/pkg/api"
 	"github.com/sluice-dev/sluice/pkg/audit"
 	"github.com/sluice-dev/sluice/pkg/cgroup"
 	"github.com/sluice-dev/sluice/pkg/enforcer"
 	"github.com/sluice-dev/sluice/pkg/policy"
 	"github.com/sluice-dev/sluice/pkg/secrets"
+	"github.com/sluice-dev/sluice/pkg/statedir"
 	"github.com/sluice-dev/sluice/pkg/tlsca"
 )
 
@@ -29,6 +31,7 @@ import (
 // Run once.
 type Daemon struct {
 	cfg     Config
+	dir     statedir.Dir // cfg.StateDir
 	log     *slog.Logger
 	rt      *Runtime
 	store   *secrets.Store
@@ -67,10 +70,11 @@ type record struct {
 func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 	raiseNoFile(log) // logs what it could not do
 	cfg.defaults()
-	if err := os.MkdirAll(filepath.Join(cfg.StateDir, "sandboxes"), 0o700); err != nil {
+	dir := statedir.Dir(cfg.StateDir)
+	if err := os.MkdirAll(dir.Sandboxes(), 0o700); err != nil {
 		return nil, fmt.Errorf("creating state dir: %w", err)
 	}
-	store, err := secrets.OpenStore(cfg.StateDir, secrets.KeySource{File: cfg.SecretKeyFile}, log.With("component", "secrets"))
+	store, err := secrets.OpenStore(dir.Path(), secrets.KeySource{File: cfg.SecretKeyFile}, log.With("component", "secrets"))
 	if err != nil {
 		return nil, err
 	}
@@ -83,7 +87,7 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 		providers = append(providers, p)
 	}
 	chain := secrets.NewChain(providers...)
-	signer, err := secrets.LoadOrCreateSigningKey(cfg.StateDir)
+	signer, err := secrets.LoadOrCreateSigningKey(dir.Path())
 	if err != nil {
 		return nil, err
 	}
@@ -101,28 +105,17 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 	alog := audit.NewLogger(log.With("component", "audit"), audit.LoggerOptions{}, sinks...)
 	metrics.WatchLogger(alog)
 
-	resolver, px, err := newResolverAndProxy(cfg.DNSUpstreams, cfg.DNSAllowLoopback, cfg.UpstreamCAs, log)
+	rt, err := NewRuntime(RuntimeOptions{
+		DNSUpstreams: cfg.DNSUpstreams, DNSAllowLoopback: cfg.DNSAllowLoopback, UpstreamCAs: cfg.UpstreamCAs, PinDir: cfg.PinDir,
+		Secrets: chain, Store: store, Signer: signer, Audit: alog,
+	}, log)
 	if err != nil {
 		return nil, err
 	}
-	enf, err := enforcer.Open(enforcer.Config{PinDir: cfg.PinDir}, log.With("component", "enforcer"))
-	if err != nil {
-		return nil, err
-	}
-	d := &Daemon{
-		cfg: cfg, log: log, store: store, audit: alog, bcast: bcast, metrics: metrics,
+	return &Daemon{
+		cfg: cfg, dir: dir, log: log, rt: rt, store: store, audit: alog, bcast: bcast, metrics: metrics,
 		sandboxes: map[string]*managed{},
-		rt: &Runtime{
-			Log: log, Enforcer: enf, Resolver: resolver, Proxy: px,
-			Secrets:   chain,
-			Callbacks: secrets.NewCallbacks(signer, nil, log.With("component", "callback")),
-			Audit:     alog,
-		},
-	}
-	if err := d.rt.setCredentials(chain, store, cfg.UpstreamCAs); err != nil {
-		return nil, err
-	}
-	return d, nil
+	}, nil
 }
 
 // Run re-adopts the sandboxes recorded in the state dir, serves the control
@@ -142,7 +135,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: d.api(), ConnContext: withPeerCred, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: d.handler(), ConnContext: withPeerCred, ReadHeaderTimeout: 10 * time.Second}
 	evCtx, stopEvents := context.WithCancel(ctx)
 	defer stopEvents()
 	go d.rt.KernelEvents(evCtx)
@@ -221,48 +214,40 @@ func listenControl(path string) (net.Listener, error) {
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
 
-// AttachRequest is the body of POST /v1/sandboxes.
-type AttachRequest struct {
-	Name       string `json:"name"`
-	Cgroup     string `json:"cgroup,omitempty"`
-	PID        int    `json:"pid,omitempty"`
-	PolicyFile string `json:"policy_file"` // for messages
-	Policy     string `json:"policy"`      // YAML text
-	// Labels (`--label k=v`) replace the sandbox's labels; nil keeps those
-	// of a sandbox being re-attached.
-	Labels map[string]string `json:"labels,omitempty"`
-	// Rootfs is the container's root file system in its mount namespace,
-	// from an OCI hook that runs before pivot_root (see trust.go).
-	Rootfs string `json:"rootfs,omitempty"`
-}
-
-// Info describes an attached sandbox in API answers.
-type Info struct {
-	Name      string    `json:"name"`
-	Cgroup    string    `json:"cgroup"`
-	CgroupID  uint64    `json:"cgroup_id"`
-	Netns     string    `json:"netns,omitempty"`
-	Policy    string    `json:"policy_file"`
-	Mode      string    `json:"mode"`
-	Rules     int       `json:"rules"`
-	ProxyPort uint16    `json:"proxy_port"`
-	DNSPort   uint16    `json:"dns_port"`
-	Created   time.Time `json:"created"`
-	Updated   time.Time `json:"updated"`
-	// Warnings are the policy's warnings (file:line:col: field: message).
-	Warnings []string `json:"warnings,omitempty"`
-	// Labels are the sandbox's labels (`--label k=v`, pod labels).
-	Labels map[string]string `json:"labels,omitempty"`
-	// RunPID is the process of a `sluice run` sandbox (ListRuns); 0 for
-	// the daemon's sandboxes.
-	RunPID int `json:"run_pid,omitempty"`
-}
-
 // Attach attaches a sandbox, or replaces the policy of the sandbox of the
 // same name live.
-func (d *Daemon) Attach(ctx context.Context, req AttachRequest) (Info, error) {
+func (d *Daemon) Attach(ctx context.Context, req api.AttachRequest) (api.Info, error) {
+	pfile, pol, err := checkAttach(req)
+	if err != nil {
+		return api.Info{}, err
+	}
+	t, err := d.attachTarget(req)
+	if err != nil {
+		return api.Info{}, err
+	}
+
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for name, m := range d.sandboxes {
+		if m.rec.CgroupID == t.id && name != req.Name {
+			return api.Info{}, &apiError{http.StatusConflict, fmt.Sprintf("cgroup %s is already attached as sandbox %q: detach it first (sluice detach %s)", t.cgPath, name, name)}
+		}
+	}
+	text, err := d.storeOpaque(req.Name, pol, req.Policy)
+	if err != nil {
+		return api.Info{}, err
+	}
+	if m, ok := d.sandboxes[req.Name]; ok {
+		return d.replaceLocked(m, req, t, pfile, pol, text)
+	}
+	return d.startLocked(ctx, req, t, pfile, pol, text)
+}
+
+// checkAttach validates an attach request's name, policy and labels, and
+// returns the policy and the file name it is reported under.
+func checkAttach(req api.AttachRequest) (string, *policy.Policy, error) {
 	if !nameRE.MatchString(req.Name) {
-		return Info{}, &apiError{http.StatusBadRequest, fmt.Sprintf("invalid sandbox name %q: use letters, digits, '.', '_' and '-' (at most 63)", req.Name)}
+		return "", nil, &apiError{http.StatusBadRequest, fmt.Sprintf("invalid sandbox name %q: use letters, digits, '.', '_' and '-' (at most 63)", req.Name)}
 	}
 	pfile := req.PolicyFile
 	if pfile == "" {
@@ -270,115 +255,143 @@ func (d *Daemon) Attach(ctx context.Context, req AttachRequest) (Info, error) {
 	}
 	pol, err := policy.Parse(pfile, []byte(req.Policy))
 	if err != nil {
-		return Info{}, &apiError{http.StatusBadRequest, err.Error()}
+		return "", nil, &apiError{http.StatusBadRequest, err.Error()}
 	}
 	if err := CheckLabels(req.Labels); err != nil {
-		return Info{}, &apiError{http.StatusBadRequest, err.Error()}
+		return "", nil, &apiError{http.StatusBadRequest, err.Error()}
 	}
-	cgPath := req.Cgroup
-	netns := ""
+	return pfile, pol, nil
+}
+
+// target is the cgroup an attach request names, and its network
+// namespace ("" the daemon's own).
+type target struct {
+	cgPath string
+	id     uint64
+	netns  string
+}
+
+// attachTarget finds the cgroup (and network namespace) of the request's
+// pid or cgroup path; a cgroup holding the daemon itself is refused.
+func (d *Daemon) attachTarget(req api.AttachRequest) (target, error) {
+	var t target
+	var err error
 	switch {
-	case req.PID > 0 && cgPath != "":
-		return Info{}, &apiError{http.StatusBadRequest, "give either cgroup or pid, not both"}
+	case req.PID > 0 && req.Cgroup != "":
+		return t, &apiError{http.StatusBadRequest, "give either cgroup or pid, not both"}
 	case req.PID > 0:
-		if cgPath, err = cgroup.OfPID(req.PID); err != nil {
-			return Info{}, &apiError{http.StatusBadRequest, err.Error()}
+		if t.cgPath, err = cgroup.OfPID(req.PID); err != nil {
+			return t, &apiError{http.StatusBadRequest, err.Error()}
 		}
-		if err := d.checkNotSelf(cgPath); err != nil {
-			return Info{}, err
+		if err := d.checkNotSelf(t.cgPath); err != nil {
+			return t, err
 		}
-		if netns, err = netnsOfPID(req.PID); err != nil {
-			return Info{}, &apiError{http.StatusBadRequest, err.Error()}
+		if t.netns, err = netnsOfPID(req.PID); err != nil {
+			return t, &apiError{http.StatusBadRequest, err.Error()}
 		}
-	case cgPath != "":
-		if !filepath.IsAbs(cgPath) {
-			root := d.cfg.CgroupRoot
-			if root == "" {
-				if root, err = cgroup.Mount(); err != nil {
-					return Info{}, err
-				}
-			}
-			cgPath = filepath.Join(root, cgPath)
+	case req.Cgroup != "":
+		if t.cgPath, err = d.cgroupPath(req.Cgroup); err != nil {
+			return t, err
 		}
-		if err := d.checkNotSelf(cgPath); err != nil {
-			return Info{}, err
+		if err := d.checkNotSelf(t.cgPath); err != nil {
+			return t, err
 		}
-		if netns, err = netnsOfCgroup(cgPath); err != nil {
-			return Info{}, &apiError{http.StatusBadRequest, err.Error()}
+		if t.netns, err = netnsOfCgroup(t.cgPath); err != nil {
+			return t, &apiError{http.StatusBadRequest, err.Error()}
 		}
 	default:
-		return Info{}, &apiError{http.StatusBadRequest, "give the sandbox's cgroup or pid"}
+		return t, &apiError{http.StatusBadRequest, "give the sandbox's cgroup or pid"}
 	}
-	id, err := cgroup.ID(cgPath)
-	if err != nil {
-		return Info{}, &apiError{http.StatusBadRequest, err.Error()}
+	if t.id, err = cgroup.ID(t.cgPath); err != nil {
+		return t, &apiError{http.StatusBadRequest, err.Error()}
 	}
+	return t, nil
+}
 
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	for name, m := range d.sandboxes {
-		if m.rec.CgroupID == id && name != req.Name {
-			return Info{}, &apiError{http.StatusConflict, fmt.Sprintf("cgroup %s is already attached as sandbox %q: detach it first (sluice detach %s)", cgPath, name, name)}
+// cgroupPath makes a cgroup path relative to the cgroup2 mount (or the
+// configured cgroup root) absolute.
+func (d *Daemon) cgroupPath(p string) (string, error) {
+	if filepath.IsAbs(p) {
+		return p, nil
+	}
+	root := d.cfg.CgroupRoot
+	if root == "" {
+		var err error
+		if root, err = cgroup.Mount(); err != nil {
+			return "", err
 		}
 	}
-	// The state dir keeps the policy text; opaque values go to the
-	// encrypted store only.
-	text, opaque, err := splitOpaque(req.Name, pol, []byte(req.Policy))
+	return filepath.Join(root, p), nil
+}
+
+// storeOpaque puts the policy's opaque values in the encrypted store and
+// returns the policy text without them, which the state dir keeps.
+func (d *Daemon) storeOpaque(name string, pol *policy.Policy, policyText string) ([]byte, error) {
+	text, opaque, err := splitOpaque(name, pol, []byte(policyText))
 	if err != nil {
-		return Info{}, err
+		return nil, err
 	}
 	for ref, v := range opaque {
 		if err := d.store.PutOpaque(ref, v); err != nil {
-			return Info{}, fmt.Errorf("storing opaque value %s: %w", ref, err)
+			return nil, fmt.Errorf("storing opaque value %s: %w", ref, err)
 		}
 	}
-	now := time.Now().UTC()
-	if m, ok := d.sandboxes[req.Name]; ok {
-		if m.rec.CgroupID != id {
-			return Info{}, &apiError{http.StatusConflict, fmt.Sprintf("sandbox %q is attached to %s; detach it before reusing the name for %s", req.Name, m.rec.Cgroup, cgPath)}
-		}
-		if err := m.sb.SetPolicy(pol); err != nil {
-			return Info{}, err
-		}
-		m.rec.PolicyFile, m.rec.Updated = pfile, now
-		if req.Labels != nil {
-			m.rec.Labels = req.Labels
-			m.sb.SetLabels(req.Labels)
-		}
-		d.logWarnings(req.Name, pol)
-		if err := d.savePolicyText(req.Name, text); err != nil {
-			return Info{}, err
-		}
-		if err := d.saveRecord(m.rec); err != nil {
-			return Info{}, err
-		}
-		d.emitPolicy(m, "policy_replaced")
-		return d.info(m), nil
+	return text, nil
+}
+
+// replaceLocked replaces the policy (and the labels, when given) of the
+// attached sandbox m live; d.mu is held.
+func (d *Daemon) replaceLocked(m *managed, req api.AttachRequest, t target, pfile string, pol *policy.Policy, text []byte) (api.Info, error) {
+	if m.rec.CgroupID != t.id {
+		return api.Info{}, &apiError{http.StatusConflict, fmt.Sprintf("sandbox %q is attached to %s; detach it before reusing the name for %s", req.Name, m.rec.Cgroup, t.cgPath)}
 	}
-	ca, _, err := tlsca.LoadOrCreate(filepath.Join(d.cfg.StateDir, "sandboxes", req.Name+".ca"), req.Name, 30*24*time.Hour)
-	if err != nil {
-		return Info{}, err
+	if err := m.sb.SetPolicy(pol); err != nil {
+		return api.Info{}, err
 	}
-	sb, err := d.rt.Start(ctx, Spec{Name: req.Name, CgroupPath: cgPath, CgroupID: id, Policy: pol, CA: ca, InNetns: inNetns(netns), Labels: req.Labels})
-	if err != nil {
-		if errors.Is(err, enforcer.ErrSandboxTableFull) {
-			return Info{}, &apiError{http.StatusInsufficientStorage, err.Error()}
-		}
-		return Info{}, err
+	m.rec.PolicyFile, m.rec.Updated = pfile, time.Now().UTC()
+	if req.Labels != nil {
+		m.rec.Labels = req.Labels
+		m.sb.SetLabels(req.Labels)
 	}
 	d.logWarnings(req.Name, pol)
-	m := &managed{sb: sb, rec: record{Name: req.Name, Cgroup: cgPath, CgroupID: id, Netns: netnsName(netns), PolicyFile: pfile,
+	if err := d.savePolicyText(req.Name, text); err != nil {
+		return api.Info{}, err
+	}
+	if err := d.saveRecord(m.rec); err != nil {
+		return api.Info{}, err
+	}
+	d.emitPolicy(m, "policy_replaced")
+	return d.info(m), nil
+}
+
+// startLocked starts a new sandbox, records it in the state dir and puts
+// its CA into the container's trust files; d.mu is held.
+func (d *Daemon) startLocked(ctx context.Context, req api.AttachRequest, t target, pfile string, pol *policy.Policy, text []byte) (api.Info, error) {
+	ca, _, err := tlsca.LoadOrCreate(d.dir.CA(req.Name), req.Name, 30*24*time.Hour)
+	if err != nil {
+		return api.Info{}, err
+	}
+	sb, err := d.rt.Start(ctx, Spec{Name: req.Name, CgroupPath: t.cgPath, CgroupID: t.id, Policy: pol, CA: ca, InNetns: inNetns(t.netns), Labels: req.Labels})
+	if err != nil {
+		if errors.Is(err, enforcer.ErrSandboxTableFull) {
+			return api.Info{}, &apiError{http.StatusInsufficientStorage, err.Error()}
+		}
+		return api.Info{}, err
+	}
+	d.logWarnings(req.Name, pol)
+	now := time.Now().UTC()
+	m := &managed{sb: sb, rec: record{Name: req.Name, Cgroup: t.cgPath, CgroupID: t.id, Netns: netnsName(t.netns), PolicyFile: pfile,
 		ProxyPort: sb.ProxyPort(), DNSPort: sb.DNSPort(), Created: now, Updated: now, Labels: req.Labels}}
 	if err := d.savePolicyText(req.Name, text); err != nil {
 		sb.Detach()
-		return Info{}, err
+		return api.Info{}, err
 	}
 	if err := d.saveRecord(m.rec); err != nil {
 		sb.Detach()
-		return Info{}, err
+		return api.Info{}, err
 	}
 	d.sandboxes[req.Name] = m
-	d.trustContainer(req.Name, req.PID, cgPath, req.Rootfs, ca)
+	d.trustContainer(req.Name, req.PID, t.cgPath, req.Rootfs, ca)
 	return d.info(m), nil
 }
 
@@ -405,17 +418,13 @@ func (d *Daemon) emitPolicy(m *managed, what string) {
 	d.audit.Emit(audit.Event{Kind: audit.KindSandbox, Sandbox: m.rec.Name, CgroupID: m.rec.CgroupID, Decision: what, Labels: m.sb.Labels()})
 }
 
-func (d *Daemon) policyPath(name string) string {
-	return filepath.Join(d.cfg.StateDir, "sandboxes", name+".policy.yaml")
-}
-
 // savePolicyText keeps the policy (opaque values replaced) for restarts.
 func (d *Daemon) savePolicyText(name string, text []byte) error {
-	tmp := d.policyPath(name) + ".tmp"
+	tmp := d.dir.Policy(name) + ".tmp"
 	if err := os.WriteFile(tmp, text, 0o600); err != nil {
 		return fmt.Errorf("saving sandbox policy: %w", err)
 	}
-	return os.Rename(tmp, d.policyPath(name))
+	return os.Rename(tmp, d.dir.Policy(name))
 }
 
 // Detach removes a sandbox: kernel side, listeners, state.
@@ -435,18 +444,16 @@ func (d *Daemon) detachLocked(name string, m *managed) error {
 	err := m.sb.Detach()
 	delete(d.sandboxes, name)
 	d.metrics.ForgetSandbox(name)
-	os.Remove(d.recordPath(name))
-	os.Remove(d.policyPath(name))
-	os.RemoveAll(filepath.Join(d.cfg.StateDir, "sandboxes", name+".ca"))
+	d.dir.RemoveSandbox(name)
 	_, _ = d.store.DeleteOpaque(name)
 	return err
 }
 
 // List describes the attached sandboxes, sorted by name.
-func (d *Daemon) List() []Info {
+func (d *Daemon) List() []api.Info {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	out := make([]Info, 0, len(d.sandboxes))
+	out := make([]api.Info, 0, len(d.sandboxes))
 	for _, m := range d.sandboxes {
 		out = append(out, d.info(m))
 	}
@@ -454,19 +461,15 @@ func (d *Daemon) List() []Info {
 	return out
 }
 
-func (d *Daemon) info(m *managed) Info {
+func (d *Daemon) info(m *managed) api.Info {
 	p := m.sb.Policy()
 	var warnings []string
 	for _, w := range p.Warnings {
 		warnings = append(warnings, w.String())
 	}
-	return Info{Name: m.rec.Name, Cgroup: m.rec.Cgroup, CgroupID: m.rec.CgroupID, Netns: m.rec.Netns, Policy: m.rec.PolicyFile, Warnings: warnings,
+	return api.Info{Name: m.rec.Name, Cgroup: m.rec.Cgroup, CgroupID: m.rec.CgroupID, Netns: m.rec.Netns, Policy: m.rec.PolicyFile, Warnings: warnings,
 		Mode: p.Mode.String(), Rules: len(p.Rules), ProxyPort: m.sb.ProxyPort(), DNSPort: m.sb.DNSPort(),
 		Created: m.rec.Created, Updated: m.rec.Updated, Labels: m.sb.Labels()}
-}
-
-func (d *Daemon) recordPath(name string) string {
-	return filepath.Join(d.cfg.StateDir, "sandboxes", name+".json")
 }
 
 func (d *Daemon) saveRecord(r record) error {
@@ -474,19 +477,18 @@ func (d *Daemon) saveRecord(r record) error {
 	if err != nil {
 		return err
 	}
-	tmp := d.recordPath(r.Name) + ".tmp"
+	tmp := d.dir.Record(r.Name) + ".tmp"
 	if err := os.WriteFile(tmp, data, 0o600); err != nil {
 		return fmt.Errorf("saving sandbox state: %w", err)
 	}
-	return os.Rename(tmp, d.recordPath(r.Name))
+	return os.Rename(tmp, d.dir.Record(r.Name))
 }
 
 // restore re-adopts every sandbox recorded in the state dir whose cgroup
 // still exists; the pinned links are updated to this process's programs
 // in place, so enforcement has no gap.
 func (d *Daemon) restore(ctx context.Context) {
-	files, _ := filepath.Glob(filepath.Join(d.cfg.StateDir, "sandboxes", "*.json"))
-	for _, f := range files {
+	for _, f := range d.dir.Records() {
 		var r record
 		data, err := os.ReadFile(f)
 		if err == nil {
@@ -501,12 +503,11 @@ func (d *Daemon) restore(ctx context.Context) {
 			d.untrust(r.Name)
 			d.rt.Enforcer.Sandbox(r.Cgroup, r.CgroupID).Detach()
 			os.Remove(f)
-			os.Remove(d.policyPath(r.Name))
-			os.RemoveAll(filepath.Join(d.cfg.StateDir, "sandboxes", r.Name+".ca"))
+			d.dir.RemoveSandbox(r.Name)
 			_, _ = d.store.DeleteOpaque(r.Name)
 			continue
 		}
-		text, err := os.ReadFile(d.policyPath(r.Name))
+		text, err := os.ReadFile(d.dir.Policy(r.Name))
 		var pol *policy.Policy
 		if err == nil {
 			pol, err = policy.Parse(r.PolicyFile, text)
@@ -516,7 +517,7 @@ func (d *Daemon) restore(ctx context.Context) {
 		}
 		var ca *tlsca.CA
 		if err == nil {
-			ca, _, err = tlsca.LoadOrCreate(filepath.Join(d.cfg.StateDir, "sandboxes", r.Name+".ca"), r.Name, 30*24*time.Hour)
+			ca, _, err = tlsca.LoadOrCreate(d.dir.CA(r.Name), r.Name, 30*24*time.Hour)
 		}
 		var sb *Sandbox
 		if err == nil {
@@ -539,17 +540,17 @@ func (d *Daemon) restore(ctx context.Context) {
 	}
 }
 
-// stateNames reads the sandbox names recorded in the daemon's state dir.
-func stateNames(stateDir string) map[uint64]string {
+// StateNames reads the sandbox names recorded in the daemon's state
+// directory dir (fences included).
+func StateNames(dir statedir.Dir) map[uint64]string {
 	out := map[uint64]string{}
-	files, _ := filepath.Glob(filepath.Join(stateDir, "sandboxes", "*.json"))
-	for _, f := range files {
+	for _, f := range dir.Records() {
 		var r record
 		if data, err := os.ReadFile(f); err == nil && json.Unmarshal(data, &r) == nil {
 			out[r.CgroupID] = r.Name
 		}
 	}
-	addFenceNames(stateDir, out)
+	addFenceNames(dir, out)
 	return out
 }
 

@@ -40,7 +40,7 @@ func TestLoadConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Socket != "/tmp/s.sock" || c.StateDir != DefaultStateDir || len(c.DNSUpstreams) != 1 || c.Metrics == "" {
+	if c.Socket != "/tmp/s.sock" || c.StateDir != defaults.StateDir || len(c.DNSUpstreams) != 1 || c.Metrics == "" {
 		t.Fatalf("config %+v", c)
 	}
 	empty := filepath.Join(dir, "empty.yaml")

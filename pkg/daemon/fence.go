@@ -13,6 +13,7 @@ import (
 	"github.com/sluice-dev/sluice/pkg/audit"
 	"github.com/sluice-dev/sluice/pkg/cgroup"
 	"github.com/sluice-dev/sluice/pkg/policy"
+	"github.com/sluice-dev/sluice/pkg/statedir"
 	"github.com/sluice-dev/sluice/pkg/tlsca"
 )
 
@@ -35,31 +36,29 @@ type fenceRecord struct {
 	DNSPort   uint16 `json:"dns_port"`
 }
 
-func fencesPath(stateDir string) string { return filepath.Join(stateDir, "fences.json") }
-
-func readFences(stateDir string) []fenceRecord {
+func readFences(dir statedir.Dir) []fenceRecord {
 	var out []fenceRecord
-	if data, err := os.ReadFile(fencesPath(stateDir)); err == nil {
+	if data, err := os.ReadFile(dir.Fences()); err == nil {
 		_ = json.Unmarshal(data, &out)
 	}
 	return out
 }
 
-func writeFences(stateDir string, recs []fenceRecord) error {
+func writeFences(dir statedir.Dir, recs []fenceRecord) error {
 	data, err := json.MarshalIndent(recs, "", "  ")
 	if err != nil {
 		return err
 	}
-	tmp := fencesPath(stateDir) + ".tmp"
+	tmp := dir.Fences() + ".tmp"
 	if err := os.WriteFile(tmp, data, 0o600); err != nil {
 		return fmt.Errorf("saving fences: %w", err)
 	}
-	return os.Rename(tmp, fencesPath(stateDir))
+	return os.Rename(tmp, dir.Fences())
 }
 
-// addFenceNames names the fences recorded in stateDir FenceName in names.
-func addFenceNames(stateDir string, names map[uint64]string) {
-	for _, f := range readFences(stateDir) {
+// addFenceNames names the fences recorded in dir FenceName in names.
+func addFenceNames(dir statedir.Dir, names map[uint64]string) {
+	for _, f := range readFences(dir) {
 		names[f.CgroupID] = FenceName
 	}
 }
@@ -86,7 +85,7 @@ func checkFenceName(f string) error {
 // kernel side as it is (closed) and stops the daemon.
 func (d *Daemon) startFences(ctx context.Context) error {
 	prev := map[uint64]fenceRecord{}
-	for _, r := range readFences(d.cfg.StateDir) {
+	for _, r := range readFences(d.dir) {
 		prev[r.CgroupID] = r
 	}
 	if len(d.cfg.Fences) == 0 && len(prev) == 0 {
@@ -158,7 +157,7 @@ func (d *Daemon) startFences(ctx context.Context) error {
 		d.log.Warn("fence removed: it is no longer configured", "fence", r.Fence, "cgroup", r.Cgroup)
 		d.audit.Emit(audit.Event{Kind: audit.KindSandbox, Sandbox: FenceName, CgroupID: id, Decision: "detach", Reason: "fence " + r.Fence + " is no longer configured"})
 	}
-	return writeFences(d.cfg.StateDir, recs)
+	return writeFences(d.dir, recs)
 }
 
 // stopFences stops serving the fences' resolvers; the kernel side stays

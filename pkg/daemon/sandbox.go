@@ -97,29 +97,10 @@ func (rt *Runtime) Start(ctx context.Context, spec Spec) (*Sandbox, error) {
 	if spec.Policy == nil || spec.CA == nil {
 		return nil, errors.New("starting sandbox: policy and CA are required")
 	}
-	rt.mu.Lock()
-	if rt.byID == nil {
-		rt.byID = map[uint64]*Sandbox{}
-		rt.names = map[string]*Sandbox{}
+	if err := rt.checkFree(spec); err != nil {
+		return nil, err
 	}
-	if other, ok := rt.byID[spec.CgroupID]; ok {
-		rt.mu.Unlock()
-		return nil, fmt.Errorf("cgroup %s is already attached as sandbox %q", spec.CgroupPath, other.Name)
-	}
-	rt.mu.Unlock()
-
-	var ls *listeners
-	open := func() error {
-		var err error
-		ls, err = openListeners(spec.PreferProxyPort, spec.PreferDNSPort)
-		return err
-	}
-	var err error
-	if spec.InNetns != nil {
-		err = spec.InNetns(open)
-	} else {
-		err = open()
-	}
+	ls, err := openSpecListeners(spec)
 	if err != nil {
 		return nil, err
 	}
@@ -133,56 +114,11 @@ func (rt *Runtime) Start(ctx context.Context, spec Spec) (*Sandbox, error) {
 		l.SetLabels(spec.Name, spec.Labels)
 	}
 	emit := labeledEmitter{rt.Audit, &s.labels}
-
-	kcfg := kernelConfig(ls, spec.Policy)
-	kcfg.Fence = spec.Fence
-	kernel, err := rt.Enforcer.Attach(spec.CgroupPath, spec.CgroupID, kcfg)
-	if err != nil {
+	if err := rt.register(s, spec); err != nil {
 		ls.Close()
 		return nil, err
 	}
-	s.kernel = kernel
-	if err := kernel.SetStatic(staticEntries(spec.Policy)); err != nil {
-		kernel.Detach()
-		ls.Close()
-		return nil, err
-	}
-	if err := kernel.SetListen(listenEntries(spec.Policy)); err != nil {
-		kernel.Detach()
-		ls.Close()
-		return nil, err
-	}
-
-	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	s.cancel = cancel
-	fences := rt.newFence(s, emit) // fence.go
-	dsb := &dnsproxy.Sandbox{
-		Name: spec.Name, ID: spec.CgroupID, Policy: s.Policy,
-		Allow: kernel, Bindings: s.bindings, Audit: emit, Origins: newDNSOrigins(kernel), Fence: fences,
-	}
-	psb := &proxy.Sandbox{
-		Name: spec.Name, ID: spec.CgroupID, Policy: s.Policy,
-		Orig: origAdapter{kernel}, Names: s.bindings, CA: spec.CA,
-		Secrets: rt.Secrets, Callbacks: auditedCallbacks{rt.Callbacks, emit}, Audit: emit,
-		Tokens: rt.Tokens, Signer: rt.Signer, Fence: fences,
-	}
-	serve := func(name string, fn func() error) {
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			if err := fn(); err != nil && sctx.Err() == nil {
-				rt.Log.Error("sandbox server stopped", "sandbox", spec.Name, "server", name, "err", err)
-			}
-		}()
-	}
-	serve("dns4", func() error { return rt.Resolver.Serve(sctx, dsb, ls.dnsUDP4, ls.dnsTCP4) })
-	if ls.dnsUDP6 != nil {
-		serve("dns6", func() error { return rt.Resolver.Serve(sctx, dsb, ls.dnsUDP6, ls.dnsTCP6) })
-	}
-	serve("proxy4", func() error { return rt.Proxy.Serve(sctx, psb, ls.proxy4) })
-	if ls.proxy6 != nil {
-		serve("proxy6", func() error { return rt.Proxy.Serve(sctx, psb, ls.proxy6) })
-	}
+	rt.serve(ctx, s, emit)
 
 	rt.mu.Lock()
 	rt.byID[s.ID] = s
@@ -190,6 +126,96 @@ func (rt *Runtime) Start(ctx context.Context, spec Spec) (*Sandbox, error) {
 	rt.mu.Unlock()
 	emit.Emit(audit.Event{Kind: audit.KindSandbox, Sandbox: s.Name, CgroupID: s.ID, Decision: "attach"})
 	return s, nil
+}
+
+// checkFree refuses a cgroup already attached as a sandbox.
+func (rt *Runtime) checkFree(spec Spec) error {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	if rt.byID == nil {
+		rt.byID = map[uint64]*Sandbox{}
+		rt.names = map[string]*Sandbox{}
+	}
+	if other, ok := rt.byID[spec.CgroupID]; ok {
+		return fmt.Errorf("cgroup %s is already attached as sandbox %q", spec.CgroupPath, other.Name)
+	}
+	return nil
+}
+
+// openSpecListeners opens the sandbox's listeners, in its network
+// namespace when it has its own.
+func openSpecListeners(spec Spec) (*listeners, error) {
+	var ls *listeners
+	open := func() error {
+		var err error
+		ls, err = openListeners(spec.PreferProxyPort, spec.PreferDNSPort)
+		return err
+	}
+	var err error
+	if spec.InNetns != nil {
+		err = spec.InNetns(open)
+	} else {
+		err = open()
+	}
+	return ls, err
+}
+
+// register registers the sandbox's cgroup in the kernel with its policy's
+// static and listen entries; on failure nothing stays registered.
+func (rt *Runtime) register(s *Sandbox, spec Spec) error {
+	kcfg := kernelConfig(s.ls, spec.Policy)
+	kcfg.Fence = spec.Fence
+	kernel, err := rt.Enforcer.Attach(spec.CgroupPath, spec.CgroupID, kcfg)
+	if err != nil {
+		return err
+	}
+	if err := kernel.SetStatic(staticEntries(spec.Policy)); err != nil {
+		kernel.Detach()
+		return err
+	}
+	if err := kernel.SetListen(listenEntries(spec.Policy)); err != nil {
+		kernel.Detach()
+		return err
+	}
+	s.kernel = kernel
+	return nil
+}
+
+// serve serves the sandbox's resolver and proxy on its listeners until
+// Stop (not until ctx is done: a sandbox outlives the request that
+// started it).
+func (rt *Runtime) serve(ctx context.Context, s *Sandbox, emit audit.Emitter) {
+	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s.cancel = cancel
+	fences := rt.newFence(s, emit) // fence.go
+	dsb := &dnsproxy.Sandbox{
+		Name: s.Name, ID: s.ID, Policy: s.Policy,
+		Allow: s.kernel, Bindings: s.bindings, Audit: emit, Origins: newDNSOrigins(s.kernel), Fence: fences,
+	}
+	psb := &proxy.Sandbox{
+		Name: s.Name, ID: s.ID, Policy: s.Policy,
+		Orig: origAdapter{s.kernel}, Names: s.bindings, CA: s.CA,
+		Secrets: rt.Secrets, Callbacks: auditedCallbacks{rt.Callbacks, emit}, Audit: emit,
+		Tokens: rt.Tokens, Signer: rt.Signer, Fence: fences,
+	}
+	run := func(name string, fn func() error) {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			if err := fn(); err != nil && sctx.Err() == nil {
+				rt.Log.Error("sandbox server stopped", "sandbox", s.Name, "server", name, "err", err)
+			}
+		}()
+	}
+	ls := s.ls
+	run("dns4", func() error { return rt.Resolver.Serve(sctx, dsb, ls.dnsUDP4, ls.dnsTCP4) })
+	if ls.dnsUDP6 != nil {
+		run("dns6", func() error { return rt.Resolver.Serve(sctx, dsb, ls.dnsUDP6, ls.dnsTCP6) })
+	}
+	run("proxy4", func() error { return rt.Proxy.Serve(sctx, psb, ls.proxy4) })
+	if ls.proxy6 != nil {
+		run("proxy6", func() error { return rt.Proxy.Serve(sctx, psb, ls.proxy6) })
+	}
 }
 
 // SetPolicy replaces the sandbox's policy live: new connections and requests
@@ -252,12 +278,6 @@ func (rt *Runtime) forget(s *Sandbox) {
 	if rt.names[s.Name] == s {
 		delete(rt.names, s.Name)
 	}
-}
-
-// NameOf returns the name of the sandbox with cgroup id id, or "".
-func (rt *Runtime) NameOf(id uint64) string {
-	name, _ := rt.nameAndLabels(id)
-	return name
 }
 
 func (rt *Runtime) nameAndLabels(id uint64) (string, map[string]string) {

@@ -3,7 +3,6 @@ package daemon
 import (
 	"encoding/json"
 	"os"
-	"path/filepath"
 
 	"github.com/sluice-dev/sluice/pkg/containers"
 	"github.com/sluice-dev/sluice/pkg/tlsca"
@@ -18,14 +17,6 @@ type trustMount struct {
 	PID   int      `json:"pid"`
 	MntNS uint64   `json:"mnt_ns"`
 	Paths []string `json:"paths"`
-}
-
-func (d *Daemon) trustRecordPath(name string) string {
-	return filepath.Join(d.cfg.StateDir, "sandboxes", name+".trust.json")
-}
-
-func (d *Daemon) trustBundlePath(name string) string {
-	return filepath.Join(d.cfg.StateDir, "sandboxes", name+".trust.pem")
 }
 
 // trustContainer puts the sandbox bundle (system roots and the sandbox CA)
@@ -50,7 +41,7 @@ func (d *Daemon) trustContainer(name string, pid int, cg, rootfs string, ca *tls
 		return
 	}
 	sysRoots, _ := tlsca.SystemRootsPEM()
-	bundle := d.trustBundlePath(name)
+	bundle := d.dir.TrustBundle(name)
 	if err := os.WriteFile(bundle, tlsca.Bundle(sysRoots, ca), 0o644); err != nil {
 		d.log.Warn("writing the container trust bundle", "sandbox", name, "err", err)
 		return
@@ -70,14 +61,14 @@ func (d *Daemon) trustContainer(name string, pid int, cg, rootfs string, ca *tls
 		recs = append(recs, trustMount{PID: p, MntNS: ns, Paths: paths})
 	}
 	if data, err := json.Marshal(recs); err == nil {
-		_ = os.WriteFile(d.trustRecordPath(name), data, 0o600)
+		_ = os.WriteFile(d.dir.TrustRecord(name), data, 0o600)
 	}
 }
 
 // untrust removes the bundle mounts of a sandbox from the mount namespaces
 // that still exist (a container that ended took them along).
 func (d *Daemon) untrust(name string) {
-	data, err := os.ReadFile(d.trustRecordPath(name))
+	data, err := os.ReadFile(d.dir.TrustRecord(name))
 	if err != nil {
 		return
 	}
@@ -94,6 +85,6 @@ func (d *Daemon) untrust(name string) {
 			d.log.Warn("removing the sandbox CA from the container's trust files", "sandbox", name, "err", err)
 		}
 	}
-	os.Remove(d.trustRecordPath(name))
-	os.Remove(d.trustBundlePath(name))
+	os.Remove(d.dir.TrustRecord(name))
+	os.Remove(d.dir.TrustBundle(name))
 }

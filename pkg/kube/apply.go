@@ -28,6 +28,25 @@ type Applier struct {
 	PolicyDirs []string
 }
 
+// NewApplier returns an Applier that finds pod containers with the
+// runtimes of opts (containerd in opts.ContainerdNamespace, else k8s.io)
+// and reads policies from policyDirs.
+func NewApplier(d Daemon, opts containers.Options, policyDirs []string) *Applier {
+	ns := opts.ContainerdNamespace
+	if ns == "" {
+		ns = "k8s.io"
+	}
+	return &Applier{
+		Daemon: d,
+		Resolvers: map[string]containers.Resolver{
+			containers.RuntimeContainerd: &containers.Containerd{StateDir: opts.ContainerdState, Namespace: ns},
+			containers.RuntimeDocker:     containers.NewDocker(opts.DockerSocket),
+			containers.RuntimeCRIO:       &containers.CRIO{RunRoot: opts.CRIORunRoot},
+		},
+		PolicyDirs: policyDirs,
+	}
+}
+
 // Apply carries out one action.
 func (a *Applier) Apply(ctx context.Context, act Action) error {
 	switch act.Op {

@@ -76,22 +76,3 @@ func FromEnv(names []string, lookupEnv func(string) (string, bool)) (map[string]
 	}
 	return out, nil
 }
-
-// ScrubEnv returns env (KEY=value entries) without every variable in names,
-// so that a child never inherits a variable used as a secret source. It also
-// drops malformed entries without "=". env is not modified.
-func ScrubEnv(env []string, names []string) []string {
-	drop := make(map[string]bool, len(names))
-	for _, n := range names {
-		drop[n] = true
-	}
-	out := make([]string, 0, len(env))
-	for _, kv := range env {
-		k, _, ok := strings.Cut(kv, "=")
-		if !ok || drop[k] {
-			continue
-		}
-		out = append(out, kv)
-	}
-	return out
-}

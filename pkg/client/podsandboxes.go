@@ -1,17 +1,21 @@
-package daemon
+package client
 
-import "context"
+import (
+	"context"
+
+	"github.com/sluice-dev/sluice/pkg/api"
+)
 
 // PodSandboxes adapts a Client to what the Kubernetes pod watch needs
 // (kube.Daemon; `sluice kube-watch` assigns it to one, which checks it at
-// compile time: pkg/kube's tests import this package, so it cannot import
-// pkg/kube).
+// compile time; importing pkg/kube here would pull the Kubernetes client
+// into every command that talks to the daemon).
 type PodSandboxes struct{ Client *Client }
 
 // Attach attaches (or re-attaches) the sandbox name on cgroup, with the
 // pod's labels.
 func (d PodSandboxes) Attach(ctx context.Context, name, cgroup, policyFile string, policy []byte, labels map[string]string) error {
-	_, err := d.Client.Attach(ctx, AttachRequest{Name: name, Cgroup: cgroup, PolicyFile: policyFile, Policy: string(policy), Labels: labels})
+	_, err := d.Client.Attach(ctx, api.AttachRequest{Name: name, Cgroup: cgroup, PolicyFile: policyFile, Policy: string(policy), Labels: labels})
 	return err
 }
 
