@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"net/http/httputil"
 	"net/netip"
 	"slices"
 	"testing"
@@ -71,7 +70,7 @@ rules:
 			b.Fatal(msg)
 		}
 		out := in.Clone(context.WithValue(in.Context(), reqKey{}, rs))
-		rewrite(&httputil.ProxyRequest{In: in.WithContext(out.Context()), Out: out})
+		rs.prepareUpstream(out)
 		if out.Header.Get("Authorization") != "Bearer s3cr3t-token-value" {
 			b.Fatal("not injected")
 		}
@@ -87,7 +86,7 @@ type benchPair struct {
 	url    string
 }
 
-func newBenchPair(b *testing.B, keepAlive bool) *benchPair {
+func newBenchPair(b *testing.B, keepAlive, h2 bool) *benchPair {
 	up := newUpstream(b, "127.0.0.1", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "ok")
 	}))
@@ -101,8 +100,9 @@ func newBenchPair(b *testing.B, keepAlive bool) *benchPair {
 		},
 		TLSClientConfig:   &tls.Config{RootCAs: upstreamPool()},
 		DisableKeepAlives: !keepAlive,
+		ForceAttemptHTTP2: h2,
 	}
-	tr := e.transport(false)
+	tr := e.transport(h2)
 	tr.DisableKeepAlives = !keepAlive
 	b.Cleanup(direct.CloseIdleConnections)
 	b.Cleanup(tr.CloseIdleConnections)
@@ -147,16 +147,17 @@ func sum(l []time.Duration) (s time.Duration) {
 	return s
 }
 
-// BenchmarkIntercept reports, for HTTPS with keep-alive and with a new TLS
-// connection per request, the intercepted requests/s, the direct
+// BenchmarkIntercept reports, for HTTPS with keep-alive, with a new TLS
+// connection per request and over HTTP/2 (HTTP/2 upstream), the intercepted requests/s, the direct
 // requests/s, their ratio, and the p50/p99 latency sluice adds.
 func BenchmarkIntercept(b *testing.B) {
 	for _, mode := range []struct {
 		name      string
 		keepAlive bool
-	}{{"keepalive", true}, {"newconn", false}} {
+		h2        bool
+	}{{"keepalive", true, false}, {"newconn", false, false}, {"h2", true, true}} {
 		b.Run(mode.name, func(b *testing.B) {
-			p := newBenchPair(b, mode.keepAlive)
+			p := newBenchPair(b, mode.keepAlive, mode.h2)
 			get(b, p.direct, p.url) // warm up pools and leaf cache
 			get(b, p.sluice, p.url)
 			var direct, sluice []time.Duration
@@ -180,7 +181,7 @@ func BenchmarkIntercept(b *testing.B) {
 // BenchmarkInterceptParallel is intercepted keep-alive throughput with
 // concurrent clients (what a busy sandbox does).
 func BenchmarkInterceptParallel(b *testing.B) {
-	p := newBenchPair(b, true)
+	p := newBenchPair(b, true, false)
 	for _, c := range []struct {
 		name string
 		cl   *http.Client

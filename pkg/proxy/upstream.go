@@ -28,9 +28,10 @@ import (
 //     to the Proxy's idlePool, keyed by upKey (scheme, authority, TLS name,
 //     dial plan). A connection admitted by a CIDR rule never shares.
 //     writeRequest writes a request on it; h1.go reads the answer.
-//   - HTTP/2 clients (h2.go) use http.Transport pools (newTransport), chosen
-//     per request by protoRouter; CIDR-admitted connections have their own
-//     (connInfo.ownTransport).
+//   - HTTP/2 clients (h2.go) use the http.Transport pool p.h2 (newTransport:
+//     HTTP/2 where the upstream negotiates it, many streams on one
+//     connection, else HTTP/1.1), through roundTrip; CIDR-admitted
+//     connections have their own (connInfo.ownTransport).
 //
 // upstreamFailed turns a failed exchange into the 502 the sandbox reads.
 
@@ -106,23 +107,16 @@ func (p *Proxy) newTransport(h2 bool, idlePerHost int) *http.Transport {
 	return t
 }
 
-// protoRouter forwards an intercepted request upstream, preserving the
-// client's protocol: HTTP/2 clients (gRPC, modern SDKs) go over HTTP/2 where
-// the upstream offers it, HTTP/1.1 clients over HTTP/1.1 (cheaper per
-// request, and semantics such as Upgrade stay as the client meant them).
-type protoRouter struct{ p *Proxy }
-
-func (pr protoRouter) RoundTrip(r *http.Request) (*http.Response, error) {
-	p := pr.p
-	rs, _ := r.Context().Value(reqKey{}).(*reqState)
-	r = rs.traceInformational(r)
-	if rs != nil && rs.ci.viaCIDR {
-		return rs.ci.ownTransport(p, r.ProtoMajor == 2).RoundTrip(r)
+// roundTrip sends a stream of an HTTP/2 client (h2.go) upstream on the
+// shared pool: over HTTP/2 where the upstream negotiates it (the streams of
+// every client connection to that upstream share its connections), else
+// over HTTP/1.1. A connection admitted by a CIDR rule uses its own pool.
+// r's context carries rs (reqKey) for dialUpstream.
+func (p *Proxy) roundTrip(r *http.Request, rs *reqState) (*http.Response, error) {
+	if rs.ci.viaCIDR {
+		return rs.ci.ownTransport(p, true).RoundTrip(r)
 	}
-	if r.ProtoMajor == 2 {
-		return p.h2.RoundTrip(r)
-	}
-	return p.h1.RoundTrip(r)
+	return p.h2.RoundTrip(r)
 }
 
 // idleCheckAfter: a pinned upstream idle for longer is checked for a peer
@@ -506,6 +500,13 @@ func (b *bodyReader) Read(p []byte) (int, error) {
 		b.err = err
 	}
 	return n, err
+}
+
+// midBodyFailed records an upstream that failed after its answer's header
+// was relayed: the client sees a truncated body (HTTP/1.x) or a reset
+// stream (HTTP/2).
+func (rs *reqState) midBodyFailed(err error) {
+	rs.errMsg = rs.redactMessage("upstream " + rs.upHostPort + " failed mid-body: " + err.Error())
 }
 
 // upstreamFailed records a failed upstream exchange (502) and returns the
