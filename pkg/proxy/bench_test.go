@@ -291,3 +291,24 @@ rules:
 		})
 	}
 }
+
+// BenchmarkInterceptH2Parallel is intercepted HTTP/2 throughput with many
+// concurrent streams on one client connection (as `hey -h2`), against the
+// same client talking HTTP/2 to the upstream directly.
+func BenchmarkInterceptH2Parallel(b *testing.B) {
+	p := newBenchPair(b, true, true)
+	for _, c := range []struct {
+		name string
+		cl   *http.Client
+	}{{"direct", p.direct}, {"sluice", p.sluice}} {
+		b.Run(c.name, func(b *testing.B) {
+			get(b, c.cl, p.url)
+			b.SetParallelism(25)
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					get(b, c.cl, p.url)
+				}
+			})
+		})
+	}
+}

@@ -303,7 +303,7 @@ func (l *lazyDecoder) start() (io.Reader, error) {
 	return nil, errors.New("unknown coding")
 }
 
-// memBody is a response body held in memory. Bodies of up to 32 KiB use a
+// memBody is a response body held in memory. Bodies of 1 to 32 KiB use a
 // pooled buffer, returned on Close.
 type memBody struct {
 	b      []byte
@@ -312,6 +312,9 @@ type memBody struct {
 }
 
 func newMemBody(n int64) *memBody {
+	if n <= 1<<10 {
+		return &memBody{b: make([]byte, 0, n)} // cheaper than a pooled 32 KiB
+	}
 	if n <= 32<<10 {
 		p := copyBufs.Get().(*[32 << 10]byte)
 		return &memBody{b: p[:0], pooled: p}

@@ -172,6 +172,30 @@ func (s *server) writeH2Response(w http.ResponseWriter, resp *http.Response, rs 
 	}
 	w.WriteHeader(resp.StatusCode)
 
+	if mb, ok := resp.Body.(*memBody); ok {
+		// Redacted in memory (filter.go): written at once, no copy.
+		if _, err := w.Write(mb.b[mb.off:]); err != nil {
+			rs.status, rs.errMsg = 499, "client closed the request"
+			return
+		}
+		mb.off = len(mb.b)
+	} else if !s.copyH2Body(w, resp, rs) {
+		return
+	}
+	if len(resp.Trailer) == announced {
+		for k, vv := range resp.Trailer {
+			wh[k] = vv
+		}
+	} else {
+		for k, vv := range resp.Trailer {
+			wh[http.TrailerPrefix+k] = vv
+		}
+	}
+}
+
+// copyH2Body streams resp's body to w, flushing what arrives; false when
+// the client went away.
+func (s *server) copyH2Body(w http.ResponseWriter, resp *http.Response, rs *reqState) bool {
 	buf := copyBufs.Get().(*[32 << 10]byte)
 	defer copyBufs.Put(buf)
 	rc := http.NewResponseController(w)
@@ -182,7 +206,7 @@ func (s *server) writeH2Response(w http.ResponseWriter, resp *http.Response, rs 
 			read += int64(n)
 			if _, werr := w.Write(buf[:n]); werr != nil {
 				rs.status, rs.errMsg = 499, "client closed the request"
-				return
+				return false
 			}
 			// Flushed as it arrives (a stream, a slow upstream); a body
 			// of known length read to its end goes out with the end of
@@ -190,7 +214,7 @@ func (s *server) writeH2Response(w http.ResponseWriter, resp *http.Response, rs 
 			if err == nil && (resp.ContentLength < 0 || read < resp.ContentLength) {
 				if rc.Flush() != nil {
 					rs.status, rs.errMsg = 499, "client closed the request"
-					return
+					return false
 				}
 			}
 		}
@@ -204,15 +228,7 @@ func (s *server) writeH2Response(w http.ResponseWriter, resp *http.Response, rs 
 			panic(http.ErrAbortHandler)
 		}
 	}
-	if len(resp.Trailer) == announced {
-		for k, vv := range resp.Trailer {
-			wh[k] = vv
-		}
-	} else {
-		for k, vv := range resp.Trailer {
-			wh[http.TrailerPrefix+k] = vv
-		}
-	}
+	return true
 }
 
 // upstreamError answers a failed exchange: the client went away (499, no
