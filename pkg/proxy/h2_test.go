@@ -400,3 +400,78 @@ func TestH2FlowControlBoundsMemory(t *testing.T) {
 		t.Fatalf("rest of body: %d bytes, %v", n, err)
 	}
 }
+
+// TestBatcher: concurrent writes reach the connection whole and in the
+// order they were accepted, a write error is returned by later writes,
+// and a peer that does not read stops the writers (bounded queue).
+func TestBatcher(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	var got []byte
+	b := newBatcher(func(p []byte) (int, error) {
+		mu.Lock()
+		got = append(got, p...)
+		mu.Unlock()
+		return len(p), nil
+	})
+	var wg sync.WaitGroup
+	var order sync.Mutex // makes acceptance order = record order
+	var want []byte
+	for i := range 8 {
+		wg.Go(func() {
+			for j := range 200 {
+				msg := []byte(fmt.Sprintf("<%d.%d>", i, j))
+				order.Lock()
+				b.write(msg)
+				want = append(want, msg...)
+				order.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	b.drain(func(time.Time) error { return nil }, time.Second)
+	mu.Lock()
+	if string(got) != string(want) {
+		t.Fatalf("bytes reordered or lost: %d bytes, want %d", len(got), len(want))
+	}
+	mu.Unlock()
+
+	// A write that fails: later writes report it.
+	fail := newBatcher(func(p []byte) (int, error) { return 0, net.ErrClosed })
+	fail.write([]byte("x"))
+	fail.drain(func(time.Time) error { return nil }, time.Second)
+	if _, err := fail.write([]byte("y")); err == nil {
+		t.Fatal("a failed connection accepted another write")
+	}
+
+	// A peer that does not read: the writer blocks once batchMax is queued.
+	release := make(chan struct{})
+	stuck := newBatcher(func(p []byte) (int, error) { <-release; return len(p), nil })
+	var queued atomic.Int64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		chunk := make([]byte, 16<<10)
+		for range 64 { // 1 MiB
+			stuck.write(chunk)
+			queued.Add(int64(len(chunk)))
+		}
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for last := int64(-1); ; {
+		q := queued.Load()
+		if q == last && q > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the writer never blocked")
+		}
+		last = q
+		time.Sleep(100 * time.Millisecond)
+	}
+	if q := queued.Load(); q > 2*batchMax+16<<10 {
+		t.Fatalf("%d bytes accepted for a peer that reads nothing", q)
+	}
+	close(release)
+	<-done
+}

@@ -50,7 +50,11 @@ func (p *Proxy) dialUpstream(ctx context.Context, network, _ string) (net.Conn, 
 	if rs == nil {
 		return nil, errors.New("upstream dial without a sluice request")
 	}
-	return p.dial(ctx, network, rs.plan)
+	c, err := p.dial(ctx, network, rs.plan)
+	if err != nil {
+		return nil, err
+	}
+	return newBatchedConn(c), nil // shared by many streams (batch.go)
 }
 
 // dial connects to a dial plan.
