@@ -12,6 +12,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/sluice-dev/sluice/pkg/audit"
 )
 
 func BenchmarkPeekClientHello(b *testing.B) {
@@ -86,12 +88,12 @@ type benchPair struct {
 	url    string
 }
 
-func newBenchPair(b *testing.B, keepAlive, h2 bool) *benchPair {
+func newBenchPair(b *testing.B, keepAlive, h2 bool, opts ...envOpt) *benchPair {
 	up := newUpstream(b, "127.0.0.1", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "ok")
 	}))
 	dst := addrPort(b, up.URL)
-	e := newEnv(b, apiPolicy(dst.Port()))
+	e := newEnv(b, apiPolicy(dst.Port()), opts...)
 	e.bind("api.test", dst)
 	direct := &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -297,7 +299,9 @@ rules:
 // same client talking HTTP/2 to the upstream directly; cpu-µs/op is the
 // process's CPU (client, upstream and proxy) per request.
 func BenchmarkInterceptH2Parallel(b *testing.B) {
-	p := newBenchPair(b, true, true)
+	// Events are discarded: the test recorder keeps every one, and its
+	// growing slice would dominate the profile.
+	p := newBenchPair(b, true, true, func(e *env, _ *Config) { e.sb.Audit = audit.Discard{} })
 	for _, c := range []struct {
 		name string
 		cl   *http.Client
