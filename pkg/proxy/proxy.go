@@ -137,6 +137,9 @@ type Proxy struct {
 	cfg Config
 	log *slog.Logger
 	h2  *http.Transport // upstream pool of HTTP/2 clients: HTTP/2 where offered
+	// firstConn: upstream authorities (scheme://host:port) whose first
+	// request on the HTTP/2 path dialed or is dialing (roundTrip).
+	firstConn sync.Map
 	// sessions resumes upstream TLS sessions (keyed by server name) across
 	// the pools, notably the per-connection pools of CIDR-admitted
 	// connections. A resumed session carries the chain verified in its full

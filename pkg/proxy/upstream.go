@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -120,8 +121,41 @@ func (p *Proxy) roundTrip(r *http.Request, rs *reqState) (*http.Response, error)
 	if rs.ci.viaCIDR {
 		return rs.ci.ownTransport(p, true).RoundTrip(r)
 	}
-	return p.h2.RoundTrip(r)
+	// The transport learns that an upstream speaks HTTP/2 only from its
+	// first connection's handshake; until then every request dials its
+	// own (a burst of 50 streams dialed up to 38). The first request to
+	// an authority dials; the others wait until it has its connection,
+	// then share it (HTTP/2) or dial their own (HTTP/1.1).
+	key := rs.scheme + "://" + rs.upHostPort
+	first := &upFirst{up: make(chan struct{})}
+	if v, loaded := p.firstConn.LoadOrStore(key, first); loaded {
+		f := v.(*upFirst)
+		select {
+		case <-f.up:
+		case <-r.Context().Done():
+			return nil, r.Context().Err()
+		}
+		return p.h2.RoundTrip(r)
+	}
+	r = r.WithContext(httptrace.WithClientTrace(r.Context(), &httptrace.ClientTrace{
+		GotConn: func(httptrace.GotConnInfo) { first.done() },
+	}))
+	resp, err := p.h2.RoundTrip(r)
+	if err != nil {
+		p.firstConn.Delete(key) // the next request dials first again
+	}
+	first.done()
+	return resp, err
 }
+
+// upFirst is closed when the first request to an upstream authority on the
+// HTTP/2 path has its connection.
+type upFirst struct {
+	once sync.Once
+	up   chan struct{}
+}
+
+func (f *upFirst) done() { f.once.Do(func() { close(f.up) }) }
 
 // idleCheckAfter: a pinned upstream idle for longer is checked for a peer
 // close before it carries the next request.
