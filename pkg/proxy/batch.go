@@ -22,10 +22,7 @@ import (
 const batchMax = 256 << 10
 
 // batcher queues writes to w; one goroutine per connection writes them
-// (started on the first write, ended by close). A goroutine per batch
-// would be as cheap to start, but many short goroutines lower the stack
-// size the runtime gives new goroutines, and the per-stream handlers then
-// grow theirs on every request (morestack was 9% of the proxy's CPU).
+// (started on the first write, ended by drain).
 type batcher struct {
 	w    func([]byte) (int, error) // the connection's write
 	wake chan struct{}             // work for the flusher (1 buffered)
