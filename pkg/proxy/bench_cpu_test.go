@@ -30,7 +30,7 @@ func BenchmarkInterceptCPU(b *testing.B) {
 		name      string
 		keepAlive bool
 	}{{"keepalive", true}, {"newconn", false}} {
-		p := newBenchPair(b, mode.keepAlive)
+		p := newBenchPair(b, mode.keepAlive, false)
 		for _, c := range []struct {
 			name string
 			cl   *http.Client

@@ -8,11 +8,12 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"net/http/httputil"
 	"net/netip"
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/sluice-dev/sluice/pkg/audit"
 )
 
 func BenchmarkPeekClientHello(b *testing.B) {
@@ -71,7 +72,7 @@ rules:
 			b.Fatal(msg)
 		}
 		out := in.Clone(context.WithValue(in.Context(), reqKey{}, rs))
-		rewrite(&httputil.ProxyRequest{In: in.WithContext(out.Context()), Out: out})
+		rs.prepareUpstream(out)
 		if out.Header.Get("Authorization") != "Bearer s3cr3t-token-value" {
 			b.Fatal("not injected")
 		}
@@ -87,12 +88,12 @@ type benchPair struct {
 	url    string
 }
 
-func newBenchPair(b *testing.B, keepAlive bool) *benchPair {
+func newBenchPair(b *testing.B, keepAlive, h2 bool, opts ...envOpt) *benchPair {
 	up := newUpstream(b, "127.0.0.1", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "ok")
 	}))
 	dst := addrPort(b, up.URL)
-	e := newEnv(b, apiPolicy(dst.Port()))
+	e := newEnv(b, apiPolicy(dst.Port()), opts...)
 	e.bind("api.test", dst)
 	direct := &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -101,8 +102,9 @@ func newBenchPair(b *testing.B, keepAlive bool) *benchPair {
 		},
 		TLSClientConfig:   &tls.Config{RootCAs: upstreamPool()},
 		DisableKeepAlives: !keepAlive,
+		ForceAttemptHTTP2: h2,
 	}
-	tr := e.transport(false)
+	tr := e.transport(h2)
 	tr.DisableKeepAlives = !keepAlive
 	b.Cleanup(direct.CloseIdleConnections)
 	b.Cleanup(tr.CloseIdleConnections)
@@ -147,16 +149,17 @@ func sum(l []time.Duration) (s time.Duration) {
 	return s
 }
 
-// BenchmarkIntercept reports, for HTTPS with keep-alive and with a new TLS
-// connection per request, the intercepted requests/s, the direct
+// BenchmarkIntercept reports, for HTTPS with keep-alive, with a new TLS
+// connection per request and over HTTP/2 (HTTP/2 upstream), the intercepted requests/s, the direct
 // requests/s, their ratio, and the p50/p99 latency sluice adds.
 func BenchmarkIntercept(b *testing.B) {
 	for _, mode := range []struct {
 		name      string
 		keepAlive bool
-	}{{"keepalive", true}, {"newconn", false}} {
+		h2        bool
+	}{{"keepalive", true, false}, {"newconn", false, false}, {"h2", true, true}} {
 		b.Run(mode.name, func(b *testing.B) {
-			p := newBenchPair(b, mode.keepAlive)
+			p := newBenchPair(b, mode.keepAlive, mode.h2)
 			get(b, p.direct, p.url) // warm up pools and leaf cache
 			get(b, p.sluice, p.url)
 			var direct, sluice []time.Duration
@@ -180,7 +183,7 @@ func BenchmarkIntercept(b *testing.B) {
 // BenchmarkInterceptParallel is intercepted keep-alive throughput with
 // concurrent clients (what a busy sandbox does).
 func BenchmarkInterceptParallel(b *testing.B) {
-	p := newBenchPair(b, true)
+	p := newBenchPair(b, true, false)
 	for _, c := range []struct {
 		name string
 		cl   *http.Client
@@ -287,6 +290,35 @@ rules:
 					b.Fatal(err)
 				}
 			}
+		})
+	}
+}
+
+// BenchmarkInterceptH2Parallel is intercepted HTTP/2 throughput with many
+// concurrent streams on one client connection (as `hey -h2`), against the
+// same client talking HTTP/2 to the upstream directly; cpu-µs/op is the
+// process's CPU (client, upstream and proxy) per request.
+func BenchmarkInterceptH2Parallel(b *testing.B) {
+	// Events are discarded: the test recorder keeps every one, and its
+	// growing slice would dominate the profile.
+	p := newBenchPair(b, true, true, func(e *env, _ *Config) { e.sb.Audit = audit.Discard{} })
+	for _, c := range []struct {
+		name string
+		cl   *http.Client
+	}{{"direct", p.direct}, {"sluice", p.sluice}} {
+		b.Run(c.name, func(b *testing.B) {
+			get(b, c.cl, p.url)
+			b.SetParallelism(25)
+			c0 := cpuTime(b)
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					get(b, c.cl, p.url)
+				}
+			})
+			// CPU of client, upstream (and proxy) per request: unlike
+			// ns/op, little affected by other work on the machine.
+			b.ReportMetric(float64((cpuTime(b)-c0).Microseconds())/float64(b.N), "cpu-µs/op")
 		})
 	}
 }

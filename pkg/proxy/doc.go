@@ -16,9 +16,11 @@
 //     forwarded over an upstream connection verified for the real host
 //     name. HTTP/1.x clients are served by one loop per connection (h1.go:
 //     read, check, forward on a pinned upstream connection, relay, with no
-//     goroutine hand-off per request); HTTP/2 clients by http.Server and
-//     httputil.ReverseProxy over a pooled transport (h2.go; HTTP/2 where
-//     the upstream offers it).
+//     goroutine hand-off per request); HTTP/2 clients by http.Server's
+//     HTTP/2 server and our per-stream handler (h2.go: the same gate,
+//     header preparation and response filter, both bodies streamed under
+//     HTTP/2 flow control) over a pooled transport (HTTP/2 where the
+//     upstream offers it, many streams on one connection).
 //
 // Decision with names. A name from SNI or Host is trusted only when the
 // sandbox's resolver bound it to the original address (NameLookup), or bound
@@ -118,7 +120,7 @@
 //     hand-off to a front end by the negotiated protocol.
 //   - h1.go: the HTTP/1.x front end, one loop per client connection: read a
 //     request, gate it, forward it, relay the answer.
-//   - h2.go: the HTTP/2 front end: http.Server and httputil.ReverseProxy.
+//   - h2.go: the HTTP/2 front end: http.Server, one handler per stream.
 //   - gate.go: the request gate both front ends call: policy match in
 //     canonical form, cleartext and audit mode, upstream target,
 //     credentials (authn.go for oauth2 and aws_sigv4); then request shaping

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptrace"
 	"net/textproto"
 	"strconv"
 	"strings"
@@ -22,7 +21,7 @@ import (
 
 // The response filter: what an upstream answers passes here before it
 // reaches the sandbox, on both the HTTP/1.x loop (h1.go) and the HTTP/2
-// ReverseProxy path (h2.go, through modifyResponse). When the request
+// front end (h2.go). When the request
 // carried injected secrets, every part of the answer the sandbox can read
 // is redacted (redact.go): the final header, 1xx informational headers
 // (103 Early Hints), the body after content decoding (gzip, deflate, br,
@@ -168,30 +167,11 @@ func (rs *reqState) filterStatus(resp *http.Response) {
 	}
 }
 
-// traceInformational makes the HTTP/2 path's transport redact 1xx headers
-// before ReverseProxy relays them: hooks added later to a request's trace
-// run first, with the same header map.
-func (rs *reqState) traceInformational(r *http.Request) *http.Request {
-	if rs == nil || rs.secrets == nil {
-		return r
-	}
-	return r.WithContext(httptrace.WithClientTrace(r.Context(), &httptrace.ClientTrace{
-		Got1xxResponse: func(_ int, h textproto.MIMEHeader) error {
-			rs.filterInformational(http.Header(h))
-			return nil
-		},
-	}))
-}
-
-// filterUpgrade prepares the redaction of the frames of a WebSocket the
-// upstream switched to. The ReverseProxy path copies resp.Body (the
-// upstream connection) itself; the HTTP/1.x loop asks upgradeReader.
+// filterUpgrade checks a WebSocket the upstream switched to (only the
+// HTTP/1.x loop upgrades; it reads the frames through upgradeReader).
 func (rs *reqState) filterUpgrade(resp *http.Response) error {
 	if ext := resp.Header.Get("Sec-Websocket-Extensions"); ext != "" {
 		return fmt.Errorf("the upstream switched to WebSocket with extension %q, whose frames sluice cannot redact", ext)
-	}
-	if rwc, ok := resp.Body.(io.ReadWriteCloser); ok {
-		resp.Body = &wsConn{ReadWriteCloser: rwc, r: rs.upgradeReader(rwc)}
 	}
 	return nil
 }
@@ -206,14 +186,6 @@ func (rs *reqState) upgradeReader(src io.Reader) io.Reader {
 		rs.ci.s.secretEvent(rs, "injected secret echoed in a WebSocket frame")
 	})
 }
-
-// wsConn is an upgraded upstream connection read through a frame filter.
-type wsConn struct {
-	io.ReadWriteCloser
-	r io.Reader
-}
-
-func (c *wsConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 
 // decodeBody replaces a content-coded body by its decoded form (forwarded
 // with the codings removed). It reports whether it did; an unknown coding
@@ -331,11 +303,7 @@ func (l *lazyDecoder) start() (io.Reader, error) {
 	return nil, errors.New("unknown coding")
 }
 
-func (p *Proxy) modifyResponse(resp *http.Response) error {
-	return filterResponse(resp.Request.Context().Value(reqKey{}).(*reqState), resp, resp.Request.Method)
-}
-
-// memBody is a response body held in memory. Bodies of up to 32 KiB use a
+// memBody is a response body held in memory. Bodies of 1 to 32 KiB use a
 // pooled buffer, returned on Close.
 type memBody struct {
 	b      []byte
@@ -344,6 +312,9 @@ type memBody struct {
 }
 
 func newMemBody(n int64) *memBody {
+	if n <= 1<<10 {
+		return &memBody{b: make([]byte, 0, n)} // cheaper than a pooled 32 KiB
+	}
 	if n <= 32<<10 {
 		p := copyBufs.Get().(*[32 << 10]byte)
 		return &memBody{b: p[:0], pooled: p}

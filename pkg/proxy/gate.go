@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/net/http/httpguts"
+
 	"github.com/sluice-dev/sluice/pkg/audit"
 	"github.com/sluice-dev/sluice/pkg/policy"
 )
@@ -220,6 +222,34 @@ func forwardTarget(r *http.Request, pr *policy.Prepared) {
 	r.URL.ForceQuery = false
 }
 
+// prepareUpstream makes req what the upstream receives, on both front ends:
+// hop-by-hop headers removed (RFC 9110 7.6.1, with those named in
+// Connection; "Te: trailers" kept, a WebSocket upgrade re-announced), the
+// rule's credentials injected (replacing same-named client headers), the
+// adjustments of a request carrying secrets (upstreamRequest, filter.go)
+// and the Host of the upstream target. It returns the upgrade the client
+// asked for ("" for none).
+func (rs *reqState) prepareUpstream(req *http.Request) (upgrade string) {
+	upgrade = upgradeType(req.Header)
+	trailers := httpguts.HeaderValuesContainsToken(req.Header["Te"], "trailers")
+	removeHopByHop(req.Header)
+	if trailers {
+		req.Header["Te"] = []string{"trailers"}
+	}
+	if upgrade != "" {
+		req.Header["Connection"] = []string{"Upgrade"}
+		req.Header["Upgrade"] = []string{upgrade}
+	}
+	for _, inj := range rs.inject {
+		req.Header.Del(inj.name)
+		req.Header.Set(inj.name, inj.value)
+	}
+	rs.upstreamRequest(req.Header)
+	req.Host = rs.outHost
+	req.Close = false
+	return upgrade
+}
+
 // upstreamTarget sets where an allowed request goes (rs.scheme,
 // rs.upHost, rs.upHostPort, rs.plan) and the Host it is sent with
 // (rs.outHost): the connection's destination, or the rule's remap target.
@@ -363,6 +393,10 @@ func refusalBody(r *http.Request, host, reason string) string {
 
 // finish emits the request's event.
 func (s *server) finish(rs *reqState) {
+	if rs.errMsg != "" {
+		rs.decision = audit.DecisionError
+		rs.ev.Reason = rs.errMsg
+	}
 	ev := rs.ev
 	ev.Decision = rs.decision
 	ev.Host = rs.host

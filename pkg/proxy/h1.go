@@ -17,8 +17,6 @@ import (
 	"time"
 
 	"golang.org/x/net/http/httpguts"
-
-	"github.com/sluice-dev/sluice/pkg/audit"
 )
 
 // HTTP/1.x clients are served by serveH1 in the connection's own goroutine:
@@ -28,8 +26,8 @@ import (
 // http.Server + httputil.ReverseProxy + http.Transport this saves the
 // goroutine hand-offs of every request (the Transport's writeLoop and
 // readLoop, the server's background read), which dominated the keep-alive
-// profile (PERF.md). HTTP/2 clients keep the standard library path
-// (ServeHTTP, h2.go).
+// profile (PERF.md). HTTP/2 clients are served per stream by ServeHTTP
+// (h2.go), which shares the gate, prepareUpstream and the response filter.
 //
 // What the loop does that the standard library did for it:
 //   - the server's request checks: HTTP/1.x only, exactly one valid Host on
@@ -222,10 +220,6 @@ func (h *h1Conn) serveOne(ctx context.Context) bool {
 	rs := &h.rs
 	rs.begin(h.ci, req)
 	keep := h.handle(ctx, req, rs, expect)
-	if rs.errMsg != "" {
-		rs.decision = audit.DecisionError
-		rs.ev.Reason = rs.errMsg
-	}
 	h.s.finish(rs)
 	return keep
 }
@@ -394,23 +388,7 @@ func upgradeType(h http.Header) string {
 
 // forward sends req upstream and relays the answer.
 func (h *h1Conn) forward(ctx context.Context, req *http.Request, rs *reqState, closeAfter bool) bool {
-	up := upgradeType(req.Header)
-	trailers := httpguts.HeaderValuesContainsToken(req.Header["Te"], "trailers")
-	removeHopByHop(req.Header)
-	if trailers {
-		req.Header["Te"] = []string{"trailers"}
-	}
-	if up != "" {
-		req.Header["Connection"] = []string{"Upgrade"}
-		req.Header["Upgrade"] = []string{up}
-	}
-	for _, inj := range rs.inject {
-		req.Header.Del(inj.name)
-		req.Header.Set(inj.name, inj.value)
-	}
-	rs.upstreamRequest(req.Header)
-	req.Host = rs.outHost
-	req.Close = false
+	up := rs.prepareUpstream(req)
 
 	resp, closeAfter := h.exchange(ctx, req, rs, closeAfter)
 	if resp == nil {
@@ -649,7 +627,7 @@ func (h *h1Conn) writeResponse(req *http.Request, resp *http.Response, closeAfte
 		// The upstream failed mid-body: the client sees a truncated body
 		// (no terminating chunk, or fewer bytes than announced).
 		bw.Flush()
-		h.rs.errMsg = h.rs.redactMessage("upstream " + h.rs.upHostPort + " failed mid-body: " + rerr.Error())
+		h.rs.midBodyFailed(rerr)
 		return false, false
 	}
 	if chunked {

@@ -8,22 +8,31 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/httputil"
+	"net/http/httptrace"
+	"net/textproto"
+	"strings"
 	"sync"
-
-	"github.com/sluice-dev/sluice/pkg/audit"
 )
 
 // The HTTP/2 front end: a TLS connection that negotiated h2 (tls.go) is
-// handed to the sandbox's http.Server through chanListener; ServeHTTP runs
-// each request through the gate (gate.go) and forwards it with
-// httputil.ReverseProxy: rewrite sets the upstream target and credentials,
-// protoRouter (upstream.go) picks the pool, modifyResponse filters the
-// answer (filter.go), and upstreamError answers a failed exchange.
+// handed to the sandbox's http.Server through chanListener, whose HTTP/2
+// server (x/net/http2, bundled) runs one ServeHTTP per stream. Each stream
+// passes the request gate (gate.go) and request shaping (shape.go) exactly
+// as on the HTTP/1.x loop, has its header prepared for the upstream by the
+// same step (prepareUpstream), and is forwarded by forwardH2 over the
+// pooled upstream transports (upstream.go: HTTP/2 where the upstream
+// negotiates it, many streams on one connection; HTTP/1.1 otherwise). The
+// answer goes through the same response filter (filter.go): 1xx headers,
+// final header, body (decoded when compressed) and trailers.
+//
+// Flow control: both bodies are streamed, one 32 KiB buffer per stream.
+// A write to a client that does not read blocks once its HTTP/2 window is
+// spent, so the stream stops reading the upstream body, whose own window
+// (the transport's per-stream receive buffer) then stops the upstream:
+// memory per stream is bounded by the windows, never by the body.
 
 // connKey carries a connection's *connInfo in its requests' contexts;
-// reqKey carries a request's *reqState to rewrite, the transport's dialer,
-// modifyResponse and upstreamError.
+// reqKey carries a request's *reqState to the transport's dialer.
 type connKey struct{}
 type reqKey struct{}
 
@@ -62,24 +71,7 @@ func (s *server) startHTTP() {
 	}()
 }
 
-// newReverseProxy is the forwarder of the HTTP/2 front end.
-func (p *Proxy) newReverseProxy() *httputil.ReverseProxy {
-	return &httputil.ReverseProxy{
-		Rewrite:   rewrite,
-		Transport: protoRouter{p},
-		// Bodies of unknown length (chunked, SSE) are flushed after every
-		// write (ReverseProxy treats ContentLength -1 and text/event-stream
-		// as FlushInterval -1); known-length bodies go through the server's
-		// buffer, which is flushed when full and at the end.
-		FlushInterval:  0,
-		BufferPool:     bufPool{},
-		ModifyResponse: p.modifyResponse,
-		ErrorHandler:   p.upstreamError,
-		ErrorLog:       slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
-	}
-}
-
-// ServeHTTP handles one intercepted request of an HTTP/2 client (HTTP/1.x
+// ServeHTTP handles one stream of an intercepted HTTP/2 client (HTTP/1.x
 // clients are served by serveH1).
 func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ci, _ := r.Context().Value(connKey{}).(*connInfo)
@@ -99,60 +91,170 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeText(w, code, body)
 		return
 	}
-	s.p.rp.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), reqKey{}, rs)))
-	if rs.errMsg != "" {
-		rs.decision = audit.DecisionError
-		rs.ev.Reason = rs.errMsg
-	}
+	s.forwardH2(w, r, rs)
 }
 
-func writeText(w http.ResponseWriter, code int, body string) {
-	h := w.Header()
-	for k := range h {
-		delete(h, k)
+// forwardH2 sends the checked request r upstream and relays the answer to
+// w, streaming both bodies.
+func (s *server) forwardH2(w http.ResponseWriter, r *http.Request, rs *reqState) {
+	if r.ContentLength == 0 {
+		r.Body = nil // no body: the transport must not wait for one
 	}
-	h.Set("Content-Type", "text/plain; charset=utf-8")
-	h.Set("X-Content-Type-Options", "nosniff")
-	h.Set("X-Sluice", "refused")
-	w.WriteHeader(code)
-	io.WriteString(w, body)
+	if r.Body != nil {
+		// The transport may still read the body after the handler
+		// returned (a failed exchange): it is closed first.
+		defer r.Body.Close()
+	}
+	rs.prepareUpstream(r)
+	if _, ok := r.Header["User-Agent"]; !ok {
+		r.Header["User-Agent"] = []string{""} // the transport adds none
+	}
+	r.URL.Scheme, r.URL.Host = rs.scheme, rs.upHostPort
+	r.RequestURI = "" // a client request
+
+	// 1xx informational answers (103 Early Hints) are filtered and relayed
+	// as they come; the server answers the client's 100-continue itself.
+	trace := &httptrace.ClientTrace{
+		Got1xxResponse: func(code int, h textproto.MIMEHeader) error {
+			if code == http.StatusContinue {
+				return nil
+			}
+			hdr := http.Header(h)
+			removeHopByHop(hdr)
+			rs.filterInformational(hdr)
+			wh := w.Header()
+			for k, vv := range hdr {
+				wh[k] = vv
+			}
+			w.WriteHeader(code)
+			clear(wh)
+			return nil
+		},
+	}
+	ctx := httptrace.WithClientTrace(context.WithValue(r.Context(), reqKey{}, rs), trace)
+	out := r.WithContext(ctx)
+	resp, err := s.p.roundTrip(out, rs)
+	if err != nil {
+		s.upstreamError(w, r, rs, err)
+		return
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		// No upgrade on HTTP/2 (the server refuses Upgrade headers).
+		err = errors.New("switched protocols on an HTTP/2 request")
+	} else {
+		removeHopByHop(resp.Header)
+		err = filterResponse(rs, resp, r.Method)
+	}
+	if err != nil {
+		s.upstreamError(w, r, rs, err)
+		return
+	}
+	s.writeH2Response(w, resp, rs)
 }
 
-var forwardedHeaders = []string{"X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "Forwarded"}
+// writeH2Response relays a filtered answer: header, body and trailers.
+func (s *server) writeH2Response(w http.ResponseWriter, resp *http.Response, rs *reqState) {
+	wh := w.Header()
+	for k, vv := range resp.Header {
+		wh[k] = vv
+	}
+	// Trailers the upstream announced are announced to the client; others
+	// (HTTP/2 upstreams need not announce them) are sent with
+	// http.TrailerPrefix.
+	announced := len(resp.Trailer)
+	if announced > 0 {
+		keys := make([]string, 0, announced)
+		for k := range resp.Trailer {
+			keys = append(keys, k)
+		}
+		wh["Trailer"] = []string{strings.Join(keys, ", ")}
+	}
+	w.WriteHeader(resp.StatusCode)
 
-// rewrite prepares the upstream request: target, Host, injected headers.
-// ReverseProxy has already removed hop-by-hop headers (RFC 9110 7.6.1,
-// including those named in Connection) from pr.Out.
-func rewrite(pr *httputil.ProxyRequest) {
-	rs := pr.In.Context().Value(reqKey{}).(*reqState)
-	pr.Out.URL.Scheme = rs.scheme
-	pr.Out.URL.Host = rs.upHostPort
-	pr.Out.Host = rs.outHost
-	// Transparent: keep the client's X-Forwarded-* as they were.
-	for _, h := range forwardedHeaders {
-		if v, ok := pr.In.Header[h]; ok {
-			pr.Out.Header[h] = v
+	if mb, ok := resp.Body.(*memBody); ok {
+		// Redacted in memory (filter.go): written at once, no copy.
+		if _, err := w.Write(mb.b[mb.off:]); err != nil {
+			rs.status, rs.errMsg = 499, "client closed the request"
+			return
+		}
+		mb.off = len(mb.b)
+	} else if !s.copyH2Body(w, resp, rs) {
+		return
+	}
+	if len(resp.Trailer) == announced {
+		for k, vv := range resp.Trailer {
+			wh[k] = vv
+		}
+	} else {
+		for k, vv := range resp.Trailer {
+			wh[http.TrailerPrefix+k] = vv
 		}
 	}
-	for _, h := range rs.inject {
-		pr.Out.Header.Del(h.name)
-		pr.Out.Header.Set(h.name, h.value)
-	}
-	rs.upstreamRequest(pr.Out.Header)
 }
 
-func (p *Proxy) upstreamError(w http.ResponseWriter, r *http.Request, err error) {
-	rs := r.Context().Value(reqKey{}).(*reqState)
+// copyH2Body streams resp's body to w, flushing what arrives; false when
+// the client went away.
+func (s *server) copyH2Body(w http.ResponseWriter, resp *http.Response, rs *reqState) bool {
+	buf := copyBufs.Get().(*[32 << 10]byte)
+	defer copyBufs.Put(buf)
+	rc := http.NewResponseController(w)
+	var read int64
+	for {
+		n, err := resp.Body.Read(buf[:])
+		if n > 0 {
+			read += int64(n)
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				rs.status, rs.errMsg = 499, "client closed the request"
+				return false
+			}
+			// Flushed as it arrives (a stream, a slow upstream); a body
+			// of known length read to its end goes out with the end of
+			// the stream instead.
+			if err == nil && (resp.ContentLength < 0 || read < resp.ContentLength) {
+				if rc.Flush() != nil {
+					rs.status, rs.errMsg = 499, "client closed the request"
+					return false
+				}
+			}
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			// The upstream failed mid-body: the client's stream is reset,
+			// so it cannot take the truncated body for a whole one.
+			rs.midBodyFailed(err)
+			panic(http.ErrAbortHandler)
+		}
+	}
+	return true
+}
+
+// upstreamError answers a failed exchange: the client went away (499, no
+// answer), request shaping refused the streamed body, or the upstream
+// failed (502).
+func (s *server) upstreamError(w http.ResponseWriter, r *http.Request, rs *reqState, err error) {
 	if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
 		rs.status = 499 // the client went away
 		rs.errMsg = "client closed the request"
 		return
 	}
-	if code, body, ok := rs.ci.s.shapeFailed(r, rs, err); ok {
+	if code, body, ok := s.shapeFailed(r, rs, err); ok {
 		writeText(w, code, body)
 		return
 	}
 	writeText(w, http.StatusBadGateway, "sluice: "+rs.upstreamFailed(err)+"\n")
+}
+
+func writeText(w http.ResponseWriter, code int, body string) {
+	h := w.Header()
+	clear(h)
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("X-Sluice", "refused")
+	w.WriteHeader(code)
+	io.WriteString(w, body)
 }
 
 // chanListener hands intercepted connections to the sandbox's http.Server.
@@ -178,14 +280,3 @@ func (l *chanListener) Close() error {
 }
 
 func (l *chanListener) Addr() net.Addr { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)} }
-
-// bufPool is the ReverseProxy copy buffer pool (32 KiB buffers).
-type bufPool struct{}
-
-func (bufPool) Get() []byte { return copyBufs.Get().(*[32 << 10]byte)[:] }
-
-func (bufPool) Put(b []byte) {
-	if cap(b) == 32<<10 {
-		copyBufs.Put((*[32 << 10]byte)(b[:32<<10]))
-	}
-}

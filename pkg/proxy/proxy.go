@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/httputil"
 	"net/netip"
 	"os"
 	"sync"
@@ -135,10 +134,12 @@ func RootPool(extraPEMFiles ...string) (*x509.CertPool, error) {
 // dialer and the pooled upstream transport. Each sandbox is served by Serve
 // on its own listener. A Proxy is safe for concurrent use.
 type Proxy struct {
-	cfg    Config
-	log    *slog.Logger
-	h1, h2 *http.Transport // upstream pools: HTTP/1.1 only; HTTP/2 where offered
-	rp     *httputil.ReverseProxy
+	cfg Config
+	log *slog.Logger
+	h2  *http.Transport // upstream pool of HTTP/2 clients: HTTP/2 where offered
+	// firstConn: upstream authorities (scheme://host:port) whose first
+	// request on the HTTP/2 path dialed or is dialing (roundTrip).
+	firstConn sync.Map
 	// sessions resumes upstream TLS sessions (keyed by server name) across
 	// the pools, notably the per-connection pools of CIDR-admitted
 	// connections. A resumed session carries the chain verified in its full
@@ -185,16 +186,13 @@ func New(cfg Config, log *slog.Logger) *Proxy {
 		cfg.Dial = d.DialContext
 	}
 	p := &Proxy{cfg: cfg, log: log, sessions: tls.NewLRUClientSessionCache(1024)}
-	p.h1 = p.newTransport(false, cfg.MaxIdleConnsPerHost)
 	p.h2 = p.newTransport(true, cfg.MaxIdleConnsPerHost)
-	p.rp = p.newReverseProxy()
 	return p
 }
 
 // Close drops the idle upstream connections.
 func (p *Proxy) Close() {
 	p.idle.closeAll()
-	p.h1.CloseIdleConnections()
 	p.h2.CloseIdleConnections()
 }
 
@@ -324,5 +322,5 @@ func (s *server) emit(ev audit.Event) {
 }
 
 // copyBufs holds the 32 KiB copy buffers of every path (body relays,
-// splice fallbacks, the ReverseProxy through bufPool).
+// splice fallbacks, the HTTP/2 front end).
 var copyBufs = sync.Pool{New: func() any { return new([32 << 10]byte) }}

@@ -22,6 +22,7 @@ type clientConn struct {
 	prefix []byte
 	ci     *connInfo
 	once   sync.Once
+	batch  *batcher // HTTP/2 connections: writes are batched (batch.go)
 }
 
 func (c *clientConn) Read(b []byte) (int, error) {
@@ -36,12 +37,22 @@ func (c *clientConn) Read(b []byte) (int, error) {
 }
 
 func (c *clientConn) Write(b []byte) (int, error) {
+	if c.batch != nil {
+		return c.batch.write(b)
+	}
+	return c.writeNow(b)
+}
+
+func (c *clientConn) writeNow(b []byte) (int, error) {
 	n, err := c.Conn.Write(b)
 	c.ci.down.Add(int64(n))
 	return n, err
 }
 
 func (c *clientConn) Close() error {
+	if c.batch != nil {
+		c.batch.drain(c.Conn.SetWriteDeadline, closeDrain)
+	}
 	err := c.Conn.Close()
 	c.once.Do(func() {
 		s := c.ci.s
@@ -96,6 +107,7 @@ func (s *server) intercept(ctx context.Context, c net.Conn, peeked []byte, ci *c
 			s.serveH1(ctx, hc, ci)
 			return true
 		}
+		cc.batch = newBatcher(cc.writeNow) // many streams, one connection
 	} else {
 		s.serveH1(ctx, hc, ci)
 		return true

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -28,9 +29,10 @@ import (
 //     to the Proxy's idlePool, keyed by upKey (scheme, authority, TLS name,
 //     dial plan). A connection admitted by a CIDR rule never shares.
 //     writeRequest writes a request on it; h1.go reads the answer.
-//   - HTTP/2 clients (h2.go) use http.Transport pools (newTransport), chosen
-//     per request by protoRouter; CIDR-admitted connections have their own
-//     (connInfo.ownTransport).
+//   - HTTP/2 clients (h2.go) use the http.Transport pool p.h2 (newTransport:
+//     HTTP/2 where the upstream negotiates it, many streams on one
+//     connection, else HTTP/1.1), through roundTrip; CIDR-admitted
+//     connections have their own (connInfo.ownTransport).
 //
 // upstreamFailed turns a failed exchange into the 502 the sandbox reads.
 
@@ -49,7 +51,11 @@ func (p *Proxy) dialUpstream(ctx context.Context, network, _ string) (net.Conn, 
 	if rs == nil {
 		return nil, errors.New("upstream dial without a sluice request")
 	}
-	return p.dial(ctx, network, rs.plan)
+	c, err := p.dial(ctx, network, rs.plan)
+	if err != nil {
+		return nil, err
+	}
+	return newBatchedConn(c), nil // shared by many streams (batch.go)
 }
 
 // dial connects to a dial plan.
@@ -106,24 +112,50 @@ func (p *Proxy) newTransport(h2 bool, idlePerHost int) *http.Transport {
 	return t
 }
 
-// protoRouter forwards an intercepted request upstream, preserving the
-// client's protocol: HTTP/2 clients (gRPC, modern SDKs) go over HTTP/2 where
-// the upstream offers it, HTTP/1.1 clients over HTTP/1.1 (cheaper per
-// request, and semantics such as Upgrade stay as the client meant them).
-type protoRouter struct{ p *Proxy }
-
-func (pr protoRouter) RoundTrip(r *http.Request) (*http.Response, error) {
-	p := pr.p
-	rs, _ := r.Context().Value(reqKey{}).(*reqState)
-	r = rs.traceInformational(r)
-	if rs != nil && rs.ci.viaCIDR {
-		return rs.ci.ownTransport(p, r.ProtoMajor == 2).RoundTrip(r)
+// roundTrip sends a stream of an HTTP/2 client (h2.go) upstream on the
+// shared pool: over HTTP/2 where the upstream negotiates it (the streams of
+// every client connection to that upstream share its connections), else
+// over HTTP/1.1. A connection admitted by a CIDR rule uses its own pool.
+// r's context carries rs (reqKey) for dialUpstream.
+func (p *Proxy) roundTrip(r *http.Request, rs *reqState) (*http.Response, error) {
+	if rs.ci.viaCIDR {
+		return rs.ci.ownTransport(p, true).RoundTrip(r)
 	}
-	if r.ProtoMajor == 2 {
+	// The transport learns that an upstream speaks HTTP/2 only from its
+	// first connection's handshake; until then every request dials its
+	// own (a burst of 50 streams dialed up to 38). The first request to
+	// an authority dials; the others wait until it has its connection,
+	// then share it (HTTP/2) or dial their own (HTTP/1.1).
+	key := rs.scheme + "://" + rs.upHostPort
+	first := &upFirst{up: make(chan struct{})}
+	if v, loaded := p.firstConn.LoadOrStore(key, first); loaded {
+		f := v.(*upFirst)
+		select {
+		case <-f.up:
+		case <-r.Context().Done():
+			return nil, r.Context().Err()
+		}
 		return p.h2.RoundTrip(r)
 	}
-	return p.h1.RoundTrip(r)
+	r = r.WithContext(httptrace.WithClientTrace(r.Context(), &httptrace.ClientTrace{
+		GotConn: func(httptrace.GotConnInfo) { first.done() },
+	}))
+	resp, err := p.h2.RoundTrip(r)
+	if err != nil {
+		p.firstConn.Delete(key) // the next request dials first again
+	}
+	first.done()
+	return resp, err
 }
+
+// upFirst is closed when the first request to an upstream authority on the
+// HTTP/2 path has its connection.
+type upFirst struct {
+	once sync.Once
+	up   chan struct{}
+}
+
+func (f *upFirst) done() { f.once.Do(func() { close(f.up) }) }
 
 // idleCheckAfter: a pinned upstream idle for longer is checked for a peer
 // close before it carries the next request.
@@ -506,6 +538,13 @@ func (b *bodyReader) Read(p []byte) (int, error) {
 		b.err = err
 	}
 	return n, err
+}
+
+// midBodyFailed records an upstream that failed after its answer's header
+// was relayed: the client sees a truncated body (HTTP/1.x) or a reset
+// stream (HTTP/2).
+func (rs *reqState) midBodyFailed(err error) {
+	rs.errMsg = rs.redactMessage("upstream " + rs.upHostPort + " failed mid-body: " + err.Error())
 }
 
 // upstreamFailed records a failed upstream exchange (502) and returns the
