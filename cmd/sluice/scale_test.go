@@ -3,6 +3,9 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -28,7 +31,36 @@ func TestDaemonScale(t *testing.T) {
 		t.Skip("scale benchmark: set SLUICE_SCALE=N (make bench sets 1000); not a privilege skip")
 	}
 	w := newWorld(t)
-	d := startDaemon(t, w)
+	// SLUICE_SCALE_PROFILE=DIR writes the daemon's CPU profile of the
+	// attach phase and heap profiles before and after it into DIR.
+	profDir := os.Getenv("SLUICE_SCALE_PROFILE")
+	var pprofAddr string
+	var extra []string
+	if profDir != "" {
+		ln, err := net.Listen("tcp4", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		pprofAddr = ln.Addr().String()
+		ln.Close()
+		extra = append(extra, "--pprof", pprofAddr)
+	}
+	d := startDaemon(t, w, extra...)
+	profile := func(name, query string) {
+		if profDir == "" {
+			return
+		}
+		resp, err := http.Get("http://" + pprofAddr + "/debug/pprof/" + query)
+		if err != nil {
+			t.Logf("profile %s: %v", name, err)
+			return
+		}
+		defer resp.Body.Close()
+		data, _ := io.ReadAll(resp.Body)
+		if err := os.WriteFile(filepath.Join(profDir, name), data, 0o644); err != nil {
+			t.Logf("profile %s: %v", name, err)
+		}
+	}
 	target := testutil.TCPCanary(t, "tcp4")
 	_, port, _ := strings.Cut(target.Addr, ":")
 	pol := writePolicy(t, w.dir, "scale.yaml", fmt.Sprintf(
@@ -98,10 +130,18 @@ func TestDaemonScale(t *testing.T) {
 	}
 	attach(0)
 	one, outOne := medians()
+	profile("heap0.pprof", "heap?gc=1")
+	cpuDone := make(chan struct{})
+	go func() {
+		defer close(cpuDone)
+		profile("attach-cpu.pprof", "profile?seconds=30")
+	}()
 	var times []time.Duration
 	for i := 1; i < n; i++ {
 		times = append(times, attach(i))
 	}
+	<-cpuDone
+	profile("heapN.pprof", "heap?gc=1")
 	time.Sleep(time.Second)
 	rssN := rssKiB(t, d.cmd.Process.Pid)
 	many, outMany := medians()
