@@ -116,6 +116,7 @@ func TestDaemonScale(t *testing.T) {
 		t.Fatalf("building the connect benchmark: %v\n%s", err, out)
 	}
 	rss0 := rssKiB(t, d.cmd.Process.Pid)
+	fds0 := fdCount(t, d.cmd.Process.Pid)
 	// Medians of three interleaved measurements (inside, outside): one
 	// sample moves by ±15% on a shared 2-CPU machine.
 	medians := func() (in, out float64) {
@@ -142,8 +143,10 @@ func TestDaemonScale(t *testing.T) {
 	}
 	<-cpuDone
 	profile("heapN.pprof", "heap?gc=1")
+	profile("goroutines.txt", "goroutine?debug=1")
 	time.Sleep(time.Second)
 	rssN := rssKiB(t, d.cmd.Process.Pid)
+	fdsN := fdCount(t, d.cmd.Process.Pid)
 	many, outMany := medians()
 	sort.Slice(times, func(i, j int) bool { return times[i] < times[j] })
 	var total time.Duration
@@ -155,11 +158,20 @@ func TestDaemonScale(t *testing.T) {
 		float64(total.Microseconds())/float64(len(times))/1000, float64(times[len(times)/2].Microseconds())/1000,
 		float64(times[len(times)*99/100].Microseconds())/1000)
 	t.Logf("daemon RSS: %d KiB before, %d KiB after: %.1f KiB per sandbox", rss0, rssN, float64(rssN-rss0)/float64(n))
+	t.Logf("daemon descriptors: %d before, %d after: %.2f per sandbox", fds0, fdsN, float64(fdsN-fds0)/float64(n))
 	t.Logf("connect() from a sandbox: %.0f ns with 1 sandbox, %.0f ns with %d: ratio %.3f", one, many, n, many/one)
 	t.Logf("control, connect() outside any sandbox: %.0f ns with 1 sandbox, %.0f ns with %d: ratio %.3f", outOne, outMany, n, outMany/outOne)
 	if target.Hits() == 0 {
 		t.Fatal("the connect benchmark never reached its target")
 	}
+}
+
+func fdCount(t *testing.T, pid int) int {
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
 }
 
 func rssKiB(t *testing.T, pid int) int64 {
