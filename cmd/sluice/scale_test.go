@@ -144,6 +144,9 @@ func TestDaemonScale(t *testing.T) {
 	<-cpuDone
 	profile("heapN.pprof", "heap?gc=1")
 	profile("goroutines.txt", "goroutine?debug=1")
+	if profDir != "" {
+		_ = os.WriteFile(filepath.Join(profDir, "daemon.log"), []byte(d.log.String()), 0o644)
+	}
 	time.Sleep(time.Second)
 	rssN := rssKiB(t, d.cmd.Process.Pid)
 	fdsN := fdCount(t, d.cmd.Process.Pid)
