@@ -132,6 +132,7 @@ func TestDaemonScale(t *testing.T) {
 	attach(0)
 	one, outOne := medians()
 	profile("heap0.pprof", "heap?gc=1")
+	profile("memstats0.txt", "heap?debug=1")
 	cpuDone := make(chan struct{})
 	go func() {
 		defer close(cpuDone)
@@ -144,6 +145,7 @@ func TestDaemonScale(t *testing.T) {
 	<-cpuDone
 	profile("heapN.pprof", "heap?gc=1")
 	profile("goroutines.txt", "goroutine?debug=1")
+	profile("memstats.txt", "heap?debug=1")
 	if profDir != "" {
 		_ = os.WriteFile(filepath.Join(profDir, "daemon.log"), []byte(d.log.String()), 0o644)
 	}
