@@ -14,6 +14,7 @@ command -v bpftool >/dev/null || { echo "needs bpftool" >&2; exit 1; }
 SLUICE=${SLUICE:-bin/sluice}
 SECS=${PROFILE_SECONDS:-3}
 work=$(mktemp -d /tmp/sluice-connprof.XXXXXX)
+chmod 755 "$work" # the sandboxed command may run as another user
 pids=()
 old_stats=$(cat /proc/sys/kernel/bpf_stats_enabled)
 cleanup() {
