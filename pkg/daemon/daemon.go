@@ -39,6 +39,7 @@ type Daemon struct {
 	mu        sync.Mutex
 	sandboxes map[string]*managed
 	fences    []*Sandbox // see fence.go
+	ssync     stateSync  // see statesync.go
 }
 
 type managed struct {
@@ -355,7 +356,7 @@ func (d *Daemon) Attach(ctx context.Context, req AttachRequest) (Info, error) {
 		d.emitPolicy(m, "policy_replaced")
 		return d.info(m), nil
 	}
-	ca, _, err := tlsca.LoadOrCreate(filepath.Join(d.cfg.StateDir, "sandboxes", req.Name+".ca"), req.Name, 30*24*time.Hour)
+	ca, _, err := tlsca.LoadOrCreateUnsynced(filepath.Join(d.cfg.StateDir, "sandboxes", req.Name+".ca"), req.Name, 30*24*time.Hour)
 	if err != nil {
 		return Info{}, err
 	}
@@ -378,6 +379,7 @@ func (d *Daemon) Attach(ctx context.Context, req AttachRequest) (Info, error) {
 		return Info{}, err
 	}
 	d.sandboxes[req.Name] = m
+	d.ssync.kick(d.cfg.StateDir, d.log)
 	d.trustContainer(req.Name, req.PID, cgPath, req.Rootfs, ca)
 	return d.info(m), nil
 }
