@@ -117,6 +117,14 @@ func TestDaemonScale(t *testing.T) {
 	}
 	rss0 := rssKiB(t, d.cmd.Process.Pid)
 	fds0 := fdCount(t, d.cmd.Process.Pid)
+	// Each sandbox holds six descriptors (its listeners): say at once when
+	// the daemon's open-file limit cannot hold N, instead of failing at
+	// the sandbox that does not fit.
+	if lim := openFileLimit(t, d.cmd.Process.Pid); lim > 0 && int64(fds0)+6*int64(n)+16 > lim {
+		t.Fatalf("SLUICE_SCALE=%d needs ~%d descriptors (6 per sandbox + %d) but the daemon's open-file limit is %d: "+
+			"at most %d sandboxes here; raise the hard RLIMIT_NOFILE (needs CAP_SYS_RESOURCE, e.g. ulimit -Hn 100000 as root)",
+			n, int64(fds0)+6*int64(n), fds0, lim, (lim-int64(fds0)-16)/6)
+	}
 	// Medians of three interleaved measurements (inside, outside): one
 	// sample moves by ±15% on a shared 2-CPU machine.
 	medians := func() (in, out float64) {
@@ -169,6 +177,22 @@ func TestDaemonScale(t *testing.T) {
 	if target.Hits() == 0 {
 		t.Fatal("the connect benchmark never reached its target")
 	}
+}
+
+// openFileLimit is the soft RLIMIT_NOFILE of process pid (0 if unknown).
+func openFileLimit(t *testing.T, pid int) int64 {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/limits", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if strings.HasPrefix(line, "Max open files") {
+			f := strings.Fields(line)
+			v, _ := strconv.ParseInt(f[3], 10, 64)
+			return v
+		}
+	}
+	return 0
 }
 
 func fdCount(t *testing.T, pid int) int {
