@@ -217,23 +217,34 @@ func (e *Enforcer) Attach(path string, id uint64, cfg SandboxConfig) (*Sandbox, 
 	}
 	e.mu.Unlock()
 	dir := e.linkDir(id)
+	_, statErr := os.Stat(dir)
+	pinned := statErr == nil // links of an earlier process may be there
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating link pin directory: %w", err)
 	}
+	// One descriptor of the cgroup for the 14 links, closed on return (the
+	// pinned links keep the attachment).
+	cg, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("opening cgroup %s: %w", path, err)
+	}
+	defer cg.Close()
 	s := &Sandbox{e: e, id: id, path: path}
 	for _, a := range attachments {
 		pin := filepath.Join(dir, a.name)
 		prog := a.prog(&e.objs)
-		if l, err := link.LoadPinnedLink(pin, nil); err == nil {
-			err = l.Update(prog)
-			l.Close()
-			if err == nil {
-				continue
+		if pinned {
+			if l, err := link.LoadPinnedLink(pin, nil); err == nil {
+				err = l.Update(prog)
+				l.Close()
+				if err == nil {
+					continue
+				}
+				// A stale pin (its cgroup is gone): replace it.
+				os.Remove(pin)
 			}
-			// A stale pin (its cgroup is gone): replace it.
-			os.Remove(pin)
 		}
-		l, err := link.AttachCgroup(link.CgroupOptions{Path: path, Attach: a.typ, Program: prog})
+		l, err := link.AttachRawLink(link.RawLinkOptions{Target: int(cg.Fd()), Program: prog, Attach: a.typ})
 		if err != nil {
 			s.Detach()
 			return nil, fmt.Errorf("attaching %s to %s: %w", a.name, path, err)
