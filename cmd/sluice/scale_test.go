@@ -3,6 +3,9 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -29,7 +32,36 @@ func TestDaemonScale(t *testing.T) {
 		t.Skip("scale benchmark: set SLUICE_SCALE=N (make bench sets 1000); not a privilege skip")
 	}
 	w := newWorld(t)
-	d := startDaemon(t, w)
+	// SLUICE_SCALE_PROFILE=DIR writes the daemon's CPU profile of the
+	// attach phase and heap profiles before and after it into DIR.
+	profDir := os.Getenv("SLUICE_SCALE_PROFILE")
+	var pprofAddr string
+	var extra []string
+	if profDir != "" {
+		ln, err := net.Listen("tcp4", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		pprofAddr = ln.Addr().String()
+		ln.Close()
+		extra = append(extra, "--pprof", pprofAddr)
+	}
+	d := startDaemon(t, w, extra...)
+	profile := func(name, query string) {
+		if profDir == "" {
+			return
+		}
+		resp, err := http.Get("http://" + pprofAddr + "/debug/pprof/" + query)
+		if err != nil {
+			t.Logf("profile %s: %v", name, err)
+			return
+		}
+		defer resp.Body.Close()
+		data, _ := io.ReadAll(resp.Body)
+		if err := os.WriteFile(filepath.Join(profDir, name), data, 0o644); err != nil {
+			t.Logf("profile %s: %v", name, err)
+		}
+	}
 	target := testutil.TCPCanary(t, "tcp4")
 	_, port, _ := strings.Cut(target.Addr, ":")
 	pol := writePolicy(t, w.dir, "scale.yaml", fmt.Sprintf(
@@ -85,6 +117,15 @@ func TestDaemonScale(t *testing.T) {
 		t.Fatalf("building the connect benchmark: %v\n%s", err, out)
 	}
 	rss0 := rssKiB(t, d.cmd.Process.Pid)
+	fds0 := fdCount(t, d.cmd.Process.Pid)
+	// Each sandbox holds six descriptors (its listeners): say at once when
+	// the daemon's open-file limit cannot hold N, instead of failing at
+	// the sandbox that does not fit.
+	if lim := openFileLimit(t, d.cmd.Process.Pid); lim > 0 && int64(fds0)+6*int64(n)+16 > lim {
+		t.Fatalf("SLUICE_SCALE=%d needs ~%d descriptors (6 per sandbox + %d) but the daemon's open-file limit is %d: "+
+			"at most %d sandboxes here; raise the hard RLIMIT_NOFILE (needs CAP_SYS_RESOURCE, e.g. ulimit -Hn 100000 as root)",
+			n, int64(fds0)+6*int64(n), fds0, lim, (lim-int64(fds0)-16)/6)
+	}
 	// Medians of three interleaved measurements (inside, outside): one
 	// sample moves by ±15% on a shared 2-CPU machine.
 	medians := func() (in, out float64) {
@@ -99,12 +140,27 @@ func TestDaemonScale(t *testing.T) {
 	}
 	attach(0)
 	one, outOne := medians()
+	profile("heap0.pprof", "heap?gc=1")
+	profile("memstats0.txt", "heap?debug=1")
+	cpuDone := make(chan struct{})
+	go func() {
+		defer close(cpuDone)
+		profile("attach-cpu.pprof", "profile?seconds=30")
+	}()
 	var times []time.Duration
 	for i := 1; i < n; i++ {
 		times = append(times, attach(i))
 	}
+	<-cpuDone
+	profile("heapN.pprof", "heap?gc=1")
+	profile("goroutines.txt", "goroutine?debug=1")
+	profile("memstats.txt", "heap?debug=1")
+	if profDir != "" {
+		_ = os.WriteFile(filepath.Join(profDir, "daemon.log"), []byte(d.log.String()), 0o644)
+	}
 	time.Sleep(time.Second)
 	rssN := rssKiB(t, d.cmd.Process.Pid)
+	fdsN := fdCount(t, d.cmd.Process.Pid)
 	many, outMany := medians()
 	sort.Slice(times, func(i, j int) bool { return times[i] < times[j] })
 	var total time.Duration
@@ -116,11 +172,36 @@ func TestDaemonScale(t *testing.T) {
 		float64(total.Microseconds())/float64(len(times))/1000, float64(times[len(times)/2].Microseconds())/1000,
 		float64(times[len(times)*99/100].Microseconds())/1000)
 	t.Logf("daemon RSS: %d KiB before, %d KiB after: %.1f KiB per sandbox", rss0, rssN, float64(rssN-rss0)/float64(n))
+	t.Logf("daemon descriptors: %d before, %d after: %.2f per sandbox", fds0, fdsN, float64(fdsN-fds0)/float64(n))
 	t.Logf("connect() from a sandbox: %.0f ns with 1 sandbox, %.0f ns with %d: ratio %.3f", one, many, n, many/one)
 	t.Logf("control, connect() outside any sandbox: %.0f ns with 1 sandbox, %.0f ns with %d: ratio %.3f", outOne, outMany, n, outMany/outOne)
 	if target.Hits() == 0 {
 		t.Fatal("the connect benchmark never reached its target")
 	}
+}
+
+// openFileLimit is the soft RLIMIT_NOFILE of process pid (0 if unknown).
+func openFileLimit(t *testing.T, pid int) int64 {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/limits", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if strings.HasPrefix(line, "Max open files") {
+			f := strings.Fields(line)
+			v, _ := strconv.ParseInt(f[3], 10, 64)
+			return v
+		}
+	}
+	return 0
+}
+
+func fdCount(t *testing.T, pid int) int {
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
 }
 
 func rssKiB(t *testing.T, pid int) int64 {

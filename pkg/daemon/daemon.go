@@ -42,6 +42,7 @@ type Daemon struct {
 	mu        sync.Mutex
 	sandboxes map[string]*managed
 	fences    []*Sandbox // see fence.go
+	ssync     stateSync  // see statesync.go
 }
 
 type managed struct {
@@ -367,7 +368,7 @@ func (d *Daemon) replaceLocked(m *managed, req api.AttachRequest, t target, pfil
 // startLocked starts a new sandbox, records it in the state dir and puts
 // its CA into the container's trust files; d.mu is held.
 func (d *Daemon) startLocked(ctx context.Context, req api.AttachRequest, t target, pfile string, pol *policy.Policy, text []byte) (api.Info, error) {
-	ca, _, err := tlsca.LoadOrCreate(d.dir.CA(req.Name), req.Name, 30*24*time.Hour)
+	ca, _, err := tlsca.LoadOrCreateUnsynced(d.dir.CA(req.Name), req.Name, 30*24*time.Hour)
 	if err != nil {
 		return api.Info{}, err
 	}
@@ -391,6 +392,7 @@ func (d *Daemon) startLocked(ctx context.Context, req api.AttachRequest, t targe
 		return api.Info{}, err
 	}
 	d.sandboxes[req.Name] = m
+	d.ssync.kick(d.cfg.StateDir, d.log)
 	d.trustContainer(req.Name, req.PID, t.cgPath, req.Rootfs, ca)
 	return d.info(m), nil
 }

@@ -10,7 +10,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/hashicorp/golang-lru/v2/expirable"
 	"github.com/sluice-dev/sluice/pkg/audit"
 	"github.com/sluice-dev/sluice/pkg/dnsproxy"
 	"github.com/sluice-dev/sluice/pkg/enforcer"
@@ -343,11 +342,11 @@ func (a origAdapter) OriginalDst(client netip.AddrPort) (proxy.Origin, error) {
 // per query (a bpf syscall) was a sixth of the resolver's CPU time.
 type dnsOrigins struct {
 	s     *enforcer.Sandbox
-	cache *expirable.LRU[uint16, enforcer.Origin]
+	cache *originCache
 }
 
 func newDNSOrigins(s *enforcer.Sandbox) *dnsOrigins {
-	return &dnsOrigins{s: s, cache: expirable.NewLRU[uint16, enforcer.Origin](1024, nil, time.Second)}
+	return &dnsOrigins{s: s, cache: newOriginCache(1024, time.Second)}
 }
 
 func (d *dnsOrigins) QueryOrigin(client netip.AddrPort, tcp bool) (uint32, string, bool) {

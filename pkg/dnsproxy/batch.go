@@ -23,6 +23,27 @@ type udpBatch struct {
 	key   []byte
 }
 
+// queryBufs lends the query buffer of a one-query batch: such a reader
+// holds it only while a datagram is in hand, so idle sandboxes keep no
+// query buffers (8 KiB each, two listeners; issue #21).
+var queryBufs = sync.Pool{New: func() any { return new([maxQuerySize]byte) }}
+
+// lend gives a one-query batch its buffer before a read.
+func (b *udpBatch) lend() {
+	if len(b.bufs) == 1 && b.bufs[0] == nil {
+		b.bufs[0] = queryBufs.Get().(*[maxQuerySize]byte)[:]
+	}
+}
+
+// giveBack returns a one-query batch's buffer after the query is handled
+// (startSlow copies what it keeps).
+func (b *udpBatch) giveBack() {
+	if len(b.bufs) == 1 && b.bufs[0] != nil {
+		queryBufs.Put((*[maxQuerySize]byte)(b.bufs[0]))
+		b.bufs[0] = nil
+	}
+}
+
 func (b *udpBatch) grow(n int) {
 	for len(b.bufs) < n {
 		b.bufs = append(b.bufs, make([]byte, maxQuerySize))
@@ -45,11 +66,23 @@ func (h *handler) readBatches(uc *net.UDPConn, wg *sync.WaitGroup, sem chan stru
 	var b udpBatch
 	b.grow(1)
 	bc.grow(1)
+	b.giveBack()
 	// alone sends an answer the batch write could not, on its own.
 	alone := func(i int) { h.writeUDP(uc, uc, udpPeer{ap: b.peers[i]}, b.outs[i]) }
 	for {
+		if len(b.bufs) == 1 {
+			// Wait for a datagram before taking a buffer.
+			if err := bc.wait(); err != nil {
+				if isTimeout(err) {
+					continue
+				}
+				return err
+			}
+			b.lend()
+		}
 		n, err := bc.read(&b)
 		if err != nil {
+			b.giveBack()
 			if isTimeout(err) {
 				continue
 			}
@@ -92,5 +125,6 @@ func (h *handler) readBatches(uc *net.UDPConn, wg *sync.WaitGroup, sem chan stru
 			b.grow(2 * n)
 			bc.grow(2 * n)
 		}
+		b.giveBack()
 	}
 }

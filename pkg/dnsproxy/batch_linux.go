@@ -45,6 +45,8 @@ type batchConn struct {
 	errno  syscall.Errno
 	readF  func(fd uintptr) bool
 	writeF func(fd uintptr) bool
+	waitF  func(fd uintptr) bool
+	peek   [1]byte
 }
 
 func newBatchConn(uc *net.UDPConn) (*batchConn, error) {
@@ -55,8 +57,19 @@ func newBatchConn(uc *net.UDPConn) (*batchConn, error) {
 	c := &batchConn{rc: rc, gso: true}
 	c.readF = func(fd uintptr) bool { return c.mmsg(unix.SYS_RECVMMSG, fd, c.rhdrs) }
 	c.writeF = func(fd uintptr) bool { return c.mmsg(unix.SYS_SENDMMSG, fd, c.whs) }
+	c.waitF = func(fd uintptr) bool {
+		_, _, e := unix.RawSyscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&c.peek[0])), 1, unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+		for e == unix.EINTR {
+			_, _, e = unix.RawSyscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&c.peek[0])), 1, unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+		}
+		return e != unix.EAGAIN // other errors: the read reports them
+	}
 	return c, nil
 }
+
+// wait blocks until a datagram is waiting, without reading it (a
+// one-query reader takes its buffer only then).
+func (c *batchConn) wait() error { return c.rc.Read(c.waitF) }
 
 // mmsg makes one recvmmsg or sendmmsg call; it reports false (wait and
 // call again) on EAGAIN.

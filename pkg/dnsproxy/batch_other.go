@@ -14,6 +14,8 @@ func newBatchConn(uc *net.UDPConn) (*batchConn, error) { return &batchConn{uc: u
 
 func (c *batchConn) grow(int) {}
 
+func (c *batchConn) wait() error { return nil }
+
 func (c *batchConn) read(b *udpBatch) (int, error) {
 	n, ap, err := c.uc.ReadFromUDPAddrPort(b.bufs[0])
 	if err != nil {

@@ -61,7 +61,8 @@
 // Every other query gets a goroutine of its own (at most 512 waiting for
 // upstreams; past that a query is dropped with an audit event), so slow
 // names never stall cached ones. The reader's buffers start at one query
-// and grow only while reads come back full: an idle listener holds 4 KiB.
+// and grow only while reads come back full; a one-query reader borrows its
+// 4 KiB buffer from a pool once a datagram waits: an idle listener holds none.
 // On loopback a cached answer costs mostly the system calls and the
 // loopback delivery, which is what the batches and the segmentation cut.
 // Other PacketConns than *net.UDPConn are served one datagram at a time.

@@ -31,25 +31,25 @@ const maxSlowUDP = 512
 func (h *handler) serveUDP(pc net.PacketConn) error {
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, maxSlowUDP)
-	uc, _ := pc.(*net.UDPConn)
-	readers := 1
-	if uc == nil {
-		readers = min(runtime.GOMAXPROCS(0), 4)
-	}
-	errc := make(chan error, readers)
-	for range readers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if uc != nil {
-				errc <- h.readBatches(uc, &wg, sem)
-			} else {
+	var err error
+	if uc, ok := pc.(*net.UDPConn); ok {
+		// One reader, on this goroutine (a goroutine less per listener:
+		// 10,000 idle sandboxes hold 20,000 fewer stacks, issue #21).
+		err = h.readBatches(uc, &wg, sem)
+		wg.Wait()
+	} else {
+		readers := min(runtime.GOMAXPROCS(0), 4)
+		errc := make(chan error, readers)
+		for range readers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
 				errc <- h.readUDP(pc, &wg, sem)
-			}
-		}()
+			}()
+		}
+		wg.Wait()
+		err = <-errc
 	}
-	wg.Wait()
-	err := <-errc
 	if errors.Is(err, net.ErrClosed) {
 		return nil
 	}

@@ -57,6 +57,7 @@ type Enforcer struct {
 	objs   sluiceObjects
 
 	mu  sync.Mutex // serialises read-modify-write of allow entries
+	idx allowIndex // each sandbox's allow keys (index.go); guarded by mu
 	cmu sync.Mutex // serialises the daemon's read-modify-write of counters
 }
 
@@ -199,30 +200,51 @@ func (e *Enforcer) Attach(path string, id uint64, cfg SandboxConfig) (*Sandbox, 
 	}
 	// Register before attaching: the programs refuse every socket of a
 	// cgroup they cannot find in the table.
+	e.mu.Lock()
+	var cur sluiceSandboxCfg
+	fresh := e.objs.Sandboxes.Lookup(id, &cur) != nil
 	if err := e.objs.Sandboxes.Update(id, v, ebpf.UpdateAny); err != nil {
+		e.mu.Unlock()
 		if errors.Is(err, unix.E2BIG) || errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.ENOMEM) {
 			return nil, fmt.Errorf("registering sandbox %d: %w", id, ErrSandboxTableFull)
 		}
 		return nil, fmt.Errorf("registering sandbox %d: %w", id, err)
 	}
+	if fresh {
+		// Not registered before: no allow entries (Detach removes them
+		// before the registration), so the index needs no walk.
+		e.freshLocked(id)
+	}
+	e.mu.Unlock()
 	dir := e.linkDir(id)
+	_, statErr := os.Stat(dir)
+	pinned := statErr == nil // links of an earlier process may be there
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating link pin directory: %w", err)
 	}
+	// One descriptor of the cgroup for the 14 links, closed on return (the
+	// pinned links keep the attachment).
+	cg, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("opening cgroup %s: %w", path, err)
+	}
+	defer cg.Close()
 	s := &Sandbox{e: e, id: id, path: path}
 	for _, a := range attachments {
 		pin := filepath.Join(dir, a.name)
 		prog := a.prog(&e.objs)
-		if l, err := link.LoadPinnedLink(pin, nil); err == nil {
-			err = l.Update(prog)
-			l.Close()
-			if err == nil {
-				continue
+		if pinned {
+			if l, err := link.LoadPinnedLink(pin, nil); err == nil {
+				err = l.Update(prog)
+				l.Close()
+				if err == nil {
+					continue
+				}
+				// A stale pin (its cgroup is gone): replace it.
+				os.Remove(pin)
 			}
-			// A stale pin (its cgroup is gone): replace it.
-			os.Remove(pin)
 		}
-		l, err := link.AttachCgroup(link.CgroupOptions{Path: path, Attach: a.typ, Program: prog})
+		l, err := link.AttachRawLink(link.RawLinkOptions{Target: int(cg.Fd()), Program: prog, Attach: a.typ})
 		if err != nil {
 			s.Detach()
 			return nil, fmt.Errorf("attaching %s to %s: %w", a.name, path, err)
@@ -293,14 +315,22 @@ func (s *Sandbox) Detach() error {
 	if err := os.Remove(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
 		errs = append(errs, err)
 	}
+	// The allow entries go before the registration: an id that is not
+	// registered never has entries (index.go relies on it), and a crash
+	// in between leaves a registered sandbox with nothing allowed.
+	s.e.mu.Lock()
+	for k := range s.e.keysLocked(s.id) {
+		if err := s.e.objs.Allow.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, fmt.Errorf("allowlist delete: %w", err))
+		}
+	}
+	s.e.deleteListenLocked(s.id, nil, nil)
 	if err := s.e.objs.Sandboxes.Delete(s.id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		errs = append(errs, fmt.Errorf("unregistering: %w", err))
 	}
-	s.e.deleteAllow(func(k *sluiceAllowKey) bool { return binary.NativeEndian.Uint64(k.Sandbox[:]) == s.id })
-	s.e.deleteCounters(s.id)
-	s.e.mu.Lock()
-	s.e.deleteListenLocked(s.id, nil, nil)
+	delete(s.e.idx, s.id)
 	s.e.mu.Unlock()
+	s.e.deleteCounters(s.id)
 	return errors.Join(errs...)
 }
 
@@ -358,6 +388,7 @@ func (s *Sandbox) Allow(addr netip.Addr, until time.Time, direct bool) error {
 	if err := s.e.objs.Allow.Update(&k, &v, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("allowlist update for %s: %w", addr, err)
 	}
+	s.e.noteLocked(&k, false)
 	return nil
 }
 
@@ -401,18 +432,22 @@ func (s *Sandbox) SetStatic(entries []Static) error {
 	}
 	// Write the new entries first, then remove stale ones: no moment where
 	// a still-allowed range is missing.
+	have := s.e.keysLocked(s.id)
 	for k, v := range want {
 		if err := s.e.objs.Allow.Update(&k, &v, ebpf.UpdateAny); err != nil {
 			return fmt.Errorf("allowlist update for %s: %w", netip.AddrFrom16(k.Addr), err)
 		}
+		have[k] = true
 	}
-	s.e.deleteAllowLocked(func(k *sluiceAllowKey, v *sluiceAllowVal) bool {
-		if binary.NativeEndian.Uint64(k.Sandbox[:]) != s.id || v.Flags&alStatic == 0 {
-			return false
+	for k, static := range have {
+		if _, keep := want[k]; keep || !static {
+			continue
 		}
-		_, keep := want[*k]
-		return !keep
-	})
+		if err := s.e.objs.Allow.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("allowlist delete for %s: %w", netip.AddrFrom16(k.Addr), err)
+		}
+		delete(have, k)
+	}
 	return nil
 }
 
@@ -431,41 +466,34 @@ func (s *Sandbox) SetConfig(cfg SandboxConfig) error {
 	return nil
 }
 
-func (e *Enforcer) deleteAllow(match func(*sluiceAllowKey) bool) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.deleteAllowLocked(func(k *sluiceAllowKey, _ *sluiceAllowVal) bool { return match(k) })
-}
-
-func (e *Enforcer) deleteAllowLocked(match func(*sluiceAllowKey, *sluiceAllowVal) bool) {
-	var k sluiceAllowKey
-	var v sluiceAllowVal
-	var del []sluiceAllowKey
-	it := e.objs.Allow.Iterate()
-	for it.Next(&k, &v) {
-		if match(&k, &v) {
-			del = append(del, k)
-		}
-	}
-	for i := range del {
-		_ = e.objs.Allow.Delete(&del[i])
-	}
-}
-
 // GC removes allowlist entries that expired before now-grace. The kernel
-// already refuses expired entries; GC keeps the map small.
+// already refuses expired entries; GC keeps the map small. The walk of the
+// whole map runs without the lock (attaches and DNS answers go on); each
+// candidate is checked again under it, since Allow may have extended it.
 func (e *Enforcer) GC(grace time.Duration) int {
 	limit := uint64(monoNow() - grace)
+	expired := func(v *sluiceAllowVal) bool { return v.ExpiresNs != 0 && v.ExpiresNs < limit }
+	var k sluiceAllowKey
+	var v sluiceAllowVal
+	var cand []sluiceAllowKey
+	it := e.objs.Allow.Iterate()
+	for it.Next(&k, &v) {
+		if expired(&v) {
+			cand = append(cand, k)
+		}
+	}
 	n := 0
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.deleteAllowLocked(func(k *sluiceAllowKey, v *sluiceAllowVal) bool {
-		if v.ExpiresNs != 0 && v.ExpiresNs < limit {
-			n++
-			return true
+	for i := range cand {
+		if e.objs.Allow.Lookup(&cand[i], &v) != nil || !expired(&v) {
+			continue
 		}
-		return false
-	})
+		if e.objs.Allow.Delete(&cand[i]) == nil {
+			n++
+		}
+		e.forgetKeyLocked(&cand[i])
+	}
 	return n
 }
 
@@ -563,6 +591,7 @@ func (s *Sandbox) Revoke(addr netip.Addr) error {
 	if err := s.e.objs.Allow.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("allowlist delete for %s: %w", addr, err)
 	}
+	s.e.forgetKeyLocked(&k)
 	return nil
 }
 

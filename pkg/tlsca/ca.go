@@ -150,8 +150,11 @@ func (ca *CA) NeedsRotation(now time.Time, margin time.Duration) bool {
 }
 
 // Save writes the certificate and key into dir (created 0700 if missing).
-// The key file is written 0600; both files are replaced atomically.
-func (ca *CA) Save(dir string) error {
+// The key file is written 0600; both files are replaced atomically, each
+// fsynced before it is renamed into place.
+func (ca *CA) Save(dir string) error { return ca.save(dir, true) }
+
+func (ca *CA) save(dir string, sync bool) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("saving CA %q: %w", ca.name, err)
 	}
@@ -160,10 +163,10 @@ func (ca *CA) Save(dir string) error {
 		return fmt.Errorf("saving CA %q: encoding key: %w", ca.name, err)
 	}
 	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
-	if err := writeAtomic(filepath.Join(dir, KeyFile), keyPEM, 0o600); err != nil {
+	if err := writeAtomic(filepath.Join(dir, KeyFile), keyPEM, 0o600, sync); err != nil {
 		return fmt.Errorf("saving CA %q: %w", ca.name, err)
 	}
-	if err := writeAtomic(filepath.Join(dir, CertFile), ca.certPEM, 0o644); err != nil {
+	if err := writeAtomic(filepath.Join(dir, CertFile), ca.certPEM, 0o644, sync); err != nil {
 		return fmt.Errorf("saving CA %q: %w", ca.name, err)
 	}
 	return nil
@@ -220,6 +223,21 @@ func Load(dir string) (*CA, error) {
 // rotated reports that a new CA was written: the sandbox's bundle must then be
 // rewritten.
 func LoadOrCreate(dir, name string, validity time.Duration) (ca *CA, rotated bool, err error) {
+	return loadOrCreate(dir, name, validity, true)
+}
+
+// LoadOrCreateUnsynced is LoadOrCreate without waiting for the disk: a new
+// CA's files are written and renamed into place but not fsynced. A power
+// cut soon after may lose them; Load then fails and the next LoadOrCreate
+// makes a new CA, which the sandbox does not trust yet, so interception
+// fails closed. The caller makes the files durable soon after (syncfs):
+// the daemon's attach did not wait for two fsyncs, its p99 on a busy disk
+// (issue #21).
+func LoadOrCreateUnsynced(dir, name string, validity time.Duration) (ca *CA, rotated bool, err error) {
+	return loadOrCreate(dir, name, validity, false)
+}
+
+func loadOrCreate(dir, name string, validity time.Duration, sync bool) (ca *CA, rotated bool, err error) {
 	if validity == 0 {
 		validity = DefaultValidity
 	}
@@ -231,7 +249,7 @@ func LoadOrCreate(dir, name string, validity time.Duration) (ca *CA, rotated boo
 	if err != nil {
 		return nil, false, err
 	}
-	if err := ca.Save(dir); err != nil {
+	if err := ca.save(dir, sync); err != nil {
 		return nil, false, err
 	}
 	return ca, true, nil
@@ -411,7 +429,7 @@ func randSerial() (*big.Int, error) {
 	return s.Add(s, big.NewInt(1)), nil
 }
 
-func writeAtomic(path string, data []byte, mode os.FileMode) error {
+func writeAtomic(path string, data []byte, mode os.FileMode, sync bool) error {
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
 	if err != nil {
 		return fmt.Errorf("writing %s: %w", path, err)
@@ -426,9 +444,11 @@ func writeAtomic(path string, data []byte, mode os.FileMode) error {
 		f.Close()
 		return fmt.Errorf("writing %s: %w", path, err)
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("writing %s: %w", path, err)
+	if sync {
+		if err := f.Sync(); err != nil {
+			f.Close()
+			return fmt.Errorf("writing %s: %w", path, err)
+		}
 	}
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("writing %s: %w", path, err)

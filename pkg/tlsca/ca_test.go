@@ -337,3 +337,22 @@ func TestLeafCachedUnderShortLivedCA(t *testing.T) {
 		t.Fatal("the leaf was minted again under a 24 h CA")
 	}
 }
+
+// TestLoadOrCreateUnsynced: the unsynced variant writes the same files
+// (key 0600) and loads the CA it wrote, as LoadOrCreate does.
+func TestLoadOrCreateUnsynced(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	ca, rotated, err := LoadOrCreateUnsynced(dir, "sb1", 30*24*time.Hour)
+	if err != nil || !rotated {
+		t.Fatalf("first: rotated=%v err=%v", rotated, err)
+	}
+	again, rotated, err := LoadOrCreate(dir, "sb1", 30*24*time.Hour)
+	if err != nil || rotated || string(again.CertPEM()) != string(ca.CertPEM()) {
+		t.Fatalf("the unsynced CA did not load: rotated=%v err=%v", rotated, err)
+	}
+	fi, err := os.Stat(filepath.Join(dir, KeyFile))
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("key file: %v %v", fi, err)
+	}
+}

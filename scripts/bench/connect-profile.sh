@@ -5,7 +5,8 @@
 # only, and prints run_time_ns / run_cnt of each program the sluice process
 # loaded (bpftool; programs that appeared after the start, so run it while
 # no other sluice starts), sampled twice during the load. Root; loopback only.
-# Environment: SLUICE (default bin/sluice), PROFILE_SECONDS (3).
+# Environment: SLUICE (default bin/sluice), PROFILE_SECONDS (3), PROFILE_MIX=1
+# (each iteration also runs connect6, sendmsg4/6 and recvmsg4/6: connect -mix).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 [ "$(id -u)" -eq 0 ] || { echo "needs root" >&2; exit 1; }
@@ -13,6 +14,7 @@ command -v bpftool >/dev/null || { echo "needs bpftool" >&2; exit 1; }
 SLUICE=${SLUICE:-bin/sluice}
 SECS=${PROFILE_SECONDS:-3}
 work=$(mktemp -d /tmp/sluice-connprof.XXXXXX)
+chmod 755 "$work" # the sandboxed command may run as another user
 pids=()
 old_stats=$(cat /proc/sys/kernel/bpf_stats_enabled)
 cleanup() {
@@ -38,7 +40,7 @@ POL
 bpftool prog show --json | python3 -c 'import json, sys; print("\n".join(str(p["id"]) for p in json.load(sys.stdin)))' >"$work/before"
 echo 1 >/proc/sys/kernel/bpf_stats_enabled
 "$SLUICE" run --no-summary --policy "$work/direct.yaml" --dns-upstream 127.0.0.1:1 -- \
-	"$work/connect" -n 1000000 -rounds 1 "$addr" >"$work/out" 2>&1 &
+	"$work/connect" ${PROFILE_MIX:+-mix} -n 1000000 -rounds 1 "$addr" >"$work/out" 2>&1 &
 run_pid=$!
 pids+=($run_pid)
 snap() { # sluice programs loaded since the start (by this run): name id cnt ns
