@@ -42,10 +42,10 @@ demo: deps build ## offline end-to-end demonstration on loopback
 
 bench: deps build ## benchmarks: ratios against direct connections, measured in one run; 1,000-sandbox scale test
 	@scripts/bench/run.sh
-	SLUICE_SCALE=$${SLUICE_SCALE:-1000} SLUICE_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -run '^TestDaemonScale$$' -v ./cmd/sluice/ | grep -E 'scale_test|^(ok|FAIL|---)'
+	SLUICE_SCALE=$${SLUICE_SCALE:-1000} SLUICE_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -run '^TestDaemonScale$$' -v ./test/e2e/ | grep -E 'scale_test|^(ok|FAIL|---)'
 
 soak: deps build ## load and soak, not in make test (SLUICE_SOAK_MINUTES=30 for the full run); writes scripts/soak/RESULTS.md
-	SLUICE_SOAK=1 SLUICE_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 0 -v -run '^TestSoak' ./cmd/sluice/
+	SLUICE_SOAK=1 SLUICE_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 0 -v -run '^TestSoak' ./test/e2e/
 
 fuzz: ## run every fuzz target for FUZZTIME (default 30s each)
 	@scripts/fuzz.sh $${FUZZTIME:-30s}

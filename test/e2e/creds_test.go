@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"bytes"
@@ -124,7 +124,7 @@ func TestDaemonOAuth2RotationAndSigV4(t *testing.T) {
 	w.dns.Set("s3.test", "127.0.0.1")
 	api := startCredsAPI(t)
 	w.api = api.HTTPSServer
-	d := startDaemon(t, w)
+	d := startDaemon(t, w, daemonOpts{})
 	var cliOut bytes.Buffer
 	cli := func(args ...string) string {
 		t.Helper()

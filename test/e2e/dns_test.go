@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"fmt"
@@ -279,7 +279,7 @@ func TestDNSRotatingAddressesAllReachable(t *testing.T) {
 		addrs = append(addrs, fmt.Sprintf("127.0.0.%d", i))
 	}
 	port := listenEach(t, addrs)
-	d := startDaemon(t, w)
+	d := startDaemon(t, w, daemonOpts{})
 	pol := writePolicy(t, w.dir, "rot.yaml", "version: 1\nrules:\n  - name: rot\n    hosts: [rot.test]\n")
 	cg, pid := sandboxProc(t, "")
 	if out, err := d.cli("attach", "--policy", pol, "--pid", fmt.Sprint(pid), "--name", "rot"); err != nil {
@@ -376,7 +376,7 @@ var digQueryTime = regexp.MustCompile(`Query time: (\d+) msec`)
 func TestDNSUpstreamDownServfail(t *testing.T) {
 	w := newWorld(t)
 	requireTools(t, "dig")
-	d := startDaemon(t, w)
+	d := startDaemon(t, w, daemonOpts{})
 	pol := writePolicy(t, w.dir, "p.yaml", "version: 1\nrules:\n  - name: p\n    hosts: [allowed.test]\n")
 	cg, pid := sandboxProc(t, "")
 	if out, err := d.cli("attach", "--policy", pol, "--pid", fmt.Sprint(pid), "--name", "down"); err != nil {

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"bytes"
@@ -52,7 +52,7 @@ func sluiceBin(t *testing.T) string {
 			return
 		}
 		binPath = filepath.Join(binDir, "sluice")
-		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
+		out, err := exec.Command("go", "build", "-o", binPath, "../../cmd/sluice").CombinedOutput()
 		if err != nil {
 			buildErr = fmt.Errorf("go build: %v: %s", err, out)
 		}
@@ -385,4 +385,20 @@ func TestRunAsUnprivilegedUserCannotLeaveCgroup(t *testing.T) {
 	if !strings.Contains(out, "65534") || !strings.Contains(out, "stayed") || strings.Contains(out, "ESCAPED") {
 		t.Fatalf("run --user 65534:\n%s", out)
 	}
+}
+
+// runSluice runs the sluice binary with args (no sandbox) and returns its
+// exit code, stdout and stderr.
+func runSluice(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	cmd := exec.Command(sluiceBin(t), args...)
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("sluice %s: %v", strings.Join(args, " "), err)
+	}
+	return code, out.String(), errb.String()
 }

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"bufio"
@@ -411,7 +411,7 @@ func TestAuditMetricsAfterScript(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t)
 	port, _ := forbiddenListener(t)
-	d := startDaemonWith(t, w, daemonOpts{metrics: true})
+	d := startDaemon(t, w, daemonOpts{metrics: true})
 	auditFile, metricsAddr := d.audit, d.metrics
 
 	pol := writePolicy(t, w.dir, "agent.yaml", agentPolicy)

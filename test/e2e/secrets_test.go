@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"bytes"
@@ -174,7 +174,7 @@ func TestSecretsNeverLeak(t *testing.T) {
 	t.Run("store-daemon", func(t *testing.T) {
 		v1, v2 := leakValue(t, "store1"), leakValue(t, "store2")
 		lc.values = append(lc.values, v1, v2)
-		d := startDaemon(t, w)
+		d := startDaemon(t, w, daemonOpts{})
 		set := func(v string) {
 			t.Helper()
 			cmd := exec.Command(sluiceBin(t), "secret", "set", "LEAK_TOKEN", "--state-dir", d.state)
@@ -263,7 +263,7 @@ rules:
     hosts: [plain.test]
     callback: {url: "%s/creds", ttl: 5m, timeout: 2s}
 `, opaque, cb.URL))
-		d := startDaemon(t, w)
+		d := startDaemon(t, w, daemonOpts{})
 		cli := func(args ...string) string {
 			t.Helper()
 			out, err := d.cli(args...)

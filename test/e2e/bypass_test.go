@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"bytes"
@@ -723,7 +723,7 @@ curl -sS --max-time 10 https://allowed.test:%d/ok`, procs, one, outDir, w.api.Po
 func TestBypassSocketOpenedBeforeAttach(t *testing.T) {
 	t.Parallel()
 	w, _ := advWorld(t)
-	d := startDaemon(t, w)
+	d := startDaemon(t, w, daemonOpts{})
 	pol := writePolicy(t, w.dir, "p.yaml", "version: 1\nrules:\n  - name: p\n    hosts: [plain.test]\n")
 	echo := countingListener(t, "127.0.0.1:0")
 	cg, _ := testutil.Cgroup(t)

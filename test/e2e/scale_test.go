@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"context"
@@ -28,7 +28,7 @@ func TestDaemonScale(t *testing.T) {
 		t.Skip("scale benchmark: set SLUICE_SCALE=N (make bench sets 1000); not a privilege skip")
 	}
 	w := newWorld(t)
-	d := startDaemon(t, w)
+	d := startDaemon(t, w, daemonOpts{})
 	target := testutil.TCPCanary(t, "tcp4")
 	_, port, _ := strings.Cut(target.Addr, ":")
 	pol := writePolicy(t, w.dir, "scale.yaml", fmt.Sprintf(
