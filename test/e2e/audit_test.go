@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/sluice-dev/sluice/pkg/audit"
+	"github.com/sluice-dev/sluice/pkg/testutil"
 )
 
 // Issue 8: a scripted agent and the audit trail it leaves.
@@ -93,8 +94,7 @@ func forbiddenListener(t *testing.T) (int, *atomic.Int64) {
 				return
 			}
 			hits.Add(1)
-			fmt.Fprintln(c, "pong")
-			c.Close()
+			go testutil.Pong(c, "pong")
 		}
 	}()
 	return ln.Addr().(*net.TCPAddr).Port, hits

@@ -453,6 +453,7 @@ public class Get {
 // variable, real clients run as the default unprivileged sandbox user reach
 // an intercepted loopback HTTPS upstream, which sees the injected header.
 func TestRealClients(t *testing.T) {
+	t.Parallel()
 	testutil.RequirePrivileged(t)
 	tools := []string{"curl", "wget", "php", "ruby", "git", "node", "java", debianPython}
 	for _, tool := range tools {

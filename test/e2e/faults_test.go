@@ -121,6 +121,7 @@ func interceptCurl(w *world, ca, path string, extra ...string) []string {
 }
 
 func TestFaultDaemonKilledMidStream(t *testing.T) {
+	t.Parallel()
 	w, _ := advWorld(t)
 	d := startDaemon(t, w, daemonOpts{})
 	pol := writePolicy(t, w.dir, "p.yaml", interceptPolicy)
@@ -209,6 +210,7 @@ func startCallback(t *testing.T, steps ...func(w http.ResponseWriter)) *callback
 // a tmpfs over /var/lib, since `sluice run` keeps its callback signing key in
 // /var/lib/sluice and has no --state-dir flag.
 func TestFaultCallbackFailsClosed(t *testing.T) {
+	t.Parallel()
 	w, _ := advWorld(t)
 	const token = "cb-t0ken-9f2a"
 	cb := startCallback(t,
@@ -253,6 +255,7 @@ rules:
 }
 
 func TestFaultUpstreamDNSDead(t *testing.T) {
+	t.Parallel()
 	w, _ := advWorld(t)
 	d := startDaemon(t, w, daemonOpts{})
 	pol := writePolicy(t, w.dir, "p.yaml", "version: 1\nrules:\n  - name: p\n    hosts: [plain.test]\n")
@@ -261,8 +264,7 @@ func TestFaultUpstreamDNSDead(t *testing.T) {
 		t.Fatalf("attach: %v\n%s", err, out)
 	}
 	w.dns.SetDown(true)
-	t.Setenv("SLUICE_TEST_PROBE", "dns")
-	out, _ := inSandbox(t, cg, "", os.Args[0], "-test.run=^$", "udp|127.0.0.1:53|plain.test.|A")
+	out, _ := inSandbox(t, cg, "", "env", "SLUICE_TEST_PROBE=dns", os.Args[0], "-test.run=^$", "udp|127.0.0.1:53|plain.test.|A")
 	if !strings.HasPrefix(strings.TrimSpace(out), "ok SERVFAIL") && !strings.Contains(out, "timeout") {
 		t.Fatalf("with the upstream resolver dead: %q, want SERVFAIL (or no answer)", out)
 	}
@@ -433,6 +435,7 @@ func TestFaultSecretStoreKeyMissing(t *testing.T) {
 // and `sluice daemon` before anything runs unenforced: unpinned links
 // would vanish with the process, leaving the sandbox open.
 func TestFaultBPFFSNotMounted(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	notBPF := filepath.Join(t.TempDir(), "v1") // tmpfs or disk, never bpffs
 	marker := filepath.Join(w.dir, "ran")
@@ -465,6 +468,7 @@ func TestFaultBPFFSNotMounted(t *testing.T) {
 // mounts a private instance). When that daemon dies, its pins die with the
 // namespace. The sandbox must still fail closed.
 func TestFaultBPFFSPrivateToDaemon(t *testing.T) {
+	t.Parallel()
 	w, _ := advWorld(t)
 	pin := "/sys/fs/bpf/" + testutil.RandomName("sluice-private-") + "/v1"
 	d, out, up := tryStartDaemon(t, w, daemonOpts{name: "priv", pinDir: pin, private: true})
@@ -483,13 +487,12 @@ func TestFaultBPFFSPrivateToDaemon(t *testing.T) {
 		t.Fatalf("attach: %v\n%s", err, out)
 	}
 	canary := testutil.TCPCanary(t, "tcp4")
-	t.Setenv("SLUICE_TEST_PROBE", "tcp")
-	if out, _ := inSandbox(t, cg, "", os.Args[0], "-test.run=^$", canary.Addr); !strings.Contains(out, "error EPERM") {
+	if out, _ := inSandbox(t, cg, "", "env", "SLUICE_TEST_PROBE=tcp", os.Args[0], "-test.run=^$", canary.Addr); !strings.Contains(out, "error EPERM") {
 		t.Fatalf("while the daemon runs: %q, want EPERM", out)
 	}
 	d.kill9()
 	time.Sleep(200 * time.Millisecond)
-	out, _ = inSandbox(t, cg, "", os.Args[0], "-test.run=^$", canary.Addr)
+	out, _ = inSandbox(t, cg, "", "env", "SLUICE_TEST_PROBE=tcp", os.Args[0], "-test.run=^$", canary.Addr)
 	if canary.Hits() != 0 || !strings.Contains(out, "error") {
 		t.Fatalf("BYPASS (fail open): after the daemon with a namespace-private bpffs died, the sandbox reached a forbidden listener (%q, %d hits)."+
 			" The links were pinned only in the daemon's private bpffs and went away with it."+

@@ -24,6 +24,7 @@ import (
 // stdin, a real daemon. The sandbox then reaches its allowed host through
 // sluice and nothing else; the poststop call detaches it.
 func TestOCIHookAttachesRealProcess(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	w.dns.Set("a.test", "127.0.0.1")
 	d := startDaemon(t, w, daemonOpts{})
@@ -81,6 +82,7 @@ func TestOCIHookAttachesRealProcess(t *testing.T) {
 // container is attached before its process runs, reaches only its allowed
 // host, and is detached when runc deletes it.
 func TestOCIHookWithRunc(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	runc, err := exec.LookPath("runc")
 	if err != nil {

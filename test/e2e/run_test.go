@@ -213,6 +213,7 @@ func TestRunCurlReachesAllowedHostWithInjectedHeader(t *testing.T) {
 }
 
 func TestRunForbiddenTargetsRefused(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	tcp := testutil.TCPCanary(t, "tcp4")
 	udp := testutil.UDPCanary(t, "udp4")
@@ -222,7 +223,7 @@ func TestRunForbiddenTargetsRefused(t *testing.T) {
 		{"tcp", "[::ffff:127.0.0.1]:" + tport},
 		{"udp", udp.Addr},
 	} {
-		t.Setenv("SLUICE_TEST_PROBE", c.mode)
+		w.env = []string{"SLUICE_TEST_PROBE=" + c.mode}
 		out, code := w.run(t, "", os.Args[0], "-test.run=^$", c.target)
 		if code != 0 || !strings.Contains(out, "error EPERM") {
 			t.Errorf("%s %s from the sandbox: exit %d, want error EPERM:\n%s", c.mode, c.target, code, out)
@@ -234,6 +235,7 @@ func TestRunForbiddenTargetsRefused(t *testing.T) {
 }
 
 func TestRunNestedCgroupEnforced(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	tcp := testutil.TCPCanary(t, "tcp4")
 	// Inside the sandbox: make a child cgroup, move the shell there, then
@@ -248,7 +250,7 @@ mkdir "$cg/child"
 echo $$ > "$cg/child/cgroup.procs"
 grep -q child /proc/self/cgroup
 exec "$0" -test.run='^$' %s`, mnt, tcp.Addr)
-	t.Setenv("SLUICE_TEST_PROBE", "tcp")
+	w.env = []string{"SLUICE_TEST_PROBE=tcp"}
 	out, code := w.run(t, "", "sh", "-c", script, os.Args[0])
 	if code != 0 || !strings.Contains(out, "error EPERM") {
 		t.Fatalf("connect from a nested cgroup: exit %d, want error EPERM:\n%s", code, out)
@@ -284,6 +286,7 @@ func TestRunDNS(t *testing.T) {
 }
 
 func TestRunExitStatusAndCleanup(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	_, code := w.run(t, "", "sh", "-c", "exit 7")
 	if code != 7 {
@@ -298,6 +301,7 @@ func TestRunExitStatusAndCleanup(t *testing.T) {
 }
 
 func TestRunCleanupOnSIGTERM(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	cmd := exec.Command(sluiceBin(t), "run", "--policy", "../../testdata/policies/demo.yaml",
 		"--dns-upstream", w.dns.Addr, "--pin-dir", w.pin, "--", "sh", "-c", "sleep 60 & sleep 60")

@@ -108,6 +108,7 @@ for d in "$(dirname "${SSL_CERT_FILE:-/nonexistent/x}")" "${TMPDIR:-/nonexistent
 done`
 
 func TestSecretsNeverLeak(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	lc := &leakCheck{}
 	pol := writePolicy(t, w.dir, "leak.yaml", leakPolicy)
@@ -123,7 +124,8 @@ func TestSecretsNeverLeak(t *testing.T) {
 	t.Run("secret-env", func(t *testing.T) {
 		v := leakValue(t, "env")
 		lc.values = append(lc.values, v)
-		t.Setenv("LEAK_TOKEN", v)
+		w.env = []string{"LEAK_TOKEN=" + v}
+		defer func() { w.env = nil }()
 		out, code := w.run(t, pol, "--secret-env", "LEAK_TOKEN", "--",
 			"sh", "-c", `curl -sS --max-time 10 "$0"; echo; `+sandboxDump, url)
 		lc.add("sluice run output (secret-env)", []byte(out))
