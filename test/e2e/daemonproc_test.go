@@ -206,16 +206,23 @@ func (d *daemonProc) cli(args ...string) (string, error) {
 	return string(out), err
 }
 
+// names lists the daemon's own sandboxes. `sluice list` also shows every
+// `sluice run` on the host (RunPID set), which belong to other tests.
 func (d *daemonProc) names() []string {
 	out, err := d.cli("list", "--json")
 	if err != nil {
 		return nil
 	}
-	var infos []struct{ Name string }
+	var infos []struct {
+		Name   string
+		RunPID int `json:"run_pid"`
+	}
 	_ = json.Unmarshal([]byte(out), &infos)
 	var names []string
 	for _, i := range infos {
-		names = append(names, i.Name)
+		if i.RunPID == 0 {
+			names = append(names, i.Name)
+		}
 	}
 	return names
 }
