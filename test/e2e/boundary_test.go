@@ -173,7 +173,9 @@ func TestBoundaryAttacks(t *testing.T) {
 // (pidfd_getfd) or signal it, even given B's host pids; B's credential
 // never reaches an upstream through A.
 func TestBoundaryTwoSandboxes(t *testing.T) {
-	t.Parallel()
+	// Not t.Parallel: A and B are parallel subtests that must run at the
+	// same time, and under -parallel 2 a busy pool runs them one after the
+	// other (A then finds no process of B).
 	testutil.RequirePrivileged(t)
 	requireTools(t, debianPython)
 	pub := publicDir(t)
