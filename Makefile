@@ -4,9 +4,24 @@ GO ?= go
 BIN := bin/sluice
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
-# -parallel 2: the e2e tests of cmd/sluice run two at a time. At 4, two loaded
+# make test runs two go test commands at the same time (the packages mostly
+# wait on daemons, sandboxes and loopback peers, not on the CPU):
+# - every package but test/e2e, with -race; -p 4: four test binaries at a
+#   time (the default, one per CPU, queued pkg/enforcer and pkg/proxy, 90 s
+#   each, behind each other);
+# - test/e2e without -race. The programs under test there are bin/sluice
+#   (built without -race) and real clients; the test binary holds loopback
+#   helpers (pkg/testutil, raced by the package tests) and is re-executed as
+#   the probe inside sandboxes, hundreds of times: a -race binary takes
+#   1.2-1.5 s to start on the 2-core CI machine, a plain one 0.07 s. For
+#   the same reason the raced packages' probes (testutil.RunProbe) run
+#   bin/sluice-probe (./test/probe, plain), named by SLUICE_PROBE_BIN.
+# -parallel 2: two tests of a package at a time. At 4, two loaded
 # fresh-clone runs on 2 cores timed out a daemon start and a curl.
-GOTEST_FLAGS ?= -race -count=1 -parallel 2
+GOTEST_FLAGS ?= -race -count=1 -p 4 -parallel 2
+E2E_FLAGS ?= -count=1 -parallel 2
+# FUZZTIME_TEST: the fuzz smoke run of make test, per target (scripts/fuzz.sh).
+FUZZTIME_TEST ?= 2s
 
 .DEFAULT_GOAL := build
 
@@ -31,8 +46,13 @@ check-generate: generate ## fail when the committed eBPF objects are stale
 test: deps build ## the whole suite: lint, stale eBPF check, unit, privileged e2e (as root), short fuzz
 	@$(MAKE) --no-print-directory lint
 	@$(MAKE) --no-print-directory check-generate
-	SLUICE_BIN=$(CURDIR)/$(BIN) $(GO) test $(GOTEST_FLAGS) ./...
-	@scripts/fuzz.sh 5s
+	$(GO) build -o bin/sluice-probe ./test/probe
+	@export SLUICE_BIN=$(CURDIR)/$(BIN) SLUICE_PROBE_BIN=$(CURDIR)/bin/sluice-probe; \
+		$(GO) test $(GOTEST_FLAGS) $$($(GO) list ./... | grep -v '/test/e2e$$') & unit=$$!; \
+		$(GO) test $(E2E_FLAGS) ./test/e2e/; e2e=$$?; \
+		wait $$unit; unit=$$?; \
+		if [ $$unit != 0 ] || [ $$e2e != 0 ]; then echo "go test failed (packages: exit $$unit, test/e2e: exit $$e2e)"; exit 1; fi
+	@scripts/fuzz.sh $(FUZZTIME_TEST)
 
 test-unit: ## unprivileged tests only
 	$(GO) test -count=1 ./...
