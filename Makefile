@@ -4,20 +4,17 @@ GO ?= go
 BIN := bin/sluice
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
-# make test runs two go test commands at the same time (the packages mostly
-# wait on daemons, sandboxes and loopback peers, not on the CPU):
-# - every package but test/e2e, with -race; -p 4: four test binaries at a
-#   time (the default, one per CPU, queued pkg/enforcer and pkg/proxy, 90 s
-#   each, behind each other);
-# - test/e2e without -race. The programs under test there are bin/sluice
-#   (built without -race) and real clients; the test binary holds loopback
-#   helpers (pkg/testutil, raced by the package tests) and is re-executed as
-#   the probe inside sandboxes, hundreds of times: a -race binary takes
-#   1.2-1.5 s to start on the 2-core CI machine, a plain one 0.07 s. For
-#   the same reason the raced packages' probes (testutil.RunProbe) run
-#   bin/sluice-probe (./test/probe, plain), named by SLUICE_PROBE_BIN.
+# make test: scripts/test.sh runs check-generate, then test/e2e, the raced
+# packages and lint at the same time, then the fuzz smoke run; it says why.
+# -p 4: four package test binaries at a time (the default, one per CPU,
+# queued pkg/enforcer and pkg/proxy, 90 s each, behind each other).
 # -parallel 2: two tests of a package at a time. At 4, two loaded
 # fresh-clone runs on 2 cores timed out a daemon start and a curl.
+# test/e2e runs without -race: what it tests is bin/sluice (built without
+# -race) and real clients; its test binary holds only loopback helpers
+# (pkg/testutil, raced by the package tests) and is re-executed as the
+# probe inside sandboxes hundreds of times, and a -race binary takes
+# 1.2-1.5 s to start on the 2-core machine (a plain one 0.07 s).
 GOTEST_FLAGS ?= -race -count=1 -p 4 -parallel 2
 E2E_FLAGS ?= -count=1 -parallel 2
 # FUZZTIME_TEST: the fuzz smoke run of make test, per target (scripts/fuzz.sh).
@@ -44,15 +41,7 @@ check-generate: generate ## fail when the committed eBPF objects are stale
 	@git diff --exit-code -- pkg/enforcer/ || { echo "committed eBPF objects are stale: run make generate and commit"; exit 1; }
 
 test: deps build ## the whole suite: lint, stale eBPF check, unit, privileged e2e (as root), short fuzz
-	@$(MAKE) --no-print-directory lint
-	@$(MAKE) --no-print-directory check-generate
-	$(GO) build -o bin/sluice-probe ./test/probe
-	@export SLUICE_BIN=$(CURDIR)/$(BIN) SLUICE_PROBE_BIN=$(CURDIR)/bin/sluice-probe; \
-		$(GO) test $(GOTEST_FLAGS) $$($(GO) list ./... | grep -v '/test/e2e$$') & unit=$$!; \
-		$(GO) test $(E2E_FLAGS) ./test/e2e/; e2e=$$?; \
-		wait $$unit; unit=$$?; \
-		if [ $$unit != 0 ] || [ $$e2e != 0 ]; then echo "go test failed (packages: exit $$unit, test/e2e: exit $$e2e)"; exit 1; fi
-	@scripts/fuzz.sh $(FUZZTIME_TEST)
+	@GO="$(GO)" GOTEST_FLAGS="$(GOTEST_FLAGS)" E2E_FLAGS="$(E2E_FLAGS)" FUZZTIME="$(FUZZTIME_TEST)" scripts/test.sh
 
 test-unit: ## unprivileged tests only
 	$(GO) test -count=1 ./...
