@@ -4,10 +4,11 @@
 # peers and timeouts) rather than compute, so they overlap:
 #
 #   check-generate  |==|
-#   test/e2e           |======================================|  (the longest)
-#   packages, -race    |==================|
+#   test/e2e           |=============================|
+#   packages, -race    |======================================|
 #   lint               |=======|
-#   fuzz smoke run                        |==========|
+#   fuzz smoke run                                   |==========|
+#                      (the fuzz run starts when the first of the two ends)
 #
 # - test/e2e runs without -race: the programs under test there are
 #   bin/sluice (built without -race) and real clients; the test binary
@@ -17,8 +18,8 @@
 #   one 0.07 s). For the same reason the raced packages' probes
 #   (testutil.RunProbe) run bin/sluice-probe (./test/probe), named by
 #   SLUICE_PROBE_BIN.
-# - The fuzz run starts when the raced packages are done, so that the
-#   CPU-bound parts do not pile up.
+# - The fuzz run (CPU-bound) starts when the first of test/e2e and the
+#   packages is done, so that the CPU-bound parts do not pile up.
 #
 # Each part's output is printed when it ends; the script fails if any part
 # failed, after all have ended. Flags: GOTEST_FLAGS (the packages),
@@ -74,10 +75,13 @@ start e2e $GO test $E2E_FLAGS ./test/e2e/
 start packages $GO test $GOTEST_FLAGS $($GO list ./... | grep -v '/test/e2e$')
 start lint make --no-print-directory lint
 finish lint
-finish packages
+# The fuzz run starts when the first of test/e2e and the packages ends.
+e2epid=${pids[0]%%:*} pkgpid=${pids[1]%%:*}
+while kill -0 "$e2epid" 2>/dev/null && kill -0 "$pkgpid" 2>/dev/null; do sleep 1; done
 start fuzz scripts/fuzz.sh "$FUZZTIME"
-finish fuzz
+finish packages
 finish e2e
+finish fuzz
 pids=()
 if [ ${#failed[@]} -gt 0 ]; then
 	echo "make test: failed: ${failed[*]}"
