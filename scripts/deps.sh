@@ -16,7 +16,7 @@ have ip || need+=(iproute2)
 have dig || need+=(dnsutils)
 have bpftool || need+=(bpftool)
 have runc || need+=(runc)
-# Container tests (cmd/sluice docker_e2e_test.go): a private dockerd with its
+# Container tests (test/e2e/docker_test.go): a private dockerd with its
 # own containerd, images imported from local files (static busybox).
 have dockerd || need+=(docker.io)
 pkg_installed busybox-static || need+=(busybox-static)

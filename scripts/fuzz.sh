@@ -2,33 +2,66 @@
 # Runs every fuzz target in the module for a bounded time each.
 # Usage: scripts/fuzz.sh [DURATION]   (default 30s)
 #
+# Each package's fuzzing test binary is compiled once (all packages at
+# once), then FUZZJOBS targets (default: the number of CPUs) fuzz at the
+# same time, each with one worker: the same CPU as one target at a time
+# with a worker per CPU, in a fraction of the wall time, and no link per
+# target. Corpus entries and failing inputs go where `go test -fuzz` puts
+# them (testdata/fuzz/TARGET in the package, the fuzz cache in GOCACHE).
+#
 # A failure that wrote a failing input under testdata/fuzz/TARGET/ fails
-# the run at once. A failure without one that only says "context deadline
+# the run. A failure without one that only says "context deadline
 # exceeded" is Go's fuzz coordinator racing its own -fuzztime deadline
 # (go.dev/issue/75804, fixed in Go 1.27, present in 1.26): that target is
 # run once more, and fails the run if it fails again.
 set -euo pipefail
 t="${1:-30s}"
+jobs="${FUZZJOBS:-$(nproc)}"
 cd "$(dirname "$0")/.."
-log=$(mktemp /tmp/sluice-fuzz.XXXXXX)
-trap 'rm -f "$log"' EXIT
-count() { { ls "$1" 2>/dev/null || true; } | wc -l; } # files in a corpus directory
-for pkg in $(go list ./...); do
-	dir=$(go list -f '{{.Dir}}' "$pkg")
-	for f in $(grep -hoE '^func (Fuzz[A-Za-z0-9_]+)' "$dir"/*_test.go 2>/dev/null | awk '{print $2}'); do
-		for attempt in 1 2; do
-			echo "fuzz $pkg $f ($t)"
-			before=$(count "$dir/testdata/fuzz/$f")
-			if go test -run '^$' -fuzz "^${f}\$" -fuzztime "$t" "$pkg" >"$log" 2>&1; then
-				break
-			fi
-			after=$(count "$dir/testdata/fuzz/$f")
-			if [ "$attempt" = 1 ] && [ "$after" = "$before" ] && tail -n 5 "$log" | grep -q 'context deadline exceeded'; then
-				echo "fuzz $f: stopped by Go's fuzztime deadline race (go.dev/issue/75804), no failing input; running it again"
-				continue
-			fi
-			cat "$log"
-			exit 1
-		done
-	done
+work=$(mktemp -d /tmp/sluice-fuzz.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+cache="$(go env GOCACHE)/fuzz"
+
+# Compile: one instrumented test binary per package with fuzz targets.
+: >"$work/targets"
+pids=()
+while read -r pkg dir; do
+	fs=$({ grep -hoE '^func (Fuzz[A-Za-z0-9_]+)' "$dir"/*_test.go 2>/dev/null || true; } | awk '{print $2}')
+	[ -n "$fs" ] || continue
+	bin="$work/$(echo "$pkg" | tr / _).test"
+	go test -c -fuzz=. -o "$bin" "$pkg" >"$bin.log" 2>&1 &
+	pids+=("$!:$bin")
+	for f in $fs; do echo "$pkg $dir $bin $f" >>"$work/targets"; done
+done < <(go list -f '{{.ImportPath}} {{.Dir}}' ./...)
+for p in "${pids[@]}"; do
+	if ! wait "${p%%:*}"; then
+		echo "fuzz: compiling ${p#*:} failed:"
+		cat "${p#*:}.log"
+		exit 1
+	fi
 done
+
+count() { { ls "$1" 2>/dev/null || true; } | wc -l; } # files in a corpus directory
+run_one() {
+	local pkg=$1 dir=$2 bin=$3 f=$4 log="$work/$4.log" attempt before after
+	for attempt in 1 2; do
+		echo "fuzz $pkg $f ($t)"
+		before=$(count "$dir/testdata/fuzz/$f")
+		if (cd "$dir" && "$bin" -test.run='^$' -test.fuzz="^${f}\$" -test.fuzztime="$t" -test.parallel=1 \
+			-test.fuzzcachedir="$cache/$pkg") >"$log" 2>&1; then
+			return 0
+		fi
+		after=$(count "$dir/testdata/fuzz/$f")
+		if [ "$attempt" = 1 ] && [ "$after" = "$before" ] && tail -n 5 "$log" | grep -q 'context deadline exceeded'; then
+			echo "fuzz $f: stopped by Go's fuzztime deadline race (go.dev/issue/75804), no failing input; running it again"
+			continue
+		fi
+		echo "fuzz $pkg $f FAILED:"
+		cat "$log"
+		return 1
+	done
+}
+export -f count run_one
+export t work cache
+echo "fuzz: $(wc -l <"$work/targets") targets, $jobs at a time, $t each"
+xargs -P "$jobs" -L 1 bash -c 'run_one "$@"' _ <"$work/targets"

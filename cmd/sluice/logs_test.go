@@ -14,6 +14,7 @@ import (
 	"github.com/sluice-dev/sluice/pkg/audit"
 	"github.com/sluice-dev/sluice/pkg/daemon"
 	"github.com/sluice-dev/sluice/pkg/defaults"
+	"github.com/sluice-dev/sluice/pkg/testutil"
 )
 
 // writeAuditLog writes evs as a JSON-lines file the way the daemon does.
@@ -152,7 +153,7 @@ func TestLogsPackagesJSON(t *testing.T) {
 func TestLogsFollow(t *testing.T) {
 	evs := logEvents()
 	path := writeAuditLog(t, evs[:1])
-	var stdout, stderr syncBuffer
+	var stdout, stderr testutil.SyncBuffer
 	o := &rootOptions{stdin: strings.NewReader(""), stdout: &stdout, stderr: &stderr}
 	root := newRootCmd(o)
 	root.SetArgs([]string{"logs", "agent1", "--file", path, "--follow", "--json", "--poll", "5ms"})

@@ -22,7 +22,7 @@ import (
 func startServe(t *testing.T, ns, cg, network, addr, msg string) (netip.AddrPort, func() string) {
 	t.Helper()
 	ready := filepath.Join(t.TempDir(), "ready")
-	cmd := exec.Command("ip", "netns", "exec", ns, os.Args[0], "-test.run=^$", network+"|"+addr+"|"+msg+"|"+ready)
+	cmd := exec.Command("ip", "netns", "exec", ns, testutil.ProbeBin(), "-test.run=^$", network+"|"+addr+"|"+msg+"|"+ready)
 	cmd.Env = append(os.Environ(), "SLUICE_TEST_PROBE=serve")
 	var out testutil.SyncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out

@@ -15,7 +15,7 @@ import (
 // cg when cg is not "" (else outside any sandbox: the control).
 func probeIn(t *testing.T, ns, cg, mode, target string) string {
 	t.Helper()
-	cmd := exec.Command("ip", "netns", "exec", ns, os.Args[0], "-test.run=^$", target)
+	cmd := exec.Command("ip", "netns", "exec", ns, testutil.ProbeBin(), "-test.run=^$", target)
 	cmd.Env = append(os.Environ(), "SLUICE_TEST_PROBE="+mode)
 	var out []byte
 	var err error

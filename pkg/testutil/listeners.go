@@ -1,10 +1,12 @@
 package testutil
 
 import (
+	"bytes"
 	"net"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // Canary is a loopback listener that must receive nothing: it counts every
@@ -38,11 +40,28 @@ func TCPCanary(t testing.TB, network string) *Canary {
 				return
 			}
 			c.hits.Add(1)
-			_, _ = conn.Write([]byte("pong\n"))
-			conn.Close()
+			go Pong(conn, "pong")
 		}
 	}()
 	return c
+}
+
+// Pong answers the tcp probe on conn: it reads the probe's line (up to 10
+// s), replies with reply and a newline, and closes conn. Replying and
+// closing without reading would race the probe's "ping": a socket closed
+// with unread data sends a reset, which can discard the reply before the
+// probe reads it (the probe then reports "ok" with nothing).
+func Pong(conn net.Conn, reply string) {
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(probeTimeout))
+	buf := make([]byte, 64)
+	for {
+		n, err := conn.Read(buf)
+		if err != nil || bytes.IndexByte(buf[:n], '\n') >= 0 {
+			break
+		}
+	}
+	_, _ = conn.Write([]byte(reply + "\n"))
 }
 
 // UDPCanary listens on network ("udp4" or "udp6") loopback and counts the

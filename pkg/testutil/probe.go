@@ -172,11 +172,22 @@ func errnoName(err error) string {
 	return err.Error()
 }
 
-// RunProbe re-executes the test binary inside the cgroup at cgPath and
+// ProbeBin is the program that performs probes: $SLUICE_PROBE_BIN (the
+// plain build of ./test/probe that make test passes), else the test binary
+// itself (re-executed; MaybeRunProbe in its TestMain). Either takes
+// "-test.run=^$ TARGET" and the mode in $SLUICE_TEST_PROBE.
+func ProbeBin() string {
+	if p := os.Getenv("SLUICE_PROBE_BIN"); p != "" {
+		return p
+	}
+	return os.Args[0]
+}
+
+// RunProbe runs the probe (ProbeBin) inside the cgroup at cgPath and
 // returns the probe's one-line outcome.
 func RunProbe(t testing.TB, cgPath, mode, target string) string {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$", target)
+	cmd := exec.Command(ProbeBin(), "-test.run=^$", target)
 	cmd.Env = append(os.Environ(), probeEnv+"="+mode)
 	out, err := RunInCgroup(cmd, cgPath)
 	if err != nil {

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"context"
@@ -17,152 +17,6 @@ import (
 	"github.com/sluice-dev/sluice/pkg/cgroup"
 	"github.com/sluice-dev/sluice/pkg/testutil"
 )
-
-// daemonProc is a private `sluice daemon` for one test: its own socket,
-// state directory and audit file in the world's directory, the world's pin
-// directory, DNS and upstream CA. Tests with their own daemonProc are
-// independent of each other.
-type daemonProc struct {
-	t       *testing.T
-	w       *world
-	opts    daemonOpts
-	socket  string
-	state   string
-	audit   string // the --audit file
-	metrics string // the --metrics address, when opts.metrics
-	cmd     *exec.Cmd
-	log     *syncBuffer
-}
-
-// daemonOpts are what a test's daemon differs by.
-type daemonOpts struct {
-	name    string   // socket NAME.sock, state NAME-state (default "sluice")
-	audit   string   // --audit (default WORLD/NAME-audit.jsonl)
-	metrics bool     // serve --metrics on a free loopback port and wait for it
-	extra   []string // more flags
-}
-
-// startDaemon starts the default daemon of a test and stops it (after
-// detaching what is left) when the test ends.
-func startDaemon(t *testing.T, w *world, extra ...string) *daemonProc {
-	return startDaemonWith(t, w, daemonOpts{extra: extra})
-}
-
-// startDaemonWith is the one way tests start a daemon that must come up.
-func startDaemonWith(t *testing.T, w *world, o daemonOpts) *daemonProc {
-	t.Helper()
-	if o.name == "" {
-		o.name = "sluice"
-	}
-	if o.audit == "" {
-		o.audit = filepath.Join(w.dir, o.name+"-audit.jsonl")
-	}
-	d := &daemonProc{t: t, w: w, opts: o, audit: o.audit,
-		socket: filepath.Join(w.dir, o.name+".sock"), state: filepath.Join(w.dir, o.name+"-state")}
-	if o.metrics {
-		ln, err := net.Listen("tcp4", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		d.metrics = ln.Addr().String()
-		ln.Close()
-	}
-	d.start()
-	t.Cleanup(func() {
-		// Detach whatever is left, then stop the daemon.
-		for _, name := range d.names() {
-			d.cli("detach", name)
-		}
-		d.stop()
-		if t.Failed() {
-			t.Logf("daemon log:\n%s", d.log)
-		}
-	})
-	return d
-}
-
-// start (re)starts the daemon and waits until its socket (and metrics)
-// answer.
-func (d *daemonProc) start() {
-	d.t.Helper()
-	d.log = &syncBuffer{}
-	args := []string{"daemon", "--socket", d.socket, "--state-dir", d.state,
-		"--pin-dir", d.w.pin, "--dns-upstream", d.w.dns.Addr, "--dns-allow-loopback",
-		"--upstream-ca", d.w.api.CAFile, "--audit", d.audit}
-	if d.metrics != "" {
-		args = append(args, "--metrics", d.metrics)
-	}
-	d.cmd = exec.Command(sluiceBin(d.t), append(args, d.opts.extra...)...)
-	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
-	if err := d.cmd.Start(); err != nil {
-		d.t.Fatal(err)
-	}
-	up := func() bool {
-		c, err := net.Dial("unix", d.socket)
-		if err != nil {
-			return false
-		}
-		c.Close()
-		if d.metrics == "" {
-			return true
-		}
-		resp, err := http.Get("http://" + d.metrics + "/metrics")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return true
-	}
-	deadline := time.Now().Add(testutil.WaitTimeout)
-	for !up() {
-		if time.Now().After(deadline) {
-			d.t.Fatalf("daemon did not come up:\n%s", d.log)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func (d *daemonProc) kill9() {
-	_ = d.cmd.Process.Signal(syscall.SIGKILL)
-	_ = d.cmd.Wait()
-	d.cmd = nil
-}
-
-func (d *daemonProc) stop() {
-	if d.cmd == nil {
-		return
-	}
-	_ = d.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { d.cmd.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		d.cmd.Process.Kill()
-	}
-	d.cmd = nil
-}
-
-// cli runs a sluice client command against the daemon.
-func (d *daemonProc) cli(args ...string) (string, error) {
-	cmd := exec.Command(sluiceBin(d.t), append(args, "--socket", d.socket)...)
-	out, err := cmd.CombinedOutput()
-	return string(out), err
-}
-
-func (d *daemonProc) names() []string {
-	out, err := d.cli("list", "--json")
-	if err != nil {
-		return nil
-	}
-	var infos []struct{ Name string }
-	_ = json.Unmarshal([]byte(out), &infos)
-	var names []string
-	for _, i := range infos {
-		names = append(names, i.Name)
-	}
-	return names
-}
 
 // sandboxProc starts a long-lived process in a fresh cgroup (and, when
 // netns is set, in that network namespace), so that `attach --pid` finds
@@ -231,7 +85,7 @@ func TestDaemonTwoSandboxesDifferentPolicies(t *testing.T) {
 	}
 	defer api2.Close()
 	w.api = api2
-	d := startDaemon(t, w)
+	d := startDaemon(t, w, daemonOpts{})
 	pa := writePolicy(t, w.dir, "a.yaml", "version: 1\nrules:\n  - name: a\n    hosts: [a.test]\n")
 	pb := writePolicy(t, w.dir, "b.yaml", "version: 1\nrules:\n  - name: b\n    hosts: [b.test]\n")
 
@@ -283,7 +137,7 @@ func TestDaemonTwoSandboxesDifferentPolicies(t *testing.T) {
 func TestDaemonKill9FailsClosedAndRecovers(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t)
-	d := startDaemon(t, w)
+	d := startDaemon(t, w, daemonOpts{})
 	p := writePolicy(t, w.dir, "p.yaml", "version: 1\nrules:\n  - name: p\n    hosts: [plain.test]\n")
 	cg, pid := sandboxProc(t, "")
 	if out, err := d.cli("attach", "--policy", p, "--pid", fmt.Sprint(pid), "--name", "k9"); err != nil {
@@ -327,7 +181,7 @@ func TestDaemonKill9FailsClosedAndRecovers(t *testing.T) {
 func TestDaemonDetachLeavesNothing(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t)
-	d := startDaemon(t, w)
+	d := startDaemon(t, w, daemonOpts{})
 	p := writePolicy(t, w.dir, "p.yaml", "version: 1\nrules:\n  - name: p\n    hosts: [plain.test]\n")
 	cg, pid := sandboxProc(t, "")
 	out, err := d.cli("attach", "--policy", p, "--pid", fmt.Sprint(pid), "--name", "det", "--json")
@@ -373,7 +227,7 @@ func TestDaemonDetachLeavesNothing(t *testing.T) {
 func TestDaemonControlSocketRejectsBadCallers(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t)
-	d := startDaemon(t, w)
+	d := startDaemon(t, w, daemonOpts{})
 	st, err := os.Stat(d.socket)
 	if err != nil {
 		t.Fatal(err)
@@ -432,7 +286,7 @@ func TestDaemonControlSocketRejectsBadCallers(t *testing.T) {
 func TestDaemonLogsStream(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t)
-	d := startDaemon(t, w)
+	d := startDaemon(t, w, daemonOpts{})
 	p := writePolicy(t, w.dir, "p.yaml", "version: 1\nrules:\n  - name: p\n    hosts: [plain.test]\n")
 	cg, pid := sandboxProc(t, "")
 	out := &syncBuffer{}
@@ -455,6 +309,3 @@ func TestDaemonLogsStream(t *testing.T) {
 		t.Fatalf("the live stream did not carry the DNS refusal:\n%s", out.String())
 	}
 }
-
-// syncBuffer is the shared test buffer for a writer goroutine and a reader.
-type syncBuffer = testutil.SyncBuffer

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"bufio"
@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/sluice-dev/sluice/pkg/audit"
+	"github.com/sluice-dev/sluice/pkg/testutil"
 )
 
 // Issue 8: a scripted agent and the audit trail it leaves.
@@ -93,8 +94,7 @@ func forbiddenListener(t *testing.T) (int, *atomic.Int64) {
 				return
 			}
 			hits.Add(1)
-			fmt.Fprintln(c, "pong")
-			c.Close()
+			go testutil.Pong(c, "pong")
 		}
 	}()
 	return ln.Addr().(*net.TCPAddr).Port, hits
@@ -411,7 +411,7 @@ func TestAuditMetricsAfterScript(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t)
 	port, _ := forbiddenListener(t)
-	d := startDaemonWith(t, w, daemonOpts{metrics: true})
+	d := startDaemon(t, w, daemonOpts{metrics: true})
 	auditFile, metricsAddr := d.audit, d.metrics
 
 	pol := writePolicy(t, w.dir, "agent.yaml", agentPolicy)

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"bytes"
@@ -108,6 +108,7 @@ for d in "$(dirname "${SSL_CERT_FILE:-/nonexistent/x}")" "${TMPDIR:-/nonexistent
 done`
 
 func TestSecretsNeverLeak(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	lc := &leakCheck{}
 	pol := writePolicy(t, w.dir, "leak.yaml", leakPolicy)
@@ -123,7 +124,8 @@ func TestSecretsNeverLeak(t *testing.T) {
 	t.Run("secret-env", func(t *testing.T) {
 		v := leakValue(t, "env")
 		lc.values = append(lc.values, v)
-		t.Setenv("LEAK_TOKEN", v)
+		w.env = []string{"LEAK_TOKEN=" + v}
+		defer func() { w.env = nil }()
 		out, code := w.run(t, pol, "--secret-env", "LEAK_TOKEN", "--",
 			"sh", "-c", `curl -sS --max-time 10 "$0"; echo; `+sandboxDump, url)
 		lc.add("sluice run output (secret-env)", []byte(out))
@@ -174,7 +176,7 @@ func TestSecretsNeverLeak(t *testing.T) {
 	t.Run("store-daemon", func(t *testing.T) {
 		v1, v2 := leakValue(t, "store1"), leakValue(t, "store2")
 		lc.values = append(lc.values, v1, v2)
-		d := startDaemon(t, w)
+		d := startDaemon(t, w, daemonOpts{})
 		set := func(v string) {
 			t.Helper()
 			cmd := exec.Command(sluiceBin(t), "secret", "set", "LEAK_TOKEN", "--state-dir", d.state)
@@ -263,7 +265,7 @@ rules:
     hosts: [plain.test]
     callback: {url: "%s/creds", ttl: 5m, timeout: 2s}
 `, opaque, cb.URL))
-		d := startDaemon(t, w)
+		d := startDaemon(t, w, daemonOpts{})
 		cli := func(args ...string) string {
 			t.Helper()
 			out, err := d.cli(args...)

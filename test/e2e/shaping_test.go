@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"bytes"
@@ -67,6 +67,7 @@ func gitClone(url, dir string) []string {
 // while curl, and a Python process that renamed itself "git" with
 // prctl(PR_SET_NAME), are refused at the proxy and reach nothing.
 func TestProcessesGitOnly(t *testing.T) {
+	t.Parallel()
 	w, base := gitWorld(t)
 	requireTools(t, "python3")
 	pol := writeShapingPolicy(t, w.dir, `version: 1
@@ -131,6 +132,7 @@ except urllib.error.HTTPError as e:
 // suggested from its log, and the same workload under that policy in
 // enforce mode: it succeeds, and a host it never used is refused.
 func TestPolicySuggestRoundTrip(t *testing.T) {
+	t.Parallel()
 	w, base := gitWorld(t)
 	plain := fmt.Sprintf("https://plain.test:%d", w.api.Port)
 	workload := func(clone string) []string {
@@ -323,6 +325,7 @@ func sysPython(t *testing.T) string {
 // rule: an upload over max_body gets 413 and a private key 403, neither
 // reaching the upstream; an SSN arrives as [ssn].
 func TestRequestShapingCurl(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	requireTools(t, "curl")
 	var bodies []string

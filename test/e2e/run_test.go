@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"bytes"
@@ -52,7 +52,7 @@ func sluiceBin(t *testing.T) string {
 			return
 		}
 		binPath = filepath.Join(binDir, "sluice")
-		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
+		out, err := exec.Command("go", "build", "-o", binPath, "../../cmd/sluice").CombinedOutput()
 		if err != nil {
 			buildErr = fmt.Errorf("go build: %v: %s", err, out)
 		}
@@ -213,6 +213,7 @@ func TestRunCurlReachesAllowedHostWithInjectedHeader(t *testing.T) {
 }
 
 func TestRunForbiddenTargetsRefused(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	tcp := testutil.TCPCanary(t, "tcp4")
 	udp := testutil.UDPCanary(t, "udp4")
@@ -222,7 +223,7 @@ func TestRunForbiddenTargetsRefused(t *testing.T) {
 		{"tcp", "[::ffff:127.0.0.1]:" + tport},
 		{"udp", udp.Addr},
 	} {
-		t.Setenv("SLUICE_TEST_PROBE", c.mode)
+		w.env = []string{"SLUICE_TEST_PROBE=" + c.mode}
 		out, code := w.run(t, "", os.Args[0], "-test.run=^$", c.target)
 		if code != 0 || !strings.Contains(out, "error EPERM") {
 			t.Errorf("%s %s from the sandbox: exit %d, want error EPERM:\n%s", c.mode, c.target, code, out)
@@ -234,6 +235,7 @@ func TestRunForbiddenTargetsRefused(t *testing.T) {
 }
 
 func TestRunNestedCgroupEnforced(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	tcp := testutil.TCPCanary(t, "tcp4")
 	// Inside the sandbox: make a child cgroup, move the shell there, then
@@ -248,7 +250,7 @@ mkdir "$cg/child"
 echo $$ > "$cg/child/cgroup.procs"
 grep -q child /proc/self/cgroup
 exec "$0" -test.run='^$' %s`, mnt, tcp.Addr)
-	t.Setenv("SLUICE_TEST_PROBE", "tcp")
+	w.env = []string{"SLUICE_TEST_PROBE=tcp"}
 	out, code := w.run(t, "", "sh", "-c", script, os.Args[0])
 	if code != 0 || !strings.Contains(out, "error EPERM") {
 		t.Fatalf("connect from a nested cgroup: exit %d, want error EPERM:\n%s", code, out)
@@ -284,6 +286,7 @@ func TestRunDNS(t *testing.T) {
 }
 
 func TestRunExitStatusAndCleanup(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	_, code := w.run(t, "", "sh", "-c", "exit 7")
 	if code != 7 {
@@ -298,6 +301,7 @@ func TestRunExitStatusAndCleanup(t *testing.T) {
 }
 
 func TestRunCleanupOnSIGTERM(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	cmd := exec.Command(sluiceBin(t), "run", "--policy", "../../testdata/policies/demo.yaml",
 		"--dns-upstream", w.dns.Addr, "--pin-dir", w.pin, "--", "sh", "-c", "sleep 60 & sleep 60")
@@ -385,4 +389,20 @@ func TestRunAsUnprivilegedUserCannotLeaveCgroup(t *testing.T) {
 	if !strings.Contains(out, "65534") || !strings.Contains(out, "stayed") || strings.Contains(out, "ESCAPED") {
 		t.Fatalf("run --user 65534:\n%s", out)
 	}
+}
+
+// runSluice runs the sluice binary with args (no sandbox) and returns its
+// exit code, stdout and stderr.
+func runSluice(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	cmd := exec.Command(sluiceBin(t), args...)
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("sluice %s: %v", strings.Join(args, " "), err)
+	}
+	return code, out.String(), errb.String()
 }

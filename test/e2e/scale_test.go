@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"context"
@@ -46,7 +46,7 @@ func TestDaemonScale(t *testing.T) {
 		ln.Close()
 		extra = append(extra, "--pprof", pprofAddr)
 	}
-	d := startDaemon(t, w, extra...)
+	d := startDaemon(t, w, daemonOpts{extra: extra})
 	profile := func(name, query string) {
 		if profDir == "" {
 			return

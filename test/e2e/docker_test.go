@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"archive/tar"
@@ -226,7 +226,7 @@ func TestDockerFencedContainers(t *testing.T) {
 	// The test's own fence, so that it cannot touch other containers; in
 	// production it is --fence docker (Docker's default cgroup parent).
 	fence, fpath := fenceCgroup(t)
-	d := startDaemon(t, w, "--fence", fence)
+	d := startDaemon(t, w, daemonOpts{extra: []string{"--fence", fence}})
 	eng := startDockerd(t, fence)
 	eng.buildImage(t, "sluice-fleet:test")
 	forbidden, hits := forbiddenListener(t)

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"context"
@@ -28,7 +28,7 @@ func TestOCIHookRuncEnforcedBeforeFirstInstruction(t *testing.T) {
 	if _, err := exec.LookPath("runc"); err != nil {
 		t.Fatalf("runc is not installed: apt-get install runc (scripts/deps.sh)")
 	}
-	d := startDaemon(t, w)
+	d := startDaemon(t, w, daemonOpts{})
 	forbidden, hits := forbiddenListener(t)
 	forbiddenAddr := fmt.Sprintf("127.0.0.2:%d", forbidden)
 	pol := writePolicy(t, w.dir, "oci.yaml", `version: 1

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"bytes"
@@ -15,6 +15,7 @@ import (
 	"sort"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -156,10 +157,14 @@ done`
 // TestSandboxSeesNoSecretAnywhere: while a sandbox that used an injected
 // credential is still running, no file in the places a sandbox can write
 // or read scratch data (/tmp, /var/tmp, /dev/shm, /run) and no environment
-// or command line of its processes holds the secret.
+// or command line of its processes holds the secret. The secret is made
+// fresh for the test, so only files whose contents or metadata changed
+// since then (ctime, which no process can set back) can hold it: older
+// files are skipped (the machine's /tmp holds gigabytes of build caches).
 func TestSandboxSeesNoSecretAnywhere(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t)
+	born := time.Now().Add(-2 * time.Second) // ctime is coarse; be generous
 	secret := leakValue(t, "scan")
 	w.env = []string{"LEAK_TOKEN=" + secret}
 	pol := writePolicy(t, w.dir, "scan.yaml", leakPolicy)
@@ -209,8 +214,12 @@ func TestSandboxSeesNoSecretAnywhere(t *testing.T) {
 				if err != nil || !d.Type().IsRegular() {
 					return nil
 				}
-				if info, err := d.Info(); err != nil || info.Size() > 8<<20 {
+				info, err := d.Info()
+				if err != nil || info.Size() > 8<<20 {
 					return nil
+				}
+				if st, ok := info.Sys().(*syscall.Stat_t); ok && time.Unix(st.Ctim.Unix()).Before(born) {
+					return nil // unchanged since before the secret existed
 				}
 				data, err := os.ReadFile(p)
 				if err != nil {
@@ -239,6 +248,7 @@ func TestSandboxSeesNoSecretAnywhere(t *testing.T) {
 	if r.scanned == 0 || r.procs == 0 {
 		t.Fatalf("scanned %d files and %d sandbox processes: the scan did not run", r.scanned, r.procs)
 	}
+	t.Logf("scanned %d files changed since the secret was made and %d sandbox processes", r.scanned, r.procs)
 	if strings.Contains(out, secret) {
 		t.Error("the secret appeared in the sandbox's output")
 	}
@@ -443,6 +453,7 @@ public class Get {
 // variable, real clients run as the default unprivileged sandbox user reach
 // an intercepted loopback HTTPS upstream, which sees the injected header.
 func TestRealClients(t *testing.T) {
+	t.Parallel()
 	testutil.RequirePrivileged(t)
 	tools := []string{"curl", "wget", "php", "ruby", "git", "node", "java", debianPython}
 	for _, tool := range tools {

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"fmt"
@@ -73,7 +73,7 @@ type soakDaemon struct {
 
 func startSoakDaemon(t *testing.T, w *world) *soakDaemon {
 	t.Helper()
-	d := startDaemonWith(t, w, daemonOpts{name: "soak", metrics: true, extra: []string{"--log-level", "warn"}})
+	d := startDaemon(t, w, daemonOpts{name: "soak", metrics: true, extra: []string{"--log-level", "warn"}})
 	t.Cleanup(func() {
 		if t.Failed() && os.Getenv("SLUICE_SOAK_KEEP_AUDIT") != "" {
 			data, _ := os.ReadFile(d.audit)

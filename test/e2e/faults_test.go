@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"bytes"
@@ -121,8 +121,9 @@ func interceptCurl(w *world, ca, path string, extra ...string) []string {
 }
 
 func TestFaultDaemonKilledMidStream(t *testing.T) {
+	t.Parallel()
 	w, _ := advWorld(t)
-	d := startDaemon(t, w)
+	d := startDaemon(t, w, daemonOpts{})
 	pol := writePolicy(t, w.dir, "p.yaml", interceptPolicy)
 	cg, pid := sandboxProc(t, "")
 	if out, err := d.cli("attach", "--policy", pol, "--pid", fmt.Sprint(pid), "--name", "mid"); err != nil {
@@ -209,6 +210,7 @@ func startCallback(t *testing.T, steps ...func(w http.ResponseWriter)) *callback
 // a tmpfs over /var/lib, since `sluice run` keeps its callback signing key in
 // /var/lib/sluice and has no --state-dir flag.
 func TestFaultCallbackFailsClosed(t *testing.T) {
+	t.Parallel()
 	w, _ := advWorld(t)
 	const token = "cb-t0ken-9f2a"
 	cb := startCallback(t,
@@ -253,16 +255,16 @@ rules:
 }
 
 func TestFaultUpstreamDNSDead(t *testing.T) {
+	t.Parallel()
 	w, _ := advWorld(t)
-	d := startDaemon(t, w)
+	d := startDaemon(t, w, daemonOpts{})
 	pol := writePolicy(t, w.dir, "p.yaml", "version: 1\nrules:\n  - name: p\n    hosts: [plain.test]\n")
 	cg, pid := sandboxProc(t, "")
 	if out, err := d.cli("attach", "--policy", pol, "--pid", fmt.Sprint(pid), "--name", "dnsdead"); err != nil {
 		t.Fatalf("attach: %v\n%s", err, out)
 	}
 	w.dns.SetDown(true)
-	t.Setenv("SLUICE_TEST_PROBE", "dns")
-	out, _ := inSandbox(t, cg, "", os.Args[0], "-test.run=^$", "udp|127.0.0.1:53|plain.test.|A")
+	out, _ := inSandbox(t, cg, "", "env", "SLUICE_TEST_PROBE=dns", os.Args[0], "-test.run=^$", "udp|127.0.0.1:53|plain.test.|A")
 	if !strings.HasPrefix(strings.TrimSpace(out), "ok SERVFAIL") && !strings.Contains(out, "timeout") {
 		t.Fatalf("with the upstream resolver dead: %q, want SERVFAIL (or no answer)", out)
 	}
@@ -363,53 +365,6 @@ func TestFaultUpstreamTLSWrong(t *testing.T) {
 	}
 }
 
-// tryStartDaemon starts a daemon and reports whether it came up, or its
-// exit output.
-func tryStartDaemon(t *testing.T, w *world, state string) (*daemonProc, string, bool) {
-	t.Helper()
-	d := &daemonProc{t: t, w: w, socket: filepath.Join(w.dir, fmt.Sprintf("s%d.sock", time.Now().UnixNano()%100000)), state: state}
-	log := &syncBuffer{}
-	d.cmd = exec.Command(sluiceBin(t), "daemon", "--socket", d.socket, "--state-dir", d.state,
-		"--pin-dir", w.pin, "--dns-upstream", w.dns.Addr, "--dns-allow-loopback",
-		"--upstream-ca", w.api.CAFile)
-	d.cmd.Stdout, d.cmd.Stderr = log, log
-	if err := d.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { d.cmd.Wait(); close(exited) }()
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		select {
-		case <-exited:
-			d.cmd = nil
-			return nil, log.String(), false
-		default:
-		}
-		if c, err := net.Dial("unix", d.socket); err == nil {
-			c.Close()
-			t.Cleanup(func() {
-				for _, n := range d.names() {
-					d.cli("detach", n)
-				}
-				if d.cmd != nil {
-					d.cmd.Process.Signal(syscall.SIGTERM)
-					select {
-					case <-exited:
-					case <-time.After(10 * time.Second):
-						d.cmd.Process.Kill()
-					}
-				}
-			})
-			return d, "", true
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	d.cmd.Process.Kill()
-	t.Fatalf("daemon neither came up nor exited:\n%s", log.String())
-	return nil, "", false
-}
-
 func TestFaultSecretStoreKeyMissing(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t)
@@ -429,7 +384,7 @@ func TestFaultSecretStoreKeyMissing(t *testing.T) {
 	}
 	pol := writePolicy(t, w.dir, "p.yaml", "version: 1\nrules:\n  - name: api\n    hosts: [allowed.test]\n    headers:\n      - {name: Authorization, type: secret, value: \"Bearer {DEMO_TOKEN}\"}\n")
 
-	d, out, up := tryStartDaemon(t, w, state)
+	d, out, up := tryStartDaemon(t, w, daemonOpts{name: "nokey", state: state})
 	if up {
 		// It came up: then a request that needs the secret must fail closed.
 		cg, pid := sandboxProc(t, "")
@@ -458,7 +413,7 @@ func TestFaultSecretStoreKeyMissing(t *testing.T) {
 	if err := os.WriteFile(keyPath, key, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	d, out, up = tryStartDaemon(t, w, state)
+	d, out, up = tryStartDaemon(t, w, daemonOpts{name: "withkey", state: state})
 	if !up {
 		t.Fatalf("with the key restored the daemon does not start:\n%s", out)
 	}
@@ -480,6 +435,7 @@ func TestFaultSecretStoreKeyMissing(t *testing.T) {
 // and `sluice daemon` before anything runs unenforced: unpinned links
 // would vanish with the process, leaving the sandbox open.
 func TestFaultBPFFSNotMounted(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	notBPF := filepath.Join(t.TempDir(), "v1") // tmpfs or disk, never bpffs
 	marker := filepath.Join(w.dir, "ran")
@@ -494,21 +450,10 @@ func TestFaultBPFFSNotMounted(t *testing.T) {
 	if !strings.Contains(out, "bpf") {
 		t.Errorf("the error does not point at bpffs:\n%s", out)
 	}
-	d := &daemonProc{t: t, w: w, socket: filepath.Join(w.dir, "nb.sock"), state: filepath.Join(w.dir, "nbstate")}
-	cmd := exec.Command(sluiceBin(t), "daemon", "--socket", d.socket, "--state-dir", d.state, "--pin-dir", notBPF,
-		"--dns-upstream", w.dns.Addr)
-	done := make(chan []byte, 1)
-	go func() { b, _ := cmd.CombinedOutput(); done <- b }()
-	select {
-	case b := <-done:
-		if cmd.ProcessState.ExitCode() == 0 {
-			t.Fatalf("daemon with a pin dir off bpffs exited 0:\n%s", b)
-		}
-		t.Logf("daemon refused: %s", strings.TrimSpace(string(b)))
-	case <-time.After(10 * time.Second):
-		cmd.Process.Kill()
-		<-done
-		t.Fatal("the daemon kept running with a pin dir that is not on bpffs")
+	if _, out, up := tryStartDaemon(t, w, daemonOpts{name: "nb", pinDir: notBPF}); up {
+		t.Fatal("the daemon came up with a pin dir that is not on bpffs")
+	} else {
+		t.Logf("daemon refused: %s", strings.TrimSpace(out))
 	}
 	// Recovery: on bpffs, the same run works.
 	out, code = execOut(t, nil, sluiceBin(t), "run", "--policy", "../../testdata/policies/demo.yaml",
@@ -523,46 +468,18 @@ func TestFaultBPFFSNotMounted(t *testing.T) {
 // mounts a private instance). When that daemon dies, its pins die with the
 // namespace. The sandbox must still fail closed.
 func TestFaultBPFFSPrivateToDaemon(t *testing.T) {
+	t.Parallel()
 	w, _ := advWorld(t)
 	pin := "/sys/fs/bpf/" + testutil.RandomName("sluice-private-") + "/v1"
-	d := &daemonProc{t: t, w: w, socket: filepath.Join(w.dir, "priv.sock"), state: filepath.Join(w.dir, "privstate")}
-	script := `umount -l /sys/fs/bpf 2>/dev/null; exec "$@"`
-	cmd := exec.Command("unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", sluiceBin(t), "daemon",
-		"--socket", d.socket, "--state-dir", d.state, "--pin-dir", pin, "--dns-upstream", w.dns.Addr,
-		"--dns-allow-loopback", "--upstream-ca", w.api.CAFile)
-	log := &syncBuffer{}
-	cmd.Stdout, cmd.Stderr = log, log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	d.cmd = cmd
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-exited
-	})
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		select {
-		case <-exited:
-			// Refusing to start on a bpffs private to its mount namespace is
-			// the fail-closed outcome.
-			if !strings.Contains(log.String(), "bpf") {
-				t.Fatalf("the daemon exited without naming bpffs:\n%s", log.String())
-			}
-			t.Logf("daemon refused a namespace-private bpffs: %s", strings.TrimSpace(log.String()))
-			return
-		default:
+	d, out, up := tryStartDaemon(t, w, daemonOpts{name: "priv", pinDir: pin, private: true})
+	if !up {
+		// Refusing to start on a bpffs private to its mount namespace is
+		// the fail-closed outcome.
+		if !strings.Contains(out, "bpf") {
+			t.Fatalf("the daemon exited without naming bpffs:\n%s", out)
 		}
-		if c, err := net.Dial("unix", d.socket); err == nil {
-			c.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("daemon with a private bpffs neither came up nor exited:\n%s", log.String())
-		}
-		time.Sleep(20 * time.Millisecond)
+		t.Logf("daemon refused a namespace-private bpffs: %s", strings.TrimSpace(out))
+		return
 	}
 	pol := writePolicy(t, w.dir, "p.yaml", "version: 1\nrules:\n  - name: p\n    hosts: [plain.test]\n")
 	cg, pid := sandboxProc(t, "")
@@ -570,14 +487,12 @@ func TestFaultBPFFSPrivateToDaemon(t *testing.T) {
 		t.Fatalf("attach: %v\n%s", err, out)
 	}
 	canary := testutil.TCPCanary(t, "tcp4")
-	t.Setenv("SLUICE_TEST_PROBE", "tcp")
-	if out, _ := inSandbox(t, cg, "", os.Args[0], "-test.run=^$", canary.Addr); !strings.Contains(out, "error EPERM") {
+	if out, _ := inSandbox(t, cg, "", "env", "SLUICE_TEST_PROBE=tcp", os.Args[0], "-test.run=^$", canary.Addr); !strings.Contains(out, "error EPERM") {
 		t.Fatalf("while the daemon runs: %q, want EPERM", out)
 	}
-	cmd.Process.Kill()
-	<-exited
+	d.kill9()
 	time.Sleep(200 * time.Millisecond)
-	out, _ := inSandbox(t, cg, "", os.Args[0], "-test.run=^$", canary.Addr)
+	out, _ = inSandbox(t, cg, "", "env", "SLUICE_TEST_PROBE=tcp", os.Args[0], "-test.run=^$", canary.Addr)
 	if canary.Hits() != 0 || !strings.Contains(out, "error") {
 		t.Fatalf("BYPASS (fail open): after the daemon with a namespace-private bpffs died, the sandbox reached a forbidden listener (%q, %d hits)."+
 			" The links were pinned only in the daemon's private bpffs and went away with it."+
@@ -596,7 +511,7 @@ func TestFaultAuditDiskFull(t *testing.T) {
 	}
 	// The daemon on /dev/full: traffic continues and the failed writes are
 	// counted (Prometheus).
-	d := startDaemonWith(t, w, daemonOpts{name: "full", audit: "/dev/full", metrics: true})
+	d := startDaemon(t, w, daemonOpts{name: "full", audit: "/dev/full", metrics: true})
 	metricsAddr := d.metrics
 	pol := writePolicy(t, w.dir, "p.yaml", "version: 1\nrules:\n  - name: p\n    hosts: [plain.test]\n")
 	cg, pid := sandboxProc(t, "")
@@ -643,7 +558,7 @@ func (w *world) runRaw(t *testing.T, flags []string, cmd ...string) (string, int
 func TestFaultPolicyReloadInvalid(t *testing.T) {
 	t.Parallel()
 	w, _ := advWorld(t) // its upstream has a certificate for forbidden.test
-	d := startDaemon(t, w)
+	d := startDaemon(t, w, daemonOpts{})
 	good := writePolicy(t, w.dir, "good.yaml", "version: 1\nrules:\n  - name: p\n    hosts: [plain.test]\n")
 	cg, pid := sandboxProc(t, "")
 	if out, err := d.cli("attach", "--policy", good, "--pid", fmt.Sprint(pid), "--name", "reload"); err != nil {

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"fmt"
@@ -173,6 +173,9 @@ func TestBoundaryAttacks(t *testing.T) {
 // (pidfd_getfd) or signal it, even given B's host pids; B's credential
 // never reaches an upstream through A.
 func TestBoundaryTwoSandboxes(t *testing.T) {
+	// Not t.Parallel: A and B are parallel subtests that must run at the
+	// same time, and under -parallel 2 a busy pool runs them one after the
+	// other (A then finds no process of B).
 	testutil.RequirePrivileged(t)
 	requireTools(t, debianPython)
 	pub := publicDir(t)
@@ -275,6 +278,7 @@ func reverse(s string) string {
 // neither the secret's name nor a variable of the caller whose value
 // equals it.
 func TestBoundaryNoSecretInProcesses(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	w.user = ""
 	pol := writePolicy(t, w.dir, "leak.yaml", leakPolicy)
@@ -288,8 +292,8 @@ func TestBoundaryNoSecretInProcesses(t *testing.T) {
 			}
 			// The caller's environment: the secret's name, and an
 			// innocent-looking variable holding the value.
-			t.Setenv("LEAK_TOKEN", v)
-			t.Setenv("INNOCENT_LOOKING", v)
+			w.env = []string{"LEAK_TOKEN=" + v, "INNOCENT_LOOKING=" + v}
+			defer func() { w.env = nil }()
 			var flags []string
 			switch source {
 			case "secret-env":
@@ -371,17 +375,17 @@ touch "$1"; i=0; while [ ! -e "$2" ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1))
 // TestRunDefaultUser: without --user, CMD runs as the user behind sudo, or
 // else as a uid from the documented range; either way with a writable home.
 func TestRunDefaultUser(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	w.user = ""
 	script := `echo "uid=$(id -u) gid=$(id -g) home=$HOME"; touch "$HOME/.x" && echo HOME-WRITABLE`
-	t.Setenv("SUDO_UID", "65534")
-	t.Setenv("SUDO_GID", "65534")
+	w.env = []string{"SUDO_UID=65534", "SUDO_GID=65534"}
 	out, code := w.run(t, "", "sh", "-c", script)
 	if code != 0 || !strings.Contains(out, "uid=65534 gid=65534 home=/") || !strings.Contains(out, "HOME-WRITABLE") ||
 		strings.Contains(out, "home=/root") {
 		t.Fatalf("behind sudo as 65534: exit %d\n%s", code, out)
 	}
-	t.Setenv("SUDO_UID", "")
+	w.env = []string{"SUDO_UID=", "SUDO_GID="}
 	out, code = w.run(t, "", "sh", "-c", script)
 	var uid int
 	if i := strings.Index(out, "uid="); i >= 0 {

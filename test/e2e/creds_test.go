@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"bytes"
@@ -120,11 +120,12 @@ func urlValues(s string) (map[string]string, error) {
 // client secret, refresh token or AWS secret key appears in the sandbox,
 // the daemon's logs, the audit log or CLI output.
 func TestDaemonOAuth2RotationAndSigV4(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	w.dns.Set("s3.test", "127.0.0.1")
 	api := startCredsAPI(t)
 	w.api = api.HTTPSServer
-	d := startDaemon(t, w)
+	d := startDaemon(t, w, daemonOpts{})
 	var cliOut bytes.Buffer
 	cli := func(args ...string) string {
 		t.Helper()
@@ -251,6 +252,7 @@ rules:
 // secret is nowhere in the sandbox or the output; a failing endpoint gives
 // 502 and the upstream sees nothing.
 func TestRunOAuth2ClientCredentials(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	api := startCredsAPI(t)
 	w.api = api.HTTPSServer
@@ -313,6 +315,7 @@ rules:
 // labels in the signed callback body, and `sluice list --json` and the
 // audit events show them.
 func TestRunLabels(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	priv, err := secrets.LoadOrCreateSigningKey("/var/lib/sluice") // sluice run's default state directory
 	if err != nil {

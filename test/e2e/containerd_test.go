@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"context"
@@ -120,7 +120,7 @@ func TestContainerdFencedAttach(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t)
 	fence, fpath := fenceCgroup(t)
-	d := startDaemon(t, w, "--fence", fence)
+	d := startDaemon(t, w, daemonOpts{extra: []string{"--fence", fence}})
 	eng := startContainerd(t)
 	forbidden, hits := forbiddenListener(t)
 	forbiddenAddr := fmt.Sprintf("127.0.0.2:%d", forbidden)

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"fmt"
@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -251,8 +252,7 @@ func listenEach(t *testing.T, addrs []string) int {
 					if err != nil {
 						return
 					}
-					fmt.Fprintf(c, "pong %s\n", c.LocalAddr().(*net.TCPAddr).IP)
-					c.Close()
+					go testutil.Pong(c, fmt.Sprintf("pong %s", c.LocalAddr().(*net.TCPAddr).IP))
 				}
 			}()
 		}
@@ -267,6 +267,7 @@ func listenEach(t *testing.T, addrs []string) int {
 // every one of them succeed (they accumulate in the allowlist within
 // TTL+grace; the newest answer does not evict the others).
 func TestDNSRotatingAddressesAllReachable(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	dnsTTL, err := testutil.StartDNSTTL(nil, 1)
 	if err != nil {
@@ -279,7 +280,7 @@ func TestDNSRotatingAddressesAllReachable(t *testing.T) {
 		addrs = append(addrs, fmt.Sprintf("127.0.0.%d", i))
 	}
 	port := listenEach(t, addrs)
-	d := startDaemon(t, w)
+	d := startDaemon(t, w, daemonOpts{})
 	pol := writePolicy(t, w.dir, "rot.yaml", "version: 1\nrules:\n  - name: rot\n    hosts: [rot.test]\n")
 	cg, pid := sandboxProc(t, "")
 	if out, err := d.cli("attach", "--policy", pol, "--pid", fmt.Sprint(pid), "--name", "rot"); err != nil {
@@ -296,18 +297,27 @@ func TestDNSRotatingAddressesAllReachable(t *testing.T) {
 	start := time.Now()
 	for i, a := range addrs {
 		w.dns.Set("rot.test", a)
-		if i > 0 {
-			time.Sleep(1200 * time.Millisecond) // the 1 s TTL of the previous answer runs out
-		}
-		out, err := inSandbox(t, cg, "", "getent", "ahostsv4", "rot.test")
-		if err != nil || !strings.Contains(out, a) {
-			t.Fatalf("query %d: want %s: %v\n%s", i, a, err, out)
-		}
+		// Until the 1 s TTL of the previous answer runs out, the resolver
+		// may still give that one: ask again until the new one comes.
+		testutil.WaitFor(t, fmt.Sprintf("query %d to answer %s", i, a), func() bool {
+			out, err := inSandbox(t, cg, "", "getent", "ahostsv4", "rot.test")
+			return err == nil && strings.Contains(out, a)
+		})
 	}
-	for _, a := range addrs {
-		target := net.JoinHostPort(a, strconv.Itoa(port))
-		if out := probe(target); out != "ok pong "+a {
-			t.Errorf("connect to %s after it was answered: %q, want ok pong", target, out)
+	// The connects are independent: make them at once.
+	outs := make([]string, len(addrs))
+	var wg sync.WaitGroup
+	for i, a := range addrs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			outs[i] = probe(net.JoinHostPort(a, strconv.Itoa(port)))
+		}()
+	}
+	wg.Wait()
+	for i, a := range addrs {
+		if outs[i] != "ok pong "+a {
+			t.Errorf("connect to %s:%d after it was answered: %q, want ok pong", a, port, outs[i])
 		}
 	}
 	if el := time.Since(start); el > 60*time.Second {
@@ -376,7 +386,7 @@ var digQueryTime = regexp.MustCompile(`Query time: (\d+) msec`)
 func TestDNSUpstreamDownServfail(t *testing.T) {
 	w := newWorld(t)
 	requireTools(t, "dig")
-	d := startDaemon(t, w)
+	d := startDaemon(t, w, daemonOpts{})
 	pol := writePolicy(t, w.dir, "p.yaml", "version: 1\nrules:\n  - name: p\n    hosts: [allowed.test]\n")
 	cg, pid := sandboxProc(t, "")
 	if out, err := d.cli("attach", "--policy", pol, "--pid", fmt.Sprint(pid), "--name", "down"); err != nil {

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"encoding/json"
@@ -60,7 +60,7 @@ func TestDaemonFenceRefusesUntilAttach(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t)
 	fence, fpath := fenceCgroup(t)
-	d := startDaemon(t, w, "--fence", fence)
+	d := startDaemon(t, w, daemonOpts{extra: []string{"--fence", fence}})
 	if _, err := os.Stat(fpath); err != nil {
 		t.Fatalf("the daemon did not create the fence cgroup: %v", err)
 	}
@@ -149,7 +149,7 @@ func TestDaemonFenceSurvivesRestart(t *testing.T) {
 	w := newWorld(t)
 	fence, fpath := fenceCgroup(t)
 	cfg := writePolicy(t, w.dir, "config.yaml", "fence: ["+fence+"]\n")
-	d := startDaemon(t, w, "--config", cfg)
+	d := startDaemon(t, w, daemonOpts{extra: []string{"--config", cfg}})
 	forbidden, hits := forbiddenListener(t)
 	forbiddenAddr := fmt.Sprintf("127.0.0.2:%d", forbidden)
 	child, err := cgroup.Create(fpath, "ctr")
@@ -195,7 +195,7 @@ func hasGoneEvent(evs []audit.Event, name string) bool {
 func TestDaemonDetachesWhenCgroupGone(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t)
-	d := startDaemon(t, w)
+	d := startDaemon(t, w, daemonOpts{})
 	p := writePolicy(t, w.dir, "p.yaml", "version: 1\nrules:\n  - name: p\n    hosts: [plain.test]\n")
 	mnt, err := cgroup.Mount()
 	if err != nil {

@@ -1,10 +1,9 @@
-package main
+package e2e
 
 import (
 	"bytes"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -150,39 +149,8 @@ func vmRSS(t *testing.T, pid int) int {
 // metrics listener.
 func startLimitedDaemon(t *testing.T, w *world) (d *daemonProc, auditPath, metricsAddr string) {
 	t.Helper()
-	ml, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	metricsAddr = ml.Addr().String()
-	ml.Close()
-
-	d = &daemonProc{t: t, w: w, socket: filepath.Join(w.dir, "sluice.sock"), state: filepath.Join(w.dir, "state"), log: &syncBuffer{}}
-	auditPath = filepath.Join(w.dir, "daemon-audit.jsonl")
-	d.cmd = exec.Command("sh", "-c", `ulimit -n 4096 && ulimit -Hn 4096 && exec "$@"`, "sh",
-		sluiceBin(t), "daemon", "--socket", d.socket, "--state-dir", d.state,
-		"--pin-dir", w.pin, "--dns-upstream", w.dns.Addr, "--dns-allow-loopback",
-		"--upstream-ca", w.api.CAFile, "--audit", auditPath, "--metrics", metricsAddr)
-	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
-	err = d.cmd.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		for _, name := range d.names() {
-			d.cli("detach", name)
-		}
-		d.stop()
-	})
-	waitUntil(t, "the daemon's control socket", func() bool {
-		c, err := net.Dial("unix", d.socket)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	})
-
-	return d, auditPath, metricsAddr
+	d = startDaemon(t, w, daemonOpts{nofile: 4096, metrics: true})
+	return d, d.audit, d.metrics
 }
 
 // startProbeIn starts a probe of the test binary in the cgroup cg; done is

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"archive/tar"
@@ -76,6 +76,7 @@ func wheel(t *testing.T) []byte {
 }
 
 func TestRunUserNobodyHomeAndInstalls(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	requireTools(t, "npm", debianPython)
 	for _, n := range []string{"registry.test", "pypi.test"} {

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# The suite of make test (after deps and build), scheduled for wall time on
+# a 2-core machine. Its parts mostly wait (on daemons, sandboxes, loopback
+# peers and timeouts) rather than compute, so they overlap:
+#
+#   check-generate  |==|
+#   test/e2e           |=============================|
+#   packages, -race    |======================================|
+#   lint               |=======|
+#   fuzz smoke run                                   |==========|
+#                      (the fuzz run starts when the first of the two ends)
+#
+# - test/e2e runs without -race: the programs under test there are
+#   bin/sluice (built without -race) and real clients; the test binary
+#   holds loopback helpers (pkg/testutil, raced by the package tests) and
+#   is re-executed as the probe inside sandboxes hundreds of times, and a
+#   -race binary takes 1.2-1.5 s to start on the 2-core CI machine (a plain
+#   one 0.07 s). For the same reason the raced packages' probes
+#   (testutil.RunProbe) run bin/sluice-probe (./test/probe), named by
+#   SLUICE_PROBE_BIN.
+# - The fuzz run (CPU-bound) starts when the first of test/e2e and the
+#   packages is done, so that the CPU-bound parts do not pile up.
+#
+# Each part's output is printed when it ends; the script fails if any part
+# failed, after all have ended. Flags: GOTEST_FLAGS (the packages),
+# E2E_FLAGS (test/e2e), FUZZTIME (per fuzz target).
+set -uo pipefail
+set -m # each part in its own process group, so that an interrupt ends its tests too
+cd "$(dirname "$0")/.."
+GO=${GO:-go}
+GOTEST_FLAGS=${GOTEST_FLAGS:--race -count=1 -p 4 -parallel 2}
+E2E_FLAGS=${E2E_FLAGS:--count=1 -parallel 4}
+FUZZTIME=${FUZZTIME:-2s}
+export SLUICE_BIN=$PWD/bin/sluice SLUICE_PROBE_BIN=$PWD/bin/sluice-probe
+[ -x "$SLUICE_BIN" ] || { echo "test.sh: no $SLUICE_BIN: run make build"; exit 1; }
+$GO build -o "$SLUICE_PROBE_BIN" ./test/probe || exit 1
+
+logs=$(mktemp -d /tmp/sluice-test.XXXXXX)
+pids=()
+# start NAME CMD...: runs CMD in the background, its output in $logs/NAME.
+start() {
+	local name=$1
+	shift
+	("$@") >"$logs/$name" 2>&1 &
+	pids+=("$!:$name")
+}
+failed=()
+# finish NAME: waits for NAME and prints its output.
+finish() {
+	local p
+	for p in "${pids[@]}"; do
+		[ "${p#*:}" = "$1" ] || continue
+		if wait "${p%%:*}"; then
+			echo "=== $1: ok"
+		else
+			echo "=== $1: FAILED"
+			failed+=("$1")
+		fi
+		cat "$logs/$1"
+	done
+}
+cleanup() {
+	local p
+	for p in "${pids[@]}"; do kill -TERM -- "-${p%%:*}" 2>/dev/null; done
+	rm -rf "$logs"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# check-generate first and alone: it rewrites the eBPF objects that every
+# test binary compiles in.
+make --no-print-directory check-generate || exit 1
+start e2e $GO test $E2E_FLAGS ./test/e2e/
+# shellcheck disable=SC2046 # one word per package
+start packages $GO test $GOTEST_FLAGS $($GO list ./... | grep -v '/test/e2e$')
+start lint make --no-print-directory lint
+finish lint
+# The fuzz run starts when the first of test/e2e and the packages ends.
+e2epid=${pids[0]%%:*} pkgpid=${pids[1]%%:*}
+while kill -0 "$e2epid" 2>/dev/null && kill -0 "$pkgpid" 2>/dev/null; do sleep 1; done
+start fuzz scripts/fuzz.sh "$FUZZTIME"
+finish packages
+finish e2e
+finish fuzz
+pids=()
+if [ ${#failed[@]} -gt 0 ]; then
+	echo "make test: failed: ${failed[*]}"
+	exit 1
+fi
+echo "make test: ok"
