@@ -190,11 +190,19 @@ func (s *server) peek(c net.Conn, ci *connInfo) ([]byte, error) {
 // client sends, are decided after FirstByteTimeout as before.
 func (s *server) needsClientFirst(ci *connInfo) bool {
 	pol := s.sb.Policy()
-	if pol == nil || pol.Mode == policy.ModeAudit {
+	if pol == nil {
 		return false
 	}
 	probe := &connInfo{s: s, orig: ci.orig, exe: ci.exe, proto: protoTCP, start: ci.start}
 	s.decide(pol, probe)
+	if pol.Mode == policy.ModeAudit {
+		// Audit mode records names for `sluice policy suggest`: a would-be
+		// refusal waits for a slow ClientHello or request head too, or a
+		// loaded machine turns a TLS client into a raw splice known only
+		// by its address. A server-first protocol to such an address then
+		// waits PeekTimeout before it is spliced.
+		return probe.wouldDeny
+	}
 	return probe.verdict == policy.VerdictDeny && probe.rule != nil && probe.rule.NeedsIntercept()
 }
 

@@ -93,7 +93,10 @@
 //     emitted. An answer that cannot be scanned (an unknown content coding,
 //     a WebSocket extension) is refused with 502.
 //   - Audit mode (policy.ModeAudit): what enforce would refuse is forwarded
-//     (without credentials) and recorded with decision "would_deny".
+//     (without credentials) and recorded with decision "would_deny". A
+//     connection enforce would refuse waits up to PeekTimeout for a
+//     ClientHello or request head (not FirstByteTimeout), so that its name
+//     is recorded; a server-speaks-first protocol there starts that late.
 //   - One "conn" event per connection and one "http" event per intercepted
 //     request; no event carries a secret, a query value or a body.
 //
