@@ -36,10 +36,19 @@ import (
 type connKey struct{}
 type reqKey struct{}
 
-// startHTTP makes the sandbox-facing TLS configuration (tls.go) and starts
-// the http.Server that serves HTTP/2 clients from chanListener.
-func (s *server) startHTTP() {
-	s.tlsConfig = s.newTLSConfig()
+// h2Listener returns the listener of the http.Server that serves this
+// listener's HTTP/2 clients, starting the server on the first call: most
+// sandboxes never speak HTTP/2, and an idle sandbox then holds no server
+// goroutine per listener (issue #21). It returns nil once shutdown began.
+func (s *server) h2Listener() *chanListener {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	if s.httpSrv != nil {
+		return s.httpLn
+	}
 	s.httpLn = &chanListener{ch: make(chan net.Conn), done: make(chan struct{})}
 	var protos http.Protocols
 	protos.SetHTTP1(true)
@@ -64,11 +73,26 @@ func (s *server) startHTTP() {
 			return ctx
 		},
 	}
+	srv, ln := s.httpSrv, s.httpLn
 	s.httpWG.Add(1)
 	go func() {
 		defer s.httpWG.Done()
-		s.httpSrv.Serve(s.httpLn)
+		srv.Serve(ln)
 	}()
+	return ln
+}
+
+// stopHTTP closes the HTTP/2 server, if it was started, and waits for it.
+// shutdown calls it after setting closed, so none starts after.
+func (s *server) stopHTTP() {
+	s.mu.Lock()
+	srv, ln := s.httpSrv, s.httpLn
+	s.mu.Unlock()
+	if srv != nil {
+		ln.Close()
+		srv.Close()
+	}
+	s.httpWG.Wait()
 }
 
 // ServeHTTP handles one stream of an intercepted HTTP/2 client (HTTP/1.x

@@ -214,13 +214,12 @@ func (p *Proxy) Serve(ctx context.Context, sb *Sandbox, ln net.Listener) error {
 		log:   p.log.With("sandbox", sb.Name),
 		conns: make(map[net.Conn]struct{}),
 	}
-	s.startHTTP()
+	s.tlsConfig = s.newTLSConfig()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	go func() {
-		<-ctx.Done()
-		ln.Close()
-	}()
+	// Closing ln ends Accept; no goroutine waits for it (issue #21).
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
 	var delay time.Duration
 	var err error
 	for {
@@ -275,8 +274,8 @@ type server struct {
 	wg     sync.WaitGroup
 
 	tlsConfig *tls.Config
-	httpSrv   *http.Server
-	httpLn    *chanListener
+	httpSrv   *http.Server  // started by h2Listener; guarded by mu
+	httpLn    *chanListener // guarded by mu
 	httpWG    sync.WaitGroup
 }
 
@@ -303,9 +302,7 @@ func (s *server) shutdown() {
 		c.Close()
 	}
 	s.mu.Unlock()
-	s.httpLn.Close()
-	s.httpSrv.Close()
-	s.httpWG.Wait()
+	s.stopHTTP()
 	s.wg.Wait()
 }
 

@@ -112,10 +112,14 @@ func (s *server) intercept(ctx context.Context, c net.Conn, peeked []byte, ci *c
 		s.serveH1(ctx, hc, ci)
 		return true
 	}
+	ln := s.h2Listener()
+	if ln == nil {
+		return false
+	}
 	select {
-	case s.httpLn.ch <- hc:
+	case ln.ch <- hc:
 		return true
-	case <-s.httpLn.done:
+	case <-ln.done:
 		return false
 	case <-ctx.Done():
 		return false
