@@ -168,14 +168,22 @@ func TestBoundaryAttacks(t *testing.T) {
 	}
 }
 
-// TestBoundaryTwoSandboxes: two concurrent sandboxes (default users). A
-// cannot see B's processes, read its environment, take its proxied socket
-// (pidfd_getfd) or signal it, even given B's host pids; B's credential
-// never reaches an upstream through A.
+// TestBoundaryTwoSandboxes: two concurrent sandboxes, both as the default
+// user (two allocated uids), then both as --user root (one uid, so only
+// the namespaces keep them apart). A cannot see B's processes, read its
+// environment, take its proxied socket (pidfd_getfd) or signal it, even
+// given B's host pids; B's credential never reaches an upstream through A.
 func TestBoundaryTwoSandboxes(t *testing.T) {
 	// Not t.Parallel: A and B are parallel subtests that must run at the
 	// same time, and under -parallel 2 a busy pool runs them one after the
 	// other (A then finds no process of B).
+	t.Run("default", func(t *testing.T) { twoSandboxes(t, "") })
+	t.Run("root", func(t *testing.T) { twoSandboxes(t, "root") })
+}
+
+// twoSandboxes is TestBoundaryTwoSandboxes with both commands run as user
+// ("" for the default).
+func twoSandboxes(t *testing.T, user string) {
 	testutil.RequirePrivileged(t)
 	requireTools(t, debianPython)
 	pub := publicDir(t)
@@ -186,7 +194,7 @@ func TestBoundaryTwoSandboxes(t *testing.T) {
 	marker := "sandbox-b-" + strconv.FormatInt(time.Now().UnixNano(), 36)
 	secretB := leakValue(t, "two")
 	wa, wb := newWorld(t), newWorld(t)
-	wa.user, wb.user = "", ""
+	wa.user, wb.user = user, user
 	polB := writePolicy(t, wb.dir, "b.yaml", leakPolicy)
 	sf := filepath.Join(wb.dir, "b.env")
 	if err := os.WriteFile(sf, []byte("LEAK_TOKEN="+secretB+"\n"), 0o600); err != nil {
@@ -276,11 +284,22 @@ func reverse(s string) string {
 // process on the host (sluice included) and none in the sandbox holds the
 // value in its environ or cmdline, and the command's environment has
 // neither the secret's name nor a variable of the caller whose value
-// equals it.
+// equals it. Both as the default user and as --user root.
 func TestBoundaryNoSecretInProcesses(t *testing.T) {
 	t.Parallel()
+	for _, user := range []string{"default", "root"} {
+		t.Run(user, func(t *testing.T) {
+			t.Parallel()
+			noSecretInProcesses(t, strings.TrimPrefix(user, "default"))
+		})
+	}
+}
+
+// noSecretInProcesses is TestBoundaryNoSecretInProcesses with the command
+// run as user ("" for the default).
+func noSecretInProcesses(t *testing.T, user string) {
 	w := newWorld(t)
-	w.user = ""
+	w.user = user
 	pol := writePolicy(t, w.dir, "leak.yaml", leakPolicy)
 	url := fmt.Sprintf("https://allowed.test:%d/leak", w.api.Port)
 	for _, source := range []string{"secret-env", "secrets-file", "store"} {

@@ -304,17 +304,27 @@ rules:
 		if _, err := os.Stat(links); !os.IsNotExist(err) {
 			t.Errorf("pinned links still present: %v", err)
 		}
+		if _, err := os.Stat(filepath.Join(d.state, "sandboxes", "ctr2.json")); !os.IsNotExist(err) {
+			t.Errorf("state record still present: %v", err)
+		}
 		waitFor(t, "the cgroup_gone audit event", 5*time.Second, func() bool { return hasGoneEvent(readAudit(t, auditPath), "ctr2") })
 	})
 
 	t.Run("daemon killed and restarted: fenced throughout", func(t *testing.T) {
-		id := eng.run(t, "sluice-fleet:test", "/bin/fleetclient", "loop", forbiddenAddr, "8s")
+		// The loop runs until the test touches /tmp/stop (after the
+		// restart), so that it covers before, during and after.
+		id := eng.run(t, "sluice-fleet:test", "/bin/fleetclient", "loop", forbiddenAddr, "120s", "/tmp/stop")
 		// The loop has begun once the kernel counts its refusals.
 		waitFor(t, "the container's first refusals", 10*time.Second, func() bool { return fencedRefusals(t, w, d, forbidden) > 0 })
 		d.kill9()
 		before := fencedRefusals(t, w, d, forbidden)
 		waitFor(t, "refusals while the daemon is down", 10*time.Second, func() bool { return fencedRefusals(t, w, d, forbidden) > before })
 		d.start()
+		after := fencedRefusals(t, w, d, forbidden)
+		waitFor(t, "refusals after the restart", 10*time.Second, func() bool { return fencedRefusals(t, w, d, forbidden) > after })
+		if out, err := eng.docker(30*time.Second, nil, "exec", id, "/bin/busybox", "touch", "/tmp/stop"); err != nil {
+			t.Fatalf("stopping the loop: %v\n%s", err, out)
+		}
 		out := eng.logs(t, id, "loop ")
 		line := lineWith(out, "loop ")
 		if !strings.Contains(line, " ok=0 ") || !strings.Contains(line, " other=0") || strings.Contains(line, "eperm=0 ") {

@@ -7,6 +7,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -16,8 +18,9 @@ import (
 )
 
 // TestOCIHookRuncEnforcedBeforeFirstInstruction runs a container with runc
-// whose config.json has sluice's createRuntime and poststop hooks (as
-// scripts/deploy/oci/sluice-hook.json installs them for Podman and CRI-O):
+// whose config.json has sluice's createRuntime and poststop hooks, taken from
+// scripts/deploy/oci/sluice-hook.json (what the package installs for Podman
+// and CRI-O; the policy found by name in --policy-dir):
 // the container's first instruction is already enforced by its policy, an
 // allowed HTTPS host answers a client using the image's own trust store,
 // the forbidden listener receives nothing, and the sandbox is gone when the
@@ -31,7 +34,10 @@ func TestOCIHookRuncEnforcedBeforeFirstInstruction(t *testing.T) {
 	d := startDaemon(t, w, daemonOpts{})
 	forbidden, hits := forbiddenListener(t)
 	forbiddenAddr := fmt.Sprintf("127.0.0.2:%d", forbidden)
-	pol := writePolicy(t, w.dir, "oci.yaml", `version: 1
+	// The policy is found by name in a policy directory, as the shipped
+	// hook definition has it.
+	policies := t.TempDir()
+	writePolicy(t, policies, "oci.yaml", `version: 1
 rules:
   - name: api
     hosts: [plain.test]
@@ -85,9 +91,13 @@ rules:
 	}
 	linux["namespaces"] = nss
 	linux["cgroupsPath"] = "/" + cgName
-	spec["annotations"] = map[string]string{"sluice.dev/policy": pol, "sluice.dev/name": "oci-e2e"}
-	hook := map[string]any{"path": sluiceBin(t), "args": []string{"sluice", "oci-hook", "--allow-paths", "--socket", d.socket}, "timeout": 30}
-	spec["hooks"] = map[string]any{"createRuntime": []any{hook}, "poststop": []any{hook}}
+	spec["annotations"] = map[string]string{"sluice.dev/policy": "oci", "sluice.dev/name": "oci-e2e"}
+	hook, stages := shippedOCIHook(t, spec["annotations"].(map[string]string), policies, d.socket)
+	hooks := map[string]any{}
+	for _, st := range stages {
+		hooks[st] = []any{hook}
+	}
+	spec["hooks"] = hooks
 	data, _ = json.MarshalIndent(spec, "", "  ")
 	if err := os.WriteFile(filepath.Join(bundle, "config.json"), data, 0o644); err != nil {
 		t.Fatal(err)
@@ -127,4 +137,56 @@ rules:
 	if string(img) != string(host) {
 		t.Errorf("the image's trust file changed on disk")
 	}
+}
+
+// shippedOCIHook reads the hook definition the package installs for Podman
+// and CRI-O (scripts/deploy/oci/sluice-hook.json), checks that it fires for
+// a container with annotations ann and runs at createRuntime and poststop,
+// and returns it as a config.json hook (this build's binary, the test's
+// policy directory and control socket) with its stages.
+func shippedOCIHook(t *testing.T, ann map[string]string, policyDir, socket string) (map[string]any, []string) {
+	t.Helper()
+	data, err := os.ReadFile("../../scripts/deploy/oci/sluice-hook.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var def struct {
+		Hook struct {
+			Args    []string `json:"args"`
+			Timeout int      `json:"timeout"`
+		} `json:"hook"`
+		When struct {
+			Annotations map[string]string `json:"annotations"`
+		} `json:"when"`
+		Stages []string `json:"stages"`
+	}
+	if err := json.Unmarshal(data, &def); err != nil {
+		t.Fatalf("sluice-hook.json: %v", err)
+	}
+	if strings.Join(def.Stages, ",") != "createRuntime,poststop" {
+		t.Fatalf("sluice-hook.json: stages %v, want createRuntime and poststop", def.Stages)
+	}
+	for k, v := range def.When.Annotations {
+		matched := false
+		for ak, av := range ann {
+			if regexp.MustCompile(k).MatchString(ak) && regexp.MustCompile(v).MatchString(av) {
+				matched = true
+			}
+		}
+		if !matched {
+			t.Fatalf("sluice-hook.json: when.annotations %q: %q matches none of %v", k, v, ann)
+		}
+	}
+	args := append([]string(nil), def.Hook.Args...)
+	for i := range args {
+		if i > 0 && args[i-1] == "--policy-dir" {
+			args[i] = policyDir
+		}
+	}
+	if len(args) < 2 || args[1] != "oci-hook" || !slices.Contains(args, policyDir) {
+		t.Fatalf("sluice-hook.json: args %v, want oci-hook with --policy-dir", def.Hook.Args)
+	}
+	// The shipped timeout (15 s) is for an idle host; a loaded test machine
+	// gets more.
+	return map[string]any{"path": sluiceBin(t), "args": append(args, "--socket", socket), "timeout": max(def.Hook.Timeout, 30)}, def.Stages
 }

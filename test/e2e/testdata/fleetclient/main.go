@@ -7,7 +7,9 @@
 //	fleetclient https URL           GET with the system trust store
 //	fleetclient first ADDR... NAME  tcp to each ADDR and dns NAME, then sleep
 //	fleetclient once ADDR... NAME   the same without the sleep
-//	fleetclient loop ADDR DURATION  connect every 20ms, then print counts
+//	fleetclient loop ADDR DURATION [STOPFILE]
+//	                                connect every 20ms until DURATION has passed
+//	                                or STOPFILE exists, then print counts
 package main
 
 import (
@@ -91,8 +93,12 @@ func main() {
 			fmt.Println("error", err)
 			os.Exit(2)
 		}
+		stopped := func() bool { return false }
+		if len(a) > 2 {
+			stopped = func() bool { _, err := os.Stat(a[2]); return err == nil }
+		}
 		counts := map[string]int{}
-		for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		for end := time.Now().Add(d); time.Now().Before(end) && !stopped(); time.Sleep(20 * time.Millisecond) {
 			r := tcp(a[0])
 			if strings.HasPrefix(r, "ok") {
 				r = "ok"
