@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"log/slog"
 
 	"github.com/spf13/cobra"
@@ -34,10 +35,18 @@ func (o *secretOptions) keySource() secrets.KeySource {
 	return secrets.KeySource{File: o.keyFile, Env: o.keyEnv}
 }
 
-// storeExists reports whether the state directory has a store file, so that
-// read-only commands never create a key.
-func (o *secretOptions) storeExists() (bool, error) {
-	return secrets.StoreExists(o.stateDir)
+// openExisting opens the store when the state directory has one, and
+// returns nil (no error) when it has none, so that commands that only read
+// or remove never create a key.
+func (o *secretOptions) openExisting() (*secrets.Store, error) {
+	ok, err := secrets.StoreExists(o.stateDir)
+	if err != nil {
+		return nil, fmt.Errorf("reading secret store: %w", err)
+	}
+	if !ok {
+		return nil, nil
+	}
+	return o.open()
 }
 
 func (o *secretOptions) open() (*secrets.Store, error) {

@@ -35,15 +35,11 @@ func newSecretListCmd(ro *rootOptions) *cobra.Command {
 
 func (o *secretListOptions) run() error {
 	var ents []secrets.Entry
-	ok, err := o.storeExists()
+	st, err := o.openExisting()
 	if err != nil {
-		return fmt.Errorf("reading secret store: %w", err)
+		return err
 	}
-	if ok {
-		st, err := o.open()
-		if err != nil {
-			return err
-		}
+	if st != nil {
 		if ents, err = st.List(); err != nil {
 			return err
 		}

@@ -32,16 +32,12 @@ func newSecretRmCmd(ro *rootOptions) *cobra.Command {
 
 func (o *secretRmOptions) run(name string) error {
 	scope := secrets.SandboxScope(o.sandbox)
-	ok, err := o.storeExists()
-	if err != nil {
-		return fmt.Errorf("reading secret store: %w", err)
-	}
-	if !ok {
-		return fmt.Errorf("secret %s (%s): %w", name, scope, secrets.ErrNotFound)
-	}
-	st, err := o.open()
+	st, err := o.openExisting()
 	if err != nil {
 		return err
+	}
+	if st == nil {
+		return fmt.Errorf("secret %s (%s): %w", name, scope, secrets.ErrNotFound)
 	}
 	if err := st.Delete(scope, name); err != nil {
 		return err

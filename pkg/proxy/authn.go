@@ -96,12 +96,18 @@ func (s *server) ruleAuthValues(ctx context.Context, r *http.Request, rs *reqSta
 	return values, ""
 }
 
-// bufferForSigning returns the SigV4 payload hash of r's body: the SHA-256
-// of a body of known length up to maxSignedBody (read into memory and put
-// back), else UNSIGNED-PAYLOAD.
+// bufferForSigning returns the SigV4 payload hash of r's body as it will be
+// forwarded (gate calls it after shaping): the SHA-256 of a body that
+// shaping already holds in memory, or of a body of known length up to
+// maxSignedBody (read into memory and put back, unless the client waits
+// for 100 Continue: expect), else UNSIGNED-PAYLOAD.
 func bufferForSigning(r *http.Request, expect bool) (string, error) {
 	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
 		return emptyPayloadHash, nil
+	}
+	if sb, ok := r.Body.(*shapedBody); ok && sb.whole != nil && int64(len(sb.whole)) == r.ContentLength {
+		sum := sha256.Sum256(sb.whole)
+		return hex.EncodeToString(sum[:]), nil
 	}
 	if r.ContentLength < 0 || r.ContentLength > maxSignedBody || expect {
 		return unsignedPayload, nil

@@ -104,7 +104,10 @@
 // Sandbox.Tokens (a failed token request: 502, nothing forwarded); an
 // aws_sigv4 block has Sandbox.Signer drop the sandbox's signature and sign
 // the request as forwarded, its body hashed up to 1 MiB when the length is
-// known, else UNSIGNED-PAYLOAD (authn.go).
+// known, else UNSIGNED-PAYLOAD (authn.go). Credentials are resolved and the
+// request signed last in the gate, after request shaping: the signature
+// covers the body as redacted, and a request refused by its body (max_body,
+// deny_body, json) looks up no secret.
 //
 // A Proxy is safe for concurrent use; Serve returns after every connection
 // it accepted is closed.
@@ -124,10 +127,10 @@
 //   - h1.go: the HTTP/1.x front end, one loop per client connection: read a
 //     request, gate it, forward it, relay the answer.
 //   - h2.go: the HTTP/2 front end: http.Server, one handler per stream.
-//   - gate.go: the request gate both front ends call: policy match in
-//     canonical form, cleartext and audit mode, upstream target,
-//     credentials (authn.go for oauth2 and aws_sigv4); then request shaping
-//     (shape.go, shape_prefilter.go).
+//   - gate.go: the request gate both front ends call (gate): policy match
+//     in canonical form, cleartext and audit mode, upstream target; then
+//     request shaping (shape.go, shape_prefilter.go); then credentials
+//     (authn.go for oauth2 and aws_sigv4, signing the shaped body).
 //   - upstream.go: dial plans, the HTTP/1.1 upstream connections and their
 //     idle pool, the http.Transport pools of the HTTP/2 path, upstream TLS.
 //   - filter.go: the response filter: Alt-Svc dropped, echoed secrets

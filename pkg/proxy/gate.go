@@ -16,20 +16,25 @@ import (
 )
 
 // The request gate: every intercepted request, HTTP/1.x (h1.go) or HTTP/2
-// (h2.go), passes checkRequest in these steps, and then the rule's request
-// shaping (shapeRequest, shape.go) before anything goes upstream:
+// (h2.go), passes gate, in these steps, before anything goes upstream:
 //
-//   - the Host and the connection's decision (conn.go) for its process;
-//   - matchRequest: the request in canonical form (policy.Prepare, the same
-//     code `sluice policy explain` runs) against the rules, with domain
-//     fronting, CONNECT and non-WebSocket upgrades refused; then the
-//     cleartext check (credentials only over TLS unless insecure_http) and
-//     audit mode;
-//   - forwardTarget: the request is forwarded in exactly the canonical form
-//     (the upstream never sees a target the policy did not match);
-//   - upstreamTarget: where it goes (upstream.go dials it);
-//   - credentials: the rule's headers, callback headers, and oauth2 or
+//   - checkRequest: the Host and the connection's decision (conn.go) for
+//     its process; matchRequest: the request in canonical form
+//     (policy.Prepare, the same code `sluice policy explain` runs) against
+//     the rules, with domain fronting, CONNECT and non-WebSocket upgrades
+//     refused; then the cleartext check (credentials only over TLS unless
+//     insecure_http) and audit mode; forwardTarget: the request is
+//     forwarded in exactly the canonical form (the upstream never sees a
+//     target the policy did not match); upstreamTarget: where it goes
+//     (upstream.go dials it);
+//   - shapeRequest (shape.go): the rule's request: section on the body
+//     (max_body, deny_body, json, redact_body);
+//   - authorize: the rule's headers, callback headers, and oauth2 or
 //     aws_sigv4 (authn.go), with the values kept for echo redaction.
+//
+// Credentials come last: a request refused by the policy or by its body
+// looks up no secret and calls no token endpoint or callback, and aws_sigv4
+// signs the body the upstream receives, after redaction.
 //
 // reqState carries the request through the gate, upstream and the response
 // filter (filter.go); finish emits its one "http" event.
@@ -78,12 +83,27 @@ func (rs *reqState) begin(ci *connInfo, r *http.Request) {
 	}
 }
 
+// gate runs the request gate on r (see above); both front ends call it. A
+// non-zero code means the request is answered locally with code and the
+// plain-text body (403 for a policy violation, 400 for an ambiguous target,
+// 413, 403 or 400 from shaping, 502 for credentials that cannot be
+// resolved); rs.status, rs.decision and rs.ev say why. After a refusal by
+// shaping or credentials, part of r's body may have been read.
+func (s *server) gate(ctx context.Context, r *http.Request, rs *reqState) (code int, body string) {
+	if code, body = s.checkRequest(r, rs); code != 0 {
+		rs.status = code
+		return code, body
+	}
+	if code, body = s.shapeRequest(r, rs); code != 0 {
+		return code, body
+	}
+	return s.authorize(ctx, r, rs)
+}
+
 // checkRequest checks request r against the policy and prepares rs for
-// forwarding: upstream target and credentials. A non-zero code means the
-// request is answered locally with code and the plain-text body (403 for a
-// policy violation, 502 for credentials that cannot be resolved); rs.status,
-// rs.decision and rs.ev say why.
-func (s *server) checkRequest(ctx context.Context, r *http.Request, rs *reqState) (code int, body string) {
+// forwarding: rule and upstream target. It reads nothing of the body and
+// resolves no credential. A non-zero code refuses the request.
+func (s *server) checkRequest(r *http.Request, rs *reqState) (code int, body string) {
 	ci := rs.ci
 	reqHost := ci.host
 	if r.Host != "" {
@@ -134,19 +154,27 @@ func (s *server) checkRequest(ctx context.Context, r *http.Request, rs *reqState
 	rs.rule = rule
 	forwardTarget(r, &prep)
 	s.upstreamTarget(r, rs, rule, reqHost, port)
+	return 0, ""
+}
 
-	// Credentials.
-	if rule != nil {
-		msg := s.credentials(ctx, rs, rule, reqHost, port)
-		if msg == "" && (rule.OAuth2 != nil || rule.AWSSigV4 != nil) {
-			msg = s.ruleAuth(ctx, r, rs, rule) // authn.go
-		}
-		if msg != "" {
-			rs.decision = audit.DecisionError
-			rs.ev.Reason = msg
-			rs.status = http.StatusBadGateway
-			return http.StatusBadGateway, "sluice: " + msg + "\n"
-		}
+// authorize renders the credentials of the allowed request's rule into
+// rs.inject: headers and callback headers (credentials), then oauth2 and
+// aws_sigv4 (ruleAuth, authn.go), which signs r as it will be forwarded.
+// It runs after shaping. A failure answers 502.
+func (s *server) authorize(ctx context.Context, r *http.Request, rs *reqState) (code int, body string) {
+	rule := rs.rule
+	if rule == nil {
+		return 0, ""
+	}
+	msg := s.credentials(ctx, rs, rule, rs.host, rs.ci.port())
+	if msg == "" && (rule.OAuth2 != nil || rule.AWSSigV4 != nil) {
+		msg = s.ruleAuth(ctx, r, rs, rule) // authn.go
+	}
+	if msg != "" {
+		rs.decision = audit.DecisionError
+		rs.ev.Reason = msg
+		rs.status = http.StatusBadGateway
+		return http.StatusBadGateway, "sluice: " + msg + "\n"
 	}
 	return 0, ""
 }

@@ -276,23 +276,30 @@ func (h *h1Conn) badRequest(code int, msg string) {
 func (h *h1Conn) handle(ctx context.Context, req *http.Request, rs *reqState, expect bool) bool {
 	closeAfter := req.Close || !req.ProtoAtLeast(1, 1)
 	rs.expect = expect
-	if code, body := h.s.checkRequest(ctx, req, rs); code != 0 {
-		rs.status = code
-		// Read what is left of the body, within reason, to keep the
-		// connection; a client waiting for 100-continue never sends it.
-		if expect || !discardBody(req.Body) {
-			closeAfter = true
-			h.linger = !expect
-		}
-		return h.writeText(code, body, req, closeAfter) && !closeAfter
-	}
+	var cr *continueReader
 	if expect {
-		req.Body = &continueReader{ReadCloser: req.Body, h: h}
+		// 100 Continue goes out when the gate or the forwarder first
+		// reads the body: never for a request the policy refuses.
+		cr = &continueReader{ReadCloser: req.Body, h: h}
+		req.Body = cr
 	}
-	if code, body := h.s.shapeRequest(req, rs); code != 0 {
-		return h.shapeRefused(code, body, req, expect, closeAfter)
+	if code, body := h.s.gate(ctx, req, rs); code != 0 {
+		return h.refused(code, body, req, cr, closeAfter)
 	}
 	return h.forward(ctx, req, rs, closeAfter)
+}
+
+// refused answers a request the gate refused. The rest of the body is read,
+// within reason, to keep the connection; a client still waiting for 100
+// Continue (cr not sent) never sends its body, so its connection is closed.
+func (h *h1Conn) refused(code int, body string, req *http.Request, cr *continueReader, closeAfter bool) bool {
+	if cr != nil && !cr.sent {
+		closeAfter = true
+	} else if !discardBody(req.Body) {
+		closeAfter = true
+		h.linger = true
+	}
+	return h.writeText(code, body, req, closeAfter) && !closeAfter
 }
 
 // discardBody reads up to 256 KiB of an unread request body; it reports

@@ -106,12 +106,7 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rs := &reqState{}
 	rs.begin(ci, r)
 	defer s.finish(rs)
-	if code, body := s.checkRequest(r.Context(), r, rs); code != 0 {
-		rs.status = code
-		writeText(w, code, body)
-		return
-	}
-	if code, body := s.shapeRequest(r, rs); code != 0 {
+	if code, body := s.gate(r.Context(), r, rs); code != 0 {
 		writeText(w, code, body)
 		return
 	}

@@ -67,7 +67,8 @@ func (b *bodyShape) fail(code int, format string, args ...any) *shapeError {
 // shapeRequest applies the request: section of rs.rule to r's body. A
 // non-zero code refuses the request locally with code and body (nothing
 // was forwarded). Otherwise r.Body (and r.ContentLength) may have been
-// replaced. It is called after checkRequest allowed the request.
+// replaced. gate calls it after checkRequest allowed the request and
+// before any credential is resolved.
 func (s *server) shapeRequest(r *http.Request, rs *reqState) (int, string) {
 	if rs.rule == nil || rs.rule.Request == nil || r.Body == nil || r.Body == http.NoBody {
 		return 0, ""
@@ -135,7 +136,7 @@ func (s *server) shapeRequest(r *http.Request, rs *reqState) (int, string) {
 			r.Body.Close()
 			r.Body = http.NoBody // an empty body stays one (no chunked GET upstream)
 		} else {
-			r.Body = &shapedBody{Reader: bytes.NewReader(pre), orig: r.Body}
+			r.Body = &shapedBody{Reader: bytes.NewReader(pre), orig: r.Body, whole: pre}
 		}
 		r.ContentLength = int64(len(pre))
 		r.TransferEncoding = nil
@@ -239,6 +240,9 @@ type shapedBody struct {
 	orig  io.Closer
 	close func()
 	once  sync.Once
+	// whole is the entire shaped body when it was checked in memory
+	// (unread yet: Reader reads it), for aws_sigv4 to hash.
+	whole []byte
 }
 
 func (b *shapedBody) Close() error {
@@ -520,17 +524,3 @@ func (c *jsonCheck) finish() bool {
 }
 
 func (c *jsonCheck) abort() { c.pw.CloseWithError(errors.New("aborted")) }
-
-// shapeRefused answers a request that shaping refused before anything was
-// forwarded, keeping the connection when the rest of the body can be read.
-func (h *h1Conn) shapeRefused(code int, body string, req *http.Request, expect, closeAfter bool) bool {
-	cr, _ := req.Body.(*continueReader)
-	if expect && (cr == nil || !cr.sent) {
-		// The client waits for 100 Continue before sending its body.
-		closeAfter = true
-	} else if !discardBody(req.Body) {
-		closeAfter = true
-		h.linger = true
-	}
-	return h.writeText(code, body, req, closeAfter) && !closeAfter
-}

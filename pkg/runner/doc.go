@@ -5,7 +5,9 @@
 //
 // Invariants: everything Run creates (cgroup, kernel registration,
 // listeners, CA bundle, run records) is removed before it returns, also
-// when the command is killed or sluice is signalled. Run is meant to be
+// when the command is killed or sluice is signalled: Run handles
+// SIGINT, SIGTERM, SIGHUP and SIGQUIT before it creates anything, stops the
+// setup on one, and passes them on once the command runs. Run is meant to be
 // called once per process: it scrubs the process's own environment and
 // makes it undumpable.
 package runner

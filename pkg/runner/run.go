@@ -65,21 +65,28 @@ type Options struct {
 // Run runs one command in a fresh sandbox cgroup below sluice's own and
 // returns the command's exit status. Everything it creates (cgroup, links,
 // registration, listeners, CA bundle) is removed before it returns, also when
-// the command is killed or sluice gets SIGINT/SIGTERM.
+// the command is killed or sluice gets SIGINT/SIGTERM/SIGHUP/SIGQUIT: those
+// are handled from the moment Run starts, before it creates anything. One
+// that arrives while the sandbox is being set up stops the setup (the
+// command never starts) and Run returns 128+N; later ones are passed on to
+// the command.
 func Run(ctx context.Context, o Options) (int, error) {
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT)
+	// Deferred first, so it runs last: a signal during cleanup cannot cut
+	// it short.
+	defer signal.Stop(sigs)
 	r := &run{o: o, log: o.Log}
 	defer r.cleanup()
-	if err := r.prepare(); err != nil {
+	setupCtx, stopWatch := cancelOnSignal(ctx, sigs)
+	err := r.setup(setupCtx)
+	if s := stopWatch(); s != 0 {
+		return 128 + int(s), nil
+	}
+	if err != nil {
 		return 0, err
 	}
-	for _, step := range []func(context.Context) error{
-		r.loadSecrets, r.openAudit, r.openRuntime, r.createCgroup, r.writeTrustFiles, r.startSandbox,
-	} {
-		if err := step(ctx); err != nil {
-			return 0, err
-		}
-	}
-	code, err := r.runCommand(ctx)
+	code, err := r.runCommand(ctx, sigs)
 	if err != nil {
 		return 0, err
 	}
@@ -87,6 +94,64 @@ func Run(ctx context.Context, o Options) (int, error) {
 		r.writeSummary()
 	}
 	return code, nil
+}
+
+// testHookSetup, when set by a test, is called at the start of the setup
+// (signals already handled) and after each of its steps, with the setup's
+// context.
+var testHookSetup func(ctx context.Context, step string)
+
+// setup prepares the sandbox, step by step, and stops early once ctx is
+// done (a signal).
+func (r *run) setup(ctx context.Context) error {
+	hook := func(string) {}
+	if testHookSetup != nil {
+		hook = func(step string) { testHookSetup(ctx, step) }
+	}
+	hook("start")
+	if err := r.prepare(); err != nil {
+		return err
+	}
+	hook("prepare")
+	for _, step := range []struct {
+		name string
+		do   func(context.Context) error
+	}{
+		{"loadSecrets", r.loadSecrets}, {"openAudit", r.openAudit}, {"openRuntime", r.openRuntime},
+		{"createCgroup", r.createCgroup}, {"writeTrustFiles", r.writeTrustFiles}, {"startSandbox", r.startSandbox},
+	} {
+		if err := context.Cause(ctx); err != nil {
+			return err
+		}
+		if err := step.do(ctx); err != nil {
+			return err
+		}
+		hook(step.name)
+	}
+	return context.Cause(ctx)
+}
+
+// cancelOnSignal returns a context that is cancelled when one of sigs
+// arrives, until stop is called. stop (to be called once) returns the
+// signal that cancelled it, or 0; later signals stay in sigs.
+func cancelOnSignal(ctx context.Context, sigs <-chan os.Signal) (_ context.Context, stop func() syscall.Signal) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	quit, done := make(chan struct{}), make(chan struct{})
+	var got syscall.Signal
+	go func() {
+		defer close(done)
+		select {
+		case s := <-sigs:
+			got, _ = s.(syscall.Signal)
+			cancel(fmt.Errorf("interrupted by %v before the command started", s))
+		case <-quit:
+		}
+	}()
+	return ctx, func() syscall.Signal {
+		close(quit)
+		<-done
+		return got
+	}
 }
 
 // run is one `sluice run`: what each step of Run makes and the next ones
@@ -318,9 +383,9 @@ func (r *run) startSandbox(ctx context.Context) error {
 }
 
 // runCommand starts the command below the sandbox init, directly inside
-// the cgroup, passes our signals on to it, and returns its exit status
-// once it ended; whatever it left in the cgroup is killed.
-func (r *run) runCommand(ctx context.Context) (int, error) {
+// the cgroup, passes our signals (sigs) on to it, and returns its exit
+// status once it ended; whatever it left in the cgroup is killed.
+func (r *run) runCommand(ctx context.Context, sigs <-chan os.Signal) (int, error) {
 	cfg, err := r.sandboxConfig(ctx)
 	if err != nil {
 		return 0, err
@@ -332,9 +397,6 @@ func (r *run) runCommand(ctx context.Context) (int, error) {
 	}
 	r.onExit(func() { unix.Close(cgFD) })
 	cmd := sandbox.Command(cgFD, r.o.Stdin, r.o.Stdout, r.o.Stderr)
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT)
-	r.onExit(func() { signal.Stop(sigs) })
 	if err := sandbox.Start(cmd, &cfg.Config); err != nil {
 		return 0, err
 	}

@@ -1,6 +1,7 @@
 package testutil
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"net"
@@ -199,9 +200,22 @@ func RunProbe(t testing.TB, cgPath, mode, target string) string {
 // RunInCgroup runs cmd with its process started directly inside the cgroup
 // (clone3 CLONE_INTO_CGROUP) and returns its combined output.
 func RunInCgroup(cmd *exec.Cmd, cgPath string) ([]byte, error) {
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := StartInCgroup(cmd, cgPath); err != nil {
+		return nil, err
+	}
+	err := cmd.Wait()
+	return out.Bytes(), err
+}
+
+// StartInCgroup starts cmd with its process directly inside the cgroup
+// (clone3 CLONE_INTO_CGROUP), so it is never anywhere else; the caller
+// waits for it.
+func StartInCgroup(cmd *exec.Cmd, cgPath string) error {
 	fd, err := unix.Open(cgPath, unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer unix.Close(fd)
 	if cmd.SysProcAttr == nil {
@@ -209,5 +223,5 @@ func RunInCgroup(cmd *exec.Cmd, cgPath string) ([]byte, error) {
 	}
 	cmd.SysProcAttr.UseCgroupFD = true
 	cmd.SysProcAttr.CgroupFD = fd
-	return cmd.CombinedOutput()
+	return cmd.Start()
 }

@@ -13,7 +13,6 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -739,14 +738,7 @@ func TestBypassSocketOpenedBeforeAttach(t *testing.T) {
 	cmd.Env = append(os.Environ(), "SLUICE_TEST_PROBE=hold")
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
-	fd, err := syscall.Open(cg, syscall.O_DIRECTORY|syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: fd}
-	err = cmd.Start()
-	syscall.Close(fd)
-	if err != nil {
+	if err := testutil.StartInCgroup(cmd, cg); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })

@@ -30,13 +30,7 @@ func sandboxProc(t *testing.T, netns string) (cg string, pid int) {
 	} else {
 		cmd = exec.Command("sleep", "300")
 	}
-	fd, err := syscall.Open(cg, syscall.O_DIRECTORY|syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer syscall.Close(fd)
-	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: fd}
-	if err := cmd.Start(); err != nil {
+	if err := testutil.StartInCgroup(cmd, cg); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })

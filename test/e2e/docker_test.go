@@ -89,29 +89,7 @@ func (e *dockerEngine) stop() {
 			_, _ = e.docker(30*time.Second, nil, "rm", "-f", id)
 		}
 	}
-	_ = e.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { _ = e.cmd.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(20 * time.Second):
-		_ = e.cmd.Process.Kill()
-		<-done
-	}
-	// Leftover mounts (overlay, shm, netns) below the directory.
-	if data, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
-		var mounts []string
-		for _, line := range strings.Split(string(data), "\n") {
-			f := strings.Fields(line)
-			if len(f) > 4 && strings.HasPrefix(f[4], e.dir+"/") {
-				mounts = append(mounts, f[4])
-			}
-		}
-		for i := len(mounts) - 1; i >= 0; i-- {
-			_ = syscall.Unmount(mounts[i], syscall.MNT_DETACH)
-		}
-	}
-	os.RemoveAll(e.dir)
+	stopEngine(e.cmd, e.dir)
 }
 
 // docker runs the docker CLI against this engine with a timeout.

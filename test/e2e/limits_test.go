@@ -9,9 +9,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sluice-dev/sluice/pkg/testutil"
 )
 
 // TestDaemonLimitsIsolateSandboxes: a daemon limited to 4096 open files;
@@ -162,14 +163,7 @@ func startProbeIn(t *testing.T, cg, mode, target, release string, env ...string)
 	cmd.Env = append(append(os.Environ(), "SLUICE_TEST_PROBE="+mode), env...)
 	out = &bytes.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
-	fd, err := syscall.Open(cg, syscall.O_DIRECTORY|syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: fd}
-	err = cmd.Start()
-	syscall.Close(fd)
-	if err != nil {
+	if err := testutil.StartInCgroup(cmd, cg); err != nil {
 		t.Fatal(err)
 	}
 	done = make(chan struct{})

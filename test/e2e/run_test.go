@@ -308,10 +308,10 @@ func TestRunCleanupOnSIGTERM(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	// Wait for the command in the sandbox cgroup, not for the cgroup alone:
-	// sluice run handles signals only from just before it starts the
-	// command, and a SIGTERM earlier leaves the cgroup behind. The cgroup
-	// holds the sandbox's init, sh and sleep.
+	// Wait for the command in the sandbox cgroup, so that the signal is
+	// passed on to it (a SIGTERM during the setup stops the setup instead:
+	// pkg/runner TestRunSignalDuringSetup). The cgroup holds the sandbox's
+	// init, sh and sleep.
 	procs := filepath.Join(runCgroup(t, cmd.Process.Pid), "cgroup.procs")
 	testutil.WaitFor(t, "the command in the sandbox cgroup", func() bool {
 		b, _ := os.ReadFile(procs)

@@ -202,14 +202,7 @@ func TestSoakConcurrentConnections(t *testing.T) {
 	probe := exec.Command(os.Args[0], "-test.run=^$", fmt.Sprintf("127.0.0.1:%d|allowed.test|%d|/ok", w.api.Port, n))
 	probe.Env = append(os.Environ(), "SLUICE_TEST_PROBE=manyconns", "SLUICE_PROBE_HOLD=5s")
 	probe.Stdout, probe.Stderr = out, out
-	fd, err := syscall.Open(cg, syscall.O_DIRECTORY|syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	probe.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: fd}
-	err = probe.Start()
-	syscall.Close(fd)
-	if err != nil {
+	if err := testutil.StartInCgroup(probe, cg); err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
@@ -308,14 +301,7 @@ func TestSoakMixedTraffic(t *testing.T) {
 			fmt.Sprintf("%s|%d|%s|127.0.0.1:53", dur, w.api.Port, canary.addr))
 		wk.cmd.Env = append(os.Environ(), "SLUICE_TEST_PROBE=mixed")
 		wk.cmd.Stdout, wk.cmd.Stderr = wk.out, wk.out
-		fd, err := syscall.Open(wk.cg, syscall.O_DIRECTORY|syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		wk.cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: fd}
-		err = wk.cmd.Start()
-		syscall.Close(fd)
-		if err != nil {
+		if err := testutil.StartInCgroup(wk.cmd, wk.cg); err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { wk.cmd.Process.Kill(); wk.cmd.Wait() })
