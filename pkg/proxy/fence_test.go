@@ -76,7 +76,12 @@ func TestConnectionsFence(t *testing.T) {
 	echo := netip.MustParseAddrPort(echoLn.Addr().String())
 	rec := &fenceRecorder{}
 	lim := policy.Limits{Connections: 3, UpstreamConnections: 2, RequestHeadBytes: 1 << 20, DNSQPS: 10}
-	e := newEnv(t, fmt.Sprintf("version: 1\nrules:\n  - {name: echo, cidrs: [127.0.0.1/32], ports: [%d]}\n", echo.Port()), withFence(lim, rec))
+	// The idle connection below must stay in the peek for as long as the
+	// test needs it: with the env's 100 ms first-byte timeout a loaded
+	// machine let it be spliced by address (and refused at the upstream
+	// fence) before the fourth connection came.
+	patient := func(_ *env, c *Config) { c.FirstByteTimeout, c.PeekTimeout = time.Minute, time.Minute }
+	e := newEnv(t, fmt.Sprintf("version: 1\nrules:\n  - {name: echo, cidrs: [127.0.0.1/32], ports: [%d]}\n", echo.Port()), withFence(lim, rec), patient)
 	open := func() (net.Conn, string) {
 		c, err := e.dial(context.Background(), echo)
 		if err != nil {
