@@ -73,7 +73,8 @@ make --no-print-directory check-generate || exit 1
 start e2e $GO test $E2E_FLAGS ./test/e2e/
 # shellcheck disable=SC2046 # one word per package
 start packages $GO test $GOTEST_FLAGS $($GO list ./... | grep -v '/test/e2e$')
-start lint make --no-print-directory lint
+# lint also checks that pkg/secrets is reachable from the binary (#20).
+start lint make --no-print-directory lint deadcode-secrets
 finish lint
 # The fuzz run starts when the first of test/e2e and the packages ends.
 e2epid=${pids[0]%%:*} pkgpid=${pids[1]%%:*}

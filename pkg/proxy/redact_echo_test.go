@@ -396,6 +396,9 @@ func TestEchoEveryPath(t *testing.T) {
 				if resp.StatusCode != 200 {
 					t.Fatalf("%s: status %d: %s", coding, resp.StatusCode, body)
 				}
+				if want := map[bool]int{false: 1, true: 2}[h2]; resp.ProtoMajor != want {
+					t.Fatalf("%s: answered over %s, want HTTP/%d", coding, resp.Proto, want)
+				}
 				if ce := resp.Header.Get("Content-Encoding"); ce != "" {
 					t.Errorf("%s: forwarded with Content-Encoding %q", coding, ce)
 				}
