@@ -23,7 +23,8 @@ import (
 //  2. a prebuffer of up to policy.PrebufferBody (or max_body+1 when
 //     smaller): a body that ends within it is checked whole (max_body,
 //     deny_body, json) and redacted in memory, so a refusal reaches the
-//     upstream as nothing at all, and the Content-Length is recomputed;
+//     upstream as nothing at all, the Content-Length is recomputed, and
+//     the client's body digests are dropped if redaction changed it;
 //  3. otherwise a streaming reader (shapeReader) with bounded memory: it
 //     counts bytes, scans for deny_body matches over a window that keeps
 //     the last policy.MaxMatchLen bytes, validates JSON incrementally and
@@ -31,7 +32,8 @@ import (
 //     until the checks that need the end have passed. A violation then
 //     fails the body read: the upstream connection is dropped before the
 //     request is complete (a Content-Length body is short, a chunked one
-//     lacks its last chunk), and the client gets the refusal.
+//     lacks its last chunk), and the client gets the refusal. A
+//     rewriting rule drops the client's body digests here too.
 //
 // In audit mode a violation is recorded (would_deny) and the body is
 // forwarded unchanged apart from redaction, which applies in both modes.
@@ -127,10 +129,15 @@ func (s *server) shapeRequest(r *http.Request, rs *reqState) (int, string) {
 				return c, b
 			}
 		}
+		changed := false
 		for i, red := range q.Redact {
 			var n int
 			pre, n = replaceAll(red, pre)
 			sh.counts[i].Add(int64(n))
+			changed = changed || n > 0
+		}
+		if changed {
+			dropBodyDigests(r.Header)
 		}
 		if len(pre) == 0 {
 			r.Body.Close()
@@ -149,8 +156,19 @@ func (s *server) shapeRequest(r *http.Request, rs *reqState) (int, string) {
 	if q.Rewrites() {
 		r.ContentLength = -1 // chunked: the length changes with redaction
 		r.Header.Del("Content-Length")
+		dropBodyDigests(r.Header) // the body may change after the head is sent
 	}
 	return 0, ""
+}
+
+// dropBodyDigests removes the client's digests of a body that redaction
+// changed (or may change while it streams): forwarded, they would make the
+// upstream refuse the request (S3's BadDigest), and aws_sigv4 would sign
+// them.
+func dropBodyDigests(h http.Header) {
+	for _, k := range []string{"Content-MD5", "Digest", "Content-Digest", "Repr-Digest"} {
+		h.Del(k)
+	}
 }
 
 // shapeRefusal records a local refusal of the request and returns the

@@ -38,7 +38,7 @@ func (b *bodySink) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		b.bodies = append(b.bodies, string(data))
 	}
 	b.mu.Unlock()
-	fmt.Fprintf(w, "got %d bytes cl=%d te=%v\n", len(data), r.ContentLength, r.TransferEncoding)
+	fmt.Fprintf(w, "got %d bytes cl=%d te=%v md5=%q\n", len(data), r.ContentLength, r.TransferEncoding, r.Header.Get("Content-MD5"))
 }
 
 func (b *bodySink) complete() []string {
