@@ -439,7 +439,6 @@ func (h *h1Conn) exchange(ctx context.Context, req *http.Request, rs *reqState, 
 		if err = writeRequest(u.bw, req); err == nil {
 			err = u.bw.Flush()
 		}
-		var be bodyError
 		if code, body, ok := h.s.shapeFailed(req, rs, err); ok {
 			// Shaping refused the body while streaming: the upstream
 			// connection is dropped before the request completes.
@@ -448,7 +447,7 @@ func (h *h1Conn) exchange(ctx context.Context, req *http.Request, rs *reqState, 
 			h.writeText(code, body, req, true)
 			return nil, closeAfter
 		}
-		if errors.As(err, &be) {
+		if be, ok := asBodyError(err); ok {
 			// The client's body failed (it went away, or its chunking is
 			// broken): nothing sensible reaches the upstream.
 			h.dropUp()
@@ -491,6 +490,34 @@ func (h *h1Conn) exchange(ctx context.Context, req *http.Request, rs *reqState, 
 		h.failed(req, rs, err)
 		return nil, closeAfter
 	}
+}
+
+// asBodyError is errors.As for a bodyError, without allocating when err is
+// nil (the target of errors.As escapes).
+func asBodyError(err error) (bodyError, bool) {
+	if err == nil {
+		return bodyError{}, false
+	}
+	var be bodyError
+	ok := errors.As(err, &be)
+	return be, ok
+}
+
+// isDecimal reports whether s is n written in decimal without sign or
+// leading zeros (what strconv.FormatInt writes).
+func isDecimal(s string, n int64) bool {
+	if len(s) == 0 || len(s) > 19 || (len(s) > 1 && s[0] == '0') {
+		return false
+	}
+	var m int64
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < '0' || c > '9' {
+			return false
+		}
+		m = m*10 + int64(c-'0')
+	}
+	return m == n
 }
 
 // earlyAnswerWait bounds the wait for an upstream's answer after it
@@ -565,7 +592,9 @@ func (h *h1Conn) writeResponse(req *http.Request, resp *http.Response, closeAfte
 	switch {
 	case noBody:
 	case resp.ContentLength >= 0:
-		hdr["Content-Length"] = []string{strconv.FormatInt(resp.ContentLength, 10)}
+		if v := hdr["Content-Length"]; len(v) != 1 || !isDecimal(v[0], resp.ContentLength) {
+			hdr["Content-Length"] = []string{strconv.FormatInt(resp.ContentLength, 10)}
+		}
 	case req.ProtoAtLeast(1, 1):
 		chunked = true
 		delete(hdr, "Content-Length")

@@ -184,10 +184,10 @@ func (s *server) shapeRefusal(r *http.Request, rs *reqState, e *shapeError) (int
 // streaming) into the refusal for the client; ok is false for any other
 // error.
 func (s *server) shapeFailed(r *http.Request, rs *reqState, err error) (code int, body string, ok bool) {
-	var se *shapeError
 	if rs.shape == nil || err == nil {
 		return 0, "", false
 	}
+	var se *shapeError // escapes: declared after the common case returns
 	if !errors.As(err, &se) {
 		// A transport may wrap or replace the body's error: the
 		// violation recorded while streaming still decides.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"sync"
+	"time"
 )
 
 // TLS termination: a connection the policy intercepts (conn.go decides)
@@ -93,9 +94,13 @@ func (s *server) intercept(ctx context.Context, c net.Conn, peeked []byte, ci *c
 	var hc net.Conn = cc
 	if ci.proto == protoTLS {
 		tc := tls.Server(cc, s.tlsConfig)
-		hctx, cancel := context.WithTimeout(ctx, s.p.cfg.HandshakeTimeout)
-		err := tc.HandshakeContext(hctx)
-		cancel()
+		// A deadline, not HandshakeContext: a cancellable context costs
+		// a goroutine and a timer per connection in crypto/tls. Shutdown
+		// closes every tracked connection, which ends a handshake as the
+		// context did.
+		c.SetDeadline(time.Now().Add(s.p.cfg.HandshakeTimeout))
+		err := tc.Handshake()
+		c.SetDeadline(time.Time{})
 		if err != nil {
 			if ci.denied == "" {
 				ci.reason = "TLS handshake with client: " + err.Error()
