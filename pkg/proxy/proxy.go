@@ -109,6 +109,17 @@ type Config struct {
 	// KernelSplice moves spliced connections' bytes in the kernel (issue
 	// #21). nil: the user-space splice.
 	KernelSplice KernelSplicer
+	// SandboxClassicalKEX limits the sandbox-facing TLS server to the
+	// classical key exchanges (X25519, then the NIST curves), without the
+	// hybrid post-quantum ones (X25519MLKEM768, ...) that crypto/tls
+	// chooses whenever the client supports them (Go's and curl's clients
+	// do). Default false: crypto/tls's defaults. The hybrid exchange is
+	// about a fifth of sluice's CPU per new intercepted connection
+	// (PERF.md). The sandbox-facing connection does not leave the host, so
+	// a recorded exchange is available only to someone who can already
+	// read the host's memory (and the sandbox CA's key). Upstream
+	// connections keep crypto/tls's defaults either way.
+	SandboxClassicalKEX bool
 }
 
 // RootPool returns the system roots plus the certificates in the given PEM

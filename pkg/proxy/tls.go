@@ -69,9 +69,14 @@ func (c *clientConn) Close() error {
 // the leaf is chosen per connection from the name the connection was
 // decided on (the SNI, or the bound name when the client sent none).
 func (s *server) newTLSConfig() *tls.Config {
+	var curves []tls.CurveID // nil: crypto/tls's defaults (X25519MLKEM768 first)
+	if s.p.cfg.SandboxClassicalKEX {
+		curves = classicalOnly
+	}
 	return &tls.Config{
-		MinVersion: tls.VersionTLS12,
-		NextProtos: []string{"h2", "http/1.1"},
+		MinVersion:       tls.VersionTLS12,
+		CurvePreferences: curves,
+		NextProtos:       []string{"h2", "http/1.1"},
 		GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
 			cc, ok := hello.Conn.(*clientConn)
 			if !ok {
@@ -81,6 +86,11 @@ func (s *server) newTLSConfig() *tls.Config {
 		},
 	}
 }
+
+// classicalOnly is Config.SandboxClassicalKEX's list: crypto/tls's default
+// groups without the post-quantum hybrids (crypto/tls picks a hybrid the
+// client supports before any other group, whatever the order).
+var classicalOnly = []tls.CurveID{tls.X25519, tls.CurveP256, tls.CurveP384, tls.CurveP521}
 
 // intercept terminates TLS (when the client speaks it) and serves the
 // connection: HTTP/1.x in this goroutine (serveH1), HTTP/2 by the sandbox's
