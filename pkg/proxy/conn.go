@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
@@ -117,7 +118,9 @@ func (s *server) handle(ctx context.Context, c net.Conn) {
 		return
 	}
 	s.decide(pol, ci)
-	s.log.Debug("connection", "dst", orig.Dst, "proto", ci.proto, "host", ci.host, "verdict", ci.verdict, "reason", ci.reason)
+	if s.log.Enabled(ctx, slog.LevelDebug) { // the arguments allocate even when disabled
+		s.log.Debug("connection", "dst", orig.Dst, "proto", ci.proto, "host", ci.host, "verdict", ci.verdict, "reason", ci.reason)
+	}
 
 	switch ci.verdict {
 	case policy.VerdictSplice:
