@@ -382,5 +382,5 @@ func newResolverAndProxy(upstreams []string, allowLoopback bool, upstreamCAs []s
 		return nil, nil, err
 	}
 	plog := log.With("component", "proxy")
-	return resolver, proxy.New(proxy.Config{RootCAs: roots, KernelSplice: kernelSplicer(plog)}, plog), nil
+	return resolver, proxy.New(proxy.Config{RootCAs: roots, KernelSplice: kernelSplicer(plog), SandboxClassicalKEX: sandboxClassicalKEX()}, plog), nil
 }
