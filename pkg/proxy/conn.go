@@ -84,7 +84,7 @@ func (s *server) handle(ctx context.Context, c net.Conn) {
 		}
 	}()
 
-	client, err := netip.ParseAddrPort(c.RemoteAddr().String())
+	client, err := remoteAddrPort(c)
 	if err != nil {
 		ci.reason = "unparsable client address"
 		ci.verdict = policy.VerdictDeny
@@ -134,6 +134,17 @@ func (s *server) handle(ctx context.Context, c net.Conn) {
 			handedOff = s.intercept(ctx, c, buf, ci)
 		}
 	}
+}
+
+// remoteAddrPort is c's peer address, without formatting and parsing it
+// for a TCP connection.
+func remoteAddrPort(c net.Conn) (netip.AddrPort, error) {
+	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		if ap := ta.AddrPort(); ap.IsValid() {
+			return ap, nil
+		}
+	}
+	return netip.ParseAddrPort(c.RemoteAddr().String())
 }
 
 // peek reads the ClientHello or the plain HTTP request head and fills
