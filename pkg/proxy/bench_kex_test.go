@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"crypto/tls"
 	"net/http"
 	"testing"
 	"time"
@@ -13,14 +14,20 @@ import (
 // crypto/tls's default key exchange on the sandbox side (the hybrid
 // post-quantum one) and with Config.SandboxClassicalKEX (X25519, what an
 // OpenSSL 3.0 server such as the bench's squid negotiates with the same
-// client). cpu-µs/op is the whole process (client, sluice, upstream).
+// client), and with the client resuming its TLS sessions (tickets from the
+// sandbox-side server). cpu-µs/op is the whole process (client, sluice,
+// upstream).
 func BenchmarkInterceptNewConnKex(b *testing.B) {
 	for _, k := range []struct {
 		name      string
 		classical bool
-	}{{"default", false}, {"classical", true}} {
+		resume    bool // the client resumes TLS sessions (curl does; hey and Go's default Transport do not)
+	}{{"default", false, false}, {"classical", true, false}, {"default-resume", false, true}} {
 		b.Run(k.name, func(b *testing.B) {
 			p := newBenchPair(b, false, false, func(_ *env, cfg *Config) { cfg.SandboxClassicalKEX = k.classical })
+			if k.resume {
+				p.sluice.Transport.(*http.Transport).TLSClientConfig.ClientSessionCache = tls.NewLRUClientSessionCache(16)
+			}
 			get(b, p.sluice, p.url)
 			b.ReportAllocs()
 			c0, t0 := cpuTime(b), time.Now()
