@@ -38,10 +38,18 @@ $GO build -o "$SLUICE_PROBE_BIN" ./test/probe || exit 1
 logs=$(mktemp -d /tmp/sluice-test.XXXXXX)
 pids=()
 # start NAME CMD...: runs CMD in the background, its output in $logs/NAME.
+# Its start and end times (seconds since the script started) go to
+# $logs/NAME.time.
 start() {
 	local name=$1
 	shift
-	("$@") >"$logs/$name" 2>&1 &
+	(
+		s=$SECONDS
+		"$@"
+		rc=$?
+		echo "$s $SECONDS" >"$logs/$name.time"
+		exit $rc
+	) >"$logs/$name" 2>&1 &
 	pids+=("$!:$name")
 }
 failed=()
@@ -50,10 +58,13 @@ finish() {
 	local p
 	for p in "${pids[@]}"; do
 		[ "${p#*:}" = "$1" ] || continue
-		if wait "${p%%:*}"; then
-			echo "=== $1: ok"
+		local rc=0 span
+		wait "${p%%:*}" || rc=$?
+		span=$(awk '{printf "from %ds to %ds: %ds", $1, $2, $2-$1}' "$logs/$1.time" 2>/dev/null)
+		if [ $rc = 0 ]; then
+			echo "=== $1: ok ($span)"
 		else
-			echo "=== $1: FAILED"
+			echo "=== $1: FAILED ($span)"
 			failed+=("$1")
 		fi
 		cat "$logs/$1"
@@ -70,6 +81,7 @@ trap 'exit 130' INT TERM
 # check-generate first and alone: it rewrites the eBPF objects that every
 # test binary compiles in.
 make --no-print-directory check-generate || exit 1
+echo "=== probe build and check-generate: ok (${SECONDS}s)"
 start e2e $GO test $E2E_FLAGS ./test/e2e/
 # shellcheck disable=SC2046 # one word per package
 start packages $GO test $GOTEST_FLAGS $($GO list ./... | grep -v '/test/e2e$')
@@ -84,7 +96,7 @@ finish e2e
 finish fuzz
 pids=()
 if [ ${#failed[@]} -gt 0 ]; then
-	echo "make test: failed: ${failed[*]}"
+	echo "make test: failed: ${failed[*]} (scripts/test.sh: ${SECONDS}s)"
 	exit 1
 fi
-echo "make test: ok"
+echo "make test: ok (scripts/test.sh: ${SECONDS}s)"
