@@ -41,8 +41,8 @@ $GO build -o "$SLUICE_PROBE_BIN" ./test/probe || exit 1
 logs=$(mktemp -d /tmp/sluice-test.XXXXXX)
 pids=()
 # start NAME CMD...: runs CMD in the background, its output in $logs/NAME.
-# Its start and end times (seconds since the script started) go to
-# $logs/NAME.time.
+# Its start and end times (seconds since the script started) and CPU time
+# (user, system) go to $logs/NAME.time.
 start() {
 	local name=$1
 	shift
@@ -51,6 +51,7 @@ start() {
 		"$@"
 		rc=$?
 		echo "$s $SECONDS" >"$logs/$name.time"
+		times >"$logs/$name.cpu" # this shell's, then its children's
 		exit $rc
 	) >"$logs/$name" 2>&1 &
 	pids+=("$!:$name")
@@ -63,7 +64,10 @@ finish() {
 		[ "${p#*:}" = "$1" ] || continue
 		local rc=0 span
 		wait "${p%%:*}" || rc=$?
-		span=$(awk '{printf "from %ds to %ds: %ds", $1, $2, $2-$1}' "$logs/$1.time" 2>/dev/null)
+		span=$({
+			cat "$logs/$1.time"
+			sed -En '2s/([0-9]+)m([0-9.]+)s/\1 \2/gp' "$logs/$1.cpu"
+		} 2>/dev/null | awk 'NR == 1 { printf "from %ds to %ds: %ds", $1, $2, $2 - $1 } NR == 2 { printf ", CPU %ds", $1 * 60 + $2 + $3 * 60 + $4 }')
 		if [ $rc = 0 ]; then
 			echo "=== $1: ok ($span)"
 		else
