@@ -17,8 +17,10 @@ LDFLAGS := -X main.version=$(VERSION)
 # (pkg/testutil, raced by the package tests) and is re-executed as the
 # probe inside sandboxes hundreds of times, and a -race binary takes
 # 1.2-1.5 s to start on the 2-core machine (a plain one 0.07 s).
-GOTEST_FLAGS ?= -race -count=1 -p 4 -parallel 2
-E2E_FLAGS ?= -count=1 -parallel 4
+# -vet=off: go test's own vet is a subset of the go vet ./... that make
+# lint runs in the same make test (and that one covers the test files).
+GOTEST_FLAGS ?= -race -count=1 -p 4 -parallel 2 -vet=off
+E2E_FLAGS ?= -count=1 -parallel 4 -vet=off
 # FUZZTIME_TEST: the fuzz smoke run of make test, per target (scripts/fuzz.sh).
 FUZZTIME_TEST ?= 2s
 

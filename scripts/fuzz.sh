@@ -41,7 +41,7 @@ compile() {
 		fs=$({ grep -hoE '^func (Fuzz[A-Za-z0-9_]+)' "$dir"/*_test.go 2>/dev/null || true; } | awk '{print $2}')
 		[ -n "$fs" ] || continue
 		bin="$work/$(echo "$pkg" | tr / _).test"
-		go test -c -fuzz=. -o "$bin" "$pkg" >"$bin.log" 2>&1 &
+		go test -c -vet=off -fuzz=. -o "$bin" "$pkg" >"$bin.log" 2>&1 &
 		pids+=("$!:$bin")
 		for f in $fs; do echo "$pkg $dir $bin $f" >>"$work/targets.new"; done
 	done < <(go list -f '{{.ImportPath}} {{.Dir}}' ./...)

@@ -31,8 +31,8 @@ set -uo pipefail
 set -m # each part in its own process group, so that an interrupt ends its tests too
 cd "$(dirname "$0")/.."
 GO=${GO:-go}
-GOTEST_FLAGS=${GOTEST_FLAGS:--race -count=1 -p 4 -parallel 2}
-E2E_FLAGS=${E2E_FLAGS:--count=1 -parallel 4}
+GOTEST_FLAGS=${GOTEST_FLAGS:--race -count=1 -p 4 -parallel 2 -vet=off}
+E2E_FLAGS=${E2E_FLAGS:--count=1 -parallel 4 -vet=off}
 FUZZTIME=${FUZZTIME:-2s}
 export SLUICE_BIN=$PWD/bin/sluice SLUICE_PROBE_BIN=$PWD/bin/sluice-probe
 [ -x "$SLUICE_BIN" ] || { echo "test.sh: no $SLUICE_BIN: run make build"; exit 1; }
