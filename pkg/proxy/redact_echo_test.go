@@ -31,6 +31,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -792,6 +793,10 @@ func startUninstrumented(t *testing.T, test string, size int64) func(*testing.T)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	cmd := exec.CommandContext(ctx, goBin, "test", "-count=1", "-v", "-run", "^"+test+"$", ".")
 	cmd.Env = append(os.Environ(), fmt.Sprintf("SLUICE_BIG_BODY_MB=%d", size>>20))
+	// Ended early (a failure here, the timeout), the go command and the
+	// test binary it runs go together.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
