@@ -5,7 +5,9 @@ BIN := bin/sluice
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 # make test: scripts/test.sh runs check-generate, then test/e2e, the raced
-# packages and lint at the same time, then the fuzz smoke run; it says why.
+# packages (the longest first) and lint at the same time, compiles the
+# fuzzing binaries meanwhile, then the fuzz smoke run; it says why, and
+# prints each part's wall and CPU time.
 # -p 4: four package test binaries at a time (the default, one per CPU,
 # queued pkg/enforcer and pkg/proxy, 90 s each, behind each other).
 # -parallel 2: two tests of a package at a time. test/e2e runs 4: at 4 its
