@@ -5,7 +5,9 @@ BIN := bin/sluice
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 # make test: scripts/test.sh runs check-generate, then test/e2e, the raced
-# packages and lint at the same time, then the fuzz smoke run; it says why.
+# packages (the longest first) and lint at the same time, compiles the
+# fuzzing binaries meanwhile, then the fuzz smoke run; it says why, and
+# prints each part's wall and CPU time.
 # -p 4: four package test binaries at a time (the default, one per CPU,
 # queued pkg/enforcer and pkg/proxy, 90 s each, behind each other).
 # -parallel 2: two tests of a package at a time. test/e2e runs 4: at 4 its
@@ -17,8 +19,10 @@ LDFLAGS := -X main.version=$(VERSION)
 # (pkg/testutil, raced by the package tests) and is re-executed as the
 # probe inside sandboxes hundreds of times, and a -race binary takes
 # 1.2-1.5 s to start on the 2-core machine (a plain one 0.07 s).
-GOTEST_FLAGS ?= -race -count=1 -p 4 -parallel 2
-E2E_FLAGS ?= -count=1 -parallel 4
+# -vet=off: go test's own vet is a subset of the go vet ./... that make
+# lint runs in the same make test (and that one covers the test files).
+GOTEST_FLAGS ?= -race -count=1 -p 4 -parallel 2 -vet=off
+E2E_FLAGS ?= -count=1 -parallel 4 -vet=off
 # FUZZTIME_TEST: the fuzz smoke run of make test, per target (scripts/fuzz.sh).
 FUZZTIME_TEST ?= 2s
 

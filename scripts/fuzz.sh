@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
 # Runs every fuzz target in the module for a bounded time each.
 # Usage: scripts/fuzz.sh [DURATION]   (default 30s)
+#        FUZZWORK=DIR scripts/fuzz.sh --compile   (compile only, into DIR)
+#        FUZZWORK=DIR scripts/fuzz.sh [DURATION]  (run what --compile left in DIR)
+#
+# With FUZZWORK, make test compiles the fuzzing binaries while the other
+# tests run and fuzzes once they are done (scripts/test.sh).
 #
 # Each package's fuzzing test binary is compiled once (all packages at
 # once), then FUZZJOBS targets (default: the number of CPUs) fuzz at the
@@ -18,28 +23,42 @@ set -euo pipefail
 t="${1:-30s}"
 jobs="${FUZZJOBS:-$(nproc)}"
 cd "$(dirname "$0")/.."
-work=$(mktemp -d /tmp/sluice-fuzz.XXXXXX)
-trap 'rm -rf "$work"' EXIT
 cache="$(go env GOCACHE)/fuzz"
+if [ -n "${FUZZWORK:-}" ]; then
+	work=$FUZZWORK
+	mkdir -p "$work"
+else
+	work=$(mktemp -d /tmp/sluice-fuzz.XXXXXX)
+	trap 'rm -rf "$work"' EXIT
+fi
 
-# Compile: one instrumented test binary per package with fuzz targets.
-: >"$work/targets"
-pids=()
-while read -r pkg dir; do
-	fs=$({ grep -hoE '^func (Fuzz[A-Za-z0-9_]+)' "$dir"/*_test.go 2>/dev/null || true; } | awk '{print $2}')
-	[ -n "$fs" ] || continue
-	bin="$work/$(echo "$pkg" | tr / _).test"
-	go test -c -fuzz=. -o "$bin" "$pkg" >"$bin.log" 2>&1 &
-	pids+=("$!:$bin")
-	for f in $fs; do echo "$pkg $dir $bin $f" >>"$work/targets"; done
-done < <(go list -f '{{.ImportPath}} {{.Dir}}' ./...)
-for p in "${pids[@]}"; do
-	if ! wait "${p%%:*}"; then
-		echo "fuzz: compiling ${p#*:} failed:"
-		cat "${p#*:}.log"
-		exit 1
-	fi
-done
+# compile: one instrumented test binary per package with fuzz targets, and
+# the list of targets ($work/targets, written once all compiled).
+compile() {
+	: >"$work/targets.new"
+	pids=()
+	while read -r pkg dir; do
+		fs=$({ grep -hoE '^func (Fuzz[A-Za-z0-9_]+)' "$dir"/*_test.go 2>/dev/null || true; } | awk '{print $2}')
+		[ -n "$fs" ] || continue
+		bin="$work/$(echo "$pkg" | tr / _).test"
+		go test -c -vet=off -fuzz=. -o "$bin" "$pkg" >"$bin.log" 2>&1 &
+		pids+=("$!:$bin")
+		for f in $fs; do echo "$pkg $dir $bin $f" >>"$work/targets.new"; done
+	done < <(go list -f '{{.ImportPath}} {{.Dir}}' ./...)
+	for p in "${pids[@]}"; do
+		if ! wait "${p%%:*}"; then
+			echo "fuzz: compiling ${p#*:} failed:"
+			cat "${p#*:}.log"
+			exit 1
+		fi
+	done
+	mv "$work/targets.new" "$work/targets"
+}
+if [ "$t" = --compile ]; then
+	compile
+	exit 0
+fi
+[ -n "${FUZZWORK:-}" ] && [ -s "$work/targets" ] || compile
 
 count() { { ls "$1" 2>/dev/null || true; } | wc -l; } # files in a corpus directory
 run_one() {

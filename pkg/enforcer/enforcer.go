@@ -497,9 +497,25 @@ func (e *Enforcer) GC(grace time.Duration) int {
 	return n
 }
 
-// AllowCount returns the number of allowlist entries (map occupancy).
+// AllowCount returns the number of allowlist entries (map occupancy). It
+// reads them 4096 at a time (a full map has 512Ki), one by one where the
+// kernel has no batch lookup for LPM tries.
 func (e *Enforcer) AllowCount() int {
+	keys := make([]sluiceAllowKey, 4096)
+	vals := make([]sluiceAllowVal, len(keys))
+	var cursor ebpf.MapBatchCursor
 	n := 0
+	for {
+		got, err := e.objs.Allow.BatchLookup(&cursor, keys, vals, nil)
+		n += got
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return n
+		}
+		if err != nil {
+			break
+		}
+	}
+	n = 0
 	var k sluiceAllowKey
 	var v sluiceAllowVal
 	it := e.objs.Allow.Iterate()

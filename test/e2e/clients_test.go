@@ -453,7 +453,11 @@ public class Get {
 // variable, real clients run as the default unprivileged sandbox user reach
 // an intercepted loopback HTTPS upstream, which sees the injected header.
 func TestRealClients(t *testing.T) {
-	t.Parallel()
+	// Not t.Parallel: its clients are parallel subtests, and those of a
+	// parallel test wait for a slot behind every other parallel test of
+	// the package, so the 12 clients (java the slowest) ran last, mostly
+	// one or two at a time, and made the package's tail. Run among the
+	// serial tests, they fill the slots at the start.
 	testutil.RequirePrivileged(t)
 	tools := []string{"curl", "wget", "php", "ruby", "git", "node", "java", debianPython}
 	for _, tool := range tools {

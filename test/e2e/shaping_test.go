@@ -207,6 +207,10 @@ func TestRequestShapingGiBThroughRun(t *testing.T) {
 	if testing.Short() {
 		t.Skip("1 GiB upload; skipped with -short")
 	}
+	// Parallel: what it measures is its own sluice process's peak RSS, and
+	// it has no time bound but curl's 600 s; serial, its 1 GiB (10-27 s)
+	// held up every parallel test of the package.
+	t.Parallel()
 	w := newWorld(t)
 	requireTools(t, "curl", "python3")
 	const blocks = 1024 // of 1 MiB, each ending with one SSN
