@@ -26,10 +26,10 @@ var spliceBufs = sync.Pool{New: func() any { return new([copyBufSize]byte) }}
 //
 // It replaces io.Copy, which between two *net.TCPConn uses splice(2)
 // through a pipe: the bytes then reach the receiver as the sender's page
-// fragments, and on loopback the receiving client spent 0.2-0.35 CPU
-// seconds more per GiB copying them out than copying a fresh buffer (the
-// splice saves the proxy less than that): splice 2.0-2.5 CPU s per GiB for
-// client + origin + proxy, read/write 1.7-1.9, direct 1.3 (PERF.md).
+// fragments, in more, smaller segments, and on loopback the receiving client
+// spent 0.2-0.35 CPU seconds more per GiB than the splice saved the proxy.
+// CPU seconds per GiB for client + origin + proxy over 10 interleaved
+// rounds (median): splice(2) 2.22, read/write 1.91, direct 1.40 (PERF.md).
 func copyConn(dst io.Writer, src net.Conn) (int64, error) {
 	sc, ok := src.(syscall.Conn)
 	if !ok {
