@@ -25,9 +25,9 @@ var spliceBufs = sync.Pool{New: func() any { return new([copyBufSize]byte) }}
 // written to dst.
 //
 // It replaces io.Copy, which between two *net.TCPConn uses splice(2)
-// through a pipe: the bytes then reach the receiver as the sender's page
-// fragments, in more, smaller segments, and on loopback the receiving client
-// spent 0.2-0.35 CPU seconds more per GiB than the splice saved the proxy.
+// through a pipe: the sender's pages then reach the receiver by reference,
+// and on loopback the receiving client spent 0.2-0.35 CPU seconds more per
+// GiB than the splice saved the proxy (why is not pinned down: PERF.md).
 // CPU seconds per GiB for client + origin + proxy over 10 interleaved
 // rounds (median): splice(2) 2.22, read/write 1.91, direct 1.40 (PERF.md).
 func copyConn(dst io.Writer, src net.Conn) (int64, error) {
