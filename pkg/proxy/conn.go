@@ -421,8 +421,9 @@ func (s *server) connEvent(ci *connInfo) {
 	s.emit(ev)
 }
 
-// splice copies bytes between the client and the original destination. With
-// two *net.TCPConn the kernel moves the bytes (splice(2)); each direction is
+// splice copies bytes between the client and the original destination
+// (copyConn: read and write through a pooled buffer, not splice(2), see
+// copy.go), unless the kernel splices them (kernelSplice); each direction is
 // half-closed when its reader sees EOF.
 func (s *server) splice(ctx context.Context, c net.Conn, peeked []byte, ci *connInfo) {
 	if !s.sb.Fence.Acquire(fence.UpstreamConnections) {
@@ -461,7 +462,7 @@ func (s *server) splice(ctx context.Context, c net.Conn, peeked []byte, ci *conn
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		n, err := io.Copy(up, c)
+		n, err := copyConn(up, c)
 		ci.up.Add(n)
 		if err != nil {
 			// reset or closed: unblock the other direction
@@ -471,7 +472,7 @@ func (s *server) splice(ctx context.Context, c net.Conn, peeked []byte, ci *conn
 		}
 		closeWrite(up)
 	}()
-	n, err := io.Copy(c, up)
+	n, err := copyConn(c, up)
 	ci.down.Add(n)
 	if err != nil {
 		c.Close()

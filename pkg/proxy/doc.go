@@ -7,9 +7,10 @@
 //   - deny: a TLS or HTTP client with a known host gets an HTTP 403 whose
 //     body names host, method, path and "sluice policy" (TLS is terminated
 //     with the sandbox CA for that); anything else is closed;
-//   - splice: bytes are copied to the original destination untouched (two
-//     *net.TCPConn: the kernel's splice(2)), each direction half-closed on
-//     EOF;
+//   - splice: bytes are copied to the original destination untouched
+//     (read/write through a pooled 256 KiB buffer, copy.go; or, with
+//     Config.KernelSplice, redirected in the kernel), each direction
+//     half-closed on EOF;
 //   - intercept: TLS is terminated with a leaf of the sandbox CA (ALPN h2 and
 //     http/1.1), every request is checked with MatchRequest, credentials are
 //     injected (replacing same-named client headers), and the request is
