@@ -111,6 +111,9 @@ func TestConnectionsFence(t *testing.T) {
 	}
 	c3.Close()
 	waitFor(t, "the upstream refusal", func() bool { return rec.count(fence.UpstreamConnections) == 1 })
+	// The third's slot must be given back before the idle one comes, or
+	// that one is refused in its place (and Usage reads 3 meanwhile).
+	waitFor(t, "the third connection's slot given back", func() bool { return e.sb.Fence.Usage().Connections == 2 })
 	// Hold a third client connection without data (it waits in the peek),
 	// then a fourth is past the connections fence.
 	idle, err := e.dial(context.Background(), echo)
