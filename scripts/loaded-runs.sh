@@ -12,6 +12,7 @@ set -uo pipefail
 runs=${1:-5}
 repo=${2:-$(cd "$(dirname "$0")/.." && pwd)}
 work=$(mktemp -d /tmp/sluice-loaded.XXXXXX)
+chmod 755 "$work" # tests run bin/sluice as an unprivileged user too
 loops=()
 stop_loops() {
 	local p
