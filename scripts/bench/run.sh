@@ -285,6 +285,7 @@ hey_row() {
 	direct) cmd=(ns "${hey[@]}") ;;
 	sluice) cmd=("$B/probe" cputime "$work/cpu.outer" "${SL[@]}" "${hey[@]}") ;;
 	sluice-kernel) cmd=("$B/probe" cputime "$work/cpu.outer" env SLUICE_KERNEL_SPLICE=1 "${SL[@]}" "${hey[@]}") ;;
+	sluice-classical) cmd=("$B/probe" cputime "$work/cpu.outer" env SLUICE_SANDBOX_CLASSICAL_KEX=1 "${SL[@]}" "${hey[@]}") ;;
 	sluice-audit) cmd=("${SLA[@]}" "${hey[@]}") ;;
 	squid) cmd=("${hey[@]}") px0=$(proc_cpu "$squid_pid") ;;
 	mitm) cmd=("${hey[@]}") px0=$(proc_cpu "$mitm_pid") ;;
@@ -320,7 +321,7 @@ hey_row() {
 	client=$(cpu_file "$work/cpu.client")
 	upstream=$(awk -v a="$up0" -v b="$up1" 'BEGIN { print b - a }')
 	case $mode in
-	sluice | sluice-kernel) proxy=$(awk -v o="$(cpu_file "$work/cpu.outer")" -v c="$client" -v s="$sl_startup" 'BEGIN { print o - c - s }') ;;
+	sluice | sluice-kernel | sluice-classical) proxy=$(awk -v o="$(cpu_file "$work/cpu.outer")" -v c="$client" -v s="$sl_startup" 'BEGIN { print o - c - s }') ;;
 	squid | mitm) proxy=$(awk -v a="$px0" -v b="$px1" 'BEGIN { print b - a }') ;;
 	esac
 	us() { awk -v c="$1" -v n="$n" 'BEGIN { printf "%.1f", 1e6 * c / n }'; }
@@ -470,6 +471,10 @@ for round in $(seq "$ROUNDS"); do
 	need a.nc "$hey_ok" "hey not available" && hey_row a.nc direct -- -disable-keepalive -host api.bench.test "$API/"
 	need d.nc "${hey_ok:+$sluice_ok}" "hey or sluice not available" &&
 		hey_row d.nc sluice -- -disable-keepalive -host api.bench.test "$API/"
+	# The same with the key exchange squid's OpenSSL 3.0 can do (no ML-KEM):
+	# the like-for-like CPU comparison of a new connection (issue #21).
+	need d.nc.classical "${hey_ok:+$sluice_ok}" "hey or sluice not available" &&
+		hey_row d.nc.classical sluice-classical -- -disable-keepalive -host api.bench.test "$API/"
 	need e.nc "${hey_ok:+$squid_port}" "hey or squid-openssl not available" &&
 		hey_row e.nc squid -- -x "http://127.0.0.1:$squid_port" -disable-keepalive "$API/"
 	need f.nc "${hey_ok:+$mitm_port}" "hey or mitmproxy not available" &&

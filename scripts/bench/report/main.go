@@ -54,6 +54,7 @@ var rows = []row{
 	{ID: "c", Key: "c.h2", Label: "sluice intercept + header, HTTP/2", Unit: "req/s", Base: "a.h2", BaseName: "a HTTP/2", Target: 0.6},
 	{ID: "c", Key: "c.audit", Label: "sluice intercept + header, audit log to a file", Unit: "req/s", Base: "c.ka", BaseName: "c without audit", Target: 0.9},
 	{ID: "d", Key: "d.nc", Label: "sluice intercept + header, new conn/request", Unit: "req/s", Base: "a.nc", BaseName: "a new conn", Target: 0.5},
+	{ID: "d", Key: "d.nc.classical", Label: "sluice intercept + header, new conn/request, classical key exchange (SLUICE_SANDBOX_CLASSICAL_KEX=1)", Unit: "req/s", Base: "a.nc", BaseName: "a new conn"},
 	{ID: "e", Key: "e.ka", Label: "squid ssl-bump + header, keep-alive", Unit: "req/s", Base: "a.ka", BaseName: "a keep-alive"},
 	{ID: "e", Key: "e.nc", Label: "squid ssl-bump + header, new conn/request", Unit: "req/s", Base: "a.nc", BaseName: "a new conn"},
 	{ID: "f", Key: "f.ka", Label: "mitmproxy + header, keep-alive", Unit: "req/s", Base: "a.ka", BaseName: "a keep-alive"},
@@ -78,7 +79,9 @@ var rows = []row{
 	{ID: "f", Key: "f.ka.cpu", Label: "CPU/request: mitmproxy, keep-alive", Unit: "us", Base: "c.ka.cpu", BaseName: "sluice (c)"},
 	{ID: "a", Key: "a.nc.cpu", Label: "CPU/request: direct client + upstream, new conn", Unit: "us"},
 	{ID: "d", Key: "d.nc.cpu", Label: "CPU/request: sluice intercept, new conn", Unit: "us", Base: "a.nc.cpu", BaseName: "a client + upstream"},
+	{ID: "d", Key: "d.nc.classical.cpu", Label: "CPU/request: sluice intercept, new conn, classical key exchange", Unit: "us", Base: "a.nc.cpu", BaseName: "a client + upstream"},
 	{ID: "e", Key: "e.nc.cpu", Label: "CPU/request: squid, new conn", Unit: "us", Base: "d.nc.cpu", BaseName: "sluice (d)", Target: 2},
+	{ID: "e", Key: "e.nc.cpu", Label: "CPU/request: squid vs sluice with the same (classical) key exchange, new conn", Unit: "us", Base: "d.nc.classical.cpu", BaseName: "sluice classical (d)"},
 	{ID: "f", Key: "f.nc.cpu", Label: "CPU/request: mitmproxy, new conn", Unit: "us", Base: "d.nc.cpu", BaseName: "sluice (d)"},
 	{ID: "-", Key: "noise.busy", Label: "machine busy before each round (not the bench)", Unit: "%", Info: true},
 }
