@@ -101,13 +101,14 @@ first=(./pkg/proxy ./pkg/enforcer ./pkg/secrets ./pkg/policy)
 start packages $GO test $GOTEST_FLAGS "${first[@]}" $($GO list ./... | grep -v -e '/test/e2e$' $(printf -- '-e /%s$ ' "${first[@]#./}"))
 # lint also checks that pkg/secrets is reachable from the binary (#20).
 start lint make --no-print-directory lint deadcode-secrets
-finish lint
-# The fuzzing binaries compile (at a lower priority) while the tests run;
+# The fuzzing binaries compile (at a lower priority) while the tests and
+# lint run (waiting for lint put its deadcode run on the critical path);
 # the fuzz run starts when the first of test/e2e and the packages ends.
 export FUZZWORK=$logs/fuzzwork
 start fuzzbuild nice -n 10 scripts/fuzz.sh --compile
 e2epid=${pids[0]%%:*} pkgpid=${pids[1]%%:*}
 while kill -0 "$e2epid" 2>/dev/null && kill -0 "$pkgpid" 2>/dev/null; do sleep 1; done
+finish lint
 finish fuzzbuild
 start fuzz scripts/fuzz.sh "$FUZZTIME"
 finish packages
