@@ -319,7 +319,10 @@ func parseHTTPHead(data []byte) (httpHead, error) {
 		}
 		seen, hdrHost = true, v
 	}
-	if host == nil {
+	if len(host) == 0 {
+		// No target authority ("/x", or an absolute-form target with an
+		// empty one, "a:///x"): net/http takes the Host header then, and
+		// so does the peek (found by FuzzHostDifferential).
 		host = hdrHost
 	}
 	if len(host) == 0 {
