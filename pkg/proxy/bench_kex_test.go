@@ -4,7 +4,6 @@ import (
 	"crypto/tls"
 	"net/http"
 	"testing"
-	"time"
 
 	"github.com/sluice-dev/sluice/pkg/audit"
 )
@@ -28,15 +27,7 @@ func BenchmarkInterceptNewConnKex(b *testing.B) {
 			if k.resume {
 				p.sluice.Transport.(*http.Transport).TLSClientConfig.ClientSessionCache = tls.NewLRUClientSessionCache(16)
 			}
-			get(b, p.sluice, p.url)
-			b.ReportAllocs()
-			c0, t0 := cpuTime(b), time.Now()
-			for b.Loop() {
-				get(b, p.sluice, p.url)
-			}
-			cpu, wall := cpuTime(b)-c0, time.Since(t0)
-			b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/op")
-			b.ReportMetric(float64(b.N)/wall.Seconds(), "req/s")
+			measureGets(b, p.sluice, p.url)
 		})
 	}
 }
@@ -52,15 +43,7 @@ func BenchmarkInterceptKeepAliveDiscard(b *testing.B) {
 		cl   *http.Client
 	}{{"direct", p.direct}, {"sluice", p.sluice}} {
 		b.Run(c.name, func(b *testing.B) {
-			get(b, c.cl, p.url)
-			b.ReportAllocs()
-			c0, t0 := cpuTime(b), time.Now()
-			for b.Loop() {
-				get(b, c.cl, p.url)
-			}
-			cpu, wall := cpuTime(b)-c0, time.Since(t0)
-			b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/op")
-			b.ReportMetric(float64(b.N)/wall.Seconds(), "req/s")
+			measureGets(b, c.cl, p.url)
 		})
 	}
 }
