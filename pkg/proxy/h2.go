@@ -12,6 +12,8 @@ import (
 	"net/textproto"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"time"
 )
 
 // The HTTP/2 front end: a TLS connection that negotiated h2 (tls.go) is
@@ -106,23 +108,100 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rs := &reqState{}
 	rs.begin(ci, r)
 	defer s.finish(rs)
+	client := r.Body // the client's stream, before shaping wraps it
 	if code, body := s.gate(r.Context(), r, rs); code != 0 {
 		writeText(w, code, body)
+		h2Drain(w, client, nil)
 		return
 	}
-	s.forwardH2(w, r, rs)
+	s.forwardH2(w, r, rs, client)
+}
+
+// h2DrainTime and h2DrainMax bound what h2Drain reads.
+const (
+	h2DrainTime = 2 * time.Second
+	h2DrainMax  = 256 << 10
+)
+
+// h2Drain reads, for a moment and up to h2DrainMax, what the client still
+// sends of its request body once its answer is written, before the handler
+// returns. A handler returning first ends the response while the client's
+// half of the stream is open, and the server then resets the stream
+// (NO_ERROR, RFC 9113 §8.1), which curl 7.88 reports as a framing error for
+// a request whose answer it had (an upstream that answers before reading
+// the body). kept, when not nil, is the transport's view of the body: the
+// drain waits until the transport let go of it, and skips it when that
+// does not happen in time (an upload the upstream still reads).
+func h2Drain(w http.ResponseWriter, client io.Reader, kept *keptBody) {
+	if client == nil || client == http.NoBody {
+		return
+	}
+	rc := http.NewResponseController(w)
+	if rc.Flush() != nil { // the answer goes out first
+		return
+	}
+	// The deadline also ends a read the transport may have blocked on the
+	// client's stream (holding kept.mu).
+	if rc.SetReadDeadline(time.Now().Add(h2DrainTime)) != nil {
+		return
+	}
+	if kept != nil {
+		t := time.NewTimer(h2DrainTime)
+		defer t.Stop()
+		select {
+		case <-kept.closed:
+		case <-t.C:
+			return
+		}
+		kept.mu.Lock()
+		defer kept.mu.Unlock()
+	}
+	io.Copy(io.Discard, io.LimitReader(client, h2DrainMax))
+}
+
+// keptBody is the request body handed to the transport: its Close tells
+// h2Drain the transport is done with the body, without closing the
+// client's stream (the handler does); its reads are serialized with the
+// drain (the server's request body is not safe for concurrent reads).
+type keptBody struct {
+	mu     sync.Mutex
+	rc     io.Reader
+	eof    atomic.Bool // the client's whole body was read
+	once   sync.Once
+	closed chan struct{}
+}
+
+func (b *keptBody) Read(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	n, err := b.rc.Read(p)
+	if err == io.EOF {
+		b.eof.Store(true)
+	}
+	return n, err
+}
+
+func (b *keptBody) Close() error {
+	b.once.Do(func() { close(b.closed) })
+	return nil
 }
 
 // forwardH2 sends the checked request r upstream and relays the answer to
 // w, streaming both bodies.
-func (s *server) forwardH2(w http.ResponseWriter, r *http.Request, rs *reqState) {
+func (s *server) forwardH2(w http.ResponseWriter, r *http.Request, rs *reqState, client io.Reader) {
 	if r.ContentLength == 0 {
 		r.Body = nil // no body: the transport must not wait for one
 	}
-	if r.Body != nil {
-		// The transport may still read the body after the handler
-		// returned (a failed exchange): it is closed first.
-		defer r.Body.Close()
+	var kept *keptBody
+	body := r.Body
+	if body != nil {
+		// The transport may still be blocked reading the client's body
+		// (kept.Close does not end that read): closing the body ends it,
+		// and comes before the response body's Close, which waits for
+		// the transport to let go of the request.
+		defer body.Close()
+		kept = &keptBody{rc: body, closed: make(chan struct{})}
+		r.Body = kept
 	}
 	rs.prepareUpstream(r)
 	if _, ok := r.Header["User-Agent"]; !ok {
@@ -157,7 +236,12 @@ func (s *server) forwardH2(w http.ResponseWriter, r *http.Request, rs *reqState)
 		s.upstreamError(w, r, rs, err)
 		return
 	}
-	defer resp.Body.Close()
+	defer func() {
+		if body != nil {
+			body.Close()
+		}
+		resp.Body.Close()
+	}()
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		// No upgrade on HTTP/2 (the server refuses Upgrade headers).
 		err = errors.New("switched protocols on an HTTP/2 request")
@@ -169,11 +253,13 @@ func (s *server) forwardH2(w http.ResponseWriter, r *http.Request, rs *reqState)
 		s.upstreamError(w, r, rs, err)
 		return
 	}
-	s.writeH2Response(w, resp, rs)
+	if s.writeH2Response(w, resp, rs) && kept != nil && !kept.eof.Load() {
+		h2Drain(w, client, kept)
+	}
 }
 
 // writeH2Response relays a filtered answer: header, body and trailers.
-func (s *server) writeH2Response(w http.ResponseWriter, resp *http.Response, rs *reqState) {
+func (s *server) writeH2Response(w http.ResponseWriter, resp *http.Response, rs *reqState) bool {
 	wh := w.Header()
 	for k, vv := range resp.Header {
 		wh[k] = vv
@@ -195,11 +281,11 @@ func (s *server) writeH2Response(w http.ResponseWriter, resp *http.Response, rs 
 		// Redacted in memory (filter.go): written at once, no copy.
 		if _, err := w.Write(mb.b[mb.off:]); err != nil {
 			rs.status, rs.errMsg = 499, "client closed the request"
-			return
+			return false
 		}
 		mb.off = len(mb.b)
 	} else if !s.copyH2Body(w, resp, rs) {
-		return
+		return false
 	}
 	if len(resp.Trailer) == announced {
 		for k, vv := range resp.Trailer {
@@ -210,6 +296,7 @@ func (s *server) writeH2Response(w http.ResponseWriter, resp *http.Response, rs 
 			wh[http.TrailerPrefix+k] = vv
 		}
 	}
+	return true
 }
 
 // copyH2Body streams resp's body to w, flushing what arrives; false when
