@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
 # The suite of make test (after deps and build), scheduled for wall time on
-# a 2-core machine. Its parts mostly wait (on daemons, sandboxes, loopback
-# peers and timeouts) rather than compute, so they overlap:
+# a 2-core machine:
 #
 #   check-generate  |==|
-#   test/e2e           |=============================|
-#   packages, -race    |======================================|
-#   lint               |=======|
-#   fuzz compile               |=====| (nice 10)
-#   fuzz smoke run                                   |=====|
-#                      (the fuzz run starts when the first of the two ends)
+#   test/e2e           |=======================|
+#   packages, -race                            |==============|
+#   lint (nice 19)     |...........................|
+#   fuzz compile (nice 19)  |.............................|
+#   fuzz smoke run                                            |=====|
+#
+# test/e2e and the raced packages each keep both cores busy most of the
+# time (alone: e2e 77 s wall for 125 s CPU, the packages 44 s for 73 s),
+# so they run one after the other: run together they took 440 s of CPU
+# instead of 305 (context switches, Go schedulers spinning against each
+# other, caches) and ended later than in turn. lint (whose deadcode run is
+# CPU-bound) and the fuzzing binaries' compile run at the lowest priority
+# from the start, in the gaps the tests leave while they wait on daemons,
+# sandboxes and loopback peers; the fuzz run, CPU-bound, comes last.
 #
 # - test/e2e runs without -race: the programs under test there are
 #   bin/sluice (built without -race) and real clients; the test binary
@@ -19,13 +26,9 @@
 #   one 0.07 s). For the same reason the raced packages' probes
 #   (testutil.RunProbe) run bin/sluice-probe (./test/probe), named by
 #   SLUICE_PROBE_BIN.
-# - The fuzz run (CPU-bound) starts when the first of test/e2e and the
-#   packages is done, so that the CPU-bound parts do not pile up. Its
-#   binaries compile earlier, at a lower priority than the tests (the
-#   compile took 46 s of the fuzz part's 70 s on the critical path; now
-#   the part takes 24 s). The run itself keeps the normal priority: its
-#   targets fuzz for a fixed wall time each, and a starved worker makes
-#   Go's fuzztime deadline race (below, in scripts/fuzz.sh) likelier.
+# - The fuzz run keeps the normal priority: its targets fuzz for a fixed
+#   wall time each, and a starved worker makes Go's fuzztime deadline race
+#   (below, in scripts/fuzz.sh) likelier.
 #
 # Each part's output is printed when it ends; the script fails if any part
 # failed, after all have ended. Flags: GOTEST_FLAGS (the packages),
@@ -93,26 +96,21 @@ trap 'exit 130' INT TERM
 make --no-print-directory check-generate || exit 1
 echo "=== probe build and check-generate: ok (${SECONDS}s)"
 start e2e $GO test $E2E_FLAGS ./test/e2e/
+# lint also checks that pkg/secrets is reachable from the binary (#20).
+start lint nice -n 19 make --no-print-directory lint deadcode-secrets
+export FUZZWORK=$logs/fuzzwork
+start fuzzbuild nice -n 19 scripts/fuzz.sh --compile
+finish e2e
 # The longest packages first: go test compiles and starts packages in the
 # order given (-p at a time); listed in their place, pkg/proxy and
 # pkg/enforcer queued behind the short ones and ended last.
 first=(./pkg/proxy ./pkg/enforcer ./pkg/secrets ./pkg/policy)
 # shellcheck disable=SC2046 # one word per package
 start packages $GO test $GOTEST_FLAGS "${first[@]}" $($GO list ./... | grep -v -e '/test/e2e$' $(printf -- '-e /%s$ ' "${first[@]#./}"))
-# lint also checks that pkg/secrets is reachable from the binary (#20).
-start lint make --no-print-directory lint deadcode-secrets
-# The fuzzing binaries compile (at a lower priority) while the tests and
-# lint run (waiting for lint put its deadcode run on the critical path);
-# the fuzz run starts when the first of test/e2e and the packages ends.
-export FUZZWORK=$logs/fuzzwork
-start fuzzbuild nice -n 10 scripts/fuzz.sh --compile
-e2epid=${pids[0]%%:*} pkgpid=${pids[1]%%:*}
-while kill -0 "$e2epid" 2>/dev/null && kill -0 "$pkgpid" 2>/dev/null; do sleep 1; done
+finish packages
 finish lint
 finish fuzzbuild
 start fuzz scripts/fuzz.sh "$FUZZTIME"
-finish packages
-finish e2e
 finish fuzz
 pids=()
 if [ ${#failed[@]} -gt 0 ]; then
