@@ -86,8 +86,13 @@ func rthdr6(mode string, hop netip.Addr, dst netip.AddrPort, msg []byte) string 
 		flags = unix.MSG_FASTOPEN
 	}
 	if err := unix.Sendto(fd, msg, flags, sa); err != nil {
-		if mode == "rthdr6tfo" && (err == unix.EINPROGRESS || err == unix.EAGAIN || err == unix.ETIMEDOUT) {
-			return "ok sent" // the SYN left; nobody answers it
+		// The SYN left, and the call waited for an answer nobody sends:
+		// until SO_SNDTIMEO (EAGAIN), or until a signal (EINTR: with a
+		// send timeout the kernel does not restart the call, and Go's
+		// runtime signals its threads for preemption). A refused
+		// connect fails before the SYN, with EPERM.
+		if mode == "rthdr6tfo" && (err == unix.EINPROGRESS || err == unix.EAGAIN || err == unix.ETIMEDOUT || err == unix.EINTR) {
+			return "ok sent"
 		}
 		return "error send " + errnoName(err)
 	}
