@@ -199,8 +199,11 @@ func VerifyAt(pub ed25519.PublicKey, header string, body []byte, maxSkew time.Du
 			}
 			ts = v
 		case "ed25519":
+			// Only the canonical encoding: the decoder skips CR and LF
+			// and ignores the padding bits, so other spellings of the
+			// same signature would verify too (found by FuzzVerify).
 			sig, err := base64.StdEncoding.DecodeString(v)
-			if err != nil || len(sig) != ed25519.SignatureSize {
+			if err != nil || len(sig) != ed25519.SignatureSize || base64.StdEncoding.EncodeToString(sig) != v {
 				return errors.New("verifying signature: ed25519= is not a base64 Ed25519 signature")
 			}
 			sigs = append(sigs, sig)
