@@ -5,8 +5,8 @@
 #   check-generate  |==|
 #   test/e2e           |=======================|
 #   packages, -race                            |==============|
-#   lint (nice 19)     |...........................|
-#   fuzz compile (nice 19)  |.............................|
+#   lint (nice 19)     |...................................=====|
+#   fuzz compile (nice 19)  |..............................|
 #   fuzz smoke run                                            |=====|
 #
 # test/e2e and the raced packages each keep both cores busy most of the
@@ -17,7 +17,8 @@
 # CPU-bound) and the fuzzing binaries' compile run at the lowest priority
 # from the start, in the gaps the tests leave while they wait on daemons,
 # sandboxes and loopback peers, and at the normal one once the tests are
-# done; the fuzz run, CPU-bound, comes last.
+# done; the fuzz run, whose targets each fuzz for a fixed wall time, comes
+# last, beside what is left of lint.
 #
 # - test/e2e runs without -race: the programs under test there are
 #   bin/sluice (built without -race) and real clients; the test binary
@@ -116,9 +117,11 @@ finish packages
 for p in "${pids[@]}"; do
 	case ${p#*:} in lint | fuzzbuild) renice -n 0 -g "${p%%:*}" >/dev/null 2>&1 ;; esac
 done
-finish lint
 finish fuzzbuild
+# Each target fuzzes for a fixed wall time, so the rest of lint may share
+# the CPU with it.
 start fuzz scripts/fuzz.sh "$FUZZTIME"
+finish lint
 finish fuzz
 pids=()
 if [ ${#failed[@]} -gt 0 ]; then
