@@ -224,16 +224,18 @@ func gateSend(t *testing.T, e *env, dst netip.AddrPort, proto, host, method, tar
 	return rawH2(t, e, dst, host, fields)
 }
 
-// rawH2 sends one HTTP/2 request built from raw header fields.
-func rawH2(t *testing.T, e *env, dst netip.AddrPort, sni string, fields [][2]string) (int, string) {
+// openH2 opens a raw HTTP/2 client connection through the proxy to dst
+// (TLS with SNI sni, the preface and SETTINGS sent, closed with the test):
+// frames are written to bw, flushed by the caller, and read from fr.
+func openH2(t *testing.T, e *env, dst netip.AddrPort, sni string, timeout time.Duration) (*http2.Framer, *bufio.Writer) {
 	t.Helper()
 	c, err := e.dial(context.Background(), dst)
 	if err != nil {
 		t.Fatal(err)
 	}
 	tc := tls.Client(c, &tls.Config{ServerName: sni, RootCAs: e.sandbox, NextProtos: []string{"h2"}})
-	defer tc.Close()
-	tc.SetDeadline(time.Now().Add(10 * time.Second))
+	t.Cleanup(func() { tc.Close() })
+	tc.SetDeadline(time.Now().Add(timeout))
 	if err := tc.Handshake(); err != nil {
 		t.Fatal(err)
 	}
@@ -245,15 +247,29 @@ func rawH2(t *testing.T, e *env, dst netip.AddrPort, sni string, fields [][2]str
 	fr := http2.NewFramer(bw, tc)
 	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	fr.WriteSettings()
+	return fr, bw
+}
+
+// writeH2Headers writes a HEADERS frame of the raw fields on stream 1 and
+// flushes it.
+func writeH2Headers(t *testing.T, fr *http2.Framer, bw *bufio.Writer, fields [][2]string, endStream bool) {
+	t.Helper()
 	var hb bytes.Buffer
 	enc := hpack.NewEncoder(&hb)
 	for _, kv := range fields {
 		enc.WriteField(hpack.HeaderField{Name: kv[0], Value: kv[1]})
 	}
-	fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true})
+	fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes(), EndStream: endStream, EndHeaders: true})
 	if err := bw.Flush(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// rawH2 sends one HTTP/2 request built from raw header fields.
+func rawH2(t *testing.T, e *env, dst netip.AddrPort, sni string, fields [][2]string) (int, string) {
+	t.Helper()
+	fr, bw := openH2(t, e, dst, sni, 10*time.Second)
+	writeH2Headers(t, fr, bw, fields, true)
 	status := 0
 	var body bytes.Buffer
 	for {

@@ -1,9 +1,7 @@
 package proxy
 
 import (
-	"bufio"
 	"bytes"
-	"crypto/tls"
 	"fmt"
 	"io"
 	"net/http"
@@ -12,7 +10,6 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/hpack"
 )
 
 // TestH2EarlyAnswerEndsStreamCleanly: an HTTP/2 client sends a POST's
@@ -45,28 +42,9 @@ rules:
 		{"refused by the gate", "/admin", "sluice", 403},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c, err := e.dial(t.Context(), dst)
-			if err != nil {
-				t.Fatal(err)
-			}
-			tc2 := tls.Client(c, &tls.Config{ServerName: "api.test", RootCAs: e.sandbox, NextProtos: []string{"h2"}})
-			defer tc2.Close()
-			tc2.SetDeadline(time.Now().Add(20 * time.Second))
-			bw := bufio.NewWriter(tc2)
-			io.WriteString(bw, http2.ClientPreface)
-			fr := http2.NewFramer(bw, tc2)
-			fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-			fr.WriteSettings()
-			var hb bytes.Buffer
-			enc := hpack.NewEncoder(&hb)
-			for _, kv := range [][2]string{{":method", "POST"}, {":scheme", "https"}, {":authority", fmt.Sprintf("api.test:%d", dst.Port())},
-				{":path", tc.path}, {"content-length", "9"}} {
-				enc.WriteField(hpack.HeaderField{Name: kv[0], Value: kv[1]})
-			}
-			fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes(), EndHeaders: true})
-			if err := bw.Flush(); err != nil {
-				t.Fatal(err)
-			}
+			fr, bw := openH2(t, e, dst, "api.test", 20*time.Second)
+			writeH2Headers(t, fr, bw, [][2]string{{":method", "POST"}, {":scheme", "https"}, {":authority", fmt.Sprintf("api.test:%d", dst.Port())},
+				{":path", tc.path}, {"content-length", "9"}}, false)
 			status, sentBody, ended := 0, false, false
 			var body bytes.Buffer
 			for !ended {
