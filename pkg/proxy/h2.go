@@ -193,16 +193,24 @@ func (s *server) forwardH2(w http.ResponseWriter, r *http.Request, rs *reqState,
 		r.Body = nil // no body: the transport must not wait for one
 	}
 	var kept *keptBody
+	var resp *http.Response
 	body := r.Body
 	if body != nil {
+		kept = &keptBody{rc: body, closed: make(chan struct{})}
+		r.Body = kept
+	}
+	defer func() {
 		// The transport may still be blocked reading the client's body
 		// (kept.Close does not end that read): closing the body ends it,
 		// and comes before the response body's Close, which waits for
 		// the transport to let go of the request.
-		defer body.Close()
-		kept = &keptBody{rc: body, closed: make(chan struct{})}
-		r.Body = kept
-	}
+		if body != nil {
+			body.Close()
+		}
+		if resp != nil {
+			resp.Body.Close()
+		}
+	}()
 	rs.prepareUpstream(r)
 	if _, ok := r.Header["User-Agent"]; !ok {
 		r.Header["User-Agent"] = []string{""} // the transport adds none
@@ -236,12 +244,6 @@ func (s *server) forwardH2(w http.ResponseWriter, r *http.Request, rs *reqState,
 		s.upstreamError(w, r, rs, err)
 		return
 	}
-	defer func() {
-		if body != nil {
-			body.Close()
-		}
-		resp.Body.Close()
-	}()
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		// No upgrade on HTTP/2 (the server refuses Upgrade headers).
 		err = errors.New("switched protocols on an HTTP/2 request")
