@@ -72,8 +72,10 @@ func (ci *connInfo) closeOwn() {
 
 func (ci *connInfo) port() uint16 { return ci.orig.Dst.Port() }
 
-// handle runs one accepted connection to completion.
-func (s *server) handle(ctx context.Context, c net.Conn) {
+// handle runs one tracked client connection to completion. given is its
+// original destination when the caller looked it up; nil: handle asks
+// s.sb.Orig.
+func (s *server) handle(ctx context.Context, c net.Conn, given *Origin) {
 	ci := &connInfo{s: s, start: time.Now(), proto: protoTCP}
 	handedOff := false
 	defer func() {
@@ -84,21 +86,30 @@ func (s *server) handle(ctx context.Context, c net.Conn) {
 		}
 	}()
 
-	client, err := remoteAddrPort(c)
-	if err != nil {
-		ci.reason = "unparsable client address"
-		ci.verdict = policy.VerdictDeny
-		return
-	}
-	orig, err := s.sb.Orig.OriginalDst(netip.AddrPortFrom(client.Addr().Unmap(), client.Port()))
-	if err != nil {
-		ci.verdict = policy.VerdictDeny
-		ci.reason = "original destination unknown"
-		s.log.Debug("original destination lookup failed", "client", client, "err", err)
-		return
+	var orig Origin
+	if given != nil {
+		orig = *given
+	} else {
+		client, err := remoteAddrPort(c)
+		if err != nil {
+			ci.reason = "unparsable client address"
+			ci.verdict = policy.VerdictDeny
+			return
+		}
+		orig, err = s.sb.Orig.OriginalDst(netip.AddrPortFrom(client.Addr().Unmap(), client.Port()))
+		if err != nil {
+			ci.verdict = policy.VerdictDeny
+			ci.reason = "original destination unknown"
+			s.log.Debug("original destination lookup failed", "client", client, "err", err)
+			return
+		}
 	}
 	orig.Dst = netip.AddrPortFrom(orig.Dst.Addr().Unmap(), orig.Dst.Port())
 	ci.orig = orig
+	if orig.Dst.Port() == dnsPort {
+		handedOff = s.serveDNS(ctx, c, ci)
+		return
+	}
 	ci.exe = s.exeOf(orig.PID)
 
 	buf, err := s.peek(c, ci)

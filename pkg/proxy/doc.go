@@ -1,8 +1,11 @@
-// Package proxy is sluice's transparent egress proxy: one Serve call per
-// sandbox listener receives the TCP connections the kernel redirected from
-// that sandbox, recovers each one's original destination (OriginalDst), reads
-// the TLS ClientHello's server name or the plain HTTP Host (a bounded peek),
-// and decides with the sandbox's policy:
+// Package proxy is sluice's transparent egress proxy: one Server per sandbox
+// (NewServer) receives the TCP connections the kernel redirected from that
+// sandbox, from the sandbox's own listeners (Server.Serve, or Proxy.Serve for
+// one listener) or from a caller that accepted them on a listener shared by
+// all sandboxes and looked their original destination up itself
+// (Server.ServeConn). It recovers each one's original destination
+// (OriginalDst) unless given, reads the TLS ClientHello's server name or the
+// plain HTTP Host (a bounded peek), and decides with the sandbox's policy:
 //
 //   - deny: a TLS or HTTP client with a known host gets an HTTP 403 whose
 //     body names host, method, path and "sluice policy" (TLS is terminated
@@ -34,6 +37,10 @@
 // name, then the CIDR rules. A client that sends nothing within
 // Config.FirstByteTimeout (a server-speaks-first protocol) is decided the same
 // way, and refused when the decision needs HTTP.
+//
+// DNS over TCP. A connection whose original destination port is 53 is not
+// decided: it goes, unread, to the sandbox's resolver (Sandbox.DNS), which
+// records its queries; without one it is closed and recorded as denied.
 //
 // Per request, a Host that differs from the connection's name (domain
 // fronting) is refused unless one rule allows both; CONNECT, protocol
@@ -98,8 +105,9 @@
 //     connection enforce would refuse waits up to PeekTimeout for a
 //     ClientHello or request head (not FirstByteTimeout), so that its name
 //     is recorded; a server-speaks-first protocol there starts that late.
-//   - One "conn" event per connection and one "http" event per intercepted
-//     request; no event carries a secret, a query value or a body.
+//   - One "conn" event per connection (but those handed to Sandbox.DNS) and
+//     one "http" event per intercepted request; no event carries a secret,
+//     a query value or a body.
 //
 // A rule's oauth2 block injects "Authorization: Bearer" with a token from
 // Sandbox.Tokens (a failed token request: 502, nothing forwarded); an
@@ -110,15 +118,20 @@
 // covers the body as redacted, and a request refused by its body (max_body,
 // deny_body, json) looks up no secret.
 //
-// A Proxy is safe for concurrent use; Serve returns after every connection
-// it accepted is closed.
+// A Proxy and a Server are safe for concurrent use. An idle Server holds no
+// goroutine (issue #21). Server.Close, which must be called, closes every
+// connection and returns after their handlers; the end of NewServer's
+// context closes them too. Proxy.Serve returns after every connection it
+// accepted is closed.
 //
 // # Reading the code
 //
 // The files follow the path of a connection and its requests:
 //
-//   - proxy.go: the API (Config, Sandbox, New) and Serve, the accept loop;
-//     fence.go: the sandbox's connection and request-head fences.
+//   - proxy.go: the API (Config, Sandbox, New), Server (NewServer,
+//     ServeConn, Serve: the accept loop, Close); fence.go: the sandbox's
+//     connection and request-head fences; dns.go: DNS over TCP handed to
+//     the sandbox's resolver.
 //   - conn.go: per connection, the original destination, the peek (the
 //     ClientHello and HTTP head parsers are in peek.go, names in host.go,
 //     the process in process.go) and the decision: refuse, splice (also in

@@ -9,10 +9,13 @@ import (
 
 // refuseAtConnFence closes a connection accepted past the sandbox's
 // connections fence, with a reset, and reports it with the original
-// destination (which it consumes: the connection is gone).
-func (s *server) refuseAtConnFence(c net.Conn) {
+// destination: orig when the caller looked it up, else asked of s.sb.Orig
+// (which consumes it: the connection is gone).
+func (s *server) refuseAtConnFence(c net.Conn, orig *Origin) {
 	var dst netip.AddrPort
-	if client, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
+	if orig != nil {
+		dst = netip.AddrPortFrom(orig.Dst.Addr().Unmap(), orig.Dst.Port())
+	} else if client, err := remoteAddrPort(c); err == nil {
 		if o, err := s.sb.Orig.OriginalDst(netip.AddrPortFrom(client.Addr().Unmap(), client.Port())); err == nil {
 			dst = netip.AddrPortFrom(o.Dst.Addr().Unmap(), o.Dst.Port())
 		}

@@ -54,7 +54,7 @@ type Callbacks interface {
 	CallbackHeaders(ctx context.Context, sandbox, host string, port uint16, cb *policy.Callback) (map[string]string, error)
 }
 
-// Sandbox is the view of one sandbox that one listener serves.
+// Sandbox is the view of one sandbox that one Server serves.
 type Sandbox struct {
 	Name string
 	ID   uint64
@@ -73,6 +73,16 @@ type Sandbox struct {
 	// fails such a rule's requests (502).
 	Tokens Tokens
 	Signer RequestSigner
+
+	// DNS serves DNS over TCP on c: the kernel redirects a sandbox's TCP
+	// connections to port 53 to the proxy, which hands each one here once
+	// its original destination is known, before reading from it. It owns
+	// c until it returns; then the proxy closes c. ctx ends when the
+	// server closes (which also closes c) and carries the connection's
+	// Origin (OriginFromContext): the kernel's record was consumed by the
+	// lookup. The connection holds its connections-fence slot until DNS
+	// returns. Nil: such connections are closed (and logged as denied).
+	DNS func(ctx context.Context, c net.Conn)
 }
 
 // Config holds what all sandboxes served by one Proxy share. Zero values
@@ -142,8 +152,9 @@ func RootPool(extraPEMFiles ...string) (*x509.CertPool, error) {
 }
 
 // Proxy is the transparent proxy shared by all sandboxes: upstream roots,
-// dialer and the pooled upstream transport. Each sandbox is served by Serve
-// on its own listener. A Proxy is safe for concurrent use.
+// dialer and the pooled upstream transport. Each sandbox is served by its
+// Server (NewServer), fed by its own listeners (Serve) or by a caller that
+// accepts on a shared one (ServeConn). A Proxy is safe for concurrent use.
 type Proxy struct {
 	cfg Config
 	log *slog.Logger
@@ -211,11 +222,37 @@ func (p *Proxy) Close() {
 // done (then it closes ln and every open connection and returns nil) or ln
 // fails permanently. sb must have Policy, Orig and CA set; it is copied, so
 // the same Sandbox may be served on several listeners (127.0.0.1 and ::1).
+// It is NewServer, Server.Serve and Server.Close: it returns after every
+// connection it accepted is closed.
 func (p *Proxy) Serve(ctx context.Context, sb *Sandbox, ln net.Listener) error {
-	if sb == nil || sb.Policy == nil || sb.Orig == nil || sb.CA == nil {
-		return errors.New("serving sandbox: Policy, Orig and CA are required")
+	s, err := p.NewServer(ctx, sb)
+	if err != nil {
+		return err
 	}
-	sbc := *sb // the caller may serve the same sandbox on several listeners
+	defer s.Close()
+	return s.Serve(ln)
+}
+
+// Server serves the redirected connections of one sandbox, from any number
+// of listeners (Serve) and from a caller that accepts them itself
+// (ServeConn), such as a listener shared by all sandboxes. An idle Server
+// holds no goroutine. Close must be called (or the context of NewServer
+// end) to release its connections. A Server is safe for concurrent use.
+type Server struct {
+	s      *server
+	ctx    context.Context // done when the server closes; the handlers' context
+	cancel context.CancelFunc
+	stop   func() bool // deregisters the closing of connections at ctx's end
+}
+
+// NewServer returns the server of one sandbox; it starts no goroutine. ctx
+// ends it like Close (without waiting for the handlers: Close still waits).
+// sb must have Policy, Orig and CA set; it is copied.
+func (p *Proxy) NewServer(ctx context.Context, sb *Sandbox) (*Server, error) {
+	if sb == nil || sb.Policy == nil || sb.Orig == nil || sb.CA == nil {
+		return nil, errors.New("serving sandbox: Policy, Orig and CA are required")
+	}
+	sbc := *sb
 	if sbc.Audit == nil {
 		sbc.Audit = audit.Discard{}
 	}
@@ -226,63 +263,99 @@ func (p *Proxy) Serve(ctx context.Context, sb *Sandbox, ln net.Listener) error {
 		conns: make(map[net.Conn]struct{}),
 	}
 	s.tlsConfig = s.newTLSConfig()
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	srv := &Server{s: s}
+	srv.ctx, srv.cancel = context.WithCancel(ctx)
+	// A callback, not a goroutine, closes the connections when ctx ends.
+	srv.stop = context.AfterFunc(srv.ctx, s.closeAll)
+	return srv, nil
+}
+
+// ServeConn serves c, a connection redirected from the sandbox, on a new
+// goroutine. orig is its original destination when the caller already
+// looked it up (the kernel's record is deleted by the lookup, so it cannot
+// be asked twice); nil: the server asks the sandbox's Orig. The connection
+// is subject to the sandbox's connections fence, as an accepted one. After
+// Close (or the end of NewServer's context) c is closed at once.
+func (s *Server) ServeConn(c net.Conn, orig *Origin) {
+	sv := s.s
+	if s.ctx.Err() != nil {
+		c.Close()
+		return
+	}
+	if !sv.sb.Fence.Acquire(fence.Connections) {
+		if sv.isClosed() {
+			c.Close()
+			return
+		}
+		sv.refuseAtConnFence(c, orig)
+		return
+	}
+	if !sv.admit(c) {
+		sv.sb.Fence.Release(fence.Connections)
+		c.Close()
+		return
+	}
+	go func() {
+		defer sv.wg.Done()
+		defer sv.sb.Fence.Release(fence.Connections)
+		sv.handle(s.ctx, c, orig)
+	}()
+}
+
+// Serve accepts on ln and serves each connection (ServeConn, with the
+// original destination asked of the sandbox's Orig) until ln fails or the
+// server closes; then it returns nil, else the error of ln. ln is closed
+// when Serve returns, and when the server closes (no goroutine waits for
+// that). Serve may be called for several listeners at once.
+func (s *Server) Serve(ln net.Listener) error {
 	// Closing ln ends Accept; no goroutine waits for it (issue #21).
-	stop := context.AfterFunc(ctx, func() { ln.Close() })
-	defer stop()
+	stop := context.AfterFunc(s.ctx, func() { ln.Close() })
+	defer func() {
+		if stop() {
+			ln.Close()
+		}
+	}()
 	var delay time.Duration
-	var err error
 	for {
-		var c net.Conn
-		c, err = ln.Accept()
+		c, err := ln.Accept()
 		if err != nil {
-			if ctx.Err() != nil {
-				err = nil
-				break
+			if s.ctx.Err() != nil {
+				return nil
 			}
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
 				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-				s.log.Warn("accept failed; retrying", "err", err, "delay", delay)
+				s.s.log.Warn("accept failed; retrying", "err", err, "delay", delay)
 				time.Sleep(delay)
 				continue
 			}
-			err = fmt.Errorf("serving sandbox %s: %w", sb.Name, err)
-			break
+			return fmt.Errorf("serving sandbox %s: %w", s.s.sb.Name, err)
 		}
 		delay = 0
-		if !sbc.Fence.Acquire(fence.Connections) {
-			s.refuseAtConnFence(c)
-			continue
-		}
-		if !s.track(c) {
-			sbc.Fence.Release(fence.Connections)
-			c.Close()
-			break
-		}
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			defer sbc.Fence.Release(fence.Connections)
-			s.handle(ctx, c)
-		}()
+		s.ServeConn(c, nil)
 	}
-	cancel()
-	s.shutdown()
-	return err
 }
 
-// server is one Serve call: one sandbox on one listener.
+// Close closes every open connection (and the listeners of Serve) and
+// waits for their handlers. It is idempotent.
+func (s *Server) Close() {
+	s.stop()
+	s.cancel()
+	s.s.shutdown()
+}
+
+// server is the state of one Server: one sandbox, any number of listeners.
 type server struct {
 	p   *Proxy
 	sb  *Sandbox
 	log *slog.Logger
 
+	// mu guards conns and closed (and httpSrv, httpLn); the handlers'
+	// s.wg.Add happen under it (admit).
 	mu     sync.Mutex
-	conns  map[net.Conn]struct{}
+	conns  map[net.Conn]struct{} // client and upstream connections open
 	closed bool
-	wg     sync.WaitGroup
+	wg     sync.WaitGroup // the client connections' handlers
 
 	tlsConfig *tls.Config
 	httpSrv   *http.Server  // started by h2Listener; guarded by mu
@@ -306,7 +379,30 @@ func (s *server) untrack(c net.Conn) {
 	s.mu.Unlock()
 }
 
-func (s *server) shutdown() {
+// admit tracks c, a client connection whose handler the caller starts
+// (and marks done on s.wg), unless the server is closed. The handler is
+// counted under mu, so that shutdown's Wait follows every Add.
+func (s *server) admit(c net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.conns[c] = struct{}{}
+	s.wg.Add(1)
+	return true
+}
+
+func (s *server) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
+}
+
+// closeAll closes every tracked connection and the HTTP/2 server; no
+// connection is tracked after. It may run more than once, and
+// concurrently.
+func (s *server) closeAll() {
 	s.mu.Lock()
 	s.closed = true
 	for c := range s.conns {
@@ -314,6 +410,11 @@ func (s *server) shutdown() {
 	}
 	s.mu.Unlock()
 	s.stopHTTP()
+}
+
+// shutdown is closeAll, then it waits for the connections' handlers.
+func (s *server) shutdown() {
+	s.closeAll()
 	s.wg.Wait()
 }
 
