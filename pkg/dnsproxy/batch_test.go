@@ -174,17 +174,27 @@ func testUDPBatches(t *testing.T, up *upstream, host string, setup func(*testing
 	}
 }
 
-// originRec answers every origin lookup with pid 7 and records the client.
+// originRec answers every origin lookup with pid 7 and records the client
+// and whether it was asked about TCP.
 type originRec struct {
 	mu      sync.Mutex
 	clients []netip.AddrPort
+	tcp     []bool
 }
 
 func (o *originRec) QueryOrigin(client netip.AddrPort, tcp bool) (uint32, string, bool) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.clients = append(o.clients, client)
+	o.tcp = append(o.tcp, tcp)
 	return 7, "dig", true
+}
+
+// tcpAsked returns the tcp flags of the lookups so far.
+func (o *originRec) tcpAsked() []bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return append([]bool(nil), o.tcp...)
 }
 
 func (o *originRec) all() []netip.AddrPort {

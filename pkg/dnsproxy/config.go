@@ -20,6 +20,11 @@ const (
 	// DefaultUDPSize is the EDNS0 payload size sluice advertises, to the
 	// sandbox and to upstreams (the DNS flag day 2020 value).
 	DefaultUDPSize = 1232
+	// DefaultTCPReadTimeout and DefaultTCPIdleTimeout bound how long a
+	// DNS-over-TCP client may take to send its first query and each later
+	// one (miekg/dns's server defaults).
+	DefaultTCPReadTimeout = 2 * time.Second
+	DefaultTCPIdleTimeout = 8 * time.Second
 	// maxCacheTTL caps how long an upstream answer is kept.
 	maxCacheTTL = 24 * time.Hour
 	// maxChain bounds how many CNAMEs are followed in one answer.
@@ -51,6 +56,13 @@ type Config struct {
 	CacheSize int
 	// UDPSize is the EDNS0 payload size advertised.
 	UDPSize uint16
+	// TCPReadTimeout is the time a DNS-over-TCP connection has to deliver
+	// its first query in full (length prefix to last byte), TCPIdleTimeout
+	// the time it has for each later one, counted from the previous
+	// answer; past it the connection is closed. TCPIdleTimeout also bounds
+	// writing one answer to a client that does not read.
+	TCPReadTimeout time.Duration
+	TCPIdleTimeout time.Duration
 	// AllowLoopback lets loopback addresses in upstream answers reach the
 	// sandbox and its allowlist. Off by default: an allowed name that
 	// resolves to 127.0.0.1 or ::1 would otherwise open the host's loopback
@@ -88,6 +100,12 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.CacheSize <= 0 {
 		c.CacheSize = DefaultCacheSize
+	}
+	if c.TCPReadTimeout <= 0 {
+		c.TCPReadTimeout = DefaultTCPReadTimeout
+	}
+	if c.TCPIdleTimeout <= 0 {
+		c.TCPIdleTimeout = DefaultTCPIdleTimeout
 	}
 	if c.UDPSize < dns.MinMsgSize {
 		c.UDPSize = DefaultUDPSize

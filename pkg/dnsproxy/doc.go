@@ -4,9 +4,11 @@
 // address into the sandbox's kernel allowlist before the sandbox sees it.
 //
 // One Resolver (upstreams, cache) serves any number of sandboxes; each
-// sandbox is served on its own listeners (Serve) or through its own handler
-// (Handler), so the sandbox identity comes from the listener, never from
-// anything in the query. The upstream cache is shared by all sandboxes of a
+// sandbox is served on its own listeners (Serve), on connections handed
+// over for it (ServeConn, DNS over TCP), or through its own handler
+// (Handler); on a socket shared by many sandboxes (ServeShared) the caller
+// names the sandbox of each client address from what the kernel recorded.
+// Either way the sandbox identity never comes from anything in the query. The upstream cache is shared by all sandboxes of a
 // Resolver (same upstreams, same name and type); answers built from it are
 // per sandbox, because they depend on the sandbox's policy.
 //
@@ -65,9 +67,20 @@
 // 4 KiB buffer from a pool once a datagram waits: an idle listener holds none.
 // On loopback a cached answer costs mostly the system calls and the
 // loopback delivery, which is what the batches and the segmentation cut.
-// Other PacketConns than *net.UDPConn are served one datagram at a time.
-// TCP is served by miekg/dns.
+// Other PacketConns than *net.UDPConn are served one datagram at a time,
+// as is the shared socket of ServeShared (one reader, template hits inline,
+// other queries on goroutines, at most 512 per sandbox).
+//
+// TCP is served by miekg/dns on Serve's listener, or by ServeConn on one
+// connection on the caller's goroutine, with the same answers: length
+// framing, answers up to 65535 bytes, FORMERR for what does not unpack, at
+// most 128 queries per connection, and every query read within
+// Config.TCPReadTimeout (the first) or TCPIdleTimeout (later ones).
 //
 // Resolver, Bindings and the handlers are safe for concurrent use. A
-// Resolver holds no goroutines or sockets outside Serve.
+// sandbox's handler is built once per Resolver and kept in the Sandbox
+// (Handler), so Serve, ServeConn and ServeShared may run concurrently for
+// one Sandbox; its fields must be set before the first of them and not
+// changed afterwards. A Resolver holds no goroutines or sockets outside
+// Serve, ServeConn and ServeShared.
 package dnsproxy

@@ -38,6 +38,9 @@ type handler struct {
 	r    *Resolver
 	sb   *Sandbox
 	tmpl templates
+	// sharedSlow bounds the sandbox's queries that ServeShared answers
+	// off its reader at once (maxSlowUDP, as Serve does per listener).
+	sharedSlow chan struct{}
 }
 
 // ServeDNS implements dns.Handler.

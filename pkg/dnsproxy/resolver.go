@@ -68,6 +68,13 @@ type Sandbox struct {
 	// REFUSED, with an Extended DNS Error naming the limit when the client
 	// speaks EDNS0 (UDP and TCP alike). Nil: none.
 	Fence *fence.Sandbox
+
+	// mu guards the building of h and the defaults it fills in above
+	// (Bindings, Audit).
+	mu sync.Mutex
+	// h is the handler the Resolver h.r built for this sandbox; later
+	// calls reuse it (see Resolver.Handler).
+	h atomic.Pointer[handler]
 }
 
 // Resolver resolves, filters and caches on behalf of sandboxes. Create it
@@ -81,6 +88,8 @@ type Resolver struct {
 	now   func() time.Time
 	// lastWarn is when an upstream failure was last logged (unix nanos).
 	lastWarn atomic.Int64
+	// unclaimed counts the queries ServeShared dropped: no sandbox.
+	unclaimed atomic.Uint64
 }
 
 // logLimit reports whether a repeated warning may be logged at now: at
@@ -114,9 +123,35 @@ func New(cfg Config, log *slog.Logger) (*Resolver, error) {
 }
 
 // Handler returns the dns.Handler that answers queries for sb. sb.Policy
-// and sb.Allow must be set; a nil sb.Bindings is created and stored.
+// and sb.Allow must be set; a nil sb.Bindings is created and stored, and a
+// nil sb.Audit set to audit.Discard, once. The handler is kept in sb and
+// returned again by later calls with the same Resolver, so Handler, Serve,
+// ServeConn and ServeShared may be called concurrently for one sb (they all
+// answer through this handler, and share its UDP templates). Set sb's
+// fields before the first call and do not change them afterwards.
 func (r *Resolver) Handler(sb *Sandbox) (dns.Handler, error) {
-	if sb == nil || sb.Policy == nil || sb.Allow == nil {
+	h, err := r.handlerFor(sb)
+	if err != nil {
+		return nil, err
+	}
+	return h, nil
+}
+
+// handlerFor returns sb's handler, building it (and sb's defaults) on the
+// first call. A sandbox used with another Resolver gets a new handler.
+func (r *Resolver) handlerFor(sb *Sandbox) (*handler, error) {
+	if sb == nil {
+		return nil, errors.New("dnsproxy: sandbox needs Policy and Allow")
+	}
+	if h := sb.h.Load(); h != nil && h.r == r {
+		return h, nil
+	}
+	sb.mu.Lock()
+	defer sb.mu.Unlock()
+	if h := sb.h.Load(); h != nil && h.r == r {
+		return h, nil
+	}
+	if sb.Policy == nil || sb.Allow == nil {
 		return nil, errors.New("dnsproxy: sandbox needs Policy and Allow")
 	}
 	if sb.Bindings == nil {
@@ -125,7 +160,9 @@ func (r *Resolver) Handler(sb *Sandbox) (dns.Handler, error) {
 	if sb.Audit == nil {
 		sb.Audit = audit.Discard{}
 	}
-	return &handler{r: r, sb: sb}, nil
+	h := &handler{r: r, sb: sb, sharedSlow: make(chan struct{}, maxSlowUDP)}
+	sb.h.Store(h)
+	return h, nil
 }
 
 // Serve answers sb's queries arriving on pc (UDP) and ln (TCP), either of
@@ -136,11 +173,10 @@ func (r *Resolver) Handler(sb *Sandbox) (dns.Handler, error) {
 // ln and waits for the queries in flight before returning. It returns nil
 // when ctx ended it or the listeners were closed.
 func (r *Resolver) Serve(ctx context.Context, sb *Sandbox, pc net.PacketConn, ln net.Listener) error {
-	hd, err := r.Handler(sb)
+	h, err := r.handlerFor(sb)
 	if err != nil {
 		return err
 	}
-	h := hd.(*handler)
 	if pc == nil && ln == nil {
 		return errors.New("dnsproxy: nothing to serve")
 	}
@@ -169,6 +205,8 @@ func (r *Resolver) Serve(ctx context.Context, sb *Sandbox, pc net.PacketConn, ln
 			// The handler judges every message itself, so that each one
 			// gets its audit event (UDP does the same).
 			MsgAcceptFunc:     func(dns.Header) dns.MsgAcceptAction { return dns.MsgAccept },
+			ReadTimeout:       r.cfg.TCPReadTimeout,
+			IdleTimeout:       func() time.Duration { return r.cfg.TCPIdleTimeout },
 			NotifyStartedFunc: func() { once.Do(func() { close(tcpStarted) }) }}
 		go func() {
 			defer close(tcpDone)
