@@ -12,11 +12,15 @@
  * A fence (sluice daemon --fence) is the exception: it is registered with
  * SB_FENCE at a parent such as /docker, decides (refusing everything) only
  * for cgroups below it that no sandbox claims, and when a sandbox below it is
- * attached both run; see find_sandbox and already_redirected.
+ * attached both run; see find_sandbox and redirected.
  *
  *   connect4/6   TCP to an allowlisted address: rewritten to the sandbox's proxy
- *                listener (127.0.0.1:P, or [::1]:P for IPv6); port 53 (TCP and
- *                UDP) rewritten to the sandbox's resolver; direct rules pass
+ *                listener (127.0.0.1:P, or [::1]:P for IPv6); TCP to port 53
+ *                also goes to the proxy (which hands it to the resolver), UDP
+ *                to port 53 to the sandbox's resolver (127.0.0.1:D, [::1]:D;
+ *                [::1]:P over UDP for a sandbox with SB_SHARED); a connect or
+ *                send straight to one of those listeners that no program
+ *                redirected is refused (own_listener); direct rules pass
  *                unchanged; everything else EPERM, counted and reported.
  *   sendmsg4/6   unconnected UDP: port 53 to the resolver, direct rules pass,
  *                anything else EPERM.
@@ -76,7 +80,11 @@
  * 4-tuple half keeps the key unique when sandboxes in different network
  * namespaces use identical loopback addresses and ports; and because the entry
  * is written before the SYN exists, the proxy can never accept a connection
- * whose entry is not there yet.
+ * whose entry is not there yet. Sandboxes in the host network namespace share
+ * one proxy listener (SB_SHARED, issue #21): their entries are keyed by
+ * sandbox 0, which is unique because they share one namespace and one
+ * listener address (two live connections to it cannot have the same client
+ * address and port), and the daemon learns the sandbox from the entry.
  */
 #include <linux/bpf.h>
 #include <linux/in.h>
@@ -144,7 +152,7 @@ struct {
 } orig_by_tuple SEC(".maps");
 
 /* dns_origin: the process behind a UDP socket that sent DNS to the resolver,
- * keyed by {sandbox, zero address, client port, UDP}. A connected UDP socket
+ * keyed by {sandbox (0 with SB_SHARED), zero address, client port, UDP}. A connected UDP socket
  * is bound after connect4 runs and sends without sendmsg4, so the egress skb
  * program (which sees the bound port) writes it. The resolver reads it with
  * the query's source port; LRU eviction bounds it. */
@@ -329,7 +337,7 @@ static __always_inline __u32 check(__u64 sandbox, const __u8 addr[16], __u16 por
 }
 
 static __always_inline void remember(struct bpf_sock *sk, __u64 sandbox,
-				     const __u8 addr[16], __u16 port, __u8 v4)
+				     const __u8 addr[16], __u16 port, __u8 v4, __u8 shared)
 {
 	if (!sk)
 		return;
@@ -343,6 +351,7 @@ static __always_inline void remember(struct bpf_sock *sk, __u64 sandbox,
 	o->pid = bpf_get_current_pid_tgid() >> 32;
 	o->cgroup = bpf_get_current_cgroup_id();
 	o->v4 = v4;
+	o->shared = shared;
 	bpf_get_current_comm(o->comm, sizeof(o->comm));
 }
 
@@ -375,13 +384,8 @@ static __always_inline void set6(struct bpf_sock_addr *ctx, __u16 port, int mapp
 	ctx->user_port = bpf_htons(port);
 }
 
-/* is_resolver reports whether addr:port already is the sandbox's resolver
- * (a socket connected before, or a v6 socket whose v4-mapped send reaches
- * sendmsg4 after connect6 rewrote it). */
-static __always_inline int is_resolver(const __u8 a[16], __u16 port, struct sandbox_cfg *cfg)
+static __always_inline int is_loop1(const __u8 a[16])
 {
-	if (port != cfg->dns_port)
-		return 0;
 	if (is_v4mapped(a))
 		return a[12] == 127 && a[13] == 0 && a[14] == 0 && a[15] == 1;
 	for (int i = 0; i < 15; i++)
@@ -390,24 +394,35 @@ static __always_inline int is_resolver(const __u8 a[16], __u16 port, struct sand
 	return a[15] == 1;
 }
 
-/* already_redirected reports whether addr:port is this sandbox's proxy or
- * resolver and the socket's storage says a program redirected it there. */
-static __always_inline int already_redirected(struct bpf_sock *sk, const __u8 a[16], __u16 port,
-					      struct sandbox_cfg *cfg)
+/* is_resolver reports whether addr:port is the sandbox's UDP resolver:
+ * 127.0.0.1:dns_port (also as ::ffff:127.0.0.1), and [::1]:dns_port, or
+ * [::1]:proxy_port for a sandbox with SB_SHARED (the shared socket). */
+static __always_inline int is_resolver(const __u8 a[16], __u16 port, struct sandbox_cfg *cfg)
 {
-	if (!sk || port == 0 || (port != cfg->proxy_port && port != cfg->dns_port))
+	if (port == 0 || !is_loop1(a))
 		return 0;
-	int loop = 0;
-	if (is_v4mapped(a)) {
-		loop = a[12] == 127 && a[13] == 0 && a[14] == 0 && a[15] == 1;
-	} else {
-		loop = 1;
-		for (int i = 0; i < 15; i++)
-			if (a[i])
-				loop = 0;
-		loop = loop && a[15] == 1;
-	}
-	if (!loop)
+	if (is_v4mapped(a) || !(cfg->flags & SB_SHARED))
+		return port == cfg->dns_port;
+	return port == cfg->proxy_port;
+}
+
+/* own_listener reports whether addr:port is one of the sandbox's redirect
+ * targets (the proxy, or the resolver for proto). */
+static __always_inline int own_listener(const __u8 a[16], __u16 port, __u16 proto,
+					struct sandbox_cfg *cfg)
+{
+	if (proto == PROTO_UDP)
+		return is_resolver(a, port, cfg);
+	return port != 0 && port == cfg->proxy_port && is_loop1(a);
+}
+
+/* redirected reports whether a program redirected the socket before (a
+ * socket connected to the resolver that sends again, a v6 socket whose
+ * v4-mapped send reaches sendmsg4 after connect6 rewrote it, or the second
+ * run of the programs attached at a fence and at a sandbox below it). */
+static __always_inline int redirected(struct bpf_sock *sk)
+{
+	if (!sk)
 		return 0;
 	struct orig *o = bpf_sk_storage_get(&orig_sk, sk, 0, 0);
 	return o && o->redirected;
@@ -429,25 +444,35 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 addr[16], int 
 	}
 	__u32 audit = cfg->flags & SB_AUDIT;
 
+	__u8 shared = (cfg->flags & SB_SHARED) ? 1 : 0;
+
 	if (port == 53) {
-		if (cfg->dns_port == 0) {
+		/* TCP DNS goes to the proxy, which hands it to the resolver;
+		 * a shared sandbox's IPv6 UDP DNS to the shared socket. */
+		__u16 to = cfg->dns_port;
+		if (proto == PROTO_TCP || (shared && family == AF_INET6 && !mapped))
+			to = cfg->proxy_port;
+		if (to == 0) {
 			refuse(sb, addr, port, proto, REASON_NOT_ALLOWED, 0);
 			return 0;
 		}
-		remember(ctx->sk, sb, addr, port, family == AF_INET || mapped);
+		remember(ctx->sk, sb, addr, port, family == AF_INET || mapped, shared);
 		if (family == AF_INET)
-			set4(ctx, cfg->dns_port);
+			set4(ctx, to);
 		else
-			set6(ctx, cfg->dns_port, mapped);
+			set6(ctx, to, mapped);
 		return 1;
 	}
-	if (proto == PROTO_UDP && is_resolver(addr, port, cfg))
-		return 1;
-	/* The same programs attached at a fence and at a sandbox below it
-	 * both run (the sandbox's first): a TCP connect the first already
-	 * redirected passes the second unchanged. */
-	if (proto == PROTO_TCP && !is_sendmsg && already_redirected(ctx->sk, addr, port, cfg))
-		return 1;
+	/* Straight to sluice's own listener: only a socket a program
+	 * redirected before may (see redirected). Any other would reach the
+	 * proxy or resolver with no record of its own, or with a stale one
+	 * left by another socket on the same client port. */
+	if (own_listener(addr, port, proto, cfg)) {
+		if (redirected(ctx->sk))
+			return 1;
+		refuse(sb, addr, port, proto, REASON_OWN_LISTENER, 0);
+		return 0;
+	}
 
 	__u32 flags = 0;
 	__u32 reason = check(sb, addr, port, proto, &flags);
@@ -469,7 +494,7 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 addr[16], int 
 		refuse(sb, addr, port, proto, REASON_NOT_ALLOWED, 0);
 		return 0;
 	}
-	remember(ctx->sk, sb, addr, port, family == AF_INET || mapped);
+	remember(ctx->sk, sb, addr, port, family == AF_INET || mapped, shared);
 	if (family == AF_INET)
 		set4(ctx, cfg->proxy_port);
 	else
@@ -922,7 +947,7 @@ int sluice_sockops(struct bpf_sock_ops *skops)
 		return 1;
 
 	struct orig_key k = {};
-	k.sandbox = o->sandbox;
+	k.sandbox = o->shared ? 0 : o->sandbox;
 	k.proto = PROTO_TCP;
 	k.port = (__u16)skops->local_port;
 	if (o->v4) {
@@ -969,7 +994,7 @@ int sluice_skb_egress(struct __sk_buff *skb)
 	if (!o || !o->redirected || o->port != 53)
 		return 1;
 	struct orig_key k = {};
-	k.sandbox = o->sandbox;
+	k.sandbox = o->shared ? 0 : o->sandbox;
 	k.port = (__u16)sk->src_port;
 	k.proto = PROTO_UDP;
 	struct orig *cur = bpf_map_lookup_elem(&dns_origin, &k);

@@ -25,6 +25,11 @@ enum sandbox_flag {
 	SB_AUDIT = 1, /* record would-be refusals, refuse nothing */
 	SB_FENCE = 2, /* a fence (sluice daemon --fence): it decides only for
 		       * cgroups below it that no other entry claims */
+	SB_SHARED = 4, /* the sandbox's proxy is the daemon's shared listener
+			* (host network namespace): its connection and DNS
+			* records are keyed by sandbox 0 and name the sandbox
+			* in their value, and its IPv6 UDP DNS goes to the
+			* shared resolver socket on [::1]:proxy_port (UDP) */
 };
 
 /* allow entry flags (allow_val.flags) */
@@ -49,6 +54,7 @@ enum reason {
 	REASON_ROUTING_OPTION = 10, /* setsockopt of an IPv6 routing/destination header or IPv4 options */
 	REASON_ROUTED_PACKET = 11,  /* packet with an IPv6 routing header or IPv4 options dropped */
 	REASON_INBOUND = 12,        /* data on a connection accepted from a peer no listen rule names */
+	REASON_OWN_LISTENER = 17,   /* connect/send straight to sluice's proxy or resolver, not redirected */
 	/* Counted by the daemon, not by a program: its resource fences. */
 	REASON_FENCE_CONNECTIONS = 13,          /* concurrent proxied connections */
 	REASON_FENCE_UPSTREAM_CONNECTIONS = 14, /* concurrent upstream connections */
@@ -60,8 +66,8 @@ enum reason {
 #define PROTO_UDP 17
 
 struct sandbox_cfg {
-	__u16 proxy_port; /* host order */
-	__u16 dns_port;   /* host order */
+	__u16 proxy_port; /* host order; TCP (port 53 too) at 127.0.0.1 and ::1 */
+	__u16 dns_port;   /* host order; UDP at 127.0.0.1, and ::1 unless SB_SHARED */
 	__u32 flags;
 };
 
@@ -89,11 +95,12 @@ struct orig {
 	__u64 cgroup;
 	__u8 comm[16];
 	__u8 v4; /* the redirect went to an IPv4 (or v4-mapped) address */
-	__u8 pad[7];
+	__u8 shared; /* the sandbox had SB_SHARED: records are keyed by sandbox 0 */
+	__u8 pad[6];
 };
 
 struct orig_key {
-	__u64 sandbox;
+	__u64 sandbox; /* 0 for a sandbox with SB_SHARED */
 	__u8 addr[16]; /* client's local address, v4-mapped for IPv4 */
 	__u16 port;    /* client's local port, host order */
 	__u16 proto;

@@ -11,21 +11,24 @@ import (
 	"syscall"
 )
 
-// listeners are one sandbox's redirect targets: the proxy on 127.0.0.1:P and
-// [::1]:P, the resolver on 127.0.0.1:D and [::1]:D (UDP and TCP). The kernel
-// rewrites to the same port number for both families, so both must get it.
+// listeners are one sandbox's redirect targets. A sandbox with its own
+// network namespace (or a fence) has its own proxy on 127.0.0.1:P and
+// [::1]:P and resolver on UDP 127.0.0.1:D and [::1]:D; the kernel rewrites
+// to the same port number for both families, so both must get it. A sandbox
+// of the host namespace shares the daemon's proxy and IPv6 resolver
+// (shared.go) and holds only its UDP resolver on 127.0.0.1:D: one
+// descriptor (issue #21). TCP DNS goes to the proxy, which hands it to the
+// resolver.
 type listeners struct {
-	proxy4, proxy6 net.Listener
-	dnsTCP4        net.Listener
-	dnsTCP6        net.Listener
+	proxy4, proxy6 net.Listener // nil when shared
 	dnsUDP4        net.PacketConn
-	dnsUDP6        net.PacketConn
+	dnsUDP6        net.PacketConn // nil when shared
 	proxyPort      uint16
 	dnsPort        uint16
 }
 
 func (l *listeners) Close() {
-	for _, c := range []interface{ Close() error }{l.proxy4, l.proxy6, l.dnsTCP4, l.dnsTCP6} {
+	for _, c := range []net.Listener{l.proxy4, l.proxy6} {
 		if c != nil {
 			c.Close()
 		}
@@ -37,16 +40,39 @@ func (l *listeners) Close() {
 	}
 }
 
+// openSharedDNS opens the resolver socket of a sandbox that shares the
+// daemon's proxy listener on port proxyPort: UDP 127.0.0.1:D, preferDNS
+// first (a restarted daemon keeps the kernel's redirect target).
+func openSharedDNS(proxyPort, preferDNS uint16) (*listeners, error) {
+	l := &listeners{proxyPort: proxyPort}
+	var err error
+	if preferDNS != 0 {
+		l.dnsUDP4, err = net.ListenPacket("udp4", "127.0.0.1:"+strconv.Itoa(int(preferDNS)))
+	}
+	if l.dnsUDP4 == nil {
+		if l.dnsUDP4, err = net.ListenPacket("udp4", "127.0.0.1:0"); err != nil {
+			return nil, fmt.Errorf("resolver listener: %w", err)
+		}
+	}
+	l.dnsPort = uint16(l.dnsUDP4.LocalAddr().(*net.UDPAddr).Port)
+	return l, nil
+}
+
 // openListeners opens the proxy and resolver sockets of one sandbox in the
 // calling thread's network namespace. IPv6 listeners are skipped when the
 // namespace has no ::1 (the sandbox's IPv6 connects then fail: closed).
 // A restarted daemon first tries the ports the sandbox had, so the kernel's
 // redirect targets do not change; 0 means any.
 func openListeners(preferProxy, preferDNS uint16) (*listeners, error) {
+	return openPair(preferProxy, preferDNS, func(l *listeners, p, d uint16) error { return l.open(p, d) })
+}
+
+// openPair retries open until the port pair is free in both families.
+func openPair(preferProxy, preferDNS uint16, open func(l *listeners, p, d uint16) error) (*listeners, error) {
 	l := &listeners{}
 	var err error
 	if preferProxy != 0 && preferDNS != 0 {
-		if err = l.open(preferProxy, preferDNS); err == nil {
+		if err = open(l, preferProxy, preferDNS); err == nil {
 			return l, nil
 		}
 		l.Close()
@@ -55,7 +81,7 @@ func openListeners(preferProxy, preferDNS uint16) (*listeners, error) {
 	for try := 0; try < 50; try++ {
 		l.Close()
 		*l = listeners{}
-		if err = l.open(0, 0); err == nil {
+		if err = open(l, 0, 0); err == nil {
 			return l, nil
 		}
 		if !errors.Is(err, errPortTaken) {
@@ -63,9 +89,9 @@ func openListeners(preferProxy, preferDNS uint16) (*listeners, error) {
 			return nil, err
 		}
 	}
-	// Thousands of sandboxes (issue #21: 10,000 per host) fill the
-	// ephemeral range: bind(0) keeps offering ports whose other family is
-	// taken. Try explicit random ports of the range instead.
+	// Thousands of sandboxes fill the ephemeral range: bind(0) keeps
+	// offering ports whose other family is taken. Try explicit random
+	// ports of the range instead.
 	lo, hi := ephemeralRange()
 	for try := 0; try < 4000; try++ {
 		l.Close()
@@ -74,7 +100,7 @@ func openListeners(preferProxy, preferDNS uint16) (*listeners, error) {
 		if p == d {
 			continue
 		}
-		if err = l.open(uint16(p), uint16(d)); err == nil {
+		if err = open(l, uint16(p), uint16(d)); err == nil {
 			return l, nil
 		}
 	}
@@ -129,15 +155,8 @@ func (l *listeners) open(proxyPort, dnsPort uint16) error {
 		return fmt.Errorf("resolver listener: %w", err)
 	}
 	l.dnsPort = uint16(l.dnsUDP4.LocalAddr().(*net.UDPAddr).Port)
-	p := strconv.Itoa(int(l.dnsPort))
-	if l.dnsTCP4, err = net.Listen("tcp4", "127.0.0.1:"+p); err != nil {
-		return portErr(err)
-	}
 	if v6 {
-		if l.dnsUDP6, err = net.ListenPacket("udp6", "[::1]:"+p); err != nil {
-			return portErr(err)
-		}
-		if l.dnsTCP6, err = net.Listen("tcp6", "[::1]:"+p); err != nil {
+		if l.dnsUDP6, err = net.ListenPacket("udp6", "[::1]:"+strconv.Itoa(int(l.dnsPort))); err != nil {
 			return portErr(err)
 		}
 	}

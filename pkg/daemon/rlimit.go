@@ -9,14 +9,16 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// fdsPerSandbox is what one sandbox holds open: the proxy and resolver
-// listeners of both families (six sockets).
-const fdsPerSandbox = 6
+// fdsPerSandbox is what one sandbox of the daemon's network namespace
+// holds open: its UDP resolver socket (the proxy and IPv6 resolver
+// listeners are shared, shared.go). A sandbox in its own namespace holds
+// four (proxy and resolver, both families).
+const fdsPerSandbox = 1
 
 // raiseNoFile lifts RLIMIT_NOFILE (soft and hard) to fs.nr_open when the
-// process may (root): 10,000 sandboxes need 60,000 descriptors for their
-// listeners alone (issue #21), above the usual hard limits (20,000 here;
-// systemd's default 524,288 is enough). Raising the hard limit needs
+// process may (root): sandboxes in their own network namespaces hold four
+// descriptors each (issue #21: 10,000 need 40,000), above the usual hard
+// limits (20,000 here; systemd's default 524,288 is enough). Raising the hard limit needs
 // CAP_SYS_RESOURCE. Failure is logged and returned, not fatal.
 func raiseNoFile(log *slog.Logger) error {
 	var cur unix.Rlimit
@@ -37,7 +39,7 @@ func raiseNoFile(log *slog.Logger) error {
 		// Not root: at least the soft limit up to the hard one.
 		lim = unix.Rlimit{Cur: cur.Max, Max: cur.Max}
 		unix.Setrlimit(unix.RLIMIT_NOFILE, &lim)
-		log.Info("open-file limit not raised: each sandbox holds 6 descriptors",
+		log.Info("open-file limit not raised: a sandbox holds 1 descriptor (4 in its own network namespace)",
 			"limit", cur.Max, "sandboxes", cur.Max/fdsPerSandbox, "err", err)
 		return err
 	}

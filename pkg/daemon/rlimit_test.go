@@ -11,7 +11,7 @@ import (
 )
 
 // TestRaiseNoFile: as root the daemon can hold 10,000 sandboxes' listeners
-// (6 descriptors each).
+// (up to 4 descriptors each).
 func TestRaiseNoFile(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to raise the hard RLIMIT_NOFILE")

@@ -56,6 +56,7 @@ func NewRuntime(o RuntimeOptions, log *slog.Logger) (*Runtime, error) {
 // Close closes the proxy and the enforcer. Sandboxes stay registered
 // (pinned) in the kernel.
 func (rt *Runtime) Close() {
+	rt.closeShared()
 	rt.Proxy.Close()
 	rt.Enforcer.Close()
 }

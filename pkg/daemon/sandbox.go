@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -41,6 +42,11 @@ type Runtime struct {
 	mu    sync.Mutex
 	byID  map[uint64]*Sandbox
 	names map[string]*Sandbox
+	// shared: the listeners of the host namespace's sandboxes (shared.go),
+	// opened at the first such Start; starting: the shared sandboxes whose
+	// Start is between their kernel registration and serving.
+	shared   *sharedListeners
+	starting map[uint64]chan struct{}
 }
 
 // Spec describes a sandbox to start.
@@ -73,6 +79,11 @@ type Sandbox struct {
 	CA       *tlsca.CA
 	kernel   *enforcer.Sandbox
 	ls       *listeners
+	shared   bool          // on the runtime's shared listeners (shared.go)
+	fence    bool          // registered as a fence (Spec.Fence)
+	released atomic.Bool   // Stop released the shared listeners
+	proxy    *proxy.Server // set by serve
+	dns      *dnsproxy.Sandbox
 	bindings *dnsproxy.Bindings
 	policy   atomic.Pointer[policy.Policy]
 	labels   labelSet
@@ -92,20 +103,35 @@ func (s *Sandbox) DNSPort() uint16 { return s.ls.dnsPort }
 
 // Start opens the sandbox's listeners, registers its cgroup in the kernel,
 // and serves its resolver and proxy until Stop.
-func (rt *Runtime) Start(ctx context.Context, spec Spec) (*Sandbox, error) {
+func (rt *Runtime) Start(ctx context.Context, spec Spec) (_ *Sandbox, err error) {
 	if spec.Policy == nil || spec.CA == nil {
 		return nil, errors.New("starting sandbox: policy and CA are required")
 	}
 	if err := rt.checkFree(spec); err != nil {
 		return nil, err
 	}
-	ls, err := openSpecListeners(spec)
-	if err != nil {
+	shared := spec.InNetns == nil && !spec.Fence
+	var ls *listeners
+	if shared {
+		var port uint16
+		if port, err = rt.sharedPort(spec.PreferProxyPort); err != nil {
+			return nil, err
+		}
+		defer func() {
+			if err != nil {
+				rt.releaseShared()
+			}
+		}()
+		defer rt.markStarting(spec.CgroupID)()
+		if ls, err = openSharedDNS(port, spec.PreferDNSPort); err != nil {
+			return nil, err
+		}
+	} else if ls, err = openSpecListeners(spec); err != nil {
 		return nil, err
 	}
 	s := &Sandbox{
 		rt: rt, Name: spec.Name, ID: spec.CgroupID, Cgroup: spec.CgroupPath, CA: spec.CA,
-		ls: ls, bindings: dnsproxy.NewBindings(4096, 32), started: time.Now(),
+		ls: ls, shared: shared, fence: spec.Fence, bindings: dnsproxy.NewBindings(4096, 32), started: time.Now(),
 	}
 	s.policy.Store(spec.Policy)
 	s.labels.set(spec.Labels)
@@ -113,18 +139,38 @@ func (rt *Runtime) Start(ctx context.Context, spec Spec) (*Sandbox, error) {
 		l.SetLabels(spec.Name, spec.Labels)
 	}
 	emit := labeledEmitter{rt.Audit, &s.labels}
-	if err := rt.register(s, spec); err != nil {
+	if err = rt.register(s, spec); err != nil {
 		ls.Close()
 		return nil, err
 	}
-	rt.serve(ctx, s, emit)
+	if err = rt.serve(ctx, s, emit); err != nil {
+		s.kernel.Detach()
+		ls.Close()
+		return nil, err
+	}
 
-	rt.mu.Lock()
-	rt.byID[s.ID] = s
-	rt.names[s.Name] = s
-	rt.mu.Unlock()
 	emit.Emit(audit.Event{Kind: audit.KindSandbox, Sandbox: s.Name, CgroupID: s.ID, Decision: "attach"})
 	return s, nil
+}
+
+// markStarting makes the shared accept loop wait for the sandbox id (see
+// dispatch) until the returned func is called.
+func (rt *Runtime) markStarting(id uint64) func() {
+	ch := make(chan struct{})
+	rt.mu.Lock()
+	if rt.starting == nil {
+		rt.starting = map[uint64]chan struct{}{}
+	}
+	rt.starting[id] = ch
+	rt.mu.Unlock()
+	return func() {
+		rt.mu.Lock()
+		if rt.starting[id] == ch {
+			delete(rt.starting, id)
+		}
+		rt.mu.Unlock()
+		close(ch)
+	}
 }
 
 // checkFree refuses a cgroup already attached as a sandbox.
@@ -162,8 +208,7 @@ func openSpecListeners(spec Spec) (*listeners, error) {
 // register registers the sandbox's cgroup in the kernel with its policy's
 // static and listen entries; on failure nothing stays registered.
 func (rt *Runtime) register(s *Sandbox, spec Spec) error {
-	kcfg := kernelConfig(s.ls, spec.Policy)
-	kcfg.Fence = spec.Fence
+	kcfg := kernelConfig(s, spec.Policy)
 	kernel, err := rt.Enforcer.Attach(spec.CgroupPath, spec.CgroupID, kcfg)
 	if err != nil {
 		return err
@@ -180,23 +225,38 @@ func (rt *Runtime) register(s *Sandbox, spec Spec) error {
 	return nil
 }
 
-// serve serves the sandbox's resolver and proxy on its listeners until
-// Stop (not until ctx is done: a sandbox outlives the request that
-// started it).
-func (rt *Runtime) serve(ctx context.Context, s *Sandbox, emit audit.Emitter) {
+// serve serves the sandbox's resolver and proxy on its listeners (or, for
+// a shared sandbox, makes them ready for the shared ones) until Stop (not
+// until ctx is done: a sandbox outlives the request that started it).
+func (rt *Runtime) serve(ctx context.Context, s *Sandbox, emit audit.Emitter) error {
 	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.cancel = cancel
 	fences := rt.newFence(s, emit) // fence.go
+	origins := newDNSOrigins(s.kernel)
 	dsb := &dnsproxy.Sandbox{
 		Name: s.Name, ID: s.ID, Policy: s.Policy,
-		Allow: s.kernel, Bindings: s.bindings, Audit: emit, Origins: newDNSOrigins(s.kernel), Fence: fences,
+		Allow: s.kernel, Bindings: s.bindings, Audit: emit, Origins: origins, Fence: fences,
 	}
 	psb := &proxy.Sandbox{
 		Name: s.Name, ID: s.ID, Policy: s.Policy,
 		Orig: origAdapter{s.kernel}, Names: s.bindings, CA: s.CA,
 		Secrets: rt.Secrets, Callbacks: auditedCallbacks{rt.Callbacks, emit}, Audit: emit,
 		Tokens: rt.Tokens, Signer: rt.Signer, Fence: fences,
+		// TCP DNS reaches the proxy, whose lookup consumed the kernel's
+		// record: the resolver reads the origin it found.
+		DNS: func(ctx context.Context, c net.Conn) {
+			if o, ok := proxy.OriginFromContext(ctx); ok {
+				defer origins.holdTCP(c.RemoteAddr(), o)()
+			}
+			rt.Resolver.ServeConn(ctx, dsb, c)
+		},
 	}
+	srv, err := rt.Proxy.NewServer(sctx, psb)
+	if err != nil {
+		cancel()
+		return err
+	}
+	s.proxy, s.dns = srv, dsb
 	run := func(name string, fn func() error) {
 		s.wg.Add(1)
 		go func() {
@@ -207,20 +267,26 @@ func (rt *Runtime) serve(ctx context.Context, s *Sandbox, emit audit.Emitter) {
 		}()
 	}
 	ls := s.ls
-	run("dns4", func() error { return rt.Resolver.Serve(sctx, dsb, ls.dnsUDP4, ls.dnsTCP4) })
+	run("dns4", func() error { return rt.Resolver.Serve(sctx, dsb, ls.dnsUDP4, nil) })
 	if ls.dnsUDP6 != nil {
-		run("dns6", func() error { return rt.Resolver.Serve(sctx, dsb, ls.dnsUDP6, ls.dnsTCP6) })
+		run("dns6", func() error { return rt.Resolver.Serve(sctx, dsb, ls.dnsUDP6, nil) })
 	}
-	run("proxy4", func() error { return rt.Proxy.Serve(sctx, psb, ls.proxy4) })
-	if ls.proxy6 != nil {
-		run("proxy6", func() error { return rt.Proxy.Serve(sctx, psb, ls.proxy6) })
+	for name, ln := range map[string]net.Listener{"proxy4": ls.proxy4, "proxy6": ls.proxy6} {
+		if ln != nil {
+			run(name, func() error { return srv.Serve(ln) })
+		}
 	}
+	rt.mu.Lock()
+	rt.byID[s.ID] = s
+	rt.names[s.Name] = s
+	rt.mu.Unlock()
+	return nil
 }
 
 // SetPolicy replaces the sandbox's policy live: new connections and requests
 // see it at once, established connections keep running.
 func (s *Sandbox) SetPolicy(p *policy.Policy) error {
-	if err := s.kernel.SetConfig(kernelConfig(s.ls, p)); err != nil {
+	if err := s.kernel.SetConfig(kernelConfig(s, p)); err != nil {
 		return err
 	}
 	if err := s.kernel.SetStatic(staticEntries(p)); err != nil {
@@ -250,8 +316,12 @@ func (s *Sandbox) SetLabels(labels map[string]string) {
 func (s *Sandbox) Stop() {
 	s.cancel()
 	s.ls.Close()
+	s.proxy.Close() // what the shared accept loop hands it now is closed
 	s.wg.Wait()
 	s.rt.forget(s)
+	if s.shared && s.released.CompareAndSwap(false, true) {
+		s.rt.releaseShared()
+	}
 }
 
 // Detach stops serving and removes the kernel side: links, registration,
@@ -305,8 +375,8 @@ func (rt *Runtime) KernelEvents(ctx context.Context) error {
 	})
 }
 
-func kernelConfig(ls *listeners, p *policy.Policy) enforcer.SandboxConfig {
-	return enforcer.SandboxConfig{ProxyPort: ls.proxyPort, DNSPort: ls.dnsPort, Audit: p.Mode == policy.ModeAudit}
+func kernelConfig(s *Sandbox, p *policy.Policy) enforcer.SandboxConfig {
+	return enforcer.SandboxConfig{ProxyPort: s.ls.proxyPort, DNSPort: s.ls.dnsPort, Audit: p.Mode == policy.ModeAudit, Fence: s.fence, Shared: s.shared}
 }
 
 func staticEntries(p *policy.Policy) []enforcer.Static {
@@ -343,6 +413,19 @@ func (a origAdapter) OriginalDst(client netip.AddrPort) (proxy.Origin, error) {
 type dnsOrigins struct {
 	s     *enforcer.Sandbox
 	cache *originCache
+	tcp   sync.Map // client netip.AddrPort → proxy.Origin, while its DNS connection is served
+}
+
+// holdTCP makes o the origin of the DNS-over-TCP connection from client
+// until the returned func is called.
+func (d *dnsOrigins) holdTCP(client net.Addr, o proxy.Origin) func() {
+	ap, err := netip.ParseAddrPort(client.String())
+	if err != nil {
+		return func() {}
+	}
+	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	d.tcp.Store(ap, o)
+	return func() { d.tcp.Delete(ap) }
 }
 
 func newDNSOrigins(s *enforcer.Sandbox) *dnsOrigins {
@@ -351,8 +434,12 @@ func newDNSOrigins(s *enforcer.Sandbox) *dnsOrigins {
 
 func (d *dnsOrigins) QueryOrigin(client netip.AddrPort, tcp bool) (uint32, string, bool) {
 	if tcp {
-		o, ok := d.s.TCPOrigin(client)
-		return o.PID, o.Comm, ok
+		v, ok := d.tcp.Load(netip.AddrPortFrom(client.Addr().Unmap(), client.Port()))
+		if !ok {
+			return 0, "", false
+		}
+		o := v.(proxy.Origin)
+		return o.PID, o.Comm, true
 	}
 	if o, ok := d.cache.Get(client.Port()); ok {
 		return o.PID, o.Comm, true

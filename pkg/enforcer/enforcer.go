@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -38,6 +39,7 @@ const (
 	alUDP    = uint32(sluiceAllowFlagAL_UDP)
 	sbAudit  = uint32(sluiceSandboxFlagSB_AUDIT)
 	sbFence  = uint32(sluiceSandboxFlagSB_FENCE)
+	sbShared = uint32(sluiceSandboxFlagSB_SHARED)
 )
 
 // Config configures an Enforcer.
@@ -146,12 +148,36 @@ func EnsureBPFFS(dir string) error {
 
 // SandboxConfig is a sandbox's kernel-side configuration.
 type SandboxConfig struct {
-	ProxyPort uint16 // the sandbox's proxy listener port (127.0.0.1 and ::1)
-	DNSPort   uint16 // the sandbox's resolver port (127.0.0.1 and ::1)
-	Audit     bool   // record would-be refusals, refuse nothing but metadata
+	// ProxyPort is the proxy listener's port (TCP, 127.0.0.1 and ::1); TCP
+	// to port 53 goes there too, and the proxy hands it to the resolver.
+	ProxyPort uint16
+	// DNSPort is the resolver's UDP port: 127.0.0.1, and ::1 unless Shared.
+	DNSPort uint16
+	Audit   bool // record would-be refusals, refuse nothing but metadata
 	// Fence marks a fence (sluice daemon --fence): it decides only for the
 	// cgroups below it that no other registered sandbox claims.
 	Fence bool
+	// Shared says ProxyPort is the daemon's listener shared by every
+	// sandbox of the host network namespace: the kernel keys the
+	// sandbox's records by sandbox 0 (SharedOriginalDst, SharedDNSOrigin
+	// read them), and its IPv6 UDP DNS goes to [::1]:ProxyPort over UDP,
+	// the shared resolver socket.
+	Shared bool
+}
+
+// kernelCfg is cfg as the kernel's sandbox table holds it.
+func (cfg SandboxConfig) kernelCfg() sluiceSandboxCfg {
+	v := sluiceSandboxCfg{ProxyPort: cfg.ProxyPort, DnsPort: cfg.DNSPort}
+	if cfg.Audit {
+		v.Flags |= sbAudit
+	}
+	if cfg.Fence {
+		v.Flags |= sbFence
+	}
+	if cfg.Shared {
+		v.Flags |= sbShared
+	}
+	return v
 }
 
 type attachSpec struct {
@@ -191,13 +217,7 @@ var ErrSandboxTableFull = errors.New("the kernel sandbox table is full: detach u
 // this process's programs, with no gap in enforcement. Attach on an attached
 // sandbox replaces its configuration.
 func (e *Enforcer) Attach(path string, id uint64, cfg SandboxConfig) (*Sandbox, error) {
-	v := sluiceSandboxCfg{ProxyPort: cfg.ProxyPort, DnsPort: cfg.DNSPort}
-	if cfg.Audit {
-		v.Flags |= sbAudit
-	}
-	if cfg.Fence {
-		v.Flags |= sbFence
-	}
+	v := cfg.kernelCfg()
 	// Register before attaching: the programs refuse every socket of a
 	// cgroup they cannot find in the table.
 	e.mu.Lock()
@@ -230,6 +250,7 @@ func (e *Enforcer) Attach(path string, id uint64, cfg SandboxConfig) (*Sandbox, 
 	}
 	defer cg.Close()
 	s := &Sandbox{e: e, id: id, path: path}
+	s.shared.Store(cfg.Shared)
 	for _, a := range attachments {
 		pin := filepath.Join(dir, a.name)
 		prog := a.prog(&e.objs)
@@ -288,6 +309,17 @@ type Sandbox struct {
 	e    *Enforcer
 	id   uint64
 	path string
+	// shared: the sandbox has SandboxConfig.Shared, so its records are
+	// keyed by sandbox 0 (see key).
+	shared atomic.Bool
+}
+
+// key is the sandbox's part of a record key: 0 when it is Shared.
+func (s *Sandbox) key() uint64 {
+	if s.shared.Load() {
+		return 0
+	}
+	return s.id
 }
 
 // ID returns the sandbox's cgroup id.
@@ -453,16 +485,10 @@ func (s *Sandbox) SetStatic(entries []Static) error {
 
 // SetConfig updates the sandbox's kernel configuration in place.
 func (s *Sandbox) SetConfig(cfg SandboxConfig) error {
-	v := sluiceSandboxCfg{ProxyPort: cfg.ProxyPort, DnsPort: cfg.DNSPort}
-	if cfg.Audit {
-		v.Flags |= sbAudit
-	}
-	if cfg.Fence {
-		v.Flags |= sbFence
-	}
-	if err := s.e.objs.Sandboxes.Update(s.id, v, ebpf.UpdateExist); err != nil {
+	if err := s.e.objs.Sandboxes.Update(s.id, cfg.kernelCfg(), ebpf.UpdateExist); err != nil {
 		return fmt.Errorf("updating sandbox %d: %w", s.id, err)
 	}
+	s.shared.Store(cfg.Shared)
 	return nil
 }
 
@@ -546,6 +572,7 @@ type Origin struct {
 	PID      uint32
 	Comm     string
 	CgroupID uint64
+	Sandbox  uint64 // the sandbox whose program recorded it
 }
 
 // ErrNoOrigin means no original destination is recorded for a connection.
@@ -554,10 +581,25 @@ var ErrNoOrigin = errors.New("no original destination recorded for this connecti
 // OriginalDst returns and forgets the original destination of the TCP
 // connection whose client end is client.
 func (s *Sandbox) OriginalDst(client netip.AddrPort) (Origin, error) {
+	o, err := s.e.originalDst(s.key(), client)
+	if err == nil && o.Sandbox != s.id {
+		return Origin{}, ErrNoOrigin // another shared sandbox's connection
+	}
+	return o, err
+}
+
+// SharedOriginalDst returns and forgets the original destination of a TCP
+// connection accepted on the shared proxy listener (SandboxConfig.Shared);
+// Origin.Sandbox names the sandbox it came from.
+func (e *Enforcer) SharedOriginalDst(client netip.AddrPort) (Origin, error) {
+	return e.originalDst(0, client)
+}
+
+func (e *Enforcer) originalDst(sandbox uint64, client netip.AddrPort) (Origin, error) {
 	b := origBufs.Get().(*origBuf)
 	defer origBufs.Put(b)
-	b.k = sluiceOrigKey{Sandbox: s.id, Addr: addrKey(client.Addr().Unmap()), Port: client.Port(), Proto: ProtoTCP}
-	if err := s.e.objs.OrigByTuple.LookupAndDelete(&b.k, &b.o); err != nil {
+	b.k = sluiceOrigKey{Sandbox: sandbox, Addr: addrKey(client.Addr().Unmap()), Port: client.Port(), Proto: ProtoTCP}
+	if err := e.objs.OrigByTuple.LookupAndDelete(&b.k, &b.o); err != nil {
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
 			return Origin{}, ErrNoOrigin
 		}
@@ -581,6 +623,7 @@ func toOrigin(o *sluiceOrig) Origin {
 		PID:      o.Pid,
 		Comm:     cString(o.Comm[:]),
 		CgroupID: o.Cgroup,
+		Sandbox:  o.Sandbox,
 	}
 }
 
@@ -627,23 +670,22 @@ func (e *Enforcer) AllowCounts() map[uint64]int {
 // port is port (as the sandbox's resolver saw it). The entry stays: a
 // socket sends several queries.
 func (s *Sandbox) DNSOrigin(port uint16) (Origin, bool) {
-	b := origBufs.Get().(*origBuf)
-	defer origBufs.Put(b)
-	b.k = sluiceOrigKey{Sandbox: s.id, Port: port, Proto: ProtoUDP}
-	if err := s.e.objs.DnsOrigin.Lookup(&b.k, &b.o); err != nil {
-		return Origin{}, false
-	}
-	return toOrigin(&b.o), true
+	o, ok := s.e.dnsOrigin(s.key(), port)
+	return o, ok && o.Sandbox == s.id
 }
 
-// TCPOrigin returns, without forgetting it, what the kernel recorded about
-// the TCP connection whose client end is client (DNS over TCP: one
-// connection carries several queries).
-func (s *Sandbox) TCPOrigin(client netip.AddrPort) (Origin, bool) {
+// SharedDNSOrigin returns the process, and in Origin.Sandbox the sandbox,
+// that sent the UDP DNS query from client port port to the shared resolver
+// socket (SandboxConfig.Shared). The entry stays, like DNSOrigin's.
+func (e *Enforcer) SharedDNSOrigin(port uint16) (Origin, bool) {
+	return e.dnsOrigin(0, port)
+}
+
+func (e *Enforcer) dnsOrigin(sandbox uint64, port uint16) (Origin, bool) {
 	b := origBufs.Get().(*origBuf)
 	defer origBufs.Put(b)
-	b.k = sluiceOrigKey{Sandbox: s.id, Addr: addrKey(client.Addr().Unmap()), Port: client.Port(), Proto: ProtoTCP}
-	if err := s.e.objs.OrigByTuple.Lookup(&b.k, &b.o); err != nil {
+	b.k = sluiceOrigKey{Sandbox: sandbox, Port: port, Proto: ProtoUDP}
+	if err := e.objs.DnsOrigin.Lookup(&b.k, &b.o); err != nil {
 		return Origin{}, false
 	}
 	return toOrigin(&b.o), true

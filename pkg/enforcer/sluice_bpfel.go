@@ -90,7 +90,8 @@ type sluiceOrig struct {
 	Cgroup     uint64
 	Comm       [16]uint8
 	V4         uint8
-	Pad        [7]uint8
+	Shared     uint8
+	Pad        [6]uint8
 }
 
 type sluiceOrigKey struct {
@@ -112,8 +113,9 @@ type sluiceSandboxCfg struct {
 type sluiceSandboxFlag uint32
 
 const (
-	sluiceSandboxFlagSB_AUDIT sluiceSandboxFlag = 1
-	sluiceSandboxFlagSB_FENCE sluiceSandboxFlag = 2
+	sluiceSandboxFlagSB_AUDIT  sluiceSandboxFlag = 1
+	sluiceSandboxFlagSB_FENCE  sluiceSandboxFlag = 2
+	sluiceSandboxFlagSB_SHARED sluiceSandboxFlag = 4
 )
 
 // Names of all BPF objects in the ELF.

@@ -118,13 +118,14 @@ func TestDaemonScale(t *testing.T) {
 	}
 	rss0 := rssKiB(t, d.cmd.Process.Pid)
 	fds0 := fdCount(t, d.cmd.Process.Pid)
-	// Each sandbox holds six descriptors (its listeners): say at once when
-	// the daemon's open-file limit cannot hold N, instead of failing at
-	// the sandbox that does not fit.
-	if lim := openFileLimit(t, d.cmd.Process.Pid); lim > 0 && int64(fds0)+6*int64(n)+16 > lim {
-		t.Fatalf("SLUICE_SCALE=%d needs ~%d descriptors (6 per sandbox + %d) but the daemon's open-file limit is %d: "+
+	// Each sandbox of the host namespace holds one descriptor (its UDP
+	// resolver; the proxy and IPv6 resolver listeners are shared): say at
+	// once when the daemon's open-file limit cannot hold N, instead of
+	// failing at the sandbox that does not fit.
+	if lim := openFileLimit(t, d.cmd.Process.Pid); lim > 0 && int64(fds0)+int64(n)+16 > lim {
+		t.Fatalf("SLUICE_SCALE=%d needs ~%d descriptors (1 per sandbox + %d) but the daemon's open-file limit is %d: "+
 			"at most %d sandboxes here; raise the hard RLIMIT_NOFILE (needs CAP_SYS_RESOURCE, e.g. ulimit -Hn 100000 as root)",
-			n, int64(fds0)+6*int64(n), fds0, lim, (lim-int64(fds0)-16)/6)
+			n, int64(fds0)+int64(n), fds0, lim, lim-int64(fds0)-16)
 	}
 	// Medians of three interleaved measurements (inside, outside): one
 	// sample moves by ±15% on a shared 2-CPU machine.
