@@ -937,7 +937,7 @@ int sluice_sockops(struct bpf_sock_ops *skops)
 			in->state = INBOUND_PENDING;
 		return 1;
 	}
-	if (skops->op != BPF_SOCK_OPS_TCP_CONNECT_CB)
+	if (skops->op != BPF_SOCK_OPS_TCP_CONNECT_CB && skops->op != BPF_SOCK_OPS_STATE_CB)
 		return 1;
 	struct bpf_sock *sk = skops->sk;
 	if (!sk)
@@ -965,7 +965,24 @@ int sluice_sockops(struct bpf_sock_ops *skops)
 		__u32 w[4] = {w0, w1, w2, w3};
 		__builtin_memcpy(k.addr, w, 16);
 	}
+	if (skops->op == BPF_SOCK_OPS_STATE_CB) {
+		/* A connection that died before the proxy could take it (its
+		 * SYN refused or lost, or reset): its record must not outlive
+		 * it, or whoever connects to the listener later from the same
+		 * client port would be served under it. A graceful close
+		 * (from FIN_WAIT1/2, CLOSING, LAST_ACK) keeps the record: the
+		 * connection may still wait in the listener's backlog, and the
+		 * proxy consumes the record when it accepts. The port is
+		 * reusable only after this point, so a later socket's record
+		 * is never the one deleted. */
+		__u32 old = skops->args[0];
+		if (skops->args[1] == BPF_TCP_CLOSE &&
+		    (old == BPF_TCP_SYN_SENT || old == BPF_TCP_ESTABLISHED || old == BPF_TCP_CLOSE_WAIT))
+			bpf_map_delete_elem(&orig_by_tuple, &k);
+		return 1;
+	}
 	bpf_map_update_elem(&orig_by_tuple, &k, o, BPF_ANY);
+	bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG);
 	return 1;
 }
 

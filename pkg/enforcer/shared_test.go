@@ -203,3 +203,70 @@ func TestStraightToOwnListenerRefused(t *testing.T) {
 		t.Fatalf("counted %d own-listener refusals, want 5: %+v", n, rows)
 	}
 }
+
+// A record dies with a connection that never reached the proxy (refused,
+// lost or reset): nobody connecting later from the same client port can be
+// served under it. A client that closed gracefully while its connection
+// waits in the proxy's backlog keeps its record until the proxy accepts it
+// (issue #21).
+func TestOriginRecordEndsWithADeadConnection(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	e, err := Open(Config{PinDir: testutil.PinDir(t)}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	// A proxy listener that does not accept yet.
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	proxyPort := uint16(ln.Addr().(*net.TCPAddr).Port)
+	cg, id := testutil.Cgroup(t)
+	sb, err := e.Attach(cg, id, SandboxConfig{ProxyPort: proxyPort, DNSPort: 1, Shared: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sb.Detach()
+	upstream := testutil.TCPCanary(t, "tcp4")
+	if err := sb.Allow(netip.MustParseAddr("127.0.0.2"), time.Now().Add(time.Minute), false); err != nil {
+		t.Fatal(err)
+	}
+	target := "127.0.0.2:" + port(upstream.Addr)
+	records := func() int {
+		n := 0
+		var k sluiceOrigKey
+		var o sluiceOrig
+		for it := e.objs.OrigByTuple.Iterate(); it.Next(&k, &o); {
+			if o.Sandbox == id {
+				n++
+			}
+		}
+		return n
+	}
+	// Connect and close at once: the connection waits in the backlog, the
+	// client's side is closed gracefully. The proxy still gets its record.
+	if got := testutil.RunProbe(t, cg, "bindtcp", target); got != "ok connected" {
+		t.Fatalf("connect: %q", got)
+	}
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, err := e.SharedOriginalDst(netip.MustParseAddrPort(c.RemoteAddr().String()))
+	c.Close()
+	if err != nil || o.Sandbox != id {
+		t.Fatalf("a gracefully closed client's record: %+v, %v", o, err)
+	}
+	// Nothing listens on the proxy port: the SYN is refused, and the
+	// record goes with the connection.
+	ln.Close()
+	if got := testutil.RunProbe(t, cg, "bindtcp", target); got != "error ECONNREFUSED" {
+		t.Fatalf("connect with no proxy listening: %q", got)
+	}
+	testutil.WaitFor(t, "the refused connection's record to go", func() bool { return records() == 0 })
+	if upstream.Hits() != 0 {
+		t.Fatal("a connection bypassed the proxy")
+	}
+}
