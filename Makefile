@@ -55,9 +55,9 @@ test-unit: ## unprivileged tests only
 demo: deps build ## offline end-to-end demonstration on loopback
 	@scripts/demo.sh
 
-bench: deps build ## benchmarks: ratios against direct connections, measured in one run; 1,000-sandbox scale test
+bench: deps build ## benchmarks: ratios against direct connections, measured in one run; 10,000-sandbox scale test
 	@scripts/bench/run.sh
-	SLUICE_SCALE=$${SLUICE_SCALE:-1000} SLUICE_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -run '^TestDaemonScale$$' -v ./test/e2e/ | grep -E 'scale_test|^(ok|FAIL|---)'
+	SLUICE_SCALE=$${SLUICE_SCALE:-10000} SLUICE_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -run '^TestDaemonScale$$' -v ./test/e2e/ | grep -E 'scale_test|^(ok|FAIL|---)'
 
 soak: deps build ## load and soak, not in make test (SLUICE_SOAK_MINUTES=30 for the full run); writes scripts/soak/RESULTS.md
 	SLUICE_SOAK=1 SLUICE_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 0 -v -run '^TestSoak' ./test/e2e/
