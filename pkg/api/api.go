@@ -19,17 +19,23 @@ type AttachRequest struct {
 
 // Info describes an attached sandbox in API answers.
 type Info struct {
-	Name      string    `json:"name"`
-	Cgroup    string    `json:"cgroup"`
-	CgroupID  uint64    `json:"cgroup_id"`
-	Netns     string    `json:"netns,omitempty"`
-	Policy    string    `json:"policy_file"`
-	Mode      string    `json:"mode"`
-	Rules     int       `json:"rules"`
-	ProxyPort uint16    `json:"proxy_port"`
-	DNSPort   uint16    `json:"dns_port"`
-	Created   time.Time `json:"created"`
-	Updated   time.Time `json:"updated"`
+	Name     string `json:"name"`
+	Cgroup   string `json:"cgroup"`
+	CgroupID uint64 `json:"cgroup_id"`
+	Netns    string `json:"netns,omitempty"`
+	Policy   string `json:"policy_file"`
+	Mode     string `json:"mode"`
+	Rules    int    `json:"rules"`
+	// ProxyPort is the proxy's TCP port on 127.0.0.1 and ::1 (TCP DNS goes
+	// there too). Every sandbox of the daemon's network namespace shares
+	// it, and their IPv6 resolver is [::1]:ProxyPort over UDP; a sandbox
+	// in its own namespace has its own there.
+	ProxyPort uint16 `json:"proxy_port"`
+	// DNSPort is the sandbox's own UDP resolver port on 127.0.0.1 (and on
+	// ::1 in its own network namespace).
+	DNSPort uint16    `json:"dns_port"`
+	Created time.Time `json:"created"`
+	Updated time.Time `json:"updated"`
 	// Warnings are the policy's warnings (file:line:col: field: message).
 	Warnings []string `json:"warnings,omitempty"`
 	// Labels are the sandbox's labels (`--label k=v`, pod labels).

@@ -237,7 +237,7 @@ func (rt *Runtime) dispatch(c net.Conn) {
 func (rt *Runtime) sharedSandbox(id uint64) (*Sandbox, <-chan struct{}) {
 	rt.mu.Lock()
 	defer rt.mu.Unlock()
-	if s, ok := rt.byID[id]; ok && s.proxy != nil && s.ls.proxy4 == nil {
+	if s, ok := rt.byID[id]; ok && s.shared {
 		return s, nil
 	}
 	return nil, rt.starting[id]
