@@ -59,7 +59,7 @@ func TestDaemonSharedListener(t *testing.T) {
 	// Three shared sockets (proxy on 127.0.0.1 and ::1, resolver on ::1)
 	// and one per sandbox.
 	if n := len(sockets(d.cmd.Process.Pid)) - len(socks0); n != 5 {
-		t.Errorf("the daemon holds %d more sockets for two sandboxes, want 5: before %v, after %v",
+		t.Errorf("the daemon holds %d more IP sockets for two sandboxes, want 5: before %v, after %v",
 			n, socks0, sockets(d.cmd.Process.Pid))
 	}
 	for i, c := range []struct{ own, other string }{{"a.test", "b.test"}, {"b.test", "a.test"}} {
@@ -121,13 +121,22 @@ func TestDaemonSharedListener(t *testing.T) {
 	}
 }
 
-// sockets lists process pid's socket descriptors.
+// sockets lists process pid's IP socket descriptors (Unix sockets, such
+// as the control socket's connections, are left out).
 func sockets(pid int) []string {
+	unix := map[string]bool{}
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/unix", pid)); err == nil {
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			if f := strings.Fields(line); len(f) >= 7 {
+				unix["socket:["+f[6]+"]"] = true
+			}
+		}
+	}
 	dir := fmt.Sprintf("/proc/%d/fd", pid)
 	ents, _ := os.ReadDir(dir)
 	var out []string
 	for _, e := range ents {
-		if l, _ := os.Readlink(filepath.Join(dir, e.Name())); strings.HasPrefix(l, "socket:") {
+		if l, _ := os.Readlink(filepath.Join(dir, e.Name())); strings.HasPrefix(l, "socket:") && !unix[l] {
 			out = append(out, l)
 		}
 	}
