@@ -196,11 +196,12 @@ func (rt *Runtime) acceptShared(ctx context.Context, ln net.Listener) {
 
 // dispatch reads the kernel's record of c and hands c to its sandbox.
 func (rt *Runtime) dispatch(c net.Conn) {
-	client, err := netip.ParseAddrPort(c.RemoteAddr().String())
-	if err != nil {
+	ta, ok := c.RemoteAddr().(*net.TCPAddr)
+	if !ok {
 		c.Close()
 		return
 	}
+	client := ta.AddrPort()
 	o, err := rt.Enforcer.SharedOriginalDst(netip.AddrPortFrom(client.Addr().Unmap(), client.Port()))
 	if err != nil {
 		rt.Log.Debug("shared proxy: no original destination recorded; closed", "client", client, "err", err)
