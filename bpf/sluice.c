@@ -384,14 +384,18 @@ static __always_inline void set6(struct bpf_sock_addr *ctx, __u16 port, int mapp
 	ctx->user_port = bpf_htons(port);
 }
 
+/* is_loop1 reports whether a connect or send to addr reaches a listener on
+ * 127.0.0.1 or ::1: those addresses, and the unspecified ones (0.0.0.0 and
+ * ::, which Linux delivers to the local host). */
 static __always_inline int is_loop1(const __u8 a[16])
 {
 	if (is_v4mapped(a))
-		return a[12] == 127 && a[13] == 0 && a[14] == 0 && a[15] == 1;
+		return (a[12] == 127 && a[13] == 0 && a[14] == 0 && a[15] == 1) ||
+		       (!a[12] && !a[13] && !a[14] && !a[15]);
 	for (int i = 0; i < 15; i++)
 		if (a[i])
 			return 0;
-	return a[15] == 1;
+	return a[15] <= 1;
 }
 
 /* is_resolver reports whether addr:port is the sandbox's UDP resolver:

@@ -161,6 +161,8 @@ func TestStraightToOwnListenerRefused(t *testing.T) {
 	if err := sb.SetStatic([]Static{
 		{Prefix: netip.MustParsePrefix("127.0.0.0/8"), Direct: true, UDP: true},
 		{Prefix: netip.MustParsePrefix("::1/128"), Direct: true, UDP: true},
+		{Prefix: netip.MustParsePrefix("0.0.0.0/32"), Direct: true, UDP: true},
+		{Prefix: netip.MustParsePrefix("::/128"), Direct: true, UDP: true},
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -175,7 +177,10 @@ func TestStraightToOwnListenerRefused(t *testing.T) {
 		{"tcp", "127.0.0.1:" + p},
 		{"tcp", "[::1]:" + p},
 		{"tcp", "[::ffff:127.0.0.1]:" + p},
+		{"tcp", "0.0.0.0:" + p}, // the unspecified address reaches the local host
+		{"tcp", "[::]:" + p},
 		{"udp", "[::1]:" + p},
+		{"udp", "[::]:" + p},
 		{"udpconn", "[::1]:" + p},
 	} {
 		if got := testutil.RunProbe(t, f.cgs[0], c.mode, c.target); got != "error EPERM" {
@@ -199,8 +204,8 @@ func TestStraightToOwnListenerRefused(t *testing.T) {
 			n += r.Count
 		}
 	}
-	if n < 5 {
-		t.Fatalf("counted %d own-listener refusals, want 5: %+v", n, rows)
+	if n < 8 {
+		t.Fatalf("counted %d own-listener refusals, want 8: %+v", n, rows)
 	}
 }
 
