@@ -311,8 +311,10 @@ func TestServeConnCutsOff(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c := dialTCP(t, s.addr)
+			// Before the dial: the server sets its deadline after its
+			// accept, which may come before the dial returns here.
 			start := time.Now()
+			c := dialTCP(t, s.addr)
 			if _, err := c.Write(tt.send); err != nil {
 				t.Fatal(err)
 			}
