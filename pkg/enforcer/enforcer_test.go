@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -60,23 +61,33 @@ func setup(t *testing.T, audit bool) *fixture {
 	}
 	t.Cleanup(func() { sb.Detach() })
 	f := &fixture{e: e, sb: sb, cg: cg, origin: make(chan Origin, 16)}
-	for _, ln := range []net.Listener{ln4, ln6} {
-		go func(ln net.Listener) {
+	fakeProxy(sb.OriginalDst, f.origin, nil, ln4, ln6)
+	return f
+}
+
+// fakeProxy accepts on each listener until it closes: for every connection
+// whose original destination lookup finds one, it sends the origin to
+// origins and answers "proxied"; then it closes the connection. accepted,
+// when set, counts the connections.
+func fakeProxy(lookup func(netip.AddrPort) (Origin, error), origins chan<- Origin, accepted *atomic.Int64, lns ...net.Listener) {
+	for _, ln := range lns {
+		go func() {
 			for {
 				c, err := ln.Accept()
 				if err != nil {
 					return
 				}
-				o, err := sb.OriginalDst(netip.MustParseAddrPort(c.RemoteAddr().String()))
-				if err == nil {
-					f.origin <- o
+				if accepted != nil {
+					accepted.Add(1)
+				}
+				if o, err := lookup(netip.MustParseAddrPort(c.RemoteAddr().String())); err == nil {
+					origins <- o
 					c.Write([]byte("proxied\n"))
 				}
 				c.Close()
 			}
-		}(ln)
+		}()
 	}
-	return f
 }
 
 func itoa(p uint16) string { return strconv.Itoa(int(p)) }

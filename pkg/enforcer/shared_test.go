@@ -57,23 +57,7 @@ func setupShared(t *testing.T) *sharedFixture {
 		t.Cleanup(func() { sb.Detach() })
 		f.cgs[i], f.sbs[i] = cg, sb
 	}
-	for _, ln := range []net.Listener{ln4, ln6} {
-		go func(ln net.Listener) {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				f.accepted.Add(1)
-				o, err := e.SharedOriginalDst(netip.MustParseAddrPort(c.RemoteAddr().String()))
-				if err == nil {
-					f.origins <- o
-					c.Write([]byte("proxied\n"))
-				}
-				c.Close()
-			}
-		}(ln)
-	}
+	fakeProxy(e.SharedOriginalDst, f.origins, &f.accepted, ln4, ln6)
 	return f
 }
 

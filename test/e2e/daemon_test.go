@@ -68,17 +68,25 @@ func curlArgs(w *world, host string) []string {
 		fmt.Sprintf("https://%s:%d/x", host, w.api.Port)}
 }
 
-func TestDaemonTwoSandboxesDifferentPolicies(t *testing.T) {
-	t.Parallel()
+// twoHostWorld is a world whose HTTPS upstream serves a.test and b.test,
+// both resolving to 127.0.0.1: one host for each of two sandboxes.
+func twoHostWorld(t *testing.T) *world {
+	t.Helper()
 	w := newWorld(t)
 	w.dns.Set("a.test", "127.0.0.1")
 	w.dns.Set("b.test", "127.0.0.1")
-	api2, err := testutil.StartHTTPS(t.TempDir(), []string{"a.test", "b.test"}, nil)
+	api, err := testutil.StartHTTPS(t.TempDir(), []string{"a.test", "b.test"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer api2.Close()
-	w.api = api2
+	t.Cleanup(api.Close)
+	w.api = api
+	return w
+}
+
+func TestDaemonTwoSandboxesDifferentPolicies(t *testing.T) {
+	t.Parallel()
+	w := twoHostWorld(t)
 	d := startDaemon(t, w, daemonOpts{})
 	pa := writePolicy(t, w.dir, "a.yaml", "version: 1\nrules:\n  - name: a\n    hosts: [a.test]\n")
 	pb := writePolicy(t, w.dir, "b.yaml", "version: 1\nrules:\n  - name: b\n    hosts: [b.test]\n")

@@ -23,15 +23,7 @@ import (
 // descriptor per sandbox.
 func TestDaemonSharedListener(t *testing.T) {
 	t.Parallel()
-	w := newWorld(t)
-	w.dns.Set("a.test", "127.0.0.1")
-	w.dns.Set("b.test", "127.0.0.1")
-	api2, err := testutil.StartHTTPS(t.TempDir(), []string{"a.test", "b.test"}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer api2.Close()
-	w.api = api2
+	w := twoHostWorld(t)
 	d := startDaemon(t, w, daemonOpts{})
 	socks0 := sockets(d.cmd.Process.Pid)
 	pa := writePolicy(t, w.dir, "a.yaml", "version: 1\nrules:\n  - name: a\n    hosts: [a.test]\n")
@@ -70,13 +62,15 @@ func TestDaemonSharedListener(t *testing.T) {
 		}
 		return out
 	}
-	for deadline := time.Now().Add(10 * time.Second); len(newSockets()) != 5; time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Errorf("the daemon holds %d new TCP/UDP sockets for two sandboxes, want 5: before %v, new %v",
-				len(newSockets()), socks0, newSockets())
-			break
+	last := ""
+	testutil.WaitFor(t, "five new TCP/UDP sockets in the daemon", func() bool {
+		n := newSockets()
+		if now := fmt.Sprint(n); len(n) != 5 && now != last {
+			t.Logf("new TCP/UDP sockets: %s (before: %v)", now, socks0)
+			last = now
 		}
-	}
+		return len(n) == 5
+	})
 	for i, c := range []struct{ own, other string }{{"a.test", "b.test"}, {"b.test", "a.test"}} {
 		if out, err := inSandbox(t, cgs[i], "", curlArgs(w, c.own)...); err != nil || !strings.Contains(out, "hello from upstream") {
 			t.Errorf("sandbox %d curl %s: %v\n%s", i, c.own, err, out)
