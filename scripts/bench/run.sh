@@ -513,7 +513,7 @@ if [ -n "${BENCH_PROFILE:-}" ] && have perf && [ -n "$sluice_ok" ] && [ -n "$hey
 		echo "== CPU samples by process (whole machine)"
 		perf report -i "$work/perf.data" --sort comm --stdio --no-children -g none 2>/dev/null | grep -E '^ +[0-9.]+%' | head -n 15 || true
 		echo "== sluice: cumulative share of sluice's own samples by function (top 60)"
-		perf report -i "$work/perf.data" --comm sluice --percentage relative --sort sym --stdio --children -g none 2>/dev/null |
+		perf report -i "$work/perf.data" --comm sluice,exe --percentage relative --sort sym --stdio --children -g none 2>/dev/null |
 			grep -E '^ +[0-9.]+% +[0-9.]+%' | head -n 60 || true
 	} >"$prof"
 	sed -n '1,18p' "$prof"
