@@ -271,8 +271,8 @@ cpu_file() { cat "$1" 2>/dev/null || echo 0; }
 # failed requests, the share of upstream requests that carried the header,
 # and CPU microseconds per request: KEY.cpu is the proxy's (sluice: its own
 # process, start-up subtracted; squid, mitmproxy: their process), or for
-# direct the client's plus the upstream's; KEY.cpu_client and
-# KEY.cpu_upstream are kept in the JSON series.
+# direct the client's plus the upstream's; KEY.cpu_client,
+# KEY.cpu_upstream and KEY.cpu_total (all three) are kept in the JSON series.
 # MODE: direct (outside, test names in /etc/hosts), sluice (hey inside
 # `sluice run`), squid or mitm (hey outside with -x).
 hey_row() {
@@ -327,10 +327,15 @@ hey_row() {
 	us() { awk -v c="$1" -v n="$n" 'BEGIN { printf "%.1f", 1e6 * c / n }'; }
 	rec "$key.cpu_client" "$(us "$client")"
 	rec "$key.cpu_upstream" "$(us "$upstream")"
+	# KEY.cpu_total: the CPU of every process of the row per request, the
+	# figure that bounds req/s when they share the machine's cores (the
+	# report's "ceiling" rows). sluice-audit does not measure its proxy.
 	if [ -n "$proxy" ]; then
 		rec "$key.cpu" "$(us "$proxy")"
-	else
+		rec "$key.cpu_total" "$(us "$(awk -v a="$client" -v b="$upstream" -v p="$proxy" 'BEGIN { print a + b + p }')")"
+	elif [ "$mode" = direct ]; then
 		rec "$key.cpu" "$(us "$(awk -v a="$client" -v b="$upstream" 'BEGIN { print a + b }')")"
+		rec "$key.cpu_total" "$(us "$(awk -v a="$client" -v b="$upstream" 'BEGIN { print a + b }')")"
 	fi
 	return 0
 }

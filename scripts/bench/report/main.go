@@ -38,6 +38,7 @@ type row struct {
 	Diff     bool    // report value - baseline instead of a ratio (latency)
 	DiffMax  float64 // target for Diff rows: value - baseline < DiffMax
 	Info     bool    // context, not a measurement of a path
+	Ceiling  bool    // the ratio is a bound on another row's, not a measurement
 }
 
 var rows = []row{
@@ -83,6 +84,15 @@ var rows = []row{
 	{ID: "e", Key: "e.nc.cpu", Label: "CPU/request: squid, new conn", Unit: "us", Base: "d.nc.cpu", BaseName: "sluice (d)", Target: 2},
 	{ID: "e", Key: "e.nc.cpu", Label: "CPU/request: squid vs sluice with the same (classical) key exchange, new conn", Unit: "us", Base: "d.nc.classical.cpu", BaseName: "sluice classical (d)"},
 	{ID: "f", Key: "f.nc.cpu", Label: "CPU/request: mitmproxy, new conn", Unit: "us", Base: "d.nc.cpu", BaseName: "sluice (d)"},
+	// Ceilings: the req/s ratio the machine allows when every process of
+	// both rows keeps its cores busy, i.e. direct's CPU per request (client
+	// + upstream) over the row's (client + upstream + proxy). A measured
+	// ratio near its ceiling is bound by the machine's cores, one far below
+	// it by something else (latency, a lock, an idle core).
+	{ID: "b", Key: "a.ka.cpu_total", Label: "ceiling: CPU/request of direct over splice's (client + upstream + sluice), keep-alive", Unit: "us", Base: "b.ka.cpu_total", BaseName: "b all processes", Ceiling: true},
+	{ID: "c", Key: "a.ka.cpu_total", Label: "ceiling: CPU/request of direct over intercept's (client + upstream + sluice), keep-alive", Unit: "us", Base: "c.ka.cpu_total", BaseName: "c all processes", Ceiling: true},
+	{ID: "c", Key: "a.h2.cpu_total", Label: "ceiling: CPU/request of direct over intercept's (client + upstream + sluice), HTTP/2", Unit: "us", Base: "c.h2.cpu_total", BaseName: "c HTTP/2 all processes", Ceiling: true},
+	{ID: "e", Key: "a.ka.cpu_total", Label: "ceiling: CPU/request of direct over squid's (client + upstream + squid), keep-alive", Unit: "us", Base: "e.ka.cpu_total", BaseName: "e all processes", Ceiling: true},
 	{ID: "-", Key: "noise.busy", Label: "machine busy before each round (not the bench)", Unit: "%", Info: true},
 }
 
@@ -118,6 +128,8 @@ type Result struct {
 	Failed         float64  `json:"failed_requests,omitempty"`
 	NA             string   `json:"na,omitempty"`
 	Info           bool     `json:"info,omitempty"`
+	// Ceiling: Ratio bounds the req/s ratio of the row named in Baseline.
+	Ceiling bool `json:"ceiling,omitempty"`
 }
 
 // Report is the JSON document.
@@ -230,7 +242,7 @@ func evaluate(r row, data map[string]*series) Result {
 	if r.ID == "-" {
 		name = r.Label
 	}
-	res := Result{Row: r.ID, Series: r.Key, Name: name, Unit: r.Unit, Baseline: r.BaseName, Info: r.Info}
+	res := Result{Row: r.ID, Series: r.Key, Name: name, Unit: r.Unit, Baseline: r.BaseName, Info: r.Info, Ceiling: r.Ceiling}
 	s := data[r.Key]
 	if s == nil {
 		res.NA = "not measured"
@@ -351,6 +363,9 @@ func notes(r Result) string {
 	var n []string
 	if r.NA != "" {
 		n = append(n, r.NA)
+	}
+	if r.Ceiling && r.Ratio != nil {
+		n = append(n, "the most req/s ratio this machine's cores allow")
 	}
 	if r.Injected != nil {
 		n = append(n, fmt.Sprintf("header on %.0f%% of upstream requests", 100**r.Injected))

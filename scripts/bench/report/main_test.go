@@ -24,6 +24,12 @@ c.lat.p99 1700
 e.ka na squid-openssl not available
 g.sluice na hey failed: x
 noise.busy 40
+a.ka.cpu_total 70
+c.ka.cpu_total 140
+a.ka.cpu_total 80
+c.ka.cpu_total 100
+a.ka.cpu_total 60
+c.ka.cpu_total 120
 `
 	path := filepath.Join(t.TempDir(), "m")
 	if err := os.WriteFile(path, []byte(in), 0o644); err != nil {
@@ -58,6 +64,9 @@ noise.busy 40
 		{"missing peer", find("e.ka", "keep-alive"), -1, -1, "", "squid-openssl not available"},
 		{"baseline missing", find("c.ka", "squid"), 100, -1, "", ""},
 		{"not measured", find("d.nc", ""), -1, -1, "", "not measured"},
+		// per-round 0.5, 0.8, 0.5 -> 0.5: direct's CPU per request over the row's
+		{"ceiling", find("a.ka.cpu_total", "over intercept's (client + upstream + sluice), keep-alive"), 70, 0.5, "", "cores allow"},
+		{"ceiling without its row", find("a.ka.cpu_total", "squid"), 70, -1, "", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
