@@ -13,7 +13,9 @@
 #      secret, keep-alive; plus p50/p99 added latency with one client
 #   d  c with a new TLS connection per request (also, informational: a and
 #      c over HTTP/2)
-#   e  squid ssl-bump adding the same header (explicit proxy, hey -x)
+#   e  squid ssl-bump adding the same header (explicit proxy, hey -x); and
+#      c and e again at one offered load (hey -q, 60% of e's req/s in the
+#      round), for CPU per request at equal load
 #   f  mitmproxy adding the same header (explicit proxy, hey -x)
 #   g  DNS cached-answer qps: the sluice resolver (dnsperf inside
 #      `sluice run`, port 53 redirected by the kernel) against dnsmasq and
@@ -467,6 +469,14 @@ for round in $(seq "$ROUNDS"); do
 	need c.ka "${hey_ok:+$sluice_ok}" "hey or sluice not available" && hey_row c.ka sluice -- -host api.bench.test "$API/"
 	need e.ka "${hey_ok:+$squid_port}" "hey or squid-openssl not available" &&
 		hey_row e.ka squid -- -x "http://127.0.0.1:$squid_port" "$API/"
+	# CPU per request depends on the load (a busier process handles more
+	# requests per wake-up), so compare squid and sluice also at one offered
+	# load both can carry: 60% of what squid managed in this round.
+	eq_q=$(awk '$1 == "e.ka" && $2 != "na" { v = $2 } END { if (v > 0) printf "%d", 0.6 * v / '"$CONC"' }' "$M")
+	need c.eq "${hey_ok:+${squid_port:+$eq_q}}" "hey, squid-openssl or this round's e.ka missing" &&
+		hey_row c.eq sluice -- -q "$eq_q" -host api.bench.test "$API/"
+	need e.eq "${hey_ok:+${squid_port:+$eq_q}}" "hey, squid-openssl or this round's e.ka missing" &&
+		hey_row e.eq squid -- -q "$eq_q" -x "http://127.0.0.1:$squid_port" "$API/"
 	need f.ka "${hey_ok:+$mitm_port}" "hey or mitmproxy not available" &&
 		hey_row f.ka mitm -- -x "http://127.0.0.1:$mitm_port" "$API/"
 	# HTTP/2 end to end (informational; hey -h2 multiplexes on one connection per worker)

@@ -77,6 +77,8 @@ var rows = []row{
 	{ID: "b", Key: "b.kernel.cpu", Label: "CPU/request: sluice splice in the kernel (psock worker not counted), keep-alive", Unit: "us", Base: "a.ka.cpu", BaseName: "a client + upstream"},
 	{ID: "c", Key: "c.ka.cpu", Label: "CPU/request: sluice intercept, keep-alive", Unit: "us", Base: "a.ka.cpu", BaseName: "a client + upstream"},
 	{ID: "e", Key: "e.ka.cpu", Label: "CPU/request: squid, keep-alive", Unit: "us", Base: "c.ka.cpu", BaseName: "sluice (c)", Target: 3},
+	{ID: "c", Key: "c.eq", Label: "sluice intercept + header at one offered load (60% of squid's req/s)", Unit: "req/s", Info: true},
+	{ID: "e", Key: "e.eq.cpu", Label: "CPU/request: squid vs sluice at one offered load (60% of squid's req/s), keep-alive", Unit: "us", Base: "c.eq.cpu", BaseName: "sluice (c, same load)"},
 	{ID: "f", Key: "f.ka.cpu", Label: "CPU/request: mitmproxy, keep-alive", Unit: "us", Base: "c.ka.cpu", BaseName: "sluice (c)"},
 	{ID: "a", Key: "a.nc.cpu", Label: "CPU/request: direct client + upstream, new conn", Unit: "us"},
 	{ID: "d", Key: "d.nc.cpu", Label: "CPU/request: sluice intercept, new conn", Unit: "us", Base: "a.nc.cpu", BaseName: "a client + upstream"},
