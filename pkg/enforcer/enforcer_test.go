@@ -33,7 +33,9 @@ type fixture struct {
 	origin chan Origin
 }
 
-func setup(t *testing.T, audit bool) *fixture {
+// openTestEnforcer opens an enforcer on a private bpffs pin directory,
+// closed when the test ends; it skips without the privileges eBPF needs.
+func openTestEnforcer(t *testing.T) *Enforcer {
 	t.Helper()
 	testutil.RequirePrivileged(t)
 	e, err := Open(Config{PinDir: testutil.PinDir(t)}, slog.New(slog.NewTextHandler(io.Discard, nil)))
@@ -41,6 +43,12 @@ func setup(t *testing.T, audit bool) *fixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { e.Close() })
+	return e
+}
+
+func setup(t *testing.T, audit bool) *fixture {
+	t.Helper()
+	e := openTestEnforcer(t)
 	cg, id := testutil.Cgroup(t)
 
 	ln4, err := net.Listen("tcp4", "127.0.0.1:0")
@@ -358,12 +366,7 @@ func TestOpenReplacesIncompatibleUnusedPins(t *testing.T) {
 }
 
 func TestDNSOriginOfUDPQueries(t *testing.T) {
-	testutil.RequirePrivileged(t)
-	e, err := Open(Config{PinDir: testutil.PinDir(t)}, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close()
+	e := openTestEnforcer(t)
 	cg, id := testutil.Cgroup(t)
 	resolver, err := net.ListenPacket("udp4", "127.0.0.1:0")
 	if err != nil {

@@ -1,8 +1,6 @@
 package enforcer
 
 import (
-	"io"
-	"log/slog"
 	"net"
 	"net/netip"
 	"sync/atomic"
@@ -27,12 +25,7 @@ type sharedFixture struct {
 
 func setupShared(t *testing.T) *sharedFixture {
 	t.Helper()
-	testutil.RequirePrivileged(t)
-	e, err := Open(Config{PinDir: testutil.PinDir(t)}, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { e.Close() })
+	e := openTestEnforcer(t)
 	ln4, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -199,12 +192,7 @@ func TestStraightToOwnListenerRefused(t *testing.T) {
 // waits in the proxy's backlog keeps its record until the proxy accepts it
 // (issue #21).
 func TestOriginRecordEndsWithADeadConnection(t *testing.T) {
-	testutil.RequirePrivileged(t)
-	e, err := Open(Config{PinDir: testutil.PinDir(t)}, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close()
+	e := openTestEnforcer(t)
 	// A proxy listener that does not accept yet.
 	ln, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
