@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"strconv"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/sluice-dev/sluice/pkg/dnsproxy"
@@ -172,25 +171,9 @@ func (l *sharedListeners) stop() {
 // acceptShared hands each connection on ln to the sandbox the kernel's
 // record names.
 func (rt *Runtime) acceptShared(ctx context.Context, ln net.Listener) {
-	var delay time.Duration
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
-				return
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
-				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-				rt.Log.Warn("shared proxy accept failed; retrying", "err", err, "delay", delay)
-				time.Sleep(delay)
-				continue
-			}
-			rt.Log.Error("shared proxy listener failed", "err", err)
-			return
-		}
-		delay = 0
-		rt.dispatch(c)
+	err := proxy.AcceptLoop(ln, rt.Log, rt.dispatch)
+	if ctx.Err() == nil && !errors.Is(err, net.ErrClosed) {
+		rt.Log.Error("shared proxy listener failed", "err", err)
 	}
 }
 

@@ -315,24 +315,34 @@ func (s *Server) Serve(ln net.Listener) error {
 			ln.Close()
 		}
 	}()
+	err := AcceptLoop(ln, s.s.log, func(c net.Conn) { s.ServeConn(c, nil) })
+	if s.ctx.Err() != nil {
+		return nil
+	}
+	return fmt.Errorf("serving sandbox %s: %w", s.s.sb.Name, err)
+}
+
+// AcceptLoop accepts on ln and hands each connection to serve, on the
+// accepting goroutine, until Accept fails in a way a retry cannot cure;
+// it returns that error (net.ErrClosed once ln is closed). A timeout or
+// running out of descriptors (EMFILE, ENFILE) is logged on log and
+// retried after a pause that doubles from 5 ms up to 1 s.
+func AcceptLoop(ln net.Listener, log *slog.Logger, serve func(net.Conn)) error {
 	var delay time.Duration
 	for {
 		c, err := ln.Accept()
 		if err != nil {
-			if s.ctx.Err() != nil {
-				return nil
-			}
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
 				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-				s.s.log.Warn("accept failed; retrying", "err", err, "delay", delay)
+				log.Warn("accept failed; retrying", "listener", ln.Addr(), "err", err, "delay", delay)
 				time.Sleep(delay)
 				continue
 			}
-			return fmt.Errorf("serving sandbox %s: %w", s.s.sb.Name, err)
+			return err
 		}
 		delay = 0
-		s.ServeConn(c, nil)
+		serve(c)
 	}
 }
 
