@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -219,9 +220,9 @@ func FuzzServeUDP(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		pc := &packetRec{}
-		if _, _, fast := h.fastUDP(pc, peer, data, time.Now(), nil, nil); !fast {
-			h.slowUDP(pc, nil, peer, append([]byte(nil), data...))
-		}
+		var wg sync.WaitGroup
+		h.answerUDP(pc, nil, peer, data, &wg, make(chan struct{}, 1), nil, nil)
+		wg.Wait()
 		if len(pc.writes) > 1 {
 			t.Fatalf("%d answers to one query", len(pc.writes))
 		}

@@ -7,8 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"sync"
-
-	"github.com/sluice-dev/sluice/pkg/fence"
 )
 
 // ServeShared answers queries arriving on pc (one socket shared by many
@@ -58,7 +56,8 @@ func (r *Resolver) ServeShared(ctx context.Context, pc net.PacketConn, find func
 // named no sandbox (or one without Policy or Allow) for their client.
 func (r *Resolver) Unclaimed() uint64 { return r.unclaimed.Load() }
 
-// readShared is ServeShared's reader: readUDP with a sandbox per datagram.
+// readShared is ServeShared's reader: readUDP with a sandbox per datagram
+// (answerUDP under the handler of the sandbox find names).
 func (r *Resolver) readShared(pc net.PacketConn, find func(netip.AddrPort) *Sandbox, wg *sync.WaitGroup) error {
 	uc, _ := pc.(*net.UDPConn)
 	buf := make([]byte, maxQuerySize)
@@ -88,24 +87,7 @@ func (r *Resolver) readShared(pc net.PacketConn, find func(netip.AddrPort) *Sand
 			r.log.Debug("dns query dropped", "client", client, "err", err)
 			continue
 		}
-		p := buf[:n]
-		now := r.now()
-		if !h.sb.Fence.Query(now) {
-			h.sb.Fence.Refuse(fence.DNSQPS, netip.AddrPort{}, true)
-			h.refuseUDP(pc, uc, peer, p)
-			continue
-		}
-		ans, t, k := h.fastHit(p, now, out, key)
-		key = k
-		if ans != nil {
-			out = ans
-			h.writeUDP(pc, uc, peer, ans)
-			ev := t.ev
-			ev.Time = now
-			h.emit(ev, client, false)
-			continue
-		}
-		h.startSlow(pc, uc, peer, p, now, wg, h.sharedSlow)
+		out, key = h.answerUDP(pc, uc, peer, buf[:n], wg, h.sharedSlow, out, key)
 	}
 }
 

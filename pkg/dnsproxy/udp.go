@@ -93,20 +93,31 @@ func (h *handler) readUDP(pc net.PacketConn, wg *sync.WaitGroup, sem chan struct
 			return err
 		}
 		peer.addr = addr
-		p := buf[:n]
-		now := h.r.now()
-		if !h.sb.Fence.Query(now) {
-			h.sb.Fence.Refuse(fence.DNSQPS, netip.AddrPort{}, true)
-			h.refuseUDP(pc, nil, peer, p)
-			continue
-		}
-		var fast bool
-		out, key, fast = h.fastUDP(pc, peer, p, now, out, key)
-		if fast {
-			continue
-		}
-		h.startSlow(pc, nil, peer, p, now, wg, sem)
+		out, key = h.answerUDP(pc, nil, peer, buf[:n], wg, sem, out, key)
 	}
+}
+
+// answerUDP answers one datagram p from peer, as every unbatched reader
+// does: past the sandbox's dns_qps fence REFUSED; a template hit inline,
+// written into out (with key as scratch space); any other query on a
+// goroutine bounded by sem (startSlow). It returns the buffers to reuse.
+func (h *handler) answerUDP(pc net.PacketConn, uc *net.UDPConn, peer udpPeer, p []byte, wg *sync.WaitGroup, sem chan struct{}, out, key []byte) ([]byte, []byte) {
+	now := h.r.now()
+	if !h.sb.Fence.Query(now) {
+		h.sb.Fence.Refuse(fence.DNSQPS, netip.AddrPort{}, true)
+		h.refuseUDP(pc, uc, peer, p)
+		return out, key
+	}
+	ans, t, key := h.fastHit(p, now, out, key)
+	if ans == nil {
+		h.startSlow(pc, uc, peer, p, now, wg, sem)
+		return out, key
+	}
+	h.writeUDP(pc, uc, peer, ans)
+	ev := t.ev
+	ev.Time = now
+	h.emit(ev, peer.addrPort(), false)
+	return ans, key
 }
 
 func isTimeout(err error) bool {
@@ -136,20 +147,6 @@ func (h *handler) startSlow(pc net.PacketConn, uc *net.UDPConn, peer udpPeer, p 
 		defer func() { <-sem }()
 		h.slowUDP(pc, uc, peer, pkt)
 	}()
-}
-
-// fastUDP answers p from a template if it can, reusing out and key as
-// buffers; it reports whether it answered.
-func (h *handler) fastUDP(pc net.PacketConn, peer udpPeer, p []byte, now time.Time, out, key []byte) ([]byte, []byte, bool) {
-	ans, t, key := h.fastHit(p, now, out, key)
-	if ans == nil {
-		return out, key, false
-	}
-	h.writeUDP(pc, nil, peer, ans)
-	ev := t.ev
-	ev.Time = now
-	h.emit(ev, peer.addrPort(), false)
-	return ans, key, true
 }
 
 // fastHit writes into out the answer to p from a template, with key as
