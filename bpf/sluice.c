@@ -384,6 +384,14 @@ static __always_inline void set6(struct bpf_sock_addr *ctx, __u16 port, int mapp
 	ctx->user_port = bpf_htons(port);
 }
 
+/* record_sandbox is the sandbox part of the key of o's connection and DNS
+ * records: 0 for a sandbox on the daemon's shared listeners (SB_SHARED),
+ * whose daemon learns the sandbox from the record itself. */
+static __always_inline __u64 record_sandbox(const struct orig *o)
+{
+	return o->shared ? 0 : o->sandbox;
+}
+
 /* is_loop1 reports whether a connect or send to addr reaches a listener on
  * 127.0.0.1 or ::1: those addresses, and the unspecified ones (0.0.0.0 and
  * ::, which Linux delivers to the local host). */
@@ -951,7 +959,7 @@ int sluice_sockops(struct bpf_sock_ops *skops)
 		return 1;
 
 	struct orig_key k = {};
-	k.sandbox = o->shared ? 0 : o->sandbox;
+	k.sandbox = record_sandbox(o);
 	k.proto = PROTO_TCP;
 	k.port = (__u16)skops->local_port;
 	if (o->v4) {
@@ -1015,7 +1023,7 @@ int sluice_skb_egress(struct __sk_buff *skb)
 	if (!o || !o->redirected || o->port != 53)
 		return 1;
 	struct orig_key k = {};
-	k.sandbox = o->shared ? 0 : o->sandbox;
+	k.sandbox = record_sandbox(o);
 	k.port = (__u16)sk->src_port;
 	k.proto = PROTO_UDP;
 	struct orig *cur = bpf_map_lookup_elem(&dns_origin, &k);
