@@ -51,6 +51,11 @@ func sluiceBin(t *testing.T) string {
 		if buildErr != nil {
 			return
 		}
+		// Tests run the binary as an unprivileged user too (the control
+		// socket's caller check); MkdirTemp's 0700 would stop them at exec.
+		if buildErr = os.Chmod(binDir, 0o755); buildErr != nil {
+			return
+		}
 		binPath = filepath.Join(binDir, "sluice")
 		out, err := exec.Command("go", "build", "-o", binPath, "../../cmd/sluice").CombinedOutput()
 		if err != nil {
