@@ -471,8 +471,9 @@ for round in $(seq "$ROUNDS"); do
 		hey_row e.ka squid -- -x "http://127.0.0.1:$squid_port" "$API/"
 	# CPU per request depends on the load (a busier process handles more
 	# requests per wake-up), so compare squid and sluice also at one offered
-	# load both can carry: 60% of what squid managed in this round.
-	eq_q=$(awk '$1 == "e.ka" && $2 != "na" { v = $2 } END { if (v > 0) printf "%d", 0.6 * v / '"$CONC"' }' "$M")
+	# load both can carry: 60% of what squid managed in this round (hey -q
+	# is per worker; under one request per second per worker: not measured).
+	eq_q=$(awk '$1 == "e.ka" && $2 != "na" { v = $2 } END { q = int(0.6 * v / '"$CONC"'); if (q >= 1) print q }' "$M")
 	need c.eq "${hey_ok:+${squid_port:+$eq_q}}" "hey, squid-openssl or this round's e.ka missing" &&
 		hey_row c.eq sluice -- -q "$eq_q" -host api.bench.test "$API/"
 	need e.eq "${hey_ok:+${squid_port:+$eq_q}}" "hey, squid-openssl or this round's e.ka missing" &&
